@@ -1,0 +1,1476 @@
+//! The checker: a merged model body -> [`ModelSpec`], with every rule of
+//! docs/language.md. Errors are collected so that one run reports them all.
+
+use crate::eval::{Scope, N};
+use crate::reader::Reader;
+use crate::spec::*;
+use ecarc_grammar::ast::{Expr, ExprKind, Ident, ParamGroup, ParamKind};
+use ecarc_grammar::diag::did_you_mean;
+use ecarc_grammar::merged::{Component, MBody, MValue};
+use ecarc_grammar::{Diag, Span};
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+
+/// Metrics a `where` constraint may bound (computed by the cost model).
+pub const METRICS: &[&str] = &["params", "forward_macs", "sample_macs", "peak_activation_bytes", "stages", "tokens"];
+
+/// At most this many tensors may be declared after expanding loops.
+const MAX_TENSORS: u64 = 1_000_000;
+
+const EPS: f64 = 1e-9;
+
+/// Check one model (no alternatives left in `body`).
+pub fn check_model(name: &Ident, body: &MBody) -> Result<ModelSpec, Vec<Diag>> {
+    let diags = RefCell::new(Vec::new());
+    let empty = BTreeMap::new();
+    let spec = Checker { diags: &diags, empty: &empty }.model(name, body);
+    let diags = diags.into_inner();
+    match spec {
+        Some(s) if diags.iter().all(|d| !d.is_error()) => Ok(s),
+        _ => Err(diags),
+    }
+}
+
+struct Checker<'a> {
+    diags: &'a RefCell<Vec<Diag>>,
+    empty: &'a BTreeMap<String, N>,
+}
+
+fn base_name(c: &Component) -> Option<String> {
+    c.bases.first().map(|b| b.name.clone())
+}
+
+impl<'a> Checker<'a> {
+    fn error(&self, d: Diag) {
+        self.diags.borrow_mut().push(d);
+    }
+
+    fn reader(&self, body: &'a MBody, chain: Vec<&'a MBody>, what: &'static str, at: Span) -> Reader<'a> {
+        Reader::new(body, Scope::new(chain, self.empty), what, at, self.diags)
+    }
+
+    /// The same checker with derived values known so far in scope.
+    fn with_derived(&self, derived: &'a BTreeMap<String, N>) -> Checker<'a> {
+        Checker { diags: self.diags, empty: derived }
+    }
+
+    fn model(&self, name: &Ident, body: &'a MBody) -> Option<ModelSpec> {
+        let m = self.reader(body, vec![body], "model", name.span);
+        let image = m.size("image", "256");
+        let classes = m.int("classes", None, 1, 1 << 40, "1000");
+
+        let tokenizer = m.component("tokenizer", true).and_then(|(c, at)| self.tokenizer(c, body, at));
+        let backbone = m.component("backbone", true).and_then(|(c, at)| self.backbone(c, body, at));
+        // Later components may refer to what is known by now (`width cond_dim`).
+        let mut early: BTreeMap<String, N> = BTreeMap::new();
+        if let Some(c) = classes {
+            early.insert("classes".into(), N::Int(c));
+        }
+        if let Some((t, _)) = &tokenizer {
+            early.insert("token_channels".into(), N::Int(t.token_channels as i64));
+            early.insert(
+                if t.kind == TokenizerKind::Vae { "latent_channels" } else { "code_dim" }.into(),
+                N::Int(t.token_channels as i64),
+            );
+            if let Some(v) = t.vocab {
+                early.insert("vocab".into(), N::Int(v as i64));
+            }
+        }
+        if let Some((b, _, _)) = &backbone {
+            early.insert("cond_dim".into(), N::Int(b.width as i64));
+            early.insert("head_dim".into(), N::Int(b.head_dim as i64));
+            early.insert("patch".into(), N::Int(b.patch as i64));
+            early.insert("ffn_hidden".into(), N::Int(b.block.ffn_hidden as i64));
+        }
+        let later = self.with_derived(&early);
+        let head = m.component("head", true).and_then(|(c, at)| later.head(c, body, at));
+        let sampler_c = m.component("sample", false);
+        let sampler = match sampler_c {
+            Some((c, at)) => later.sampler(Some(c), body, at),
+            None => later.sampler(None, body, name.span),
+        };
+        let distill_c = m.component("distill", false);
+        let distill = distill_c.and_then(|(c, at)| later.distill(c, body, at));
+        let schedule_c = m.component("schedule", true);
+        let token_kind = tokenizer.as_ref().map(|t| {
+            if t.0.kind == TokenizerKind::Vae {
+                TokenKind::Continuous
+            } else {
+                TokenKind::Discrete
+            }
+        });
+        let schedule = match (schedule_c, token_kind) {
+            (Some((c, at)), Some(kind)) => later.schedule(c, body, at, kind),
+            _ => None,
+        };
+        m.allow(&[]);
+        m.finish();
+
+        let (tokenizer, tok_body) = tokenizer?;
+        let (backbone, bb_body, block_body) = backbone?;
+        let (head, head_body) = head?;
+        let (schedule, sched_span) = schedule?;
+        let (sampler, sampler_span) = sampler?;
+        let image = image?;
+        let classes = classes? as u64;
+
+        // ---- cross-field rules --------------------------------------------
+        let mut ok = true;
+        let mut fail = |d: Diag| {
+            self.error(d);
+            ok = false;
+        };
+        let token_grid_span = bb_body.field("patch").map(|f| f.span).unwrap_or(sched_span);
+        for (axis, &px) in image.iter().enumerate() {
+            let cell = tokenizer.stride * backbone.patch;
+            if px % cell != 0 {
+                fail(
+                    Diag::error("E0404", "image size is not a multiple of stride x patch")
+                        .label(
+                            body.field("image").map(|f| f.span).unwrap_or(name.span),
+                            format!(
+                                "{px} px is not divisible by {} (stride {} x patch {})",
+                                cell, tokenizer.stride, backbone.patch
+                            ),
+                        )
+                        .help("choose an image size that the tokenizer stride and the patch size divide"),
+                );
+                break;
+            }
+            let want = px / cell;
+            let got = schedule.final_grid()[axis];
+            if got != want && axis == 0 || (axis == 1 && got != want && schedule.final_grid()[0] == image[0] / cell) {
+                fail(
+                    Diag::error("E0405", "the last stage does not cover the token grid")
+                        .label(
+                            sched_span,
+                            format!("the finest stage is {}x{}", schedule.final_grid()[0], schedule.final_grid()[1]),
+                        )
+                        .label(
+                            token_grid_span,
+                            format!(
+                                "image {}x{} / stride {} / patch {} gives {}x{} tokens",
+                                image[0],
+                                image[1],
+                                tokenizer.stride,
+                                backbone.patch,
+                                image[0] / cell,
+                                image[1] / cell
+                            ),
+                        )
+                        .help(format!(
+                            "make the last stage {}x{} (or change image, stride or patch)",
+                            image[0] / cell,
+                            image[1] / cell
+                        )),
+                );
+                break;
+            }
+        }
+        match (head.kind, schedule.tokens) {
+            (HeadKind::Categorical, TokenKind::Continuous)
+            | (HeadKind::FlowMlp | HeadKind::FlowTransformer | HeadKind::Linear, TokenKind::Discrete) => {
+                let want = if schedule.tokens == TokenKind::Continuous {
+                    "a flow head (flow_mlp, flow_transformer or linear)"
+                } else {
+                    "a categorical head"
+                };
+                fail(
+                    Diag::error("E0410", "head does not match the tokens")
+                        .label(
+                            head_body.span,
+                            format!(
+                                "this head is {:?} but the tokenizer makes {:?} tokens",
+                                head.kind, schedule.tokens
+                            )
+                            .to_lowercase(),
+                        )
+                        .help(format!("{} tokens need {want}", format!("{:?}", schedule.tokens).to_lowercase())),
+                )
+            }
+            (HeadKind::DdContinuous, _) if distill.is_none() => fail(
+                Diag::error("E0411", "a dd_continuous head needs `distill`")
+                    .label(head_body.span, "DD's continuous head")
+                    .help("add `distill dd { steps 1 }` or use the teacher's head"),
+            ),
+            _ => {}
+        }
+        if let Some(vocab) = tokenizer.vocab {
+            if sampler.top_k > vocab {
+                fail(
+                    Diag::error("E0412", "top_k is larger than the vocabulary")
+                        .label(
+                            sampler_span.top_k.unwrap_or(sampler_span.at),
+                            format!("top_k {} > vocab {vocab}", sampler.top_k),
+                        )
+                        .help(format!("use a top_k of at most {vocab}, or 0 to turn it off")),
+                );
+            }
+        } else if sampler.top_k > 0 || sampler.top_p < 1.0 {
+            fail(
+                Diag::error("E0413", "top_k / top_p need discrete tokens")
+                    .label(
+                        sampler_span.top_k.or(sampler_span.top_p).unwrap_or(sampler_span.at),
+                        "this model's tokens are continuous",
+                    )
+                    .help("remove top_k / top_p; continuous tokens are integrated by the flow solver"),
+            );
+        }
+        if matches!(sampler.solver, Solver::Ddpm | Solver::Ddim) && schedule.tokens == TokenKind::Discrete {
+            fail(
+                Diag::error("E0414", "a diffusion solver needs continuous tokens")
+                    .label(sampler_span.solver.unwrap_or(sampler_span.at), "ddpm/ddim integrate continuous latents")
+                    .help("remove `solver` for a discrete-token model"),
+            );
+        }
+        if matches!(sampler.solver, Solver::Ddpm | Solver::Ddim) {
+            for s in schedule.stages() {
+                if s.steps > sampler.train_steps {
+                    fail(
+                        Diag::error("E0415", "more sampling steps than diffusion training steps")
+                            .label(sched_span, format!("{} steps", s.steps))
+                            .help(format!("use at most train_steps = {} steps", sampler.train_steps)),
+                    );
+                    break;
+                }
+            }
+        }
+        if let Some(ch) = sampler.cfg_channels {
+            let out = tokenizer.token_channels * backbone.patch * backbone.patch;
+            if ch > out {
+                fail(
+                    Diag::error("E0416", "cfg_channels exceeds the output channels")
+                        .label(sampler_span.cfg_channels.unwrap_or(sampler_span.at), format!("{ch} > {out}"))
+                        .help(format!("guide at most the {out} channels a token has")),
+                );
+            }
+        }
+        if let Some((d, dspan)) = &distill {
+            if schedule.tokens == TokenKind::Continuous {
+                fail(
+                    Diag::error("E0420", "Distilled Decoding needs a discrete-token teacher")
+                        .label(dspan.at, "distill on a continuous-token model")
+                        .help("DD distils VAR- or LlamaGen-style models; remove `distill`"),
+                );
+            }
+            let n = schedule.num_stages();
+            if d.steps == 2 && (d.split == 0 || d.split >= n) {
+                fail(
+                    Diag::error("E0421", "DD split is outside the schedule")
+                        .label(dspan.split.unwrap_or(dspan.at), format!("split {} with {n} stages", d.split))
+                        .help(format!(
+                            "the split must be between 1 and {} (a stage index after which the second step re-noises)",
+                            n - 1
+                        )),
+                );
+            }
+        }
+        if backbone.positions == Positions::Rope2d
+            && schedule.tokens == TokenKind::Continuous
+            && backbone.condition == Conditioning::ClassToken
+        {
+            // fine: nothing to check; kept explicit for readers
+        }
+
+        // ---- derived values and declared tensors ---------------------------
+        let grid = schedule.final_grid();
+        let mut derived = early.clone();
+        let int = |v: u64| N::Int(v as i64);
+        derived.insert("head_dim".into(), int(backbone.head_dim));
+        derived.insert("ffn_hidden".into(), int(backbone.block.ffn_hidden));
+        derived.insert("tokens".into(), int(schedule.total_tokens()));
+        derived.insert("stages".into(), int(schedule.num_stages()));
+        derived.insert("grid".into(), int(grid[0]));
+        derived.insert("classes".into(), int(classes));
+        derived.insert("patch".into(), int(backbone.patch));
+        derived.insert("cond_dim".into(), int(backbone.width));
+        derived.insert("token_channels".into(), int(tokenizer.token_channels));
+        if tokenizer.kind == TokenizerKind::Vae {
+            derived.insert("latent_channels".into(), int(tokenizer.token_channels));
+        } else {
+            derived.insert("code_dim".into(), int(tokenizer.token_channels));
+        }
+        if let Some(v) = tokenizer.vocab {
+            derived.insert("vocab".into(), int(v));
+        }
+        let flags: BTreeMap<&str, bool> = [("distilled", distill.is_some())].into_iter().collect();
+        let pc = ParamCtx {
+            checker: self,
+            derived: &derived,
+            flags: &flags,
+            seen: RefCell::new(HashMap::new()),
+            count: RefCell::new(0),
+        };
+        let mut params = Vec::new();
+        let mut buffers = Vec::new();
+        pc.groups(body, vec![body], "model", &mut params, &mut buffers);
+        pc.groups(bb_body, vec![bb_body, body], "backbone", &mut params, &mut buffers);
+        pc.groups(block_body, vec![block_body, bb_body, body], "backbone.block", &mut params, &mut buffers);
+        pc.groups(head_body, vec![head_body, body], "head", &mut params, &mut buffers);
+        if let Some((c, _)) = distill_c {
+            pc.groups(&c.body, vec![&c.body, body], "distill", &mut params, &mut buffers);
+        }
+        let mut tok_params = Vec::new();
+        pc.groups(tok_body, vec![tok_body, body], "tokenizer", &mut tok_params, &mut buffers);
+        let mut constraints = Vec::new();
+        for c in body.constraints() {
+            if !METRICS.contains(&c.metric.name.as_str()) {
+                let d = Diag::error("E0440", format!("unknown metric `{}`", c.metric.name))
+                    .label(c.metric.span, "not a metric");
+                self.error(match did_you_mean(&c.metric.name, METRICS.iter().copied()) {
+                    Some(s) => d.help(format!("did you mean `{s}`? metrics: {}", METRICS.join(", "))),
+                    None => d.help(format!("metrics: {}", METRICS.join(", "))),
+                });
+                continue;
+            }
+            if let Ok(b) = Scope::new(vec![body], &derived).num(&c.bound).map_err(|d| self.error(d)) {
+                constraints.push(ConstraintSpec {
+                    metric: c.metric.name.clone(),
+                    op: c.op.as_str().into(),
+                    bound: b.as_f64(),
+                });
+            }
+        }
+
+        if !ok {
+            return None;
+        }
+        let mut tokenizer = tokenizer;
+        tokenizer.params = tok_params;
+        Some(ModelSpec {
+            name: name.name.clone(),
+            image,
+            classes,
+            tokenizer,
+            backbone,
+            head,
+            schedule,
+            sampler,
+            distill: distill.map(|d| d.0),
+            params,
+            buffers,
+            constraints,
+        })
+    }
+
+    fn tokenizer(&self, c: &'a Component, model: &'a MBody, at: Span) -> Option<(TokenizerSpec, &'a MBody)> {
+        let r = self.reader(&c.body, vec![&c.body, model], "tokenizer", at);
+        let kind = r.word(
+            "kind",
+            &[("vae", TokenizerKind::Vae), ("vq", TokenizerKind::Vq), ("msvq", TokenizerKind::Msvq)],
+            None,
+        );
+        let channels = r.int("channels", None, 1, 1 << 20, "128");
+        let ch_mult = r.int_list("ch_mult", 1, "[1, 1, 2, 2, 4]", true);
+        let res_blocks = r.int("res_blocks", Some(2), 0, 1024, "2");
+        let z_channels = r.int("z_channels", None, 1, 1 << 20, "256");
+        let l2_norm = r.bool("l2_norm", false);
+        let latent_scale = r.float("latent_scale", Some(1.0), f64::MIN_POSITIVE, 1e6, "0.18215");
+        let stride_f = r.field("stride").cloned();
+        let (token_channels, vocab, phi) = match kind {
+            Some(TokenizerKind::Vae) => {
+                r.allow(&["code_dim", "vocab", "phi"]);
+                for k in ["code_dim", "vocab", "phi"] {
+                    if let Some(f) = c.body.field(k) {
+                        r.error(
+                            Diag::error("E0308", format!("`{k}` does not apply to a VAE tokenizer"))
+                                .label(f.key.span, "only for vq/msvq")
+                                .help("remove it, or set `kind vq`"),
+                        );
+                    }
+                }
+                (r.int("latent_channels", None, 1, 1 << 20, "16"), None, None)
+            }
+            Some(k) => {
+                r.allow(&["latent_channels"]);
+                if let Some(f) = c.body.field("latent_channels") {
+                    r.error(
+                        Diag::error("E0308", "`latent_channels` is for VAE tokenizers")
+                            .label(f.key.span, "not for vq/msvq")
+                            .help("a VQ token's channels are `code_dim`"),
+                    );
+                }
+                let code_dim = r.int("code_dim", None, 1, 1 << 20, "8");
+                let vocab = r.int("vocab", None, 1, 1 << 32, "16384");
+                let phi = if k == TokenizerKind::Msvq {
+                    r.component("phi", true).and_then(|(p, pat)| self.phi(p, &c.body, model, pat))
+                } else {
+                    r.allow(&["phi"]);
+                    if let Some(f) = c.body.field("phi") {
+                        r.error(
+                            Diag::error("E0308", "`phi` is for multi-scale VQ tokenizers")
+                                .label(f.key.span, "only for msvq")
+                                .help("remove it, or set `kind msvq`"),
+                        );
+                    }
+                    None
+                };
+                (code_dim, vocab, phi)
+            }
+            None => (None, None, None),
+        };
+        r.finish();
+        let ch_mult = ch_mult?;
+        let derived_stride = 1u64.checked_shl(ch_mult.len().saturating_sub(1) as u32).filter(|_| ch_mult.len() < 40);
+        let stride = match (stride_f, derived_stride) {
+            (Some(f), Some(ds)) => {
+                let MValue::Expr(e) = &f.value else { return None };
+                let s = r.int_of(e, "stride")?;
+                if s as u64 != ds {
+                    r.error(
+                        Diag::error("E0406", "stride does not match ch_mult")
+                            .label(e.span, format!("stride {s}"))
+                            .label(c.body.field("ch_mult").map(|f| f.span).unwrap_or(at), format!("{} levels downsample by {ds}", ch_mult.len()))
+                            .help(format!("the encoder halves the resolution between levels: stride is 2^(len(ch_mult) - 1) = {ds}")),
+                    );
+                    return None;
+                }
+                ds
+            }
+            (None, Some(ds)) => ds,
+            (_, None) => {
+                r.error(
+                    Diag::error("E0304", "`ch_mult` has too many levels")
+                        .label(at, "stride overflows")
+                        .help("use at most a few levels"),
+                );
+                return None;
+            }
+        };
+        Some((
+            TokenizerSpec {
+                name: base_name(c),
+                kind: kind?,
+                channels: channels? as u64,
+                ch_mult,
+                res_blocks: res_blocks? as u64,
+                z_channels: z_channels? as u64,
+                token_channels: token_channels? as u64,
+                vocab: vocab.map(|v| v as u64),
+                stride,
+                l2_norm,
+                latent_scale: latent_scale?,
+                phi,
+                params: vec![],
+            },
+            &c.body,
+        ))
+    }
+
+    fn phi(&self, c: &'a Component, tok: &'a MBody, model: &'a MBody, at: Span) -> Option<PhiSpec> {
+        let r = self.reader(&c.body, vec![&c.body, tok, model], "phi", at);
+        let convs = r.int("convs", None, 1, 1024, "4");
+        let map_f = r.field("map");
+        let mix = r.float("mix", Some(0.5), 0.0, 1.0, "0.5");
+        r.finish();
+        let convs = convs? as u64;
+        let map = match map_f {
+            Some(f) => {
+                let MValue::Expr(e) = &f.value else {
+                    r.error(crate::eval::type_error(f.value.span(), "a list", "something else"));
+                    return None;
+                };
+                let map = r.int_list_of(e, "map", 0)?;
+                if let Some((i, &bad)) = map.iter().enumerate().find(|(_, &m)| m >= convs) {
+                    let span = match &e.kind {
+                        ExprKind::List(items) => items[i].span,
+                        _ => e.span,
+                    };
+                    r.error(
+                        Diag::error("E0407", "phi map names a conv that does not exist")
+                            .label(span, format!("conv {bad}, but there are {convs} (0..{})", convs - 1))
+                            .help("every entry must be below `convs`"),
+                    );
+                    return None;
+                }
+                map
+            }
+            None => {
+                r.error(
+                    Diag::error("E0303", "phi is missing `map`")
+                        .label(at, "needs `map`")
+                        .help("add `map [0, 0, 1, 1, 1, 2, 2, 3, 3, 3]` (VAR's scale -> conv map)"),
+                );
+                return None;
+            }
+        };
+        Some(PhiSpec { convs, map, mix: mix? })
+    }
+
+    fn backbone(&self, c: &'a Component, model: &'a MBody, at: Span) -> Option<(BackboneSpec, &'a MBody, &'a MBody)> {
+        let r = self.reader(&c.body, vec![&c.body, model], "backbone", at);
+        let depth = r.int("depth", None, 1, 100_000, "24");
+        let width = r.int("width", None, 1, 1 << 24, "1024");
+        let heads = r.int("heads", None, 1, 1 << 16, "16");
+        let condition = r.word(
+            "condition",
+            &[
+                ("class_token", Conditioning::ClassToken),
+                ("adaln_class", Conditioning::AdalnClass),
+                ("adaln_time_class", Conditioning::AdalnTimeClass),
+            ],
+            None,
+        );
+        let cond_tokens = r.int("cond_tokens", Some(1), 1, 1 << 16, "1");
+        let attn = r.word(
+            "attn",
+            &[
+                ("full", AttnMask::Full),
+                ("causal", AttnMask::Causal),
+                ("block_causal", AttnMask::BlockCausal),
+                ("earlier_plus_self", AttnMask::EarlierPlusSelf),
+            ],
+            None,
+        );
+        let positions = r.word(
+            "positions",
+            &[("learned", Positions::Learned), ("sincos_2d", Positions::Sincos2d), ("rope_2d", Positions::Rope2d)],
+            None,
+        );
+        let rope_base = r.float("rope_base", Some(10000.0), 1.0, 1e12, "10000");
+        let qk_norm = r.word("qk_norm", &[("none", QkNorm::None), ("l2", QkNorm::L2)], Some(QkNorm::None));
+        let qk_scale_max = r.float("qk_scale_max", Some(100.0), f64::MIN_POSITIVE, 1e12, "100");
+        let patch = r.int("patch", Some(1), 1, 1024, "2");
+        let block_c = r.component("block", true);
+        r.finish();
+        let (width, heads) = (width? as u64, heads? as u64);
+        let mut ok = true;
+        if width % heads != 0 {
+            ok = false;
+            r.error(
+                Diag::error("E0401", "width is not divisible by heads")
+                    .label(c.body.field("width").map(|f| f.span).unwrap_or(at), format!("width {width}"))
+                    .label(c.body.field("heads").map(|f| f.span).unwrap_or(at), format!("{heads} heads"))
+                    .help(format!(
+                        "choose heads dividing {width} (e.g. {}) or a width that is a multiple of {heads}",
+                        divisors_near(width, heads)
+                    )),
+            );
+        }
+        let head_dim = width / heads;
+        if positions == Some(Positions::Rope2d) && ok && head_dim % 4 != 0 {
+            ok = false;
+            r.error(
+                Diag::error("E0402", "2D RoPE needs a head dimension divisible by 4")
+                    .label(
+                        c.body.field("positions").map(|f| f.span).unwrap_or(at),
+                        "2D RoPE rotates head_dim/4 pairs by row and head_dim/4 by column",
+                    )
+                    .label(
+                        c.body.field("heads").map(|f| f.span).unwrap_or(at),
+                        format!("head_dim = {width} / {heads} = {head_dim}"),
+                    )
+                    .help("change width or heads so that width / heads is a multiple of 4"),
+            );
+        }
+        let (bc, bat) = block_c?;
+        let block = self.block(bc, &c.body, model, bat, width);
+        if !ok {
+            return None;
+        }
+        Some((
+            BackboneSpec {
+                name: base_name(c),
+                depth: depth? as u64,
+                width,
+                heads,
+                head_dim,
+                condition: condition?,
+                cond_tokens: cond_tokens? as u64,
+                attn: attn?,
+                positions: positions?,
+                rope_base: rope_base?,
+                qk_norm: qk_norm?,
+                qk_scale_max: qk_scale_max?,
+                patch: patch? as u64,
+                block: block?,
+            },
+            &c.body,
+            &bc.body,
+        ))
+    }
+
+    fn block(&self, c: &'a Component, bb: &'a MBody, model: &'a MBody, at: Span, width: u64) -> Option<BlockSpec> {
+        let r = self.reader(&c.body, vec![&c.body, bb, model], "block", at);
+        let norm = r.word("norm", &[("layernorm", NormKind::Layernorm), ("rmsnorm", NormKind::Rmsnorm)], None);
+        let norm_eps = r.float("norm_eps", Some(1e-6), 0.0, 1.0, "1e-6");
+        let norm_affine = r.bool("norm_affine", true);
+        let modulation =
+            r.word("modulation", &[("none", Modulation::None), ("adaln", Modulation::Adaln)], Some(Modulation::None));
+        let order_f = r.field("adaln_order");
+        let ffn = r.word(
+            "ffn",
+            &[("gelu", FfnKind::Gelu), ("gelu_tanh", FfnKind::GeluTanh), ("swiglu", FfnKind::Swiglu)],
+            None,
+        );
+        let mlp_ratio = r.float("mlp_ratio", Some(4.0), f64::MIN_POSITIVE, 1024.0, "4.0");
+        let ffn_multiple = r.int("ffn_multiple", Some(256), 1, 1 << 20, "256");
+        let explicit_hidden = r.field("ffn_hidden");
+        let qkv_bias = r.word(
+            "qkv_bias",
+            &[("none", QkvBias::None), ("qv", QkvBias::Qv), ("full", QkvBias::Full)],
+            Some(QkvBias::None),
+        );
+        let proj_bias = r.bool("proj_bias", true);
+        let ffn_bias = r.bool("ffn_bias", true);
+        r.finish();
+
+        let chunks: &[(&str, AdaChunk)] = &[
+            ("shift1", AdaChunk::Shift1),
+            ("scale1", AdaChunk::Scale1),
+            ("gate1", AdaChunk::Gate1),
+            ("shift2", AdaChunk::Shift2),
+            ("scale2", AdaChunk::Scale2),
+            ("gate2", AdaChunk::Gate2),
+        ];
+        let adaln_order = match (modulation, order_f) {
+            (Some(Modulation::Adaln), Some(f)) => {
+                let MValue::Expr(e) = &f.value else { return None };
+                let ExprKind::List(items) = &e.kind else {
+                    r.error(crate::eval::type_error(e.span, "a list of chunk names", "a single value"));
+                    return None;
+                };
+                let order: Vec<AdaChunk> = items.iter().filter_map(|i| r.word_of(i, "adaln chunk", chunks)).collect();
+                if order.len() != items.len() {
+                    return None;
+                }
+                let mut sorted = order.clone();
+                sorted.sort_by_key(|c| *c as u8);
+                sorted.dedup();
+                if order.len() != 6 || sorted.len() != 6 {
+                    r.error(
+                        Diag::error("E0408", "adaln_order must name each of the 6 chunks once")
+                            .label(e.span, format!("{} names, {} distinct", order.len(), sorted.len()))
+                            .help("list shift1 scale1 gate1 shift2 scale2 gate2 in the checkpoint's order (VAR: gate1 gate2 scale1 scale2 shift1 shift2; DiT: shift1 scale1 gate1 shift2 scale2 gate2)"),
+                    );
+                    return None;
+                }
+                order
+            }
+            (Some(Modulation::Adaln), None) => {
+                r.error(
+                    Diag::error("E0303", "block is missing `adaln_order`")
+                        .label(
+                            c.body.field("modulation").map(|f| f.span).unwrap_or(at),
+                            "adaLN modulation needs the chunk order",
+                        )
+                        .help("add e.g. `adaln_order [shift1, scale1, gate1, shift2, scale2, gate2]`"),
+                );
+                return None;
+            }
+            (_, Some(f)) => {
+                r.error(
+                    Diag::error("E0308", "`adaln_order` without adaLN modulation")
+                        .label(f.key.span, "has no effect")
+                        .help("set `modulation adaln` or remove it"),
+                );
+                return None;
+            }
+            (_, None) => vec![],
+        };
+        let ffn = ffn?;
+        let mlp_ratio = mlp_ratio?;
+        let ffn_hidden = match explicit_hidden {
+            Some(f) => {
+                let MValue::Expr(e) = &f.value else { return None };
+                let h = r.int_of(e, "ffn_hidden")?;
+                if h < 1 {
+                    r.error(
+                        Diag::error("E0304", "`ffn_hidden` must be at least 1")
+                            .label(e.span, "too small")
+                            .help("give a positive width"),
+                    );
+                    return None;
+                }
+                h as u64
+            }
+            None => {
+                let hidden = mlp_ratio * width as f64;
+                match ffn {
+                    // LlamaGen: find_multiple(int(2 * ratio * dim / 3), multiple)
+                    FfnKind::Swiglu => {
+                        let m = ffn_multiple? as u64;
+                        let h = (2.0 * hidden / 3.0).floor() as u64;
+                        h.div_ceil(m) * m
+                    }
+                    _ => {
+                        if (hidden - hidden.round()).abs() > 1e-6 {
+                            r.error(
+                                Diag::error("E0409", "mlp_ratio x width is not a whole number")
+                                    .label(
+                                        c.body.field("mlp_ratio").map(|f| f.span).unwrap_or(at),
+                                        format!("{mlp_ratio} x {width} = {hidden}"),
+                                    )
+                                    .help("choose a ratio that gives a whole hidden width, or set `ffn_hidden`"),
+                            );
+                            return None;
+                        }
+                        hidden.round() as u64
+                    }
+                }
+            }
+        };
+        Some(BlockSpec {
+            name: base_name(c),
+            norm: norm?,
+            norm_eps: norm_eps?,
+            norm_affine,
+            modulation: modulation?,
+            adaln_order,
+            ffn,
+            mlp_ratio,
+            ffn_hidden,
+            qkv_bias: qkv_bias?,
+            proj_bias,
+            ffn_bias,
+        })
+    }
+
+    fn head(&self, c: &'a Component, model: &'a MBody, at: Span) -> Option<(HeadSpec, &'a MBody)> {
+        let r = self.reader(&c.body, vec![&c.body, model], "head", at);
+        let kind = r.word(
+            "kind",
+            &[
+                ("categorical", HeadKind::Categorical),
+                ("flow_mlp", HeadKind::FlowMlp),
+                ("flow_transformer", HeadKind::FlowTransformer),
+                ("dd_continuous", HeadKind::DdContinuous),
+                ("linear", HeadKind::Linear),
+            ],
+            None,
+        );
+        let flow = matches!(kind, Some(HeadKind::FlowMlp | HeadKind::FlowTransformer));
+        let (depth, width) = if flow {
+            (r.int("depth", None, 1, 100_000, "6"), r.int("width", None, 1, 1 << 24, "1024"))
+        } else {
+            (
+                r.int("depth", Some(0), 0, 100_000, "6").filter(|&d| d > 0),
+                r.int("width", Some(0), 0, 1 << 24, "1024").filter(|&w| w > 0),
+            )
+        };
+        let heads = if kind == Some(HeadKind::FlowTransformer) {
+            r.int("heads", None, 1, 1 << 16, "16")
+        } else {
+            r.int("heads", Some(0), 0, 1 << 16, "16").filter(|&h| h > 0)
+        };
+        let time_embed = r.int("time_embed", Some(256), 2, 1 << 20, "256");
+        r.finish();
+        let kind = kind?;
+        if kind == HeadKind::FlowTransformer {
+            if let (Some(w), Some(h)) = (width, heads) {
+                if w % h != 0 {
+                    r.error(
+                        Diag::error("E0401", "head width is not divisible by its heads")
+                            .label(c.body.field("width").map(|f| f.span).unwrap_or(at), format!("width {w}"))
+                            .label(c.body.field("heads").map(|f| f.span).unwrap_or(at), format!("{h} heads"))
+                            .help(format!("choose heads dividing {w} (e.g. {})", divisors_near(w as u64, h as u64))),
+                    );
+                    return None;
+                }
+            }
+        }
+        if flow && (depth.is_none() || width.is_none()) {
+            return None;
+        }
+        Some((
+            HeadSpec {
+                name: base_name(c),
+                kind,
+                depth: depth.map(|v| v as u64),
+                width: width.map(|v| v as u64),
+                heads: heads.map(|v| v as u64),
+                time_embed: time_embed? as u64,
+            },
+            &c.body,
+        ))
+    }
+
+    fn schedule(
+        &self,
+        c: &'a Component,
+        model: &'a MBody,
+        at: Span,
+        tokens: TokenKind,
+    ) -> Option<(ScheduleSpec, Span)> {
+        let r = self.reader(&c.body, vec![&c.body, model], "schedule", at);
+        let raster_f = r.field("raster");
+        let scales_f = r.field("scales");
+        let segments_f = r.field("segments");
+        let steps_f = r.field("steps");
+        let upsample = r.word(
+            "upsample",
+            &[("nearest", Upsample::Nearest), ("bilinear", Upsample::Bilinear), ("bicubic", Upsample::Bicubic)],
+            Some(Upsample::Nearest),
+        );
+        let renoise_f = r.field("renoise");
+        r.finish();
+        let rows: Vec<_> = c.body.stages().collect();
+        let forms = [raster_f.map(|f| f.key.span), scales_f.map(|f| f.key.span), rows.first().map(|s| s.span)];
+        let given: Vec<Span> = forms.iter().flatten().copied().collect();
+        if given.len() > 1 {
+            r.error(
+                Diag::error("E0420", "the stages are given in more than one way")
+                    .label(given[1], "second form")
+                    .label(given[0], "first form")
+                    .help("use exactly one of `raster GRID`, `scales [...]` or `stage` rows"),
+            );
+            return None;
+        }
+        if given.is_empty() {
+            r.error(Diag::error("E0303", "schedule has no stages").label(at, "no stages").help(
+                "add `raster 16x16`, `scales [1, 2, 4, 8, 16]`, or rows such as `stage 16x16 1.0 -> 0.0 steps 50`",
+            ));
+            return None;
+        }
+        let continuous = tokens == TokenKind::Continuous;
+        let steps_of = |e: &Expr| -> Option<u64> {
+            let s = r.int_of(e, "steps")?;
+            if s < 1 || s > 1_000_000 {
+                r.error(
+                    Diag::error("E0304", "`steps` is out of range")
+                        .label(e.span, format!("{s} steps"))
+                        .help("steps must be between 1 and 1000000"),
+                );
+                return None;
+            }
+            Some(s as u64)
+        };
+        let expr_of = |f: &'a ecarc_grammar::merged::MField, what: &str| -> Option<&'a Expr> {
+            match &f.value {
+                MValue::Expr(e) => Some(e),
+                other => {
+                    r.error(crate::eval::type_error(other.span(), what, "something else"));
+                    None
+                }
+            }
+        };
+        let mut segment_spans: Vec<Span> = Vec::new();
+        let layout = if let Some(f) = raster_f {
+            let e = expr_of(f, "a size")?;
+            let grid = r.size_of(e, "raster")?;
+            if grid[0].checked_mul(grid[1]).is_none_or(|n| n > 1 << 24) {
+                r.error(
+                    Diag::error("E0304", "raster grid is too large")
+                        .label(e.span, "too many tokens")
+                        .help("at most 16M tokens"),
+                );
+                return None;
+            }
+            if continuous {
+                r.error(
+                    Diag::error("E0421", "a raster schedule needs discrete tokens")
+                        .label(f.key.span, "raster stages sample one code each")
+                        .help("for continuous tokens, list stages with flow segments (`stage` rows or `scales`)"),
+                );
+                return None;
+            }
+            for k in [segments_f, steps_f].into_iter().flatten() {
+                r.error(
+                    Diag::error("E0403", format!("`{}` does not apply to discrete stages", k.key.name))
+                        .label(k.key.span, "discrete stages have no flow time")
+                        .help("remove it"),
+                );
+            }
+            Layout::Raster { grid }
+        } else if let Some(f) = scales_f {
+            let e = expr_of(f, "a list of scales")?;
+            let scales = r.int_list_of(e, "scales", 1)?;
+            if scales.len() > 4096 {
+                r.error(
+                    Diag::error("E0304", "too many scales")
+                        .label(e.span, format!("{} scales", scales.len()))
+                        .help("at most 4096 stages"),
+                );
+                return None;
+            }
+            let n = scales.len();
+            let (segs, steps): (Vec<Option<[f64; 2]>>, Vec<u64>) = if continuous {
+                let bounds: Vec<f64> = match segments_f {
+                    None => (0..=n).map(|i| 1.0 - i as f64 / n as f64).collect(),
+                    Some(sf) => {
+                        let se = expr_of(sf, "`uniform` or a list of boundaries")?;
+                        match &se.kind {
+                            ExprKind::Name(w) if w == "uniform" => (0..=n).map(|i| 1.0 - i as f64 / n as f64).collect(),
+                            ExprKind::List(items) => {
+                                if items.len() != n + 1 {
+                                    r.error(
+                                        Diag::error("E0422", "segment boundaries do not match the scales")
+                                            .label(se.span, format!("{} boundaries", items.len()))
+                                            .label(e.span, format!("{n} scales"))
+                                            .help(format!(
+                                                "give {} boundaries from 1.0 down to 0.0 (one more than the scales)",
+                                                n + 1
+                                            )),
+                                    );
+                                    return None;
+                                }
+                                let mut b = Vec::new();
+                                for it in items {
+                                    b.push(r.num_of(it)?.as_f64());
+                                    segment_spans.push(it.span);
+                                }
+                                b
+                            }
+                            _ => {
+                                r.error(
+                                    Diag::error("E0305", "`segments` must be `uniform` or a list of boundaries")
+                                        .label(se.span, "not a segment rule")
+                                        .help("write `segments uniform` or `segments [1.0, 0.6, 0.3, 0.0]`"),
+                                );
+                                return None;
+                            }
+                        }
+                    }
+                };
+                if segment_spans.is_empty() {
+                    segment_spans = vec![e.span; n];
+                }
+                let steps: Vec<u64> = match steps_f {
+                    None => vec![1; n],
+                    Some(sf) => {
+                        let se = expr_of(sf, "steps")?;
+                        match &se.kind {
+                            ExprKind::List(items) => {
+                                if items.len() != n {
+                                    r.error(
+                                        Diag::error("E0422", "per-stage steps do not match the scales")
+                                            .label(se.span, format!("{} step counts", items.len()))
+                                            .label(e.span, format!("{n} scales"))
+                                            .help("give one step count per scale, or one number for all"),
+                                    );
+                                    return None;
+                                }
+                                items.iter().map(&steps_of).collect::<Option<_>>()?
+                            }
+                            _ => vec![steps_of(se)?; n],
+                        }
+                    }
+                };
+                (bounds.windows(2).map(|w| Some([w[0], w[1]])).collect(), steps)
+            } else {
+                for k in [segments_f, steps_f].into_iter().flatten() {
+                    r.error(
+                        Diag::error("E0403", format!("`{}` does not apply to discrete stages", k.key.name))
+                            .label(k.key.span, "discrete stages have no flow time")
+                            .help("remove it"),
+                    );
+                }
+                (vec![None; n], vec![1; n])
+            };
+            for w in scales.windows(2).enumerate() {
+                if w.1[1] < w.1[0] {
+                    let span = match &e.kind {
+                        ExprKind::List(items) => items[w.0 + 1].span,
+                        _ => e.span,
+                    };
+                    r.error(
+                        Diag::error("E0423", "scales must not decrease")
+                            .label(span, format!("{} comes after {}", w.1[1], w.1[0]))
+                            .help("stages go from coarse to fine: list scales in non-decreasing order"),
+                    );
+                    return None;
+                }
+            }
+            let stages = scales
+                .iter()
+                .zip(segs)
+                .zip(steps)
+                .map(|((&s, segment), steps)| StageSpec { grid: [s, s], tokens: s * s, segment, steps })
+                .collect();
+            Layout::Stages(stages)
+        } else {
+            for k in [segments_f, steps_f].into_iter().flatten() {
+                r.error(
+                    Diag::error("E0308", format!("`{}` is for `scales` schedules", k.key.name))
+                        .label(k.key.span, "stage rows give their own")
+                        .help("put the segment and steps on each `stage` row"),
+                );
+            }
+            if rows.len() > 1 << 16 {
+                r.error(
+                    Diag::error("E0304", "too many stage rows").label(rows[0].span, "here").help("at most 65536 rows"),
+                );
+                return None;
+            }
+            let mut stages = Vec::new();
+            let mut prev: Option<([u64; 2], Span)> = None;
+            for row in &rows {
+                let grid = r.size_of(&row.grid, "stage")?;
+                if let Some((pg, _)) = prev {
+                    if grid[0] < pg[0] || grid[1] < pg[1] {
+                        r.error(
+                            Diag::error("E0423", "stage grids must not shrink")
+                                .label(row.grid.span, format!("{}x{} after {}x{}", grid[0], grid[1], pg[0], pg[1]))
+                                .help("order stages from coarse to fine"),
+                        );
+                        return None;
+                    }
+                }
+                prev = Some((grid, row.span));
+                let segment = match &row.segment {
+                    Some((f, t, s)) => {
+                        if !continuous {
+                            r.error(
+                                Diag::error("E0403", "a discrete stage carries no flow segment")
+                                    .label(*s, "flow time given here")
+                                    .help("this model's tokenizer makes discrete codes; remove the segment"),
+                            );
+                            return None;
+                        }
+                        segment_spans.push(*s);
+                        Some([r.num_of(f)?.as_f64(), r.num_of(t)?.as_f64()])
+                    }
+                    None if continuous => {
+                        r.error(
+                            Diag::error("E0424", "a continuous stage needs its flow segment")
+                                .label(row.span, "no `FROM -> TO`")
+                                .help("add the flow time this stage integrates, e.g. `stage 4x4 0.6 -> 0.4 steps 4`"),
+                        );
+                        return None;
+                    }
+                    None => None,
+                };
+                let steps = match &row.steps {
+                    Some(e) if !continuous => {
+                        r.error(
+                            Diag::error("E0403", "a discrete stage has no ODE steps")
+                                .label(e.span, "steps given here")
+                                .help("remove `steps`: a discrete stage samples once"),
+                        );
+                        return None;
+                    }
+                    Some(e) => steps_of(e)?,
+                    None => 1,
+                };
+                stages.push(StageSpec { grid, tokens: grid[0] * grid[1], segment, steps });
+            }
+            Layout::Stages(stages)
+        };
+        if continuous {
+            if let Layout::Stages(stages) = &layout {
+                self.check_segments(stages, &segment_spans, at)?;
+            }
+        }
+        let renoise = match renoise_f {
+            None => Renoise::None,
+            Some(f) => {
+                let e = expr_of(f, "a renoise rule")?;
+                match &e.kind {
+                    ExprKind::Name(n) if n == "none" => Renoise::None,
+                    ExprKind::Call { name, args } if name.name == "pyramid" => {
+                        let g = match args.as_slice() {
+                            [a] if a.name.as_ref().is_none_or(|n| n.name == "gamma") => r.num_of(&a.value)?.as_f64(),
+                            _ => {
+                                r.error(
+                                    Diag::error("E0310", "`pyramid` takes one argument, `gamma`")
+                                        .label(e.span, "e.g. `pyramid(gamma = 1/3)`")
+                                        .help("write `renoise pyramid(gamma = 1/3)`"),
+                                );
+                                return None;
+                            }
+                        };
+                        if g <= 0.0 || !g.is_finite() {
+                            r.error(
+                                Diag::error("E0304", "`gamma` must be positive")
+                                    .label(e.span, format!("gamma {g}"))
+                                    .help("the pyramidal-flow rule uses gamma = 1/3"),
+                            );
+                            return None;
+                        }
+                        Renoise::Pyramid { gamma: g }
+                    }
+                    _ => {
+                        r.error(
+                            Diag::error("E0305", "unknown renoise rule")
+                                .label(e.span, "not a renoise rule")
+                                .help("write `renoise none` or `renoise pyramid(gamma = 1/3)`"),
+                        );
+                        return None;
+                    }
+                }
+            }
+        };
+        if !continuous && renoise != Renoise::None {
+            r.error(
+                Diag::error("E0403", "renoise applies to continuous stages")
+                    .label(renoise_f.map(|f| f.span).unwrap_or(at), "discrete tokens are not re-noised")
+                    .help("remove `renoise`"),
+            );
+            return None;
+        }
+        Some((ScheduleSpec { tokens, layout, upsample: upsample?, renoise }, at))
+    }
+
+    fn check_segments(&self, stages: &[StageSpec], spans: &[Span], at: Span) -> Option<()> {
+        let span_of = |i: usize| spans.get(i).copied().unwrap_or(at);
+        for (i, s) in stages.iter().enumerate() {
+            let [from, to] = s.segment?;
+            if !(0.0 - EPS..=1.0 + EPS).contains(&from) || !(0.0 - EPS..=1.0 + EPS).contains(&to) {
+                self.error(
+                    Diag::error("E0425", "flow time outside [0, 1]")
+                        .label(span_of(i), format!("{from} -> {to}"))
+                        .help("flow time runs from 1 (noise) to 0 (data)"),
+                );
+                return None;
+            }
+            if from <= to + EPS {
+                self.error(
+                    Diag::error("E0425", "flow segment does not decrease")
+                        .label(
+                            span_of(i),
+                            format!("{from} -> {to} goes {}", if from == to { "nowhere" } else { "backwards" }),
+                        )
+                        .help("flow time runs from 1 (noise) to 0 (data): write FROM -> TO with FROM > TO"),
+                );
+                return None;
+            }
+            if i == 0 && (from - 1.0).abs() > EPS {
+                self.error(
+                    Diag::error("E0426", "the first stage must start at flow time 1")
+                        .label(span_of(i), format!("starts at {from}"))
+                        .help("the first stage starts from pure noise: `1.0 -> ...`"),
+                );
+                return None;
+            }
+            if i > 0 {
+                let prev = stages[i - 1].segment?[1];
+                if (prev - from).abs() > EPS {
+                    self.error(
+                        Diag::error("E0427", "flow segments are not contiguous")
+                            .label(span_of(i), format!("starts at {from}"))
+                            .label(span_of(i - 1), format!("the previous stage ends at {prev}"))
+                            .help(format!("start this stage at {prev}, where the previous one ends")),
+                    );
+                    return None;
+                }
+            }
+            if i + 1 == stages.len() && to.abs() > EPS {
+                self.error(
+                    Diag::error("E0426", "the last stage must end at flow time 0")
+                        .label(span_of(i), format!("ends at {to}"))
+                        .help("the last stage must reach clean data: `... -> 0.0`"),
+                );
+                return None;
+            }
+        }
+        Some(())
+    }
+
+    fn sampler(&self, c: Option<&'a Component>, model: &'a MBody, at: Span) -> Option<(SamplerSpec, SamplerSpans)> {
+        static EMPTY: std::sync::OnceLock<MBody> = std::sync::OnceLock::new();
+        let empty = EMPTY.get_or_init(|| MBody { entries: vec![], span: Span::new(ecarc_grammar::FileId(0), 0, 0) });
+        let body = c.map(|c| &c.body).unwrap_or(empty);
+        let r = self.reader(body, vec![body, model], "sampler", at);
+        let spans = SamplerSpans {
+            at,
+            top_k: body.field("top_k").map(|f| f.span),
+            top_p: body.field("top_p").map(|f| f.span),
+            solver: body.field("solver").map(|f| f.span),
+            cfg_channels: body.field("cfg_channels").map(|f| f.span),
+        };
+        let cfg = r.float("cfg", Some(1.0), 0.0, 1e6, "1.5");
+        let cfg_schedule = r.word(
+            "cfg_schedule",
+            &[("constant", CfgSchedule::Constant), ("linear", CfgSchedule::Linear)],
+            Some(CfgSchedule::Constant),
+        );
+        let cfg_channels = match r.field("cfg_channels") {
+            None => None,
+            Some(f) => match &f.value {
+                MValue::Expr(e) if e.as_name() == Some("all") => None,
+                MValue::Expr(e) => {
+                    let v = r.int_of(e, "cfg_channels")?;
+                    if v < 1 {
+                        r.error(
+                            Diag::error("E0304", "`cfg_channels` must be at least 1")
+                                .label(e.span, format!("{v}"))
+                                .help("write a positive count, or `all`"),
+                        );
+                        return None;
+                    }
+                    Some(v as u64)
+                }
+                other => {
+                    r.error(crate::eval::type_error(other.span(), "a channel count or `all`", "something else"));
+                    return None;
+                }
+            },
+        };
+        let top_k = r.int("top_k", Some(0), 0, i64::MAX, "900");
+        let top_p = r.float("top_p", Some(1.0), 0.0, 1.0, "0.96");
+        if let (Some(p), Some(s)) = (top_p, spans.top_p) {
+            if p <= 0.0 {
+                r.error(
+                    Diag::error("E0304", "`top_p` must be above 0")
+                        .label(s, "0 keeps no token")
+                        .help("top_p lies in (0, 1]; 1 turns nucleus sampling off"),
+                );
+                return None;
+            }
+        }
+        let temperature = r.float("temperature", Some(1.0), 0.0, 1e6, "1.0");
+        if temperature == Some(0.0) {
+            r.error(
+                Diag::error("E0304", "`temperature` must be above 0")
+                    .label(body.field("temperature").map(|f| f.span).unwrap_or(at), "0")
+                    .help("for greedy decoding use `top_k 1`"),
+            );
+            return None;
+        }
+        let solver = r.word(
+            "solver",
+            &[("euler", Solver::Euler), ("heun", Solver::Heun), ("ddpm", Solver::Ddpm), ("ddim", Solver::Ddim)],
+            Some(Solver::Euler),
+        );
+        let learned_variance = r.bool("learned_variance", false);
+        let train_steps = r.int("train_steps", Some(1000), 1, 1_000_000, "1000");
+        let beta = match r.field("beta") {
+            None => Some([1e-4, 0.02]),
+            Some(f) => {
+                let MValue::Expr(e) = &f.value else { return None };
+                match &e.kind {
+                    ExprKind::Call { name, args } if name.name == "linear" && args.len() == 2 => {
+                        let a = r.num_of(&args[0].value)?.as_f64();
+                        let b = r.num_of(&args[1].value)?.as_f64();
+                        if !(0.0 < a && a < b && b < 1.0) {
+                            r.error(
+                                Diag::error("E0304", "beta schedule out of range")
+                                    .label(e.span, format!("linear({a}, {b})"))
+                                    .help("betas must satisfy 0 < start < end < 1 (DiT: linear(1e-4, 0.02))"),
+                            );
+                            return None;
+                        }
+                        Some([a, b])
+                    }
+                    _ => {
+                        r.error(
+                            Diag::error("E0305", "unknown beta schedule")
+                                .label(e.span, "expected `linear(start, end)`")
+                                .help("write `beta linear(1e-4, 0.02)`"),
+                        );
+                        return None;
+                    }
+                }
+            }
+        };
+        r.finish();
+        Some((
+            SamplerSpec {
+                name: c.and_then(base_name),
+                cfg: cfg?,
+                cfg_schedule: cfg_schedule?,
+                cfg_channels,
+                top_k: top_k? as u64,
+                top_p: top_p?,
+                temperature: temperature?,
+                solver: solver?,
+                learned_variance,
+                beta: beta?,
+                train_steps: train_steps? as u64,
+            },
+            spans,
+        ))
+    }
+
+    fn distill(&self, c: &'a Component, model: &'a MBody, at: Span) -> Option<(DistillSpec, DistillSpans)> {
+        let r = self.reader(&c.body, vec![&c.body, model], "distill", at);
+        let method = r.word("method", &[("dd", ())], Some(()));
+        let steps = r.int("steps", Some(1), 1, 2, "1");
+        let split = r.int("split", Some(0), 0, i64::MAX, "80");
+        r.finish();
+        method?;
+        let spans = DistillSpans { at, split: c.body.field("split").map(|f| f.span) };
+        let (steps, split) = (steps? as u64, split? as u64);
+        if steps == 2 && c.body.field("split").is_none() {
+            r.error(
+                Diag::error("E0303", "two-step DD needs `split`")
+                    .label(at, "steps 2 without split")
+                    .help("add `split N`: the stage after which the second step re-noises (VAR-d16: 5, LlamaGen: 80)"),
+            );
+            return None;
+        }
+        Some((DistillSpec { name: base_name(c), steps, split }, spans))
+    }
+}
+
+struct SamplerSpans {
+    at: Span,
+    top_k: Option<Span>,
+    top_p: Option<Span>,
+    solver: Option<Span>,
+    cfg_channels: Option<Span>,
+}
+
+struct DistillSpans {
+    at: Span,
+    split: Option<Span>,
+}
+
+/// A nearby divisor of `n`, to suggest in a help line.
+fn divisors_near(n: u64, target: u64) -> u64 {
+    (1..=n.min(1 << 20)).filter(|d| n % d == 0).min_by_key(|d| d.abs_diff(target)).unwrap_or(1)
+}
+
+/// Evaluates `params`/`buffers` groups with the derived values in scope.
+struct ParamCtx<'c, 'a> {
+    checker: &'c Checker<'a>,
+    derived: &'c BTreeMap<String, N>,
+    flags: &'c BTreeMap<&'static str, bool>,
+    /// Full key -> where it was declared, to report duplicates.
+    seen: RefCell<HashMap<String, Span>>,
+    count: RefCell<u64>,
+}
+
+impl<'c, 'a> ParamCtx<'c, 'a> {
+    fn groups(
+        &self,
+        body: &'c MBody,
+        chain: Vec<&'c MBody>,
+        owner: &str,
+        params: &mut Vec<ParamGroupSpec>,
+        buffers: &mut Vec<ParamGroupSpec>,
+    ) {
+        let scope = Scope::new(chain, self.derived);
+        for g in body.param_groups() {
+            if let Some(spec) = self.group(g, &scope, owner) {
+                match g.kind {
+                    ParamKind::Params => params.push(spec),
+                    ParamKind::Buffers => buffers.push(spec),
+                }
+            }
+        }
+    }
+
+    fn flag(&self, name: &Ident, scope: &Scope) -> Option<bool> {
+        if let Some(&v) = self.flags.get(name.name.as_str()) {
+            return Some(v);
+        }
+        for b in &scope.bodies {
+            if let Some(f) = b.field(&name.name) {
+                if let MValue::Expr(e) = &f.value {
+                    match e.as_name() {
+                        Some("true") => return Some(true),
+                        Some("false") => return Some(false),
+                        _ => {}
+                    }
+                }
+                self.checker.error(
+                    Diag::error("E0431", format!("`{}` is not a boolean", name.name))
+                        .label(name.span, "used as a condition")
+                        .label(f.value.span(), "defined here")
+                        .help("conditions name `distilled` or a field set to true/false"),
+                );
+                return None;
+            }
+        }
+        let mut cands: Vec<&str> = self.flags.keys().copied().collect();
+        for b in &scope.bodies {
+            cands.extend(b.fields().map(|f| f.key.name.as_str()));
+        }
+        let d = Diag::error("E0431", format!("unknown condition `{}`", name.name)).label(name.span, "not a flag");
+        self.checker.error(match did_you_mean(&name.name, cands.iter().copied()) {
+            Some(s) => d.help(format!("did you mean `{s}`?")),
+            None => d.help("conditions name `distilled` or a boolean field in scope"),
+        });
+        None
+    }
+
+    fn group(&self, g: &ParamGroup, scope: &Scope<'c>, owner: &str) -> Option<ParamGroupSpec> {
+        if let Some(c) = &g.condition {
+            let v = self.flag(&c.flag, scope)?;
+            if v == c.negated {
+                return None;
+            }
+        }
+        let err = |d: Diag| {
+            self.checker.error(d);
+        };
+        let repeat = match &g.repeat {
+            None => None,
+            Some(r) => {
+                let lo = scope.num(&r.lo).map_err(err).ok()?;
+                let hi = scope.num(&r.hi).map_err(err).ok()?;
+                match (lo, hi) {
+                    (N::Int(lo), N::Int(hi)) if 0 <= lo && lo <= hi => {
+                        let prefix_has =
+                            g.prefix.as_ref().is_some_and(|p| p.value.contains(&format!("{{{}}}", r.var.name)));
+                        let decls_have = g.decls.iter().all(|d| d.key.value.contains(&format!("{{{}}}", r.var.name)));
+                        if !prefix_has && !decls_have && hi - lo > 1 {
+                            err(Diag::error(
+                                "E0432",
+                                format!("keys do not use the loop variable `{{{}}}`", r.var.name),
+                            )
+                            .label(r.span, "every copy would get the same keys")
+                            .help(format!(
+                                "put `{{{}}}` in the prefix, e.g. \"blocks.{{{}}}.\"",
+                                r.var.name, r.var.name
+                            )));
+                            return None;
+                        }
+                        Some(RepeatSpec { var: r.var.name.clone(), start: lo as u64, count: (hi - lo) as u64 })
+                    }
+                    _ => {
+                        err(Diag::error("E0304", "loop bounds must be integers with 0 <= lo <= hi")
+                            .label(r.span, format!("{lo}..{hi}"))
+                            .help("write e.g. `for i in 0..depth`"));
+                        return None;
+                    }
+                }
+            }
+        };
+        let mut tensors = Vec::new();
+        for d in &g.decls {
+            let mut shape = Vec::new();
+            for dim in &d.shape {
+                match scope.num(dim) {
+                    Ok(N::Int(v)) if v >= 1 => shape.push(v as u64),
+                    Ok(v) => {
+                        err(Diag::error("E0433", "a tensor dimension must be a positive integer")
+                            .label(dim.span, format!("this is {v}"))
+                            .help("dimensions are whole numbers >= 1"));
+                        return None;
+                    }
+                    Err(mut e) => {
+                        if let (Some(r), ExprKind::Name(n)) = (&g.repeat, &dim.kind) {
+                            if *n == r.var.name {
+                                e = e.help("shapes are the same in every copy: the loop variable is only for keys");
+                            }
+                        }
+                        err(e);
+                        return None;
+                    }
+                }
+            }
+            tensors.push(TensorSpec { role: d.role.name.clone(), key: d.key.value.clone(), shape });
+        }
+        let spec = ParamGroupSpec {
+            owner: owner.into(),
+            prefix: g.prefix.as_ref().map(|p| p.value.clone()).unwrap_or_default(),
+            repeat,
+            tensors,
+        };
+        let copies = spec.repeat.as_ref().map_or(1, |r| r.count);
+        let n = copies.saturating_mul(spec.tensors.len() as u64);
+        *self.count.borrow_mut() += n;
+        if *self.count.borrow() > MAX_TENSORS {
+            err(Diag::error("E0434", "too many tensors declared")
+                .label(g.span, format!("more than {MAX_TENSORS} after expanding loops"))
+                .help("check the loop bounds"));
+            return None;
+        }
+        // Duplicate full keys across every group of the model.
+        let mut seen = self.seen.borrow_mut();
+        for (i, (key, _)) in spec.expand().into_iter().enumerate() {
+            let decl_span = g.decls.get(i % g.decls.len().max(1)).map(|d| d.key.span).unwrap_or(g.span);
+            if let Some(first) = seen.get(&key) {
+                err(Diag::error("E0430", format!("checkpoint key `{key}` is declared twice"))
+                    .label(decl_span, "declared again here")
+                    .label(*first, "first declared here")
+                    .help("each tensor of a checkpoint has one key; rename one or guard it with `when`"));
+                return None;
+            }
+            seen.insert(key, decl_span);
+        }
+        Some(spec)
+    }
+}

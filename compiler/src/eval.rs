@@ -1,0 +1,237 @@
+//! Evaluation of parameter expressions: exact integers (checked arithmetic),
+//! decimals, sizes, names looked up through a scope chain of merged bodies, then
+//! derived values. Every failure is a spanned [`Diag`], never a panic.
+
+use ecarc_grammar::ast::{BinOp, Expr, ExprKind, Num};
+use ecarc_grammar::merged::{MBody, MValue};
+use ecarc_grammar::{Diag, Span};
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+
+/// A number: integers stay exact.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum N {
+    Int(i64),
+    Float(f64),
+}
+
+impl N {
+    pub fn as_f64(self) -> f64 {
+        match self {
+            N::Int(i) => i as f64,
+            N::Float(f) => f,
+        }
+    }
+}
+
+impl std::fmt::Display for N {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            N::Int(i) => write!(f, "{i}"),
+            N::Float(x) => write!(f, "{x}"),
+        }
+    }
+}
+
+/// Where names are looked up: bodies innermost first, then derived values.
+#[derive(Clone)]
+pub struct Scope<'a> {
+    pub bodies: Vec<&'a MBody>,
+    pub derived: &'a BTreeMap<String, N>,
+    /// Loop variables of `params ... for i in ..` (bound for keys, not shapes).
+    pub locals: Vec<(String, N)>,
+    /// Fields being evaluated, for cycle detection: (body pointer, key).
+    active: std::rc::Rc<RefCell<Vec<(usize, String)>>>,
+}
+
+impl<'a> Scope<'a> {
+    pub fn new(bodies: Vec<&'a MBody>, derived: &'a BTreeMap<String, N>) -> Self {
+        Scope { bodies, derived, locals: vec![], active: Default::default() }
+    }
+    /// The same derived values with a different chain of bodies.
+    pub fn with_bodies(&self, bodies: Vec<&'a MBody>) -> Self {
+        Scope { bodies, derived: self.derived, locals: self.locals.clone(), active: self.active.clone() }
+    }
+
+    /// Evaluate a numeric expression.
+    pub fn num(&self, e: &Expr) -> Result<N, Diag> {
+        match &e.kind {
+            ExprKind::Number { value, .. } => Ok(match value {
+                Num::Int(i) => N::Int(*i),
+                Num::Float(f) => N::Float(*f),
+            }),
+            ExprKind::Paren(inner) => self.num(inner),
+            ExprKind::Neg(inner) => match self.num(inner)? {
+                N::Int(i) => i.checked_neg().map(N::Int).ok_or_else(|| overflow(e.span)),
+                N::Float(f) => Ok(N::Float(-f)),
+            },
+            ExprKind::Binary { op, lhs, rhs } => {
+                let (a, b) = (self.num(lhs)?, self.num(rhs)?);
+                binary(*op, a, b, e.span, rhs.span)
+            }
+            ExprKind::Name(n) => self.name(n, e.span),
+            ExprKind::Call { name, args } => {
+                let vals: Vec<f64> =
+                    args.iter().map(|a| self.num(&a.value).map(N::as_f64)).collect::<Result<_, _>>()?;
+                let need = |k: usize| -> Result<(), Diag> {
+                    if vals.len() == k {
+                        Ok(())
+                    } else {
+                        Err(Diag::error(
+                            "E0310",
+                            format!("`{}` takes {k} argument{}", name.name, if k == 1 { "" } else { "s" }),
+                        )
+                        .label(e.span, format!("given {}", vals.len())))
+                    }
+                };
+                let r = match name.name.as_str() {
+                    "ln" => {
+                        need(1)?;
+                        if vals[0] <= 0.0 {
+                            return Err(Diag::error("E0311", "`ln` of a number <= 0")
+                                .label(e.span, "undefined")
+                                .help("ln needs a positive argument"));
+                        }
+                        vals[0].ln()
+                    }
+                    "exp" => {
+                        need(1)?;
+                        vals[0].exp()
+                    }
+                    "sqrt" => {
+                        need(1)?;
+                        if vals[0] < 0.0 {
+                            return Err(Diag::error("E0311", "`sqrt` of a negative number").label(e.span, "undefined"));
+                        }
+                        vals[0].sqrt()
+                    }
+                    "min" | "max" => {
+                        if vals.is_empty() {
+                            need(2)?;
+                        }
+                        let f = if name.name == "min" { f64::min } else { f64::max };
+                        let nums: Vec<N> = args.iter().map(|a| self.num(&a.value)).collect::<Result<_, _>>()?;
+                        if nums.iter().all(|n| matches!(n, N::Int(_))) {
+                            let ints = nums.iter().map(|n| if let N::Int(i) = n { *i } else { 0 });
+                            let v = if name.name == "min" { ints.min() } else { ints.max() };
+                            return Ok(N::Int(v.unwrap_or(0)));
+                        }
+                        vals.iter().copied().fold(vals[0], f)
+                    }
+                    other => {
+                        return Err(Diag::error("E0312", format!("unknown function `{other}`"))
+                            .label(name.span, "not a function")
+                            .help(match ecarc_grammar::diag::did_you_mean(other, FUNCTIONS.iter().copied()) {
+                                Some(s) => format!("did you mean `{s}`? functions: {}", FUNCTIONS.join(", ")),
+                                None => format!("functions: {}", FUNCTIONS.join(", ")),
+                            }))
+                    }
+                };
+                finite(r, e.span)
+            }
+            ExprKind::Size { .. } => Err(type_error(e.span, "a number", "a size")),
+            ExprKind::Str(_) => Err(type_error(e.span, "a number", "a string")),
+            ExprKind::List(_) => Err(type_error(e.span, "a number", "a list")),
+        }
+    }
+
+    fn name(&self, n: &str, span: Span) -> Result<N, Diag> {
+        if let Some((_, v)) = self.locals.iter().rev().find(|(k, _)| k == n) {
+            return Ok(*v);
+        }
+        for (depth, body) in self.bodies.iter().enumerate() {
+            if let Some(f) = body.field(n) {
+                let id = (*body as *const MBody as usize, n.to_string());
+                if self.active.borrow().contains(&id) {
+                    return Err(Diag::error("E0313", format!("`{n}` is defined in terms of itself"))
+                        .label(span, "this reference is circular")
+                        .label(f.span, "defined here")
+                        .help("give the field a value that does not refer back to it"));
+                }
+                let MValue::Expr(e) = &f.value else {
+                    return Err(Diag::error("E0314", format!("`{n}` is not a number"))
+                        .label(span, "used as a number here")
+                        .label(f.value.span(), "defined here"));
+                };
+                self.active.borrow_mut().push(id);
+                let inner = self.with_bodies(self.bodies[depth..].to_vec());
+                let r = inner.num(e);
+                self.active.borrow_mut().pop();
+                return r.map_err(|d| {
+                    if d.code == "E0315" || d.code == "E0313" {
+                        d
+                    } else {
+                        d.label(span, format!("while evaluating `{n}` here"))
+                    }
+                });
+            }
+        }
+        if let Some(v) = self.derived.get(n) {
+            return Ok(*v);
+        }
+        let mut candidates: Vec<&str> = self.derived.keys().map(String::as_str).collect();
+        for b in &self.bodies {
+            candidates.extend(b.fields().map(|f| f.key.name.as_str()));
+        }
+        let d =
+            Diag::error("E0315", format!("unknown name `{n}`")).label(span, "not a field or derived value in scope");
+        Err(match ecarc_grammar::diag::did_you_mean(n, candidates.iter().copied()) {
+            Some(s) => d.help(format!("did you mean `{s}`?")),
+            None => d.help(
+                "names refer to fields of this block or an enclosing one, or to derived values (see docs/language.md)",
+            ),
+        })
+    }
+}
+
+pub const FUNCTIONS: &[&str] = &["ln", "exp", "sqrt", "min", "max"];
+
+fn finite(v: f64, span: Span) -> Result<N, Diag> {
+    if v.is_finite() {
+        Ok(N::Float(v))
+    } else {
+        Err(Diag::error("E0316", "result is not a finite number").label(span, "infinite or NaN"))
+    }
+}
+
+fn overflow(span: Span) -> Diag {
+    Diag::error("E0317", "integer overflow")
+        .label(span, "this value does not fit in 64 bits")
+        .help("use smaller values; sizes and counts must fit in a signed 64-bit integer")
+}
+
+pub fn type_error(span: Span, expected: &str, found: &str) -> Diag {
+    Diag::error("E0301", format!("expected {expected}, found {found}")).label(span, format!("expected {expected}"))
+}
+
+fn binary(op: BinOp, a: N, b: N, span: Span, rhs_span: Span) -> Result<N, Diag> {
+    match (a, b) {
+        (N::Int(x), N::Int(y)) => match op {
+            BinOp::Add => x.checked_add(y).map(N::Int).ok_or_else(|| overflow(span)),
+            BinOp::Sub => x.checked_sub(y).map(N::Int).ok_or_else(|| overflow(span)),
+            BinOp::Mul => x.checked_mul(y).map(N::Int).ok_or_else(|| overflow(span)),
+            BinOp::Div => {
+                if y == 0 {
+                    Err(Diag::error("E0318", "division by zero").label(rhs_span, "this is zero"))
+                } else if x.checked_rem(y) == Some(0) {
+                    x.checked_div(y).map(N::Int).ok_or_else(|| overflow(span))
+                } else {
+                    Ok(N::Float(x as f64 / y as f64))
+                }
+            }
+        },
+        _ => {
+            let (x, y) = (a.as_f64(), b.as_f64());
+            if op == BinOp::Div && y == 0.0 {
+                return Err(Diag::error("E0318", "division by zero").label(rhs_span, "this is zero"));
+            }
+            let r = match op {
+                BinOp::Add => x + y,
+                BinOp::Sub => x - y,
+                BinOp::Mul => x * y,
+                BinOp::Div => x / y,
+            };
+            finite(r, span)
+        }
+    }
+}

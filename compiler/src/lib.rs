@@ -1,0 +1,11 @@
+//! ecarc's compiler: the typed, checked [`spec::ModelSpec`] (this crate's first
+//! layer), then the graph IR, passes and cost model built on it.
+
+pub mod check;
+pub mod eval;
+pub mod reader;
+pub mod spec;
+
+pub use spec::ModelSpec;
+pub mod session;
+pub mod space;

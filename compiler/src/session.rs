@@ -1,0 +1,280 @@
+//! One `ecarc check` run as a library call: load files, apply `--set`
+//! overrides, resolve every model, expand search spaces and check each point.
+//! The CLI, tests and later commands (build, search) all start here.
+
+use crate::check::check_model;
+use crate::space;
+use crate::spec::ModelSpec;
+use ecarc_grammar::ast::Definition;
+use ecarc_grammar::merged::{Component, MBody, MField, MValue};
+use ecarc_grammar::{parser, Diag, Program, Span};
+use std::path::Path;
+
+/// Points of a search space checked by `check` (larger spaces are sampled evenly).
+pub const MAX_CHECKED_POINTS: u128 = 100_000;
+
+/// `--set path.to.key=value`, applied to every model after resolution.
+#[derive(Clone, Debug)]
+pub struct Override {
+    pub path: Vec<String>,
+    pub value: String,
+}
+
+impl std::str::FromStr for Override {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (k, v) = s.split_once('=').ok_or_else(|| format!("`{s}` is not KEY=VALUE (e.g. backbone.depth=20)"))?;
+        let path: Vec<String> = k.trim().split('.').map(|p| p.trim().to_string()).collect();
+        let ident_ok = |p: &str| {
+            !p.is_empty()
+                && p.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        };
+        if !path.iter().all(|p| ident_ok(p)) {
+            return Err(format!("`{k}` is not a key path (names joined by dots, e.g. sample.cfg)"));
+        }
+        Ok(Override { path, value: v.trim().to_string() })
+    }
+}
+
+/// What checking one model gave.
+#[derive(Debug)]
+pub enum Outcome {
+    Model(Box<ModelSpec>),
+    Space(SpaceSummary),
+    Failed,
+}
+
+#[derive(Debug)]
+pub struct SpaceSummary {
+    /// Paths of the fields with alternatives and their option labels.
+    pub axes: Vec<(String, Vec<String>)>,
+    pub total: u128,
+    pub checked: u128,
+    pub valid: u128,
+    pub first_valid: Option<Box<ModelSpec>>,
+}
+
+#[derive(Debug)]
+pub struct CheckedModel {
+    pub name: String,
+    pub span: Span,
+    pub body: Option<MBody>,
+    pub outcome: Outcome,
+}
+
+/// Everything one run produced: sources for rendering, diagnostics, models.
+#[derive(Debug)]
+pub struct Session {
+    pub program: Program,
+    pub diags: Vec<Diag>,
+    pub models: Vec<CheckedModel>,
+}
+
+impl Session {
+    pub fn has_errors(&self) -> bool {
+        self.diags.iter().any(Diag::is_error)
+    }
+    pub fn render_diags(&self) -> String {
+        ecarc_grammar::diag::render_all_plain(&self.diags, &self.program.sources)
+    }
+}
+
+/// Check files from disk.
+pub fn check_paths(paths: &[impl AsRef<Path>], sets: &[Override]) -> Session {
+    let mut program = Program::new();
+    let mut diags = Vec::new();
+    for p in paths {
+        diags.extend(program.load_path(p.as_ref()));
+    }
+    finish(program, diags, sets)
+}
+
+/// Check one source text (tests, editors). `name` is shown in diagnostics;
+/// relative imports resolve from the current directory.
+pub fn check_source(name: &str, text: &str, sets: &[Override]) -> Session {
+    let mut program = Program::new();
+    let diags = program.load_str(name, text);
+    finish(program, diags, sets)
+}
+
+/// Check an already loaded program.
+pub fn finish(mut program: Program, mut diags: Vec<Diag>, sets: &[Override]) -> Session {
+    let mut models = Vec::new();
+    if diags.iter().any(Diag::is_error) {
+        return Session { program, diags, models };
+    }
+    // Parse override values once, into their own source file.
+    let mut set_values = Vec::new();
+    for o in sets {
+        let id = program.sources.add(format!("--set {}", o.path.join(".")), None, o.value.clone());
+        match parser::parse_set_value(id, &o.value) {
+            Ok(v) => set_values.push((o.path.clone(), v, id)),
+            Err(d) => diags.extend(d),
+        }
+    }
+    let defs: Vec<Definition> = program.root_definitions().into_iter().cloned().collect();
+    for def in &defs {
+        let body = match program.resolve(def) {
+            Ok(b) => b,
+            Err(d) => {
+                diags.extend(d);
+                if def.kind.name == "model" {
+                    models.push(CheckedModel {
+                        name: def.name.name.clone(),
+                        span: def.name.span,
+                        body: None,
+                        outcome: Outcome::Failed,
+                    });
+                }
+                continue;
+            }
+        };
+        if def.kind.name != "model" {
+            if !KINDS.contains(&def.kind.name.as_str()) {
+                let d = Diag::error("E0208", format!("unknown definition kind `{}`", def.kind.name))
+                    .label(def.kind.span, "not a kind");
+                diags.push(match ecarc_grammar::diag::did_you_mean(&def.kind.name, KINDS.iter().copied()) {
+                    Some(s) => d.help(format!("did you mean `{s}`? kinds: {}", KINDS.join(", "))),
+                    None => d.help(format!("kinds: {}", KINDS.join(", "))),
+                });
+            }
+            continue;
+        }
+        let mut body = body;
+        let mut ok = true;
+        for (path, value, id) in &set_values {
+            let key = path.last().expect("non-empty path");
+            match program.resolve_value(key, value) {
+                Ok(v) => {
+                    let whole = Span::new(*id, 0, program.sources.get(*id).text.len());
+                    set_path(&mut body, path, v, whole);
+                }
+                Err(d) => {
+                    diags.extend(d);
+                    ok = false;
+                }
+            }
+        }
+        if !ok {
+            continue;
+        }
+        let outcome = check_body(&program, &def.name, &body, &mut diags);
+        models.push(CheckedModel { name: def.name.name.clone(), span: def.name.span, body: Some(body), outcome });
+    }
+    // A mistake in a shared definition shows up once, not once per model using it.
+    let mut unique: Vec<Diag> = Vec::with_capacity(diags.len());
+    for d in diags {
+        if !unique.contains(&d) {
+            unique.push(d);
+        }
+    }
+    Session { program, diags: unique, models }
+}
+
+/// The definition kinds the language has.
+pub const KINDS: &[&str] = &["model", "tokenizer", "backbone", "block", "head", "sampler", "schedule", "distill"];
+
+fn check_body(program: &Program, name: &ecarc_grammar::ast::Ident, body: &MBody, diags: &mut Vec<Diag>) -> Outcome {
+    let axes = match space::axes(body, &program.sources) {
+        Ok(a) => a,
+        Err(d) => {
+            diags.extend(d);
+            return Outcome::Failed;
+        }
+    };
+    if axes.is_empty() {
+        return match check_model(name, body) {
+            Ok(spec) => Outcome::Model(Box::new(spec)),
+            Err(d) => {
+                diags.extend(d);
+                Outcome::Failed
+            }
+        };
+    }
+    let total = space::size(&axes);
+    let checked = total.min(MAX_CHECKED_POINTS);
+    // Group identical failures: one diagnostic per distinct problem, with how
+    // many points it breaks and an example point.
+    let mut groups: Vec<(Diag, u128, Vec<(String, String)>)> = Vec::new();
+    let mut valid = 0u128;
+    let mut first_valid = None;
+    for k in 0..checked {
+        let index = if total > checked { k * total / checked } else { k };
+        let (point, assignment) = space::point(body, &axes, index);
+        match check_model(name, &point) {
+            Ok(spec) => {
+                valid += 1;
+                if first_valid.is_none() {
+                    first_valid = Some(Box::new(spec));
+                }
+            }
+            Err(ds) => {
+                for d in ds {
+                    match groups.iter_mut().find(|g| g.0 == d) {
+                        Some(g) => g.1 += 1,
+                        None => groups.push((d, 1, assignment.clone())),
+                    }
+                }
+            }
+        }
+    }
+    for (d, count, example) in groups {
+        let at = example.iter().map(|(k, v)| format!("{k} = {v}")).collect::<Vec<_>>().join(", ");
+        let note = format!("this breaks {count} of {checked} design points, e.g. {at}");
+        let help = match &d.help {
+            Some(h) => format!("{h}\n{note}"),
+            None => note,
+        };
+        diags.push(Diag { help: Some(help), ..d });
+    }
+    if total > checked {
+        diags.push(
+            Diag::warning("W0501", format!("the space has {total} points; {checked} evenly spaced ones were checked"))
+                .label(name.span, "large search space")
+                .help("`ecarc search` enumerates or samples the whole space"),
+        );
+    }
+    Outcome::Space(SpaceSummary {
+        axes: axes.iter().map(|a| (a.path.join("."), a.labels.clone())).collect(),
+        total,
+        checked,
+        valid,
+        first_valid,
+    })
+}
+
+/// Set `path` in a merged body: intermediate components are created inline
+/// when missing; an inline component merges into an existing one.
+pub fn set_path(body: &mut MBody, path: &[String], value: MValue, span: Span) {
+    let key = ecarc_grammar::ast::Ident { name: path[0].clone(), span };
+    if path.len() == 1 {
+        match body.field_mut(&path[0]) {
+            Some(f) => {
+                f.value = match (&f.value, value) {
+                    (MValue::Component(old), MValue::Component(new)) if new.bases.is_empty() => {
+                        MValue::Component(Component {
+                            bases: old.bases.clone(),
+                            body: old.body.merge(&new.body),
+                            span: new.span,
+                        })
+                    }
+                    (_, v) => v,
+                };
+                f.span = span;
+            }
+            None => body.entries.push(ecarc_grammar::merged::MEntry::Field(MField { key, value, span })),
+        }
+        return;
+    }
+    if body.field(&path[0]).is_none_or(|f| !matches!(f.value, MValue::Component(_))) {
+        let inner = MValue::Component(Component { bases: vec![], body: MBody { entries: vec![], span }, span });
+        match body.field_mut(&path[0]) {
+            Some(f) => f.value = inner,
+            None => body.entries.push(ecarc_grammar::merged::MEntry::Field(MField { key, value: inner, span })),
+        }
+    }
+    if let Some(MField { value: MValue::Component(c), .. }) = body.field_mut(&path[0]) {
+        set_path(&mut c.body, &path[1..], value, span);
+    }
+}

@@ -1,0 +1,362 @@
+//! The canonical formatter: AST -> text, keeping every comment. One entry per
+//! line, two-space indentation, aligned stage rows and parameter tables, at most
+//! one blank line where the source had any. Idempotent by construction (tested).
+
+use crate::ast::*;
+use crate::diag::Diag;
+use crate::parser::parse_file;
+use crate::source::FileId;
+
+/// Format a whole file's text. Fails only when the text does not parse.
+pub fn format_source(text: &str) -> Result<String, Vec<Diag>> {
+    let file = parse_file(FileId(0), text)?;
+    Ok(format_file(&file, text))
+}
+
+pub fn format_file(file: &File, text: &str) -> String {
+    let mut p = Printer { text, comments: scan_comments(text), next_comment: 0, out: String::new(), indent: 0 };
+    let mut prev: Option<(&Item, u32)> = None;
+    for item in &file.items {
+        let start = item_span(item).start;
+        if let Some((prev_item, prev_end)) = prev {
+            let both_imports = matches!(prev_item, Item::Import(_)) && matches!(item, Item::Import(_));
+            if !both_imports || p.blank_between(prev_end, start) {
+                p.out.push('\n');
+            }
+        }
+        p.leading_comments(start);
+        match item {
+            Item::Import(i) => {
+                p.line_start();
+                p.out.push_str("import ");
+                p.out.push_str(&quote(&i.path.value));
+            }
+            Item::Definition(d) => p.definition(d),
+        }
+        p.trailing_comment(item_span(item).end);
+        p.out.push('\n');
+        prev = Some((item, item_span(item).end));
+    }
+    // Comments after the last item.
+    if p.next_comment < p.comments.len() {
+        if !file.items.is_empty() {
+            p.out.push('\n');
+        }
+        p.leading_comments(u32::MAX);
+    }
+    p.out
+}
+
+fn item_span(i: &Item) -> crate::source::Span {
+    match i {
+        Item::Import(i) => i.span,
+        Item::Definition(d) => d.span,
+    }
+}
+
+#[derive(Debug)]
+struct Comment {
+    start: u32,
+    end: u32,
+}
+
+/// Byte ranges of `//` comments outside strings.
+fn scan_comments(text: &str) -> Vec<Comment> {
+    let b = text.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'"' => {
+                i += 1;
+                while i < b.len() && b[i] != b'"' && b[i] != b'\n' {
+                    i += if b[i] == b'\\' { 2 } else { 1 };
+                }
+                i += 1;
+            }
+            b'/' if b.get(i + 1) == Some(&b'/') => {
+                let start = i;
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
+                out.push(Comment { start: start as u32, end: i as u32 });
+            }
+            _ => i += 1,
+        }
+    }
+    out
+}
+
+struct Printer<'t> {
+    text: &'t str,
+    comments: Vec<Comment>,
+    next_comment: usize,
+    out: String,
+    indent: usize,
+}
+
+impl Printer<'_> {
+    fn line_start(&mut self) {
+        for _ in 0..self.indent {
+            self.out.push_str("  ");
+        }
+    }
+
+    fn comment_text(&self, c: &Comment) -> String {
+        self.text[c.start as usize..c.end as usize].trim_end().to_string()
+    }
+
+    /// Whether the source has a blank line between two offsets (comments aside).
+    fn blank_between(&self, from: u32, to: u32) -> bool {
+        let gap = self.text.get(from as usize..to as usize).unwrap_or("");
+        let mut newlines = 0;
+        for line in gap.split('\n').skip(1) {
+            let t = line.trim();
+            if t.is_empty() {
+                newlines += 1;
+            } else {
+                break;
+            }
+        }
+        newlines >= 1 && gap.matches('\n').count() >= 2
+    }
+
+    /// Emit comments that start before `pos`, each on its own line.
+    fn leading_comments(&mut self, pos: u32) {
+        while let Some(c) = self.comments.get(self.next_comment) {
+            if c.start >= pos {
+                break;
+            }
+            let t = self.comment_text(c);
+            let blank_after = self.blank_between(c.end, pos.min(self.text.len() as u32)) && pos != u32::MAX;
+            self.line_start();
+            self.out.push_str(&t);
+            self.out.push('\n');
+            if blank_after {
+                self.out.push('\n');
+            }
+            self.next_comment += 1;
+        }
+    }
+
+    /// A comment starting on the same line right after `end` stays on that line.
+    fn trailing_comment(&mut self, end: u32) {
+        if let Some(c) = self.comments.get(self.next_comment) {
+            let between = self.text.get(end as usize..c.start as usize).unwrap_or("\n");
+            if c.start >= end && !between.contains('\n') {
+                let t = self.comment_text(c);
+                self.out.push_str("  ");
+                self.out.push_str(&t);
+                self.next_comment += 1;
+            }
+        }
+    }
+
+    fn definition(&mut self, d: &Definition) {
+        self.line_start();
+        self.out.push_str(&format!("{} {}", d.kind.name, d.name.name));
+        if let Some(b) = &d.extends {
+            self.out.push_str(&format!(" extends {}", b.name));
+        }
+        self.out.push(' ');
+        self.body(&d.body);
+    }
+
+    fn body(&mut self, b: &Body) {
+        if b.entries.is_empty() && !self.comments_within(b.span.start, b.span.end) {
+            self.out.push_str("{}");
+            return;
+        }
+        self.out.push_str("{\n");
+        self.indent += 1;
+        let widths = stage_widths(&b.entries);
+        let mut prev_end: Option<u32> = None;
+        for e in &b.entries {
+            let s = e.span();
+            if let Some(pe) = prev_end {
+                if self.blank_between(pe, self.first_comment_or(s.start)) {
+                    self.out.push('\n');
+                }
+            }
+            self.leading_comments(s.start);
+            self.line_start();
+            self.entry(e, &widths);
+            self.trailing_comment(s.end);
+            self.out.push('\n');
+            prev_end = Some(s.end);
+        }
+        self.leading_comments(b.span.end);
+        self.indent -= 1;
+        self.line_start();
+        self.out.push('}');
+    }
+
+    fn first_comment_or(&self, pos: u32) -> u32 {
+        match self.comments.get(self.next_comment) {
+            Some(c) if c.start < pos => c.start,
+            _ => pos,
+        }
+    }
+
+    fn comments_within(&self, start: u32, end: u32) -> bool {
+        self.comments.get(self.next_comment).is_some_and(|c| c.start > start && c.start < end)
+    }
+
+    fn entry(&mut self, e: &Entry, widths: &(usize, usize)) {
+        match e {
+            Entry::Field(f) => {
+                self.out.push_str(&f.key.name);
+                self.out.push(' ');
+                match &f.value {
+                    FieldValue::Value(v) => self.value(v),
+                    FieldValue::Alternatives(a) => self.alternatives(a),
+                }
+            }
+            Entry::Stage(s) => {
+                let grid = expr(&s.grid);
+                let mut line = format!("stage {grid:<w$}", w = widths.0);
+                if let Some((f, t, _)) = &s.segment {
+                    line.push_str(&format!("  {:<w$}", format!("{} -> {}", expr(f), expr(t)), w = widths.1));
+                } else if s.steps.is_some() && widths.1 > 0 {
+                    line.push_str(&format!("  {:<w$}", "", w = widths.1));
+                }
+                if let Some(st) = &s.steps {
+                    line.push_str(&format!("  steps {}", expr(st)));
+                }
+                self.out.push_str(line.trim_end());
+            }
+            Entry::Params(g) => self.params(g),
+            Entry::Constraint(c) => {
+                self.out.push_str(&format!("where {} {} {}", c.metric.name, c.op.as_str(), expr(&c.bound)))
+            }
+        }
+    }
+
+    fn params(&mut self, g: &ParamGroup) {
+        self.out.push_str(match g.kind {
+            ParamKind::Params => "params",
+            ParamKind::Buffers => "buffers",
+        });
+        if let Some(p) = &g.prefix {
+            self.out.push(' ');
+            self.out.push_str(&quote(&p.value));
+        }
+        if let Some(r) = &g.repeat {
+            self.out.push_str(&format!(" for {} in {}..{}", r.var.name, expr(&r.lo), expr(&r.hi)));
+        }
+        if let Some(c) = &g.condition {
+            self.out.push_str(&format!(" when {}{}", if c.negated { "!" } else { "" }, c.flag.name));
+        }
+        if g.decls.is_empty() && !self.comments_within(g.span.start, g.span.end) {
+            self.out.push_str(" {}");
+            return;
+        }
+        self.out.push_str(" {\n");
+        self.indent += 1;
+        let rw = g.decls.iter().map(|d| d.role.name.len()).max().unwrap_or(0);
+        let kw = g.decls.iter().map(|d| quote(&d.key.value).len()).max().unwrap_or(0);
+        for d in &g.decls {
+            self.leading_comments(d.span.start);
+            self.line_start();
+            let dims: Vec<String> = d.shape.iter().map(expr).collect();
+            let line = format!("{:<rw$}  {:<kw$}  [{}]", d.role.name, quote(&d.key.value), dims.join(", "));
+            self.out.push_str(&line);
+            self.trailing_comment(d.span.end);
+            self.out.push('\n');
+        }
+        self.leading_comments(g.span.end);
+        self.indent -= 1;
+        self.line_start();
+        self.out.push('}');
+    }
+
+    fn alternatives(&mut self, a: &Alternatives) {
+        match a {
+            Alternatives::Set { items, .. } => {
+                self.out.push_str("in { ");
+                for (i, v) in items.iter().enumerate() {
+                    if i > 0 {
+                        self.out.push_str(", ");
+                    }
+                    self.value(v);
+                }
+                self.out.push_str(" }");
+            }
+            Alternatives::Range { lo, hi, inclusive, step, .. } => {
+                self.out.push_str(&format!("in {}{}{}", expr(lo), if *inclusive { "..=" } else { ".." }, expr(hi)));
+                if let Some(s) = step {
+                    self.out.push_str(&format!(" step {}", expr(s)));
+                }
+            }
+        }
+    }
+
+    fn value(&mut self, v: &Value) {
+        match v {
+            Value::Expr(e) => self.out.push_str(&expr(e)),
+            Value::Segment { from, to, .. } => self.out.push_str(&format!("{} -> {}", expr(from), expr(to))),
+            Value::Component { base, body, .. } => {
+                if let Some(b) = base {
+                    self.out.push_str(&b.name);
+                    self.out.push(' ');
+                }
+                self.body(body);
+            }
+        }
+    }
+}
+
+/// Column widths for consecutive stage rows: (grid, segment).
+fn stage_widths(entries: &[Entry]) -> (usize, usize) {
+    let mut g = 0;
+    let mut s = 0;
+    for e in entries {
+        if let Entry::Stage(r) = e {
+            g = g.max(expr(&r.grid).len());
+            if let Some((f, t, _)) = &r.segment {
+                s = s.max(format!("{} -> {}", expr(f), expr(t)).len());
+            }
+        }
+    }
+    (g, s)
+}
+
+fn quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// An expression in canonical form.
+pub fn expr(e: &Expr) -> String {
+    match &e.kind {
+        ExprKind::Number { text, .. } => text.clone(),
+        ExprKind::Size { w, h } => format!("{w}x{h}"),
+        ExprKind::Str(s) => quote(s),
+        ExprKind::Name(n) => n.clone(),
+        ExprKind::Call { name, args } => {
+            let a: Vec<String> = args
+                .iter()
+                .map(|a| match &a.name {
+                    Some(n) => format!("{} = {}", n.name, expr(&a.value)),
+                    None => expr(&a.value),
+                })
+                .collect();
+            format!("{}({})", name.name, a.join(", "))
+        }
+        ExprKind::List(items) => format!("[{}]", items.iter().map(expr).collect::<Vec<_>>().join(", ")),
+        ExprKind::Neg(inner) => format!("-{}", expr(inner)),
+        ExprKind::Binary { op, lhs, rhs } => format!("{} {} {}", expr(lhs), op.as_str(), expr(rhs)),
+        ExprKind::Paren(inner) => format!("({})", expr(inner)),
+    }
+}
