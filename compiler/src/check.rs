@@ -80,6 +80,7 @@ impl<'a> Checker<'a> {
             early.insert("cond_dim".into(), N::Int(b.width as i64));
             early.insert("head_dim".into(), N::Int(b.head_dim as i64));
             early.insert("patch".into(), N::Int(b.patch as i64));
+            early.insert("time_embed".into(), N::Int(b.time_embed as i64));
             early.insert("ffn_hidden".into(), N::Int(b.block.ffn_hidden as i64));
         }
         let later = self.with_derived(&early);
@@ -254,6 +255,13 @@ impl<'a> Checker<'a> {
                 );
             }
             let n = schedule.num_stages();
+            if d.greedy_prefix > n {
+                fail(
+                    Diag::error("E0422", "DD greedy prefix is longer than the schedule")
+                        .label(dspan.at, format!("greedy_prefix {} with {n} stages", d.greedy_prefix))
+                        .help(format!("greedy_prefix counts stages taken from the teacher head's argmax: at most {n}")),
+                );
+            }
             if d.steps == 2 && (d.split == 0 || d.split >= n) {
                 fail(
                     Diag::error("E0421", "DD split is outside the schedule")
@@ -531,6 +539,7 @@ impl<'a> Checker<'a> {
         let qk_norm = r.word("qk_norm", &[("none", QkNorm::None), ("l2", QkNorm::L2)], Some(QkNorm::None));
         let qk_scale_max = r.float("qk_scale_max", Some(100.0), f64::MIN_POSITIVE, 1e12, "100");
         let patch = r.int("patch", Some(1), 1, 1024, "2");
+        let time_embed = r.int("time_embed", Some(256), 2, 1 << 20, "256");
         let block_c = r.component("block", true);
         r.finish();
         let (width, heads) = (width? as u64, heads? as u64);
@@ -583,6 +592,7 @@ impl<'a> Checker<'a> {
                 qk_norm: qk_norm?,
                 qk_scale_max: qk_scale_max?,
                 patch: patch? as u64,
+                time_embed: time_embed? as u64,
                 block: block?,
             },
             &c.body,
@@ -1277,6 +1287,7 @@ impl<'a> Checker<'a> {
         let method = r.word("method", &[("dd", ())], Some(()));
         let steps = r.int("steps", Some(1), 1, 2, "1");
         let split = r.int("split", Some(0), 0, i64::MAX, "80");
+        let greedy = r.int("greedy_prefix", Some(-1), -1, i64::MAX, "130");
         r.finish();
         method?;
         let spans = DistillSpans { at, split: c.body.field("split").map(|f| f.span) };
@@ -1289,7 +1300,12 @@ impl<'a> Checker<'a> {
             );
             return None;
         }
-        Some((DistillSpec { name: base_name(c), steps, split }, spans))
+        // Without `greedy_prefix`, the first `split` stages come from the teacher head's argmax.
+        let greedy_prefix = match greedy? {
+            -1 => split,
+            g => g as u64,
+        };
+        Some((DistillSpec { name: base_name(c), steps, split, greedy_prefix }, spans))
     }
 }
 
@@ -1440,6 +1456,18 @@ impl<'c, 'a> ParamCtx<'c, 'a> {
                         return None;
                     }
                 }
+            }
+            if !crate::roles::is_role(&d.role.name) {
+                let names = crate::roles::ROLES.iter().map(|(r, _)| *r);
+                let e = Diag::error("E0435", format!("unknown tensor role `{}`", d.role.name))
+                    .label(d.role.span, "not a role");
+                err(match did_you_mean(&d.role.name, names) {
+                    Some(r) => e.help(format!("did you mean `{r}`? roles are listed in docs/language.md")),
+                    None => e.help(
+                        "a role says what the tensor is for (qkv, ffn_up, class_table, ...); see docs/language.md",
+                    ),
+                });
+                return None;
             }
             tensors.push(TensorSpec { role: d.role.name.clone(), key: d.key.value.clone(), shape });
         }

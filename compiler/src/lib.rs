@@ -7,5 +7,6 @@ pub mod reader;
 pub mod spec;
 
 pub use spec::ModelSpec;
+pub mod roles;
 pub mod session;
 pub mod space;

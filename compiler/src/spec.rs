@@ -103,6 +103,8 @@ pub struct BackboneSpec {
     pub qk_norm: QkNorm,
     pub qk_scale_max: f64,
     pub patch: u64,
+    /// Sinusoidal frequencies of the timestep embedding (`adaln_time_class`).
+    pub time_embed: u64,
     pub block: BlockSpec,
 }
 
@@ -305,8 +307,12 @@ pub struct SamplerSpec {
 pub struct DistillSpec {
     pub name: Option<String>,
     pub steps: u64,
-    /// Stage index after which the second step re-noises.
+    /// Stages kept from the first step; the second step re-noises the rest
+    /// with the same noise (VAR-d16: 5 teacher scales, LlamaGen: 80 tokens).
     pub split: u64,
+    /// Stages taken as the argmax of the teacher head's logits; the rest come
+    /// from the continuous head (defaults to `split`; LlamaGen-L: 130).
+    pub greedy_prefix: u64,
 }
 
 /// A `params`/`buffers` group, evaluated: `count` copies (keys with `{var}`

@@ -39,7 +39,8 @@ pub fn format_file(file: &File, text: &str) -> String {
     }
     // Comments after the last item.
     if p.next_comment < p.comments.len() {
-        if !file.items.is_empty() {
+        let first = p.comments[p.next_comment].start;
+        if prev.is_some_and(|(_, end)| p.blank_between(end, first)) {
             p.out.push('\n');
         }
         p.leading_comments(u32::MAX);
@@ -85,6 +86,15 @@ fn scan_comments(text: &str) -> Vec<Comment> {
         }
     }
     out
+}
+
+/// One entry rendered aside: blank line before it, comment lines before it,
+/// its text (may span lines), and its trailing comment.
+struct Row {
+    blank: bool,
+    leading: String,
+    text: String,
+    trailing: Option<String>,
 }
 
 struct Printer<'t> {
@@ -170,25 +180,69 @@ impl Printer<'_> {
         self.out.push_str("{\n");
         self.indent += 1;
         let widths = stage_widths(&b.entries);
+        let mut rows = Vec::new();
         let mut prev_end: Option<u32> = None;
         for e in &b.entries {
             let s = e.span();
-            if let Some(pe) = prev_end {
-                if self.blank_between(pe, self.first_comment_or(s.start)) {
-                    self.out.push('\n');
-                }
-            }
-            self.leading_comments(s.start);
-            self.line_start();
-            self.entry(e, &widths);
-            self.trailing_comment(s.end);
-            self.out.push('\n');
+            let blank = prev_end.is_some_and(|pe| self.blank_between(pe, self.first_comment_or(s.start)));
+            let row = self.row(blank, s.start, s.end, |p| p.entry(e, &widths));
+            rows.push(row);
             prev_end = Some(s.end);
         }
+        self.emit_rows(rows);
         self.leading_comments(b.span.end);
         self.indent -= 1;
         self.line_start();
         self.out.push('}');
+    }
+
+    /// Render one entry (with its leading comments) aside, so that trailing
+    /// comments of neighbouring lines can be aligned before it is written.
+    fn row(&mut self, blank: bool, start: u32, end: u32, print: impl FnOnce(&mut Self)) -> Row {
+        let saved = std::mem::take(&mut self.out);
+        self.leading_comments(start);
+        let leading = std::mem::take(&mut self.out);
+        self.line_start();
+        print(self);
+        let text = std::mem::take(&mut self.out);
+        self.trailing_comment(end);
+        let trailing = std::mem::take(&mut self.out).trim_start().to_string();
+        self.out = saved;
+        Row { blank, leading, text, trailing: (!trailing.is_empty()).then_some(trailing) }
+    }
+
+    /// Write rows; trailing comments of consecutive one-line rows (no blank line
+    /// or comment line between them) start in one column, as gofmt does.
+    fn emit_rows(&mut self, rows: Vec<Row>) {
+        let mut i = 0;
+        while i < rows.len() {
+            let mut j = i + 1;
+            while j < rows.len()
+                && !rows[j].blank
+                && rows[j].leading.is_empty()
+                && !rows[j - 1].text.contains('\n')
+                && !rows[j].text.contains('\n')
+            {
+                j += 1;
+            }
+            let column =
+                rows[i..j].iter().filter(|r| r.trailing.is_some()).map(|r| r.text.chars().count()).max().unwrap_or(0);
+            for r in &rows[i..j] {
+                if r.blank {
+                    self.out.push('\n');
+                }
+                self.out.push_str(&r.leading);
+                self.out.push_str(&r.text);
+                if let Some(t) = &r.trailing {
+                    let pad = column.saturating_sub(r.text.lines().last().map_or(0, |l| l.chars().count()));
+                    let pad = if r.text.contains('\n') { 0 } else { pad };
+                    self.out.push_str(&" ".repeat(pad + 2));
+                    self.out.push_str(t);
+                }
+                self.out.push('\n');
+            }
+            i = j;
+        }
     }
 
     fn first_comment_or(&self, pos: u32) -> u32 {
@@ -255,15 +309,16 @@ impl Printer<'_> {
         self.indent += 1;
         let rw = g.decls.iter().map(|d| d.role.name.len()).max().unwrap_or(0);
         let kw = g.decls.iter().map(|d| quote(&d.key.value).len()).max().unwrap_or(0);
+        let mut rows = Vec::new();
+        let mut prev_end: Option<u32> = None;
         for d in &g.decls {
-            self.leading_comments(d.span.start);
-            self.line_start();
+            let blank = prev_end.is_some_and(|pe| self.blank_between(pe, self.first_comment_or(d.span.start)));
             let dims: Vec<String> = d.shape.iter().map(expr).collect();
             let line = format!("{:<rw$}  {:<kw$}  [{}]", d.role.name, quote(&d.key.value), dims.join(", "));
-            self.out.push_str(&line);
-            self.trailing_comment(d.span.end);
-            self.out.push('\n');
+            rows.push(self.row(blank, d.span.start, d.span.end, |p| p.out.push_str(&line)));
+            prev_end = Some(d.span.end);
         }
+        self.emit_rows(rows);
         self.leading_comments(g.span.end);
         self.indent -= 1;
         self.line_start();

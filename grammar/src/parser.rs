@@ -155,9 +155,13 @@ struct Builder {
 }
 
 impl Builder {
+    /// The pair's span without the whitespace and comments pest's implicit
+    /// skipping leaves at its end (a rule ending in `x*` swallows them), so that
+    /// a trailing comment is never inside the entry it follows.
     fn span(&self, p: &Pair<Rule>) -> Span {
         let s = p.as_span();
-        Span::new(self.file, s.start(), s.end())
+        let text = p.get_input();
+        Span::new(self.file, s.start(), trim_trailing_trivia(text, s.start(), s.end()))
     }
 
     fn ident(&self, p: Pair<Rule>) -> Ident {
@@ -486,6 +490,36 @@ impl Builder {
         );
         ExprKind::Number { value: Num::Int(0), text: text.to_string() }
     }
+}
+
+/// End of `text[start..end]` with trailing whitespace and `//` comments removed.
+fn trim_trailing_trivia(text: &str, start: usize, mut end: usize) -> usize {
+    loop {
+        let trimmed = text[start..end].trim_end();
+        end = start + trimmed.len();
+        let line_start = text[start..end].rfind('\n').map_or(start, |i| start + i + 1);
+        match comment_start(&text[line_start..end]) {
+            Some(c) => end = line_start + c,
+            None => return end,
+        }
+    }
+}
+
+/// Byte offset of a `//` comment in one line, outside string literals.
+fn comment_start(line: &str) -> Option<usize> {
+    let b = line.as_bytes();
+    let mut i = 0;
+    let mut in_string = false;
+    while i < b.len() {
+        match b[i] {
+            b'\\' if in_string => i += 1,
+            b'"' => in_string = !in_string,
+            b'/' if !in_string && b.get(i + 1) == Some(&b'/') => return Some(i),
+            _ => {}
+        }
+        i += 1;
+    }
+    None
 }
 
 fn reduce(operands: &mut Vec<Expr>, ops: &mut Vec<BinOp>) {
