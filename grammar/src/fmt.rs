@@ -88,6 +88,11 @@ fn scan_comments(text: &str) -> Vec<Comment> {
     out
 }
 
+/// Components with at most this many plain fields fit on one line...
+const INLINE_FIELDS: usize = 3;
+/// ...when the braces and fields take at most this many characters.
+const INLINE_WIDTH: usize = 60;
+
 /// One entry rendered aside: blank line before it, comment lines before it,
 /// its text (may span lines), and its trailing comment.
 struct Row {
@@ -245,6 +250,25 @@ impl Printer<'_> {
         }
     }
 
+    /// A small component on one line: `{ depth 8  width 1280 }`. Only plain
+    /// fields (at most [`INLINE_FIELDS`]), no comments, and a short line.
+    fn inline_body(&self, b: &Body) -> Option<String> {
+        if b.entries.is_empty() || b.entries.len() > INLINE_FIELDS || self.comments_within(b.span.start, b.span.end) {
+            return None;
+        }
+        let mut parts = Vec::new();
+        for e in &b.entries {
+            match e {
+                Entry::Field(Field { key, value: FieldValue::Value(Value::Expr(x)), .. }) => {
+                    parts.push(format!("{} {}", key.name, expr(x)))
+                }
+                _ => return None,
+            }
+        }
+        let line = format!("{{ {} }}", parts.join("  "));
+        (line.len() <= INLINE_WIDTH).then_some(line)
+    }
+
     fn first_comment_or(&self, pos: u32) -> u32 {
         match self.comments.get(self.next_comment) {
             Some(c) if c.start < pos => c.start,
@@ -355,7 +379,10 @@ impl Printer<'_> {
                     self.out.push_str(&b.name);
                     self.out.push(' ');
                 }
-                self.body(body);
+                match self.inline_body(body) {
+                    Some(line) => self.out.push_str(&line),
+                    None => self.body(body),
+                }
             }
         }
     }

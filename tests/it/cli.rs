@@ -1,0 +1,117 @@
+//! The `ecarc` binary: exit codes, `--set`, `fmt`, and the embedded standard
+//! library for a binary run outside the repository.
+
+use crate::common::{model_files, root};
+use std::process::Command;
+
+fn ecarc() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_ecarc"));
+    c.arg("--color").arg("never");
+    c
+}
+
+fn temp_dir(tag: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("ecarc-cli-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn check_all_models_exits_zero() {
+    let out = ecarc().arg("check").args(model_files()).output().unwrap();
+    assert!(out.status.success(), "stderr:\n{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("ok     var_d16"), "{stdout}");
+}
+
+#[test]
+fn check_reports_errors_with_exit_one() {
+    let dir = temp_dir("bad");
+    let f = dir.join("bad.ecar");
+    std::fs::write(&f, "import \"std/var.ecar\"\nmodel m extends var_base { backbone { depth 16 heads 7 } }\n")
+        .unwrap();
+    let out = ecarc().arg("check").arg(&f).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("E0401"), "{stderr}");
+    assert!(stderr.contains("width is not divisible by heads"), "{stderr}");
+}
+
+#[test]
+fn set_override_errors_point_into_the_override() {
+    let out = ecarc()
+        .args(["check", "--set", "backbone.depth=[1,"])
+        .arg(root().join("models/var_d16.ecar"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--set backbone.depth"), "{stderr}");
+    // A malformed --set is a usage error (exit 2), not a model error.
+    let out = ecarc().args(["check", "--set", "nonsense"]).arg(root().join("models/var_d16.ecar")).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn check_json_prints_model_specs() {
+    let out = ecarc()
+        .args(["check", "--json", "--set", "backbone.depth=20"])
+        .arg(root().join("models/var_d16.ecar"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["backbone"]["depth"], 20);
+    assert_eq!(v["backbone"]["width"], 1280);
+}
+
+#[test]
+fn std_library_is_embedded_for_a_binary_run_anywhere() {
+    let dir = temp_dir("std");
+    std::fs::write(
+        dir.join("mine.ecar"),
+        "import \"std/var.ecar\"\nmodel mine extends var_base { backbone { depth 12 } }\n",
+    )
+    .unwrap();
+    let out = ecarc().current_dir(&dir).env_remove("ECARC_STD").args(["check", "mine.ecar"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn fmt_check_passes_on_the_shipped_models() {
+    let mut files = model_files();
+    for e in std::fs::read_dir(root().join("models/std")).unwrap() {
+        files.push(e.unwrap().path());
+    }
+    let out = ecarc().arg("fmt").arg("--check").args(&files).output().unwrap();
+    assert!(out.status.success(), "not formatted:\n{}", String::from_utf8_lossy(&out.stdout));
+}
+
+#[test]
+fn fmt_rewrites_in_place_and_is_idempotent() {
+    let dir = temp_dir("fmt");
+    let f = dir.join("m.ecar");
+    let messy = "// a model\nmodel   m{image 64 classes 10 // ten\n  backbone {depth 2 width 64*depth}}\n";
+    std::fs::write(&f, messy).unwrap();
+    let out = ecarc().arg("fmt").arg(&f).output().unwrap();
+    assert!(out.status.success());
+    let once = std::fs::read_to_string(&f).unwrap();
+    assert_eq!(once, ecarc_grammar::fmt::format_source(messy).unwrap());
+    assert!(once.contains("// ten") && once.contains("// a model"));
+    let out = ecarc().arg("fmt").arg("--check").arg(&f).output().unwrap();
+    assert!(out.status.success());
+    // No temporary files are left behind.
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+}
+
+#[test]
+fn fmt_leaves_unparsable_files_untouched() {
+    let dir = temp_dir("fmt-bad");
+    let f = dir.join("m.ecar");
+    std::fs::write(&f, "model m { image 64 ").unwrap();
+    let out = ecarc().arg("fmt").arg(&f).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(std::fs::read_to_string(&f).unwrap(), "model m { image 64 ");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("E0101"));
+}

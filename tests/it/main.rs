@@ -1,0 +1,9 @@
+//! The one integration-test binary (each test binary links every crate, so
+//! there is one). Modules own one concern each.
+
+mod cli;
+mod common;
+mod diagnostics;
+mod format;
+mod models;
+mod robustness;

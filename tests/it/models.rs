@@ -1,0 +1,110 @@
+//! Every file in `models/` checks clean, its ModelSpec is pinned by a snapshot,
+//! and every published parameter figure is reproduced exactly from the
+//! checkpoint names and shapes the standard library declares.
+
+use crate::common::{model_files, root, spec_of};
+use ecarc_compiler::spec::{Layout, TokenKind};
+
+#[test]
+fn every_model_file_checks_clean_and_matches_its_snapshot() {
+    let files = model_files();
+    assert!(files.len() >= 21, "expected the 21 reference models, found {}", files.len());
+    for path in files {
+        let name = path.file_stem().unwrap().to_string_lossy().to_string();
+        let spec = spec_of(&path, &[]);
+        assert_eq!(spec.name, name, "a model file holds the model of its name");
+        insta::with_settings!({snapshot_suffix => name.clone(), omit_expression => true, prepend_module_to_snapshot => false}, {
+            insta::assert_yaml_snapshot!("model_spec", spec);
+        });
+    }
+}
+
+fn params(model: &str) -> u128 {
+    spec_of(&root().join(format!("models/{model}.ecar")), &[]).param_count()
+}
+
+/// The figures of spec/families.md (and their instantiated reference modules).
+#[test]
+fn published_parameter_counts() {
+    // spec/families.md
+    assert_eq!(params("var_d16"), 310_283_520);
+    assert_eq!(params("llamagen_b"), 110_888_448);
+    assert_eq!(params("dit_xl2"), 675_129_632);
+    // The other released sizes, counted from the reference modules' state dicts.
+    assert_eq!(params("var_d20"), 600_917_136);
+    assert_eq!(params("var_d24"), 1_033_399_360);
+    assert_eq!(params("var_d30"), 2_010_020_356);
+    assert_eq!(params("llamagen_l"), 342_910_976);
+    assert_eq!(params("llamagen_xl"), 774_699_520);
+    assert_eq!(params("llamagen_xxl"), 1_410_972_672);
+    assert_eq!(params("llamagen_3b"), 3_096_659_200);
+    assert_eq!(params("dit_l2"), 458_102_816);
+    assert_eq!(params("dit_b2"), 130_512_416);
+    assert_eq!(params("dit_s2"), 32_963_360);
+}
+
+/// DD's exact parameter deltas (spec/families.md, "Distilled Decoding").
+#[test]
+fn distilled_decoding_parameter_deltas() {
+    for (depth, teacher, student) in
+        [(16u128, "var_d16", "var_d16_dd"), (20, "var_d20", "var_d20_dd"), (24, "var_d24", "var_d24_dd")]
+    {
+        let c = 64 * depth;
+        // n_d_embed [2,C]; depth+1 Linear(C,C) with bias; head Linear(C,32)+bias;
+        // scale_shift_table [2,C]; one more row in pos_1LC and lvl_embed.
+        let delta = 2 * c + (depth + 1) * (c * c + c) + (c * 32 + 32) + 2 * c + c + c;
+        assert_eq!(params(student), params(teacher) + delta, "{student}");
+    }
+    assert_eq!(params("var_d16_dd"), 328_165_664);
+    assert_eq!(params("var_d20_dd"), 635_399_088);
+    assert_eq!(params("var_d24_dd"), 1_092_478_560);
+    for (dim, teacher, student) in [(768u128, "llamagen_b", "llamagen_b_dd"), (1024, "llamagen_l", "llamagen_l_dd")] {
+        // minus Embedding(16384, dim); plus Linear(8, dim)+bias, n_d_embed [2,dim],
+        // head Linear(dim, 8)+bias, scale_shift_table [2,dim].
+        let delta_plus = (8 * dim + dim) + 2 * dim + (dim * 8 + 8) + 2 * dim;
+        assert_eq!(params(student) + 16384 * dim, params(teacher) + delta_plus, "{student}");
+    }
+    assert_eq!(params("llamagen_b_dd"), 98_321_672);
+    assert_eq!(params("llamagen_l_dd"), 326_155_272);
+}
+
+#[test]
+fn families_are_stage_schedules() {
+    let var = spec_of(&root().join("models/var_d16.ecar"), &[]);
+    let scales: Vec<u64> = var.schedule.stages().iter().map(|s| s.grid[0]).collect();
+    assert_eq!(scales, [1, 2, 3, 4, 5, 6, 8, 10, 13, 16]);
+    assert_eq!(var.schedule.total_tokens(), 680);
+    assert_eq!(var.tokenizer.phi.as_ref().unwrap().map, [0, 0, 1, 1, 1, 2, 2, 3, 3, 3]);
+
+    let dd = spec_of(&root().join("models/var_d16_dd.ecar"), &[]);
+    assert_eq!(dd.schedule.total_tokens(), 681);
+
+    let lg = spec_of(&root().join("models/llamagen_b.ecar"), &[]);
+    assert!(matches!(lg.schedule.layout, Layout::Raster { grid: [16, 16] }));
+    assert_eq!(lg.schedule.num_stages(), 256);
+    assert_eq!(lg.backbone.block.ffn_hidden, 2048);
+
+    let xl = spec_of(&root().join("models/llamagen_xl.ecar"), &[]);
+    assert_eq!(xl.image, [384, 384]);
+    assert_eq!(xl.schedule.num_stages(), 576);
+
+    let ecar = spec_of(&root().join("models/ecar_l.ecar"), &[]);
+    assert_eq!(ecar.schedule.tokens, TokenKind::Continuous);
+    let stages = ecar.schedule.stages();
+    assert!(stages.len() > 1);
+    assert_eq!(stages[0].segment.unwrap()[0], 1.0);
+    assert_eq!(stages.last().unwrap().segment.unwrap()[1], 0.0);
+
+    let dit = spec_of(&root().join("models/dit_xl2.ecar"), &[]);
+    assert_eq!(dit.schedule.num_stages(), 1);
+    assert_eq!(dit.schedule.total_tokens(), 256);
+}
+
+#[test]
+fn set_overrides_apply_after_extends() {
+    let d16 = root().join("models/var_d16.ecar");
+    // `--set backbone.depth=20` turns VAR-d16 into VAR-d20 (width and heads follow depth).
+    assert_eq!(spec_of(&d16, &["backbone.depth=20"]).param_count(), params("var_d20"));
+    let s = spec_of(&d16, &["sample.cfg=3.5", "sample.top_k=1"]);
+    assert_eq!((s.sampler.cfg, s.sampler.top_k), (3.5, 1));
+}
