@@ -1,6 +1,9 @@
 //! The `ecarc` command line: a thin layer over the library crates.
 
 use clap::{Parser, Subcommand, ValueEnum};
+use ecarc_compiler::artifact::{compile, is_artifact, Artifact};
+use ecarc_compiler::cost::render::render;
+use ecarc_compiler::lower::SpecSpans;
 use ecarc_compiler::session::{check_paths, Outcome, Override, Session};
 use ecarc_grammar::diag::Diag;
 use miette::{GraphicalReportHandler, GraphicalTheme};
@@ -33,6 +36,12 @@ enum Color {
     Never,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum GraphFormat {
+    Text,
+    Dot,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Check model files: parse, resolve imports and `extends`, type-check every
@@ -43,6 +52,33 @@ enum Command {
         /// Print each checked model's ModelSpec as JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Compile a model: check it, lower it to step programs, cost it. Prints the
+    /// cost report and writes the backend-neutral artifact `NAME.ecarc.json`.
+    Build {
+        file: PathBuf,
+        /// Directory for the artifacts.
+        #[arg(short, long, default_value = "ecarc-out")]
+        out_dir: PathBuf,
+        /// Print the report as JSON instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// Print the stable snapshot text (report and IR) instead of the table.
+        #[arg(long)]
+        snapshot: bool,
+    },
+    /// Print a model's lowered programs.
+    Graph {
+        /// A `.ecar` file or an artifact from `ecarc build`.
+        file: PathBuf,
+        /// Only the program that runs stage N (0-based).
+        #[arg(long)]
+        stage: Option<usize>,
+        /// Only the program with this name (`forward`, `step.next`, ...).
+        #[arg(long)]
+        program: Option<String>,
+        #[arg(long, value_enum, default_value_t = GraphFormat::Text)]
+        format: GraphFormat,
     },
     /// Format model files canonically (in place, atomically), keeping comments.
     Fmt {
@@ -64,6 +100,10 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Check { files, json } => cmd_check(&files, &cli.sets, json, color),
         Command::Fmt { files, check } => cmd_fmt(&files, check, color),
+        Command::Build { file, out_dir, json, snapshot } => {
+            cmd_build(&file, &cli.sets, &out_dir, json, snapshot, color)
+        }
+        Command::Graph { file, stage, program, format } => cmd_graph(&file, &cli.sets, stage, program, format, color),
     };
     match result {
         Ok(code) => code,
@@ -206,4 +246,119 @@ fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()>
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// Check and compile every model of a file (or load an artifact).
+fn compile_all(file: &std::path::Path, sets: &[Override], color: bool) -> Result<Vec<Artifact>, ExitCode> {
+    if is_artifact(file) {
+        return Artifact::load(file).map(|a| vec![a]).map_err(|e| {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        });
+    }
+    let session = check_paths(&[file], sets);
+    print_diags(&session, color);
+    if session.has_errors() {
+        return Err(ExitCode::from(1));
+    }
+    let sources: Vec<String> = session.program.sources.files().map(|(_, f)| f.name.clone()).collect();
+    let mut out = Vec::new();
+    for m in &session.models {
+        match (&m.outcome, &m.body) {
+            (Outcome::Model(spec), Some(body)) => match compile(spec, &SpecSpans::from_body(body), sources.clone()) {
+                Ok(a) => out.push(a),
+                Err(d) => {
+                    print_diag_list(&[d], &session.program.sources, color);
+                    return Err(ExitCode::from(1));
+                }
+            },
+            (Outcome::Space(s), _) => {
+                eprintln!(
+                    "error: `{}` is a search space ({} points); build one design with --set, or use `ecarc search`",
+                    m.name, s.total
+                );
+                return Err(ExitCode::from(1));
+            }
+            _ => return Err(ExitCode::from(1)),
+        }
+    }
+    if out.is_empty() {
+        eprintln!("error: `{}` defines no model", file.display());
+        return Err(ExitCode::from(1));
+    }
+    Ok(out)
+}
+
+fn cmd_build(
+    file: &std::path::Path,
+    sets: &[Override],
+    out_dir: &std::path::Path,
+    json: bool,
+    snapshot: bool,
+    color: bool,
+) -> Result<ExitCode, String> {
+    let artifacts = match compile_all(file, sets, color) {
+        Ok(a) => a,
+        Err(code) => return Ok(code),
+    };
+    std::fs::create_dir_all(out_dir).map_err(|e| format!("cannot create `{}`: {e}", out_dir.display()))?;
+    for a in &artifacts {
+        let path = out_dir.join(format!("{}.ecarc.json", a.spec.name));
+        write_atomically(&path, a.to_json().as_bytes())
+            .map_err(|e| format!("cannot write `{}`: {e}", path.display()))?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&a.report).map_err(|e| e.to_string())?);
+        } else if snapshot {
+            println!("{}", ecarc_compiler::snapshot::snapshot(a));
+        } else {
+            println!("{}", render(&a.report));
+            eprintln!("wrote {}", path.display());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_graph(
+    file: &std::path::Path,
+    sets: &[Override],
+    stage: Option<usize>,
+    program: Option<String>,
+    format: GraphFormat,
+    color: bool,
+) -> Result<ExitCode, String> {
+    let artifacts = match compile_all(file, sets, color) {
+        Ok(a) => a,
+        Err(code) => return Ok(code),
+    };
+    for a in &artifacts {
+        let mut names: Vec<String> = a.program.graphs.iter().map(|g| g.name.clone()).collect();
+        if let Some(s) = stage {
+            let n = a.spec.schedule.num_stages() as usize;
+            if s >= n {
+                eprintln!(
+                    "error: `{}` has {n} stages (0..{}); there is no stage {s}",
+                    a.spec.name,
+                    n.saturating_sub(1)
+                );
+                return Ok(ExitCode::from(1));
+            }
+            names = a.program.plan.iter().filter(|r| r.stage == s).map(|r| r.graph.clone()).collect();
+            names.dedup();
+        }
+        if let Some(p) = &program {
+            if !names.contains(p) {
+                eprintln!("error: no program `{p}`; `{}` has: {}", a.spec.name, names.join(", "));
+                return Ok(ExitCode::from(1));
+            }
+            names = vec![p.clone()];
+        }
+        for name in names {
+            let g = a.program.graph(&name).expect("named graph exists");
+            match format {
+                GraphFormat::Text => println!("{}", ecarc_compiler::ir::text::print(g, None)),
+                GraphFormat::Dot => println!("{}", ecarc_compiler::ir::dot::to_dot(g)),
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

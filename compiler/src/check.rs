@@ -59,7 +59,8 @@ impl<'a> Checker<'a> {
         let image = m.size("image", "256");
         let classes = m.int("classes", None, 1, 1 << 40, "1000");
 
-        let tokenizer = m.component("tokenizer", true).and_then(|(c, at)| self.tokenizer(c, body, at));
+        let tokenizer_c = m.component("tokenizer", true);
+        let tokenizer = tokenizer_c.and_then(|(c, at)| self.tokenizer(c, body, at));
         let backbone = m.component("backbone", true).and_then(|(c, at)| self.backbone(c, body, at));
         // Later components may refer to what is known by now (`width cond_dim`).
         let mut early: BTreeMap<String, N> = BTreeMap::new();
@@ -93,13 +94,21 @@ impl<'a> Checker<'a> {
         let distill_c = m.component("distill", false);
         let distill = distill_c.and_then(|(c, at)| later.distill(c, body, at));
         let schedule_c = m.component("schedule", true);
-        let token_kind = tokenizer.as_ref().map(|t| {
-            if t.0.kind == TokenizerKind::Vae {
-                TokenKind::Continuous
-            } else {
-                TokenKind::Discrete
-            }
-        });
+        // The kind of tokens, also when the tokenizer has other errors (then from
+        // its `kind` word), so that the schedule's own mistakes are reported too.
+        let token_kind = match &tokenizer {
+            Some((t, _)) => Some(t.kind),
+            None => tokenizer_c.and_then(|(c, _)| match c.body.field("kind").map(|f| &f.value) {
+                Some(MValue::Expr(e)) => match e.as_name() {
+                    Some("vae") => Some(TokenizerKind::Vae),
+                    Some("vq") => Some(TokenizerKind::Vq),
+                    Some("msvq") => Some(TokenizerKind::Msvq),
+                    _ => None,
+                },
+                _ => None,
+            }),
+        }
+        .map(|k| if k == TokenizerKind::Vae { TokenKind::Continuous } else { TokenKind::Discrete });
         let schedule = match (schedule_c, token_kind) {
             (Some((c, at)), Some(kind)) => later.schedule(c, body, at, kind),
             _ => None,
@@ -110,7 +119,7 @@ impl<'a> Checker<'a> {
         let (tokenizer, tok_body) = tokenizer?;
         let (backbone, bb_body, block_body) = backbone?;
         let (head, head_body) = head?;
-        let (schedule, sched_span) = schedule?;
+        let (schedule, sched_spans) = schedule?;
         let (sampler, sampler_span) = sampler?;
         let image = image?;
         let classes = classes? as u64;
@@ -121,20 +130,29 @@ impl<'a> Checker<'a> {
             self.error(d);
             ok = false;
         };
-        let token_grid_span = bb_body.field("patch").map(|f| f.span).unwrap_or(sched_span);
+        // What sets the token grid: the patch if the backbone gives one, else the image.
+        let image_span = body.field("image").map(|f| f.span).unwrap_or(name.span);
+        let token_grid_span = bb_body.field("patch").map(|f| f.span).unwrap_or(image_span);
         for (axis, &px) in image.iter().enumerate() {
             let cell = tokenizer.stride * backbone.patch;
             if px % cell != 0 {
                 fail(
                     Diag::error("E0404", "image size is not a multiple of stride x patch")
                         .label(
-                            body.field("image").map(|f| f.span).unwrap_or(name.span),
+                            image_span,
                             format!(
                                 "{px} px is not divisible by {} (stride {} x patch {})",
                                 cell, tokenizer.stride, backbone.patch
                             ),
                         )
-                        .help("choose an image size that the tokenizer stride and the patch size divide"),
+                        .help(match px / cell {
+                            0 => format!("use an image size that is a multiple of {cell}, e.g. {cell}"),
+                            k => format!(
+                                "use an image size that is a multiple of {cell}, e.g. {} or {}",
+                                k * cell,
+                                (k + 1) * cell
+                            ),
+                        }),
                 );
                 break;
             }
@@ -144,7 +162,7 @@ impl<'a> Checker<'a> {
                 fail(
                     Diag::error("E0405", "the last stage does not cover the token grid")
                         .label(
-                            sched_span,
+                            sched_spans.last,
                             format!("the finest stage is {}x{}", schedule.final_grid()[0], schedule.final_grid()[1]),
                         )
                         .label(
@@ -168,6 +186,7 @@ impl<'a> Checker<'a> {
                 break;
             }
         }
+        let head_kind_span = head_body.field("kind").map(|f| f.span).unwrap_or(head_body.span);
         match (head.kind, schedule.tokens) {
             (HeadKind::Categorical, TokenKind::Continuous)
             | (HeadKind::FlowMlp | HeadKind::FlowTransformer | HeadKind::Linear, TokenKind::Discrete) => {
@@ -179,7 +198,7 @@ impl<'a> Checker<'a> {
                 fail(
                     Diag::error("E0410", "head does not match the tokens")
                         .label(
-                            head_body.span,
+                            head_kind_span,
                             format!(
                                 "this head is {:?} but the tokenizer makes {:?} tokens",
                                 head.kind, schedule.tokens
@@ -191,7 +210,7 @@ impl<'a> Checker<'a> {
             }
             (HeadKind::DdContinuous, _) if distill.is_none() => fail(
                 Diag::error("E0411", "a dd_continuous head needs `distill`")
-                    .label(head_body.span, "DD's continuous head")
+                    .label(head_kind_span, "DD's continuous head, without `distill` in the model")
                     .help("add `distill dd { steps 1 }` or use the teacher's head"),
             ),
             _ => {}
@@ -225,13 +244,19 @@ impl<'a> Checker<'a> {
             );
         }
         if matches!(sampler.solver, Solver::Ddpm | Solver::Ddim) {
-            for s in schedule.stages() {
+            for (i, s) in schedule.stages().iter().enumerate() {
                 if s.steps > sampler.train_steps {
-                    fail(
-                        Diag::error("E0415", "more sampling steps than diffusion training steps")
-                            .label(sched_span, format!("{} steps", s.steps))
-                            .help(format!("use at most train_steps = {} steps", sampler.train_steps)),
+                    let mut d = Diag::error("E0415", "more sampling steps than diffusion training steps").label(
+                        sched_spans.steps.get(i).copied().unwrap_or(sched_spans.at),
+                        format!("{} steps > train_steps {}", s.steps, sampler.train_steps),
                     );
+                    if let Some(t) = sampler_span.train_steps {
+                        d = d.label(t, "the diffusion's training steps");
+                    }
+                    fail(d.help(format!(
+                        "use at most {} sampling steps, or raise `train_steps` to what the model was trained with",
+                        sampler.train_steps
+                    )));
                     break;
                 }
             }
@@ -257,8 +282,11 @@ impl<'a> Checker<'a> {
             let n = schedule.num_stages();
             if d.greedy_prefix > n {
                 fail(
-                    Diag::error("E0422", "DD greedy prefix is longer than the schedule")
-                        .label(dspan.at, format!("greedy_prefix {} with {n} stages", d.greedy_prefix))
+                    Diag::error("E0417", "DD greedy prefix is longer than the schedule")
+                        .label(
+                            dspan.greedy.unwrap_or(dspan.at),
+                            format!("greedy_prefix {} with {n} stages", d.greedy_prefix),
+                        )
                         .help(format!("greedy_prefix counts stages taken from the teacher head's argmax: at most {n}")),
                 );
             }
@@ -415,7 +443,11 @@ impl<'a> Checker<'a> {
                 };
                 (code_dim, vocab, phi)
             }
-            None => (None, None, None),
+            None => {
+                // The kind is missing or wrong (reported); do not also call its keys unknown.
+                r.allow(&["latent_channels", "code_dim", "vocab", "phi"]);
+                (None, None, None)
+            }
         };
         r.finish();
         let ch_mult = ch_mult?;
@@ -439,8 +471,11 @@ impl<'a> Checker<'a> {
             (_, None) => {
                 r.error(
                     Diag::error("E0304", "`ch_mult` has too many levels")
-                        .label(at, "stride overflows")
-                        .help("use at most a few levels"),
+                        .label(
+                            c.body.field("ch_mult").map(|f| f.span).unwrap_or(at),
+                            format!("{} levels: the stride 2^{} overflows", ch_mult.len(), ch_mult.len() - 1),
+                        )
+                        .help("image tokenizers use 3 to 6 levels (stride 4 to 32)"),
                 );
                 return None;
             }
@@ -648,10 +683,21 @@ impl<'a> Checker<'a> {
                 sorted.sort_by_key(|c| *c as u8);
                 sorted.dedup();
                 if order.len() != 6 || sorted.len() != 6 {
+                    let missing: Vec<&str> =
+                        chunks.iter().filter(|(_, c)| !order.contains(c)).map(|(n, _)| *n).collect();
+                    let repeated = (1..order.len()).find(|&i| order[..i].contains(&order[i]));
+                    let (span, label) = match repeated {
+                        Some(i) => (items[i].span, format!("`{}` is named again here", chunk_name(chunks, order[i]))),
+                        None => (e.span, format!("{} names, {} distinct", order.len(), sorted.len())),
+                    };
+                    let missing = match missing.as_slice() {
+                        [] => String::new(),
+                        m => format!("missing: {}; ", m.join(", ")),
+                    };
                     r.error(
                         Diag::error("E0408", "adaln_order must name each of the 6 chunks once")
-                            .label(e.span, format!("{} names, {} distinct", order.len(), sorted.len()))
-                            .help("list shift1 scale1 gate1 shift2 scale2 gate2 in the checkpoint's order (VAR: gate1 gate2 scale1 scale2 shift1 shift2; DiT: shift1 scale1 gate1 shift2 scale2 gate2)"),
+                            .label(span, label)
+                            .help(format!("{missing}list shift1 scale1 gate1 shift2 scale2 gate2 in the checkpoint's order (VAR: gate1 gate2 scale1 scale2 shift1 shift2; DiT: shift1 scale1 gate1 shift2 scale2 gate2)")),
                     );
                     return None;
                 }
@@ -801,7 +847,7 @@ impl<'a> Checker<'a> {
         model: &'a MBody,
         at: Span,
         tokens: TokenKind,
-    ) -> Option<(ScheduleSpec, Span)> {
+    ) -> Option<(ScheduleSpec, ScheduleSpans)> {
         let r = self.reader(&c.body, vec![&c.body, model], "schedule", at);
         let raster_f = r.field("raster");
         let scales_f = r.field("scales");
@@ -816,13 +862,15 @@ impl<'a> Checker<'a> {
         r.finish();
         let rows: Vec<_> = c.body.stages().collect();
         let forms = [raster_f.map(|f| f.key.span), scales_f.map(|f| f.key.span), rows.first().map(|s| s.span)];
-        let given: Vec<Span> = forms.iter().flatten().copied().collect();
-        if given.len() > 1 {
+        let form_names = ["`raster`", "`scales`", "the `stage` rows"];
+        let named: Vec<(Span, &str)> = forms.iter().zip(form_names).filter_map(|(s, n)| s.map(|s| (s, n))).collect();
+        let given: Vec<Span> = named.iter().map(|(s, _)| *s).collect();
+        if named.len() > 1 {
             r.error(
-                Diag::error("E0420", "the stages are given in more than one way")
-                    .label(given[1], "second form")
-                    .label(given[0], "first form")
-                    .help("use exactly one of `raster GRID`, `scales [...]` or `stage` rows"),
+                Diag::error("E0428", "the stages are given in more than one way")
+                    .label(named[1].0, format!("{} list the stages again", named[1].1))
+                    .label(named[0].0, format!("{} already lists them", named[0].1))
+                    .help("keep exactly one of `raster GRID`, `scales [...]` or `stage` rows"),
             );
             return None;
         }
@@ -835,7 +883,7 @@ impl<'a> Checker<'a> {
         let continuous = tokens == TokenKind::Continuous;
         let steps_of = |e: &Expr| -> Option<u64> {
             let s = r.int_of(e, "steps")?;
-            if s < 1 || s > 1_000_000 {
+            if !(1..=1_000_000).contains(&s) {
                 r.error(
                     Diag::error("E0304", "`steps` is out of range")
                         .label(e.span, format!("{s} steps"))
@@ -855,20 +903,23 @@ impl<'a> Checker<'a> {
             }
         };
         let mut segment_spans: Vec<Span> = Vec::new();
+        // The finest stage's grid and each stage's step count, for cross-field reports.
+        let mut last = at;
+        let mut step_spans: Vec<Span> = Vec::new();
         let layout = if let Some(f) = raster_f {
             let e = expr_of(f, "a size")?;
             let grid = r.size_of(e, "raster")?;
             if grid[0].checked_mul(grid[1]).is_none_or(|n| n > 1 << 24) {
                 r.error(
                     Diag::error("E0304", "raster grid is too large")
-                        .label(e.span, "too many tokens")
-                        .help("at most 16M tokens"),
+                        .label(e.span, format!("{}x{} tokens", grid[1], grid[0]))
+                        .help("a raster is the token grid (image / stride / patch, e.g. `16x16`), at most 16M tokens"),
                 );
                 return None;
             }
             if continuous {
                 r.error(
-                    Diag::error("E0421", "a raster schedule needs discrete tokens")
+                    Diag::error("E0429", "a raster schedule needs discrete tokens")
                         .label(f.key.span, "raster stages sample one code each")
                         .help("for continuous tokens, list stages with flow segments (`stage` rows or `scales`)"),
                 );
@@ -878,9 +929,13 @@ impl<'a> Checker<'a> {
                 r.error(
                     Diag::error("E0403", format!("`{}` does not apply to discrete stages", k.key.name))
                         .label(k.key.span, "discrete stages have no flow time")
-                        .help("remove it"),
+                        .help(format!(
+                            "remove `{}`: this model's tokenizer makes discrete codes, sampled once per stage",
+                            k.key.name
+                        )),
                 );
             }
+            last = e.span;
             Layout::Raster { grid }
         } else if let Some(f) = scales_f {
             let e = expr_of(f, "a list of scales")?;
@@ -962,7 +1017,10 @@ impl<'a> Checker<'a> {
                     r.error(
                         Diag::error("E0403", format!("`{}` does not apply to discrete stages", k.key.name))
                             .label(k.key.span, "discrete stages have no flow time")
-                            .help("remove it"),
+                            .help(format!(
+                                "remove `{}`: this model's tokenizer makes discrete codes, sampled once per stage",
+                                k.key.name
+                            )),
                     );
                 }
                 (vec![None; n], vec![1; n])
@@ -981,6 +1039,17 @@ impl<'a> Checker<'a> {
                     return None;
                 }
             }
+            last = match &e.kind {
+                ExprKind::List(items) => items.last().map_or(e.span, |i| i.span),
+                _ => e.span,
+            };
+            step_spans = match steps_f.map(|f| &f.value) {
+                Some(MValue::Expr(se)) => match &se.kind {
+                    ExprKind::List(items) => items.iter().map(|i| i.span).collect(),
+                    _ => vec![se.span; n],
+                },
+                _ => vec![at; n],
+            };
             let stages = scales
                 .iter()
                 .zip(segs)
@@ -1052,6 +1121,8 @@ impl<'a> Checker<'a> {
                     Some(e) => steps_of(e)?,
                     None => 1,
                 };
+                last = row.grid.span;
+                step_spans.push(row.steps.as_ref().map_or(row.span, |e| e.span));
                 stages.push(StageSpec { grid, tokens: grid[0] * grid[1], segment, steps });
             }
             Layout::Stages(stages)
@@ -1104,11 +1175,14 @@ impl<'a> Checker<'a> {
             r.error(
                 Diag::error("E0403", "renoise applies to continuous stages")
                     .label(renoise_f.map(|f| f.span).unwrap_or(at), "discrete tokens are not re-noised")
-                    .help("remove `renoise`"),
+                    .help("remove `renoise`: this model's tokenizer makes discrete codes"),
             );
             return None;
         }
-        Some((ScheduleSpec { tokens, layout, upsample: upsample?, renoise }, at))
+        Some((
+            ScheduleSpec { tokens, layout, upsample: upsample?, renoise },
+            ScheduleSpans { at, last, steps: step_spans },
+        ))
     }
 
     fn check_segments(&self, stages: &[StageSpec], spans: &[Span], at: Span) -> Option<()> {
@@ -1118,7 +1192,13 @@ impl<'a> Checker<'a> {
             if !(0.0 - EPS..=1.0 + EPS).contains(&from) || !(0.0 - EPS..=1.0 + EPS).contains(&to) {
                 self.error(
                     Diag::error("E0425", "flow time outside [0, 1]")
-                        .label(span_of(i), format!("{from} -> {to}"))
+                        .label(
+                            span_of(i),
+                            format!(
+                                "{} is outside [0, 1]",
+                                if (0.0 - EPS..=1.0 + EPS).contains(&from) { to } else { from }
+                            ),
+                        )
                         .help("flow time runs from 1 (noise) to 0 (data)"),
                 );
                 return None;
@@ -1177,6 +1257,7 @@ impl<'a> Checker<'a> {
             top_p: body.field("top_p").map(|f| f.span),
             solver: body.field("solver").map(|f| f.span),
             cfg_channels: body.field("cfg_channels").map(|f| f.span),
+            train_steps: body.field("train_steps").map(|f| f.span),
         };
         let cfg = r.float("cfg", Some(1.0), 0.0, 1e6, "1.5");
         let cfg_schedule = r.word(
@@ -1184,48 +1265,58 @@ impl<'a> Checker<'a> {
             &[("constant", CfgSchedule::Constant), ("linear", CfgSchedule::Linear)],
             Some(CfgSchedule::Constant),
         );
+        // Errors below leave the value unset (`bad`) rather than returning early,
+        // so that the rest of the sampler (unknown keys included) is still checked.
+        let mut bad = false;
         let cfg_channels = match r.field("cfg_channels") {
             None => None,
             Some(f) => match &f.value {
                 MValue::Expr(e) if e.as_name() == Some("all") => None,
-                MValue::Expr(e) => {
-                    let v = r.int_of(e, "cfg_channels")?;
-                    if v < 1 {
+                MValue::Expr(e) => match r.int_of(e, "cfg_channels") {
+                    Some(v) if v >= 1 => Some(v as u64),
+                    Some(v) => {
                         r.error(
                             Diag::error("E0304", "`cfg_channels` must be at least 1")
-                                .label(e.span, format!("{v}"))
-                                .help("write a positive count, or `all`"),
+                                .label(e.span, format!("{v} channels would guide nothing"))
+                                .help("write a positive count, or `all` to guide every channel"),
                         );
-                        return None;
+                        bad = true;
+                        None
                     }
-                    Some(v as u64)
-                }
+                    None => {
+                        bad = true;
+                        None
+                    }
+                },
                 other => {
                     r.error(crate::eval::type_error(other.span(), "a channel count or `all`", "something else"));
-                    return None;
+                    bad = true;
+                    None
                 }
             },
         };
         let top_k = r.int("top_k", Some(0), 0, i64::MAX, "900");
-        let top_p = r.float("top_p", Some(1.0), 0.0, 1.0, "0.96");
-        if let (Some(p), Some(s)) = (top_p, spans.top_p) {
+        let mut top_p = r.float("top_p", Some(1.0), 0.0, 1.0, "0.96");
+        if let (Some(p), Some(f)) = (top_p, body.field("top_p")) {
             if p <= 0.0 {
                 r.error(
                     Diag::error("E0304", "`top_p` must be above 0")
-                        .label(s, "0 keeps no token")
+                        .label(f.value.span(), "top_p 0 keeps no token")
                         .help("top_p lies in (0, 1]; 1 turns nucleus sampling off"),
                 );
-                return None;
+                top_p = None;
             }
         }
-        let temperature = r.float("temperature", Some(1.0), 0.0, 1e6, "1.0");
-        if temperature == Some(0.0) {
-            r.error(
-                Diag::error("E0304", "`temperature` must be above 0")
-                    .label(body.field("temperature").map(|f| f.span).unwrap_or(at), "0")
-                    .help("for greedy decoding use `top_k 1`"),
-            );
-            return None;
+        let mut temperature = r.float("temperature", Some(1.0), 0.0, 1e6, "1.0");
+        if let (Some(t), Some(f)) = (temperature, body.field("temperature")) {
+            if t == 0.0 {
+                r.error(
+                    Diag::error("E0304", "`temperature` must be above 0")
+                        .label(f.value.span(), "logits are divided by the temperature")
+                        .help("for greedy decoding use `top_k 1` (with the default temperature 1)"),
+                );
+                temperature = None;
+            }
         }
         let solver = r.word(
             "solver",
@@ -1243,9 +1334,14 @@ impl<'a> Checker<'a> {
                         let a = r.num_of(&args[0].value)?.as_f64();
                         let b = r.num_of(&args[1].value)?.as_f64();
                         if !(0.0 < a && a < b && b < 1.0) {
+                            let why = if a >= b && 0.0 < b && a < 1.0 {
+                                "start is not below end: are they swapped?".to_string()
+                            } else {
+                                format!("linear({a}, {b})")
+                            };
                             r.error(
                                 Diag::error("E0304", "beta schedule out of range")
-                                    .label(e.span, format!("linear({a}, {b})"))
+                                    .label(e.span, why)
                                     .help("betas must satisfy 0 < start < end < 1 (DiT: linear(1e-4, 0.02))"),
                             );
                             return None;
@@ -1269,7 +1365,7 @@ impl<'a> Checker<'a> {
                 name: c.and_then(base_name),
                 cfg: cfg?,
                 cfg_schedule: cfg_schedule?,
-                cfg_channels,
+                cfg_channels: if bad { return None } else { cfg_channels },
                 top_k: top_k? as u64,
                 top_p: top_p?,
                 temperature: temperature?,
@@ -1290,12 +1386,16 @@ impl<'a> Checker<'a> {
         let greedy = r.int("greedy_prefix", Some(-1), -1, i64::MAX, "130");
         r.finish();
         method?;
-        let spans = DistillSpans { at, split: c.body.field("split").map(|f| f.span) };
+        let spans = DistillSpans {
+            at,
+            split: c.body.field("split").map(|f| f.span),
+            greedy: c.body.field("greedy_prefix").map(|f| f.span),
+        };
         let (steps, split) = (steps? as u64, split? as u64);
         if steps == 2 && c.body.field("split").is_none() {
             r.error(
                 Diag::error("E0303", "two-step DD needs `split`")
-                    .label(at, "steps 2 without split")
+                    .label(c.body.field("steps").map_or(at, |f| f.span), "steps 2 without split")
                     .help("add `split N`: the stage after which the second step re-noises (VAR-d16: 5, LlamaGen: 80)"),
             );
             return None;
@@ -1315,16 +1415,45 @@ struct SamplerSpans {
     top_p: Option<Span>,
     solver: Option<Span>,
     cfg_channels: Option<Span>,
+    train_steps: Option<Span>,
+}
+
+/// Where the schedule's parts are, for cross-field reports.
+struct ScheduleSpans {
+    /// The `schedule` key of the model.
+    at: Span,
+    /// The finest stage's grid (last scale, last row's grid, or the raster size).
+    last: Span,
+    /// Each stage's step count (or its row, or `at`).
+    steps: Vec<Span>,
 }
 
 struct DistillSpans {
     at: Span,
     split: Option<Span>,
+    greedy: Option<Span>,
+}
+
+/// The name of an adaLN chunk.
+fn chunk_name(chunks: &[(&'static str, AdaChunk)], c: AdaChunk) -> &'static str {
+    chunks.iter().find(|(_, x)| *x == c).map_or("?", |(n, _)| *n)
+}
+
+/// Whether `e` names `var` anywhere.
+fn mentions(e: &Expr, var: &str) -> bool {
+    match &e.kind {
+        ExprKind::Name(n) => n == var,
+        ExprKind::Paren(x) | ExprKind::Neg(x) => mentions(x, var),
+        ExprKind::Binary { lhs, rhs, .. } => mentions(lhs, var) || mentions(rhs, var),
+        ExprKind::Call { args, .. } => args.iter().any(|a| mentions(&a.value, var)),
+        ExprKind::List(items) => items.iter().any(|i| mentions(i, var)),
+        _ => false,
+    }
 }
 
 /// A nearby divisor of `n`, to suggest in a help line.
 fn divisors_near(n: u64, target: u64) -> u64 {
-    (1..=n.min(1 << 20)).filter(|d| n % d == 0).min_by_key(|d| d.abs_diff(target)).unwrap_or(1)
+    (1..=n.min(1 << 20)).filter(|d| n.is_multiple_of(*d)).min_by_key(|d| d.abs_diff(target)).unwrap_or(1)
 }
 
 /// Evaluates `params`/`buffers` groups with the derived values in scope.
@@ -1426,9 +1555,14 @@ impl<'c, 'a> ParamCtx<'c, 'a> {
                         Some(RepeatSpec { var: r.var.name.clone(), start: lo as u64, count: (hi - lo) as u64 })
                     }
                     _ => {
+                        let why = match (lo, hi) {
+                            (N::Int(l), N::Int(h)) if l > h => format!("{lo}..{hi} runs backwards"),
+                            (N::Int(l), _) if l < 0 => format!("{lo}..{hi} starts below 0"),
+                            _ => format!("{lo}..{hi} is not a range of integers"),
+                        };
                         err(Diag::error("E0304", "loop bounds must be integers with 0 <= lo <= hi")
-                            .label(r.span, format!("{lo}..{hi}"))
-                            .help("write e.g. `for i in 0..depth`"));
+                            .label(r.span, why)
+                            .help("loops count up from the lower bound: write e.g. `for i in 0..depth`"));
                         return None;
                     }
                 }
@@ -1441,15 +1575,25 @@ impl<'c, 'a> ParamCtx<'c, 'a> {
                 match scope.num(dim) {
                     Ok(N::Int(v)) if v >= 1 => shape.push(v as u64),
                     Ok(v) => {
+                        let shown = match v {
+                            N::Float(x) => crate::eval::fmt_f64(x),
+                            N::Int(i) => i.to_string(),
+                        };
                         err(Diag::error("E0433", "a tensor dimension must be a positive integer")
-                            .label(dim.span, format!("this is {v}"))
-                            .help("dimensions are whole numbers >= 1"));
+                            .label(dim.span, format!("this is {shown}"))
+                            .help("dimensions are whole numbers >= 1; check the expression against the checkpoint's shape"));
                         return None;
                     }
                     Err(mut e) => {
-                        if let (Some(r), ExprKind::Name(n)) = (&g.repeat, &dim.kind) {
-                            if *n == r.var.name {
-                                e = e.help("shapes are the same in every copy: the loop variable is only for keys");
+                        if let Some(r) = &g.repeat {
+                            if e.code == "E0315" && mentions(dim, &r.var.name) {
+                                e = Diag::error("E0315", format!("the loop variable `{}` is used in a shape", r.var.name))
+                                    .label(e.primary_span().unwrap_or(dim.span), format!("`{}` only numbers the keys", r.var.name))
+                                    .label(r.var.span, "the loop variable")
+                                    .help(format!(
+                                        "shapes are the same in every copy: use fields and derived values, and put `{{{}}}` in the keys",
+                                        r.var.name
+                                    ));
                             }
                         }
                         err(e);
@@ -1479,13 +1623,21 @@ impl<'c, 'a> ParamCtx<'c, 'a> {
         };
         let copies = spec.repeat.as_ref().map_or(1, |r| r.count);
         let n = copies.saturating_mul(spec.tensors.len() as u64);
-        *self.count.borrow_mut() += n;
-        if *self.count.borrow() > MAX_TENSORS {
+        let total = self.count.borrow().saturating_add(n);
+        if total > MAX_TENSORS {
+            // Not counted, so that later groups are not blamed for this one.
+            let (span, what) = match (&g.repeat, &spec.repeat) {
+                (Some(r), Some(rs)) => (r.span, format!("{} copies x {} tensors = {n}", rs.count, spec.tensors.len())),
+                _ => (g.span, format!("{n} tensors")),
+            };
             err(Diag::error("E0434", "too many tensors declared")
-                .label(g.span, format!("more than {MAX_TENSORS} after expanding loops"))
-                .help("check the loop bounds"));
+                .label(span, what)
+                .help(format!(
+                    "a model declares at most {MAX_TENSORS} tensors after expanding loops; check the loop bounds (e.g. `for i in 0..depth`)"
+                )));
             return None;
         }
+        *self.count.borrow_mut() = total;
         // Duplicate full keys across every group of the model.
         let mut seen = self.seen.borrow_mut();
         for (i, (key, _)) in spec.expand().into_iter().enumerate() {

@@ -33,6 +33,9 @@ impl std::fmt::Display for N {
     }
 }
 
+/// A field being evaluated: (body pointer, key, the reference that asked for it, the field).
+type Active = (usize, String, Span, Span);
+
 /// Where names are looked up: bodies innermost first, then derived values.
 #[derive(Clone)]
 pub struct Scope<'a> {
@@ -40,8 +43,9 @@ pub struct Scope<'a> {
     pub derived: &'a BTreeMap<String, N>,
     /// Loop variables of `params ... for i in ..` (bound for keys, not shapes).
     pub locals: Vec<(String, N)>,
-    /// Fields being evaluated, for cycle detection: (body pointer, key).
-    active: std::rc::Rc<RefCell<Vec<(usize, String)>>>,
+    /// Fields being evaluated, for cycle detection: (body pointer, key, the
+    /// reference that asked for it, the field).
+    active: std::rc::Rc<RefCell<Vec<Active>>>,
 }
 
 impl<'a> Scope<'a> {
@@ -81,7 +85,13 @@ impl<'a> Scope<'a> {
                             "E0310",
                             format!("`{}` takes {k} argument{}", name.name, if k == 1 { "" } else { "s" }),
                         )
-                        .label(e.span, format!("given {}", vals.len())))
+                        .label(e.span, format!("given {}", vals.len()))
+                        .help(format!(
+                            "call it with {k} argument{}, e.g. `{}({})`",
+                            if k == 1 { "" } else { "s" },
+                            name.name,
+                            vec!["x"; k].join(", ")
+                        )))
                     }
                 };
                 let r = match name.name.as_str() {
@@ -89,8 +99,8 @@ impl<'a> Scope<'a> {
                         need(1)?;
                         if vals[0] <= 0.0 {
                             return Err(Diag::error("E0311", "`ln` of a number <= 0")
-                                .label(e.span, "undefined")
-                                .help("ln needs a positive argument"));
+                                .label(e.span, format!("ln({}) is undefined", fmt_f64(vals[0])))
+                                .help("ln needs an argument > 0"));
                         }
                         vals[0].ln()
                     }
@@ -101,7 +111,9 @@ impl<'a> Scope<'a> {
                     "sqrt" => {
                         need(1)?;
                         if vals[0] < 0.0 {
-                            return Err(Diag::error("E0311", "`sqrt` of a negative number").label(e.span, "undefined"));
+                            return Err(Diag::error("E0311", "`sqrt` of a negative number")
+                                .label(e.span, format!("sqrt({}) is undefined", fmt_f64(vals[0])))
+                                .help("sqrt needs an argument >= 0"));
                         }
                         vals[0].sqrt()
                     }
@@ -122,6 +134,10 @@ impl<'a> Scope<'a> {
                         return Err(Diag::error("E0312", format!("unknown function `{other}`"))
                             .label(name.span, "not a function")
                             .help(match ecarc_grammar::diag::did_you_mean(other, FUNCTIONS.iter().copied()) {
+                                _ if matches!(other, "pow" | "power") => format!(
+                                    "write powers as numbers (`1e4`, `10000`) or products; functions: {}",
+                                    FUNCTIONS.join(", ")
+                                ),
                                 Some(s) => format!("did you mean `{s}`? functions: {}", FUNCTIONS.join(", ")),
                                 None => format!("functions: {}", FUNCTIONS.join(", ")),
                             }))
@@ -135,6 +151,44 @@ impl<'a> Scope<'a> {
         }
     }
 
+    /// The fields `active[p..]` refer to each other in a cycle, closed by the
+    /// reference at `closing`. Reported from the field written first, so that
+    /// evaluating any member of the cycle gives the same diagnostic.
+    fn cycle(&self, p: usize, closing: Span) -> Diag {
+        let active = self.active.borrow();
+        let members: Vec<(&str, Span, Span)> = active[p..]
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (a.1.as_str(), if i == 0 { closing } else { a.2 }, a.3))
+            .collect();
+        let k = members.len();
+        let start = (0..k).min_by_key(|&i| (members[i].2.file, members[i].2.start)).unwrap_or(0);
+        let names: Vec<&str> = (0..k).map(|j| members[(start + j) % k].0).collect();
+        let message = match names.split_last() {
+            Some((only, [])) => format!("`{only}` is defined in terms of itself"),
+            Some((last, rest)) => format!("`{}` and `{last}` are defined in terms of each other", rest.join("`, `")),
+            None => "a field is defined in terms of itself".to_string(),
+        };
+        let mut d = Diag::error("E0313", message);
+        for j in 0..k {
+            let (name, reference, _) = members[(start + j) % k];
+            let user = members[(start + j + k - 1) % k].0;
+            d = d.label(
+                reference,
+                if k == 1 { format!("`{name}` uses itself") } else { format!("`{user}` uses `{name}`") },
+            );
+        }
+        let cycle: Vec<&str> = names.iter().copied().chain(names.first().copied()).collect();
+        d.help(format!(
+            "{}: give one of them a value that does not depend on the others (e.g. a number)",
+            if k == 1 {
+                format!("`{}` needs its own value to compute it", names[0])
+            } else {
+                format!("the cycle is {}", cycle.join(" -> "))
+            }
+        ))
+    }
+
     fn name(&self, n: &str, span: Span) -> Result<N, Diag> {
         if let Some((_, v)) = self.locals.iter().rev().find(|(k, _)| k == n) {
             return Ok(*v);
@@ -142,18 +196,29 @@ impl<'a> Scope<'a> {
         for (depth, body) in self.bodies.iter().enumerate() {
             if let Some(f) = body.field(n) {
                 let id = (*body as *const MBody as usize, n.to_string());
-                if self.active.borrow().contains(&id) {
-                    return Err(Diag::error("E0313", format!("`{n}` is defined in terms of itself"))
-                        .label(span, "this reference is circular")
-                        .label(f.span, "defined here")
-                        .help("give the field a value that does not refer back to it"));
+                let found = self.active.borrow().iter().position(|a| (a.0, &a.1) == (id.0, &id.1));
+                if let Some(p) = found {
+                    return Err(self.cycle(p, span));
                 }
                 let MValue::Expr(e) = &f.value else {
+                    let what = match &f.value {
+                        MValue::Component(_) => "a component",
+                        MValue::Segment { .. } => "a flow segment",
+                        _ => "a set of alternatives",
+                    };
+                    let hint = match n {
+                        "backbone" => " (the backbone's width is the derived value `cond_dim`)",
+                        "tokenizer" => " (a token's channels are `token_channels`)",
+                        _ => "",
+                    };
                     return Err(Diag::error("E0314", format!("`{n}` is not a number"))
                         .label(span, "used as a number here")
-                        .label(f.value.span(), "defined here"));
+                        .label(f.value.span(), format!("`{n}` is {what}"))
+                        .help(format!(
+                            "name a numeric field or a derived value here{hint}; see docs/language.md, \"Derived values\""
+                        )));
                 };
-                self.active.borrow_mut().push(id);
+                self.active.borrow_mut().push((id.0, id.1, span, f.span));
                 let inner = self.with_bodies(self.bodies[depth..].to_vec());
                 let r = inner.num(e);
                 self.active.borrow_mut().pop();
@@ -190,7 +255,9 @@ fn finite(v: f64, span: Span) -> Result<N, Diag> {
     if v.is_finite() {
         Ok(N::Float(v))
     } else {
-        Err(Diag::error("E0316", "result is not a finite number").label(span, "infinite or NaN"))
+        Err(Diag::error("E0316", "result is not a finite number")
+            .label(span, "this evaluates to infinity or NaN")
+            .help("use smaller values: results must fit in a 64-bit float (about 1.8e308)"))
     }
 }
 
@@ -201,7 +268,31 @@ fn overflow(span: Span) -> Diag {
 }
 
 pub fn type_error(span: Span, expected: &str, found: &str) -> Diag {
-    Diag::error("E0301", format!("expected {expected}, found {found}")).label(span, format!("expected {expected}"))
+    let numeric = expected.contains("number") || expected.contains("integer");
+    let help = match found {
+        "a string" if numeric => "write the number without quotes".to_string(),
+        "a flow segment" => {
+            format!("`FROM -> TO` segments belong on `stage` rows; write {expected} here")
+        }
+        "a component" => {
+            format!("`{{ ... }}` blocks are for component keys (tokenizer, backbone, ...); write {expected} here")
+        }
+        "a list" if numeric => format!("write {expected} here, not a list"),
+        _ => format!("write {expected} here"),
+    };
+    Diag::error("E0301", format!("expected {expected}, found {found}"))
+        .label(span, format!("this is {found}"))
+        .help(help)
+}
+
+/// A decimal as people write it: at most 6 decimals, no trailing zeros.
+pub fn fmt_f64(x: f64) -> String {
+    if x.is_finite() && x.fract() != 0.0 {
+        let s = format!("{x:.6}");
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        format!("{x}")
+    }
 }
 
 fn binary(op: BinOp, a: N, b: N, span: Span, rhs_span: Span) -> Result<N, Diag> {
@@ -212,7 +303,9 @@ fn binary(op: BinOp, a: N, b: N, span: Span, rhs_span: Span) -> Result<N, Diag> 
             BinOp::Mul => x.checked_mul(y).map(N::Int).ok_or_else(|| overflow(span)),
             BinOp::Div => {
                 if y == 0 {
-                    Err(Diag::error("E0318", "division by zero").label(rhs_span, "this is zero"))
+                    Err(Diag::error("E0318", "division by zero")
+                        .label(rhs_span, "this is zero")
+                        .help("the divisor must not be zero; check the fields it is computed from"))
                 } else if x.checked_rem(y) == Some(0) {
                     x.checked_div(y).map(N::Int).ok_or_else(|| overflow(span))
                 } else {
@@ -223,7 +316,9 @@ fn binary(op: BinOp, a: N, b: N, span: Span, rhs_span: Span) -> Result<N, Diag> 
         _ => {
             let (x, y) = (a.as_f64(), b.as_f64());
             if op == BinOp::Div && y == 0.0 {
-                return Err(Diag::error("E0318", "division by zero").label(rhs_span, "this is zero"));
+                return Err(Diag::error("E0318", "division by zero")
+                    .label(rhs_span, "this is zero")
+                    .help("the divisor must not be zero; check the fields it is computed from"));
             }
             let r = match op {
                 BinOp::Add => x + y,

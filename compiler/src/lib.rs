@@ -7,6 +7,11 @@ pub mod reader;
 pub mod spec;
 
 pub use spec::ModelSpec;
+pub mod artifact;
+pub mod cost;
+pub mod ir;
+pub mod lower;
 pub mod roles;
 pub mod session;
+pub mod snapshot;
 pub mod space;

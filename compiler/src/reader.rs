@@ -96,8 +96,8 @@ impl<'a> Reader<'a> {
             N::Float(x) => {
                 self.error(
                     Diag::error("E0302", format!("`{key}` must be an integer"))
-                        .label(e.span, format!("this is {x}"))
-                        .help("write a whole number"),
+                        .label(e.span, format!("this is {}, not a whole number", crate::eval::fmt_f64(x)))
+                        .help(format!("write a whole number for `{key}`")),
                 );
                 None
             }
@@ -191,9 +191,9 @@ impl<'a> Reader<'a> {
             ExprKind::Size { w, h } => {
                 if *w == 0 || *h == 0 {
                     self.error(
-                        Diag::error("E0304", format!("`{key}` must not be empty"))
-                            .label(e.span, "a side is zero")
-                            .help("sizes are at least 1x1"),
+                        Diag::error("E0304", format!("`{key}` size has a zero side"))
+                            .label(e.span, format!("{w}x{h} holds no tokens"))
+                            .help("sizes are at least 1x1, written WIDTHxHEIGHT such as `16x16`"),
                     );
                     return None;
                 }
@@ -261,17 +261,38 @@ impl<'a> Reader<'a> {
     pub fn component(&self, key: &'static str, required: bool) -> Option<(&'a Component, Span)> {
         let Some(f) = self.field(key) else {
             if required {
-                self.missing(key, &format!("{} {{ ... }}", key));
+                self.error(
+                    Diag::error("E0303", format!("{} is missing `{key}`", self.what))
+                        .label(self.at, format!("this {} needs `{key}`", self.what))
+                        .help(format!("add `{key} NAME` (a {} definition) or `{key} {{ ... }}`", kind_of(key))),
+                );
             }
             return None;
         };
         match &f.value {
             MValue::Component(c) => Some((c, f.key.span)),
             other => {
-                self.error(
-                    type_error(other.span(), &format!("a {key} component"), "a plain value")
-                        .help(format!("write `{key} NAME` (a definition) or `{key} {{ ... }}`; if `NAME` is meant, it must be defined and imported")),
-                );
+                let found = match other {
+                    MValue::Expr(e) => match &e.kind {
+                        ExprKind::List(_) => "a list",
+                        ExprKind::Number { .. } => "a number",
+                        ExprKind::Size { .. } => "a size",
+                        ExprKind::Str(_) => "a string",
+                        _ => "a plain value",
+                    },
+                    MValue::Segment { .. } => "a flow segment",
+                    _ => "a plain value",
+                };
+                let help = match (key, found) {
+                    ("schedule", "a list") => {
+                        "a list of scales goes inside the schedule: `schedule { scales [...] }`".to_string()
+                    }
+                    ("schedule", "a size") => {
+                        "a raster goes inside the schedule: `schedule { raster 16x16 }`".to_string()
+                    }
+                    _ => format!("write `{key} NAME` (a {} definition) or `{key} {{ ... }}`", kind_of(key)),
+                };
+                self.error(type_error(other.span(), &format!("a {key} component"), found).help(help));
                 None
             }
         }
@@ -296,5 +317,13 @@ impl<'a> Reader<'a> {
                 self.error(d);
             }
         }
+    }
+}
+
+/// The definition kind a component key names (`sample` names a `sampler`).
+fn kind_of(key: &str) -> &str {
+    match key {
+        "sample" => "sampler",
+        k => k,
     }
 }

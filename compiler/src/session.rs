@@ -110,7 +110,7 @@ pub fn finish(mut program: Program, mut diags: Vec<Diag>, sets: &[Override]) -> 
         let id = program.sources.add(format!("--set {}", o.path.join(".")), None, o.value.clone());
         match parser::parse_set_value(id, &o.value) {
             Ok(v) => set_values.push((o.path.clone(), v, id)),
-            Err(d) => diags.extend(d),
+            Err(d) => diags.extend(d.into_iter().map(|d| ecarc_grammar::resolve::explain_syntax_error(d, &o.value))),
         }
     }
     let defs: Vec<Definition> = program.root_definitions().into_iter().cloned().collect();
@@ -165,11 +165,26 @@ pub fn finish(mut program: Program, mut diags: Vec<Diag>, sets: &[Override]) -> 
     // A mistake in a shared definition shows up once, not once per model using it.
     let mut unique: Vec<Diag> = Vec::with_capacity(diags.len());
     for d in diags {
+        let d = primary_in_roots(d, &program.roots);
         if !unique.contains(&d) {
             unique.push(d);
         }
     }
     Session { program, diags: unique, models }
+}
+
+/// When a rule involves fields in several files (a base in an imported file, an
+/// override in the file being checked), point first at the one in a file given
+/// on the command line: that is the line the user wrote and can change.
+fn primary_in_roots(mut d: Diag, roots: &[ecarc_grammar::FileId]) -> Diag {
+    let in_root = |l: &ecarc_grammar::diag::Label| roots.contains(&l.span.file);
+    if d.labels.first().is_some_and(|l| !in_root(l)) {
+        if let Some(i) = d.labels.iter().position(in_root) {
+            let l = d.labels.remove(i);
+            d.labels.insert(0, l);
+        }
+    }
+    d
 }
 
 /// The definition kinds the language has.
@@ -194,9 +209,11 @@ fn check_body(program: &Program, name: &ecarc_grammar::ast::Ident, body: &MBody,
     }
     let total = space::size(&axes);
     let checked = total.min(MAX_CHECKED_POINTS);
-    // Group identical failures: one diagnostic per distinct problem, with how
-    // many points it breaks and an example point.
-    let mut groups: Vec<(Diag, u128, Vec<(String, String)>)> = Vec::new();
+    // Group failures: one diagnostic per distinct problem (code, message and
+    // primary location), with how many points it breaks and a few examples. The
+    // labels shown are those of the first example.
+    type Assignment = Vec<(String, String)>;
+    let mut groups: Vec<(Diag, u128, Vec<Assignment>)> = Vec::new();
     let mut valid = 0u128;
     let mut first_valid = None;
     for k in 0..checked {
@@ -211,17 +228,32 @@ fn check_body(program: &Program, name: &ecarc_grammar::ast::Ident, body: &MBody,
             }
             Err(ds) => {
                 for d in ds {
-                    match groups.iter_mut().find(|g| g.0 == d) {
-                        Some(g) => g.1 += 1,
-                        None => groups.push((d, 1, assignment.clone())),
+                    let same =
+                        |g: &Diag| g.code == d.code && g.message == d.message && g.primary_span() == d.primary_span();
+                    match groups.iter_mut().find(|g| same(&g.0)) {
+                        Some(g) => {
+                            g.1 += 1;
+                            if g.2.len() < 3 && !g.2.contains(&assignment) {
+                                g.2.push(assignment.clone());
+                            }
+                        }
+                        None => groups.push((d, 1, vec![assignment.clone()])),
                     }
                 }
             }
         }
     }
-    for (d, count, example) in groups {
-        let at = example.iter().map(|(k, v)| format!("{k} = {v}")).collect::<Vec<_>>().join(", ");
-        let note = format!("this breaks {count} of {checked} design points, e.g. {at}");
+    for (d, count, examples) in groups {
+        let shown: Vec<String> = examples
+            .iter()
+            .map(|ex| ex.iter().map(|(k, v)| format!("{k} = {v}")).collect::<Vec<_>>().join(", "))
+            .collect();
+        let more = if count > shown.len() as u128 { ", ..." } else { "" };
+        let note = if count == checked {
+            format!("this breaks all {checked} design points")
+        } else {
+            format!("this breaks {count} of {checked} design points: {}{more}", shown.join("; "))
+        };
         let help = match &d.help {
             Some(h) => format!("{h}\n{note}"),
             None => note,

@@ -126,8 +126,20 @@ fn options(
             let scope = Scope::new(vec![], &empty);
             let num = |e: &Expr, diags: &mut Vec<Diag>| match scope.num(e) {
                 Ok(n) => Some(n),
+                Err(d) if d.code == "E0315" => {
+                    diags.push(
+                        Diag::error("E0315", "a range bound names a field")
+                            .label(d.primary_span().unwrap_or(e.span), "ranges are expanded before fields have values")
+                            .help("range bounds and steps must be constant numbers, e.g. `in 2..=24 step 2`"),
+                    );
+                    None
+                }
                 Err(d) => {
-                    diags.push(d.help("range bounds must be constants"));
+                    let help = match &d.help {
+                        Some(h) => format!("{h}; range bounds and steps must be constant numbers"),
+                        None => "range bounds and steps must be constant numbers".to_string(),
+                    };
+                    diags.push(d.help(help));
                     None
                 }
             };
@@ -141,16 +153,21 @@ fn options(
             if s <= 0.0 {
                 diags.push(
                     Diag::error("E0503", "range step must be positive")
-                        .label(step.as_ref().map(|e| e.span).unwrap_or(*span), format!("step {step_n}"))
-                        .help("write e.g. `step 4`"),
+                        .label(step.as_ref().map(|e| e.span).unwrap_or(*span), format!("step {step_n} never advances"))
+                        .help("write a positive step, e.g. `step 2`, or leave `step` out for 1"),
                 );
                 return None;
             }
             if h < l || (!*inclusive && h == l) {
+                let help = if h == l {
+                    format!("`..` leaves out the upper bound: write `{lo_n}..={hi_n}` for the single value {lo_n}")
+                } else {
+                    format!("ranges go up: write `{hi_n}..={lo_n}`")
+                };
                 diags.push(
                     Diag::error("E0503", "empty range")
                         .label(*span, format!("{lo_n} to {hi_n} holds no value"))
-                        .help("the upper bound must be above the lower one"),
+                        .help(help),
                 );
                 return None;
             }

@@ -123,7 +123,7 @@ pub enum Modulation {
 }
 
 /// One chunk of the adaLN modulation (1 = attention branch, 2 = FFN branch).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AdaChunk {
     Shift1,

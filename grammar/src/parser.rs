@@ -14,6 +14,11 @@ struct EcarParser;
 /// stack, so depth is bounded before parsing rather than discovered by a crash.
 pub const MAX_NESTING: usize = 64;
 
+/// An expression may nest at most this deep: operators, signs and brackets
+/// together (`1+1+...+1` with n terms is n - 1 deep). Everything downstream
+/// (evaluation, formatting, dropping the tree) recurses over expressions.
+pub const MAX_EXPR_DEPTH: usize = 256;
+
 /// Parse a whole file.
 pub fn parse_file(file: FileId, text: &str) -> Result<File, Vec<Diag>> {
     check_nesting(file, text)?;
@@ -363,10 +368,18 @@ impl Builder {
         }
     }
 
-    /// Operator-precedence parse of `prefix* primary (infix prefix* primary)*`.
     fn expr(&mut self, p: Pair<Rule>) -> Expr {
-        let mut operands: Vec<Expr> = Vec::new();
-        let mut ops: Vec<BinOp> = Vec::new();
+        self.expr_d(p).0
+    }
+
+    /// Operator-precedence parse of `prefix* primary (infix prefix* primary)*`,
+    /// with the depth of the tree built. An expression deeper than
+    /// [`MAX_EXPR_DEPTH`] is an error and becomes a placeholder of depth 1, so no
+    /// deep tree is ever built (`- - - ... 1` and `1+1+...` with 100k terms).
+    fn expr_d(&mut self, p: Pair<Rule>) -> (Expr, usize) {
+        let whole = self.span(&p);
+        let mut operands: Vec<(Expr, usize)> = Vec::new();
+        let mut ops: Vec<(BinOp, Span)> = Vec::new();
         let mut negs: Vec<Span> = Vec::new();
         for q in p.into_inner() {
             match q.as_rule() {
@@ -378,33 +391,55 @@ impl Builder {
                         Rule::mul => BinOp::Mul,
                         _ => BinOp::Div,
                     };
-                    while let Some(&top) = ops.last() {
+                    let at = self.span(&q);
+                    while let Some(&(top, _)) = ops.last() {
                         if top.precedence() >= op.precedence() {
-                            reduce(&mut operands, &mut ops);
+                            if let Err(at) = reduce(&mut operands, &mut ops) {
+                                return self.too_deep(whole, at);
+                            }
                         } else {
                             break;
                         }
                     }
-                    ops.push(op);
+                    ops.push((op, at));
                 }
                 _ => {
-                    let mut e = self.primary(q);
+                    let (mut e, mut depth) = self.primary(q);
                     while let Some(s) = negs.pop() {
+                        depth += 1;
+                        if depth > MAX_EXPR_DEPTH {
+                            // Point at the outermost sign: where the run starts.
+                            let first = negs.first().copied().unwrap_or(s);
+                            return self.too_deep(whole, first);
+                        }
                         let span = s.to(e.span);
                         e = Expr { kind: ExprKind::Neg(Box::new(e)), span };
                     }
-                    operands.push(e);
+                    operands.push((e, depth));
                 }
             }
         }
         while !ops.is_empty() {
-            reduce(&mut operands, &mut ops);
+            if let Err(at) = reduce(&mut operands, &mut ops) {
+                return self.too_deep(whole, at);
+            }
         }
         operands.pop().expect("expression has an operand")
     }
 
-    fn primary(&mut self, p: Pair<Rule>) -> Expr {
+    fn too_deep(&mut self, whole: Span, at: Span) -> (Expr, usize) {
+        self.errors.push(
+            Diag::error("E0102", format!("expression nests deeper than {MAX_EXPR_DEPTH} levels"))
+                .label(at, "nested too deeply from here")
+                .help("split the expression: give parts of it their own fields"),
+        );
+        (Expr { kind: ExprKind::Number { value: Num::Int(0), text: "0".into() }, span: whole }, 1)
+    }
+
+    /// A primary expression and its depth.
+    fn primary(&mut self, p: Pair<Rule>) -> (Expr, usize) {
         let span = self.span(&p);
+        let mut depth = 1;
         let kind = match p.as_rule() {
             Rule::number => self.number(p.as_str(), span),
             Rule::size => {
@@ -423,7 +458,15 @@ impl Builder {
             }
             Rule::string => ExprKind::Str(self.string(p).value),
             Rule::name => ExprKind::Name(p.as_str().to_string()),
-            Rule::list => ExprKind::List(p.into_inner().map(|q| self.expr(q)).collect()),
+            Rule::list => ExprKind::List(
+                p.into_inner()
+                    .map(|q| {
+                        let (e, d) = self.expr_d(q);
+                        depth = depth.max(d + 1);
+                        e
+                    })
+                    .collect(),
+            ),
             Rule::call => {
                 let mut it = p.into_inner();
                 let name = self.ident(it.next().expect("call name"));
@@ -431,20 +474,25 @@ impl Builder {
                     .map(|a| {
                         let mut parts = a.into_inner();
                         let first = parts.next().expect("arg");
-                        if first.as_rule() == Rule::ident {
-                            let n = self.ident(first);
-                            Arg { name: Some(n), value: self.expr(parts.next().expect("arg value")) }
+                        let (name, (value, d)) = if first.as_rule() == Rule::ident {
+                            (Some(self.ident(first)), self.expr_d(parts.next().expect("arg value")))
                         } else {
-                            Arg { name: None, value: self.expr(first) }
-                        }
+                            (None, self.expr_d(first))
+                        };
+                        depth = depth.max(d + 1);
+                        Arg { name, value }
                     })
                     .collect();
                 ExprKind::Call { name, args }
             }
-            Rule::expr => ExprKind::Paren(Box::new(self.expr(p))),
+            Rule::expr => {
+                let (e, d) = self.expr_d(p);
+                depth = d + 1;
+                ExprKind::Paren(Box::new(e))
+            }
             r => unreachable!("primary: {r:?}"),
         };
-        Expr { kind, span }
+        (Expr { kind, span }, depth)
     }
 
     fn number(&mut self, text: &str, span: Span) -> ExprKind {
@@ -522,10 +570,16 @@ fn comment_start(line: &str) -> Option<usize> {
     None
 }
 
-fn reduce(operands: &mut Vec<Expr>, ops: &mut Vec<BinOp>) {
-    let op = ops.pop().expect("operator");
-    let rhs = operands.pop().expect("rhs");
-    let lhs = operands.pop().expect("lhs");
+/// Apply the top operator; `Err(operator span)` when the result would be too deep.
+fn reduce(operands: &mut Vec<(Expr, usize)>, ops: &mut Vec<(BinOp, Span)>) -> Result<(), Span> {
+    let (op, at) = ops.pop().expect("operator");
+    let (rhs, dr) = operands.pop().expect("rhs");
+    let (lhs, dl) = operands.pop().expect("lhs");
+    let depth = dl.max(dr) + 1;
+    if depth > MAX_EXPR_DEPTH {
+        return Err(at);
+    }
     let span = lhs.span.to(rhs.span);
-    operands.push(Expr { kind: ExprKind::Binary { op, lhs: Box::new(lhs), rhs: Box::new(rhs) }, span });
+    operands.push((Expr { kind: ExprKind::Binary { op, lhs: Box::new(lhs), rhs: Box::new(rhs) }, span }, depth));
+    Ok(())
 }

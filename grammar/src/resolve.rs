@@ -79,10 +79,11 @@ impl Program {
                 }
                 self.parse_and_follow(id, &mut vec![id], &mut diags);
             }
-            Err(msg) => diags.push(
-                Diag::error("E0201", format!("cannot read `{}`: {msg}", path.display()))
-                    .help("check the path and that the file is a readable .ecar text file"),
-            ),
+            Err(msg) => {
+                let spec = path.display().to_string();
+                let u = explain_unreadable(path, &spec, msg, false);
+                diags.push(Diag::error("E0201", format!("cannot read `{spec}`: {}", u.label)).help(u.help))
+            }
         }
         diags
     }
@@ -100,8 +101,8 @@ impl Program {
         let text = self.sources.get(id).text.clone();
         let file = match parser::parse_file(id, &text) {
             Ok(f) => f,
-            Err(mut d) => {
-                diags.append(&mut d);
+            Err(d) => {
+                diags.extend(d.into_iter().map(|d| explain_syntax_error(d, &text)));
                 return;
             }
         };
@@ -130,19 +131,22 @@ impl Program {
         let spec = imp.path.value.as_str();
         if self.sources.files().count() >= MAX_FILES {
             diags.push(
-                Diag::error("E0201", "too many imported files").label(imp.span, format!("more than {MAX_FILES} files")),
+                Diag::error("E0201", "too many imported files")
+                    .label(imp.span, format!("more than {MAX_FILES} files"))
+                    .help("a model needs a handful of files; check for generated or runaway imports"),
             );
             return;
         }
         // Resolve to (display name, canonical key, text-or-error).
-        let (name, key, text): (String, PathBuf, Result<ReadText, String>) = if let Some(rest) =
+        // An error is (what is wrong, how to fix it).
+        let (name, key, text): (String, PathBuf, Result<ReadText, Unreadable>) = if let Some(rest) =
             spec.strip_prefix("std/")
         {
             match &self.std_dir {
                 Some(dir) => {
                     let p = dir.join(rest);
                     let key = p.canonicalize().unwrap_or_else(|_| p.clone());
-                    (spec.to_string(), key, read_bounded(&p))
+                    (spec.to_string(), key, read_bounded(&p).map_err(|msg| explain_unreadable(&p, spec, msg, true)))
                 }
                 None => {
                     let key = PathBuf::from(format!("<std>/{rest}"));
@@ -152,9 +156,13 @@ impl Program {
                         .map(|(_, t)| ReadText { text: t.to_string(), invalid_utf8_at: None })
                         .ok_or_else(|| {
                             let names: Vec<&str> = std_files().iter().map(|(n, _)| *n).collect();
-                            match did_you_mean(rest, names.iter().copied()) {
-                                Some(s) => format!("the standard library has no `{rest}` (did you mean `std/{s}`?)"),
-                                None => format!("the standard library has no `{rest}`; it has: {}", names.join(", ")),
+                            let listed = names.join(", ");
+                            Unreadable {
+                                label: format!("the standard library has no `{rest}`"),
+                                help: match did_you_mean(rest, names.iter().copied()) {
+                                    Some(s) => format!("did you mean \"std/{s}\"? the standard library has: {listed}"),
+                                    None => format!("the standard library has: {listed}"),
+                                },
                             }
                         });
                     (spec.to_string(), key, text)
@@ -170,15 +178,37 @@ impl Program {
                 .unwrap_or_else(|| PathBuf::from("."));
             let p = base.join(spec);
             let key = p.canonicalize().unwrap_or_else(|_| p.clone());
-            (p.display().to_string(), key, read_bounded(&p))
+            // Shown relative to how the importing file was named (`tests/bad/x.ecar`
+            // imports "../data/tiny.ecar" as `tests/data/tiny.ecar`), not as an
+            // absolute path that depends on where the checkout lives.
+            let from_file = self.sources.get(from);
+            let shown = match &from_file.path {
+                Some(_) => normalize(&Path::new(&from_file.name).parent().unwrap_or(Path::new("")).join(spec)),
+                None => normalize(Path::new(spec)),
+            };
+            let text = read_bounded(&p).map_err(|msg| explain_unreadable(&p, spec, msg, true));
+            (shown, key, text)
         };
         if let Some(&existing) = self.loaded.get(&key) {
             if let Some(pos) = stack.iter().position(|&f| f == existing) {
-                let chain: Vec<String> =
-                    stack[pos..].iter().map(|&f| self.sources.get(f).name.clone()).chain([name]).collect();
-                diags.push(Diag::error("E0203", "import cycle").label(imp.span, "this import closes a cycle").help(
-                    format!("the cycle is {}; move the shared definitions into a file both import", chain.join(" -> ")),
-                ));
+                let chain: Vec<String> = stack[pos..]
+                    .iter()
+                    .map(|&f| self.sources.get(f).name.clone())
+                    .chain([self.sources.get(existing).name.clone()])
+                    .collect();
+                let d = if existing == from {
+                    Diag::error("E0203", "a file imports itself")
+                        .label(imp.path.span, "this is the importing file")
+                        .help("remove this import: a file's own definitions are always in scope")
+                } else {
+                    Diag::error("E0203", "import cycle").label(imp.path.span, "this import closes a cycle").help(
+                        format!(
+                            "the cycle is {}; move the shared definitions into a file that all of them import",
+                            chain.join(" -> ")
+                        ),
+                    )
+                };
+                diags.push(d);
             }
             return;
         }
@@ -194,10 +224,8 @@ impl Program {
                 self.parse_and_follow(id, stack, diags);
                 stack.pop();
             }
-            Err(msg) => diags.push(
-                Diag::error("E0201", format!("cannot import \"{spec}\""))
-                    .label(imp.path.span, msg)
-                    .help("paths are relative to the importing file; `std/...` names the standard library"),
+            Err(u) => diags.push(
+                Diag::error("E0201", format!("cannot import \"{spec}\"")).label(imp.path.span, u.label).help(u.help),
             ),
         }
     }
@@ -278,16 +306,198 @@ fn read_bounded(path: &Path) -> Result<ReadText, String> {
     })
 }
 
+/// The standard-library file that defines `kind name`, if one does (for "add
+/// this import" hints). A definition starts a line: `kind name {` or `kind name extends`.
+fn std_defines(kind: &str, name: &str) -> Option<&'static str> {
+    std_files().iter().find_map(|(file, text)| {
+        text.lines()
+            .filter(|l| !l.starts_with(char::is_whitespace))
+            .any(|l| {
+                let mut w = l.split_whitespace();
+                w.next() == Some(kind) && w.next() == Some(name)
+            })
+            .then_some(*file)
+    })
+}
+
+/// Make a syntax error (E0101) specific where the text shows a common slip:
+/// an unclosed `{`, `key = value`, a stage segment without `->`, `step` for
+/// `steps`, or an unclosed string. Other diagnostics pass through unchanged.
+pub fn explain_syntax_error(d: Diag, text: &str) -> Diag {
+    let Some(at) = d.primary_span().filter(|_| d.code == "E0101") else { return d };
+    let pos = (at.start as usize).min(text.len());
+    let line_start = text[..pos].rfind('\n').map_or(0, |i| i + 1);
+    let line_end = text[pos..].find('\n').map_or(text.len(), |i| pos + i);
+    let line = &text[line_start..line_end];
+    let rest = &text[pos..line_end];
+    let word: String = rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+    let span_at = |start: usize, len: usize| Span::new(at.file, start, start + len);
+    // `{` still open at `pos` (strings and comments skipped).
+    let mut open = Vec::new();
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while i < pos {
+        match bytes[i] {
+            b'"' => {
+                i += 1;
+                while i < pos && bytes[i] != b'"' && bytes[i] != b'\n' {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+            }
+            b'/' if bytes.get(i + 1) == Some(&b'/') => {
+                while i < pos && bytes[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'{' => open.push(i),
+            b'}' => {
+                open.pop();
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    let line_no = |p: usize| text[..p].matches('\n').count() + 1;
+    let ends_at_eof = text[pos..].trim().is_empty();
+    // `KIND NAME {` or `KIND NAME extends BASE {` at the start of a line.
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let is_ident = |w: &str| w.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_');
+    let definition_line = !line.starts_with(char::is_whitespace)
+        && words.len() >= 3
+        && is_ident(words[0])
+        && is_ident(words[1])
+        && (words[2] == "{" || words[2] == "extends");
+    if let (Some(&brace), true) = (open.last(), ends_at_eof || definition_line) {
+        let before =
+            if ends_at_eof { "at the end of the file".to_string() } else { format!("before line {}", line_no(pos)) };
+        return Diag::error("E0101", "syntax error: a `{` is never closed")
+            .label(span_at(brace, 1), "this `{` has no matching `}`")
+            .label(
+                if ends_at_eof { at } else { span_at(line_start, words[0].len()) },
+                if ends_at_eof { "the file ends inside it" } else { "a new definition starts inside it" },
+            )
+            .help(format!("add the missing `}}` {before}"));
+    }
+    if rest.starts_with('=') && !rest.starts_with("==") {
+        return Diag::error("E0101", "syntax error: fields are written `key value`, without `=`")
+            .label(span_at(pos, 1), "remove this `=`")
+            .help("write e.g. `depth 4`; `in` gives alternatives: `depth in { 4, 6 }`");
+    }
+    if rest.starts_with('"') && !rest[1..].contains('"') {
+        return Diag::error("E0101", "syntax error: a string is not closed")
+            .label(span_at(pos, rest.trim_end().len()), "this string has no closing `\"`")
+            .help("strings end on the line they start: add the closing `\"`");
+    }
+    let stage_row = line.trim_start().starts_with("stage ");
+    if stage_row && word == "step" {
+        return Diag::error("E0101", "syntax error: a stage row's ODE steps are written `steps N`")
+            .label(span_at(pos, word.len()), "did you mean `steps`?")
+            .help("write `stage GRID FROM -> TO steps N`; `step` is the step of a range (`in 2..=8 step 2`)");
+    }
+    if stage_row && rest.starts_with(|c: char| c.is_ascii_digit()) {
+        return Diag::error("E0101", "syntax error: a stage row's flow segment is written `FROM -> TO`")
+            .label(at, "expected `->` before this number")
+            .help("write `stage GRID FROM -> TO steps N`, e.g. `stage 4x4 0.6 -> 0.4 steps 4`");
+    }
+    const RESERVED: &[&str] =
+        &["import", "extends", "in", "step", "stage", "params", "buffers", "for", "when", "where"];
+    if RESERVED.contains(&word.as_str()) {
+        let help =
+            format!("`{word}` is a reserved word and cannot be used as a name here; reserved: {}", RESERVED.join(", "));
+        return Diag { help: Some(help), ..d };
+    }
+    d
+}
+
+/// Why an import cannot be read: the label on the path and the help line.
+struct Unreadable {
+    label: String,
+    help: String,
+}
+
+/// Turn a read error into a label and a concrete fix: the closest `.ecar` file
+/// when the name is misspelt, the files inside when it names a directory.
+fn explain_unreadable(path: &Path, spec: &str, msg: String, import: bool) -> Unreadable {
+    let generic = if import {
+        "paths are relative to the importing file; `std/...` names the standard library"
+    } else {
+        "check the path and that the file is a readable .ecar text file"
+    };
+    let ecar_files = |dir: &Path| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.ends_with(".ecar"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
+    let spec_dir = spec.rfind('/').map(|i| &spec[..=i]).unwrap_or("");
+    if path.is_dir() {
+        let files = ecar_files(path);
+        let inside = spec.trim_end_matches('/');
+        let help = match files.as_slice() {
+            [] => format!("import a .ecar file, not a directory ({inside}/ holds none)"),
+            fs => format!(
+                "import a .ecar file inside it: {}",
+                fs.iter().take(8).map(|f| format!("\"{inside}/{f}\"")).collect::<Vec<_>>().join(", ")
+            ),
+        };
+        return Unreadable { label: "this is a directory, not a file".into(), help };
+    }
+    if !path.exists() {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        if !dir.is_dir() {
+            return Unreadable {
+                label: format!("no directory `{}`", spec_dir.trim_end_matches('/')),
+                help: generic.into(),
+            };
+        }
+        let want = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let files = ecar_files(dir);
+        let help = match did_you_mean(&want, files.iter().map(String::as_str)) {
+            Some(f) => format!("did you mean \"{spec_dir}{f}\"? ({generic})"),
+            None if files.is_empty() => generic.to_string(),
+            None => {
+                format!("files next to it: {}; {generic}", files.iter().take(8).cloned().collect::<Vec<_>>().join(", "))
+            }
+        };
+        return Unreadable { label: "no such file".into(), help };
+    }
+    Unreadable { label: format!("cannot read it: {msg}"), help: generic.into() }
+}
+
+/// Lexically normalise a relative path for display: drop `.`, fold `dir/..`.
+fn normalize(p: &Path) -> String {
+    use std::path::Component;
+    let mut out: Vec<Component> = Vec::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir if matches!(out.last(), Some(Component::Normal(_))) => {
+                out.pop();
+            }
+            c => out.push(c),
+        }
+    }
+    let s: PathBuf = out.iter().collect();
+    s.display().to_string()
+}
+
 fn invalid_utf8(id: FileId, at: usize) -> Diag {
     Diag::error("E0202", "file is not valid UTF-8")
-        .label(Span::new(id, at, at + 1), "invalid byte here")
-        .help("model files are UTF-8 text; was a binary file passed by mistake?")
+        .label(Span::new(id, at, at + 1), "this byte is not UTF-8")
+        .help("model files are UTF-8 text: re-save it as UTF-8, or check that it is not a binary file")
 }
 
 struct Resolver<'p> {
     program: &'p Program,
-    /// Definitions being resolved, to detect `extends` and reference cycles.
-    stack: Vec<(String, String, Span)>,
+    /// Definitions being resolved (kind, name, the reference that led here, the
+    /// definition's name), to detect `extends` and reference cycles.
+    stack: Vec<(String, String, Span, Span)>,
     diags: Vec<Diag>,
 }
 
@@ -295,21 +505,45 @@ impl<'p> Resolver<'p> {
     /// Merged body of `def`; `via` is the reference that led here (for cycle reports).
     fn definition(&mut self, def: &'p Definition, via: Span) -> MBody {
         let key = (def.kind.name.clone(), def.name.name.clone());
-        if let Some(pos) = self.stack.iter().position(|(k, n, _)| (k, n) == (&key.0, &key.1)) {
-            let chain: Vec<String> =
-                self.stack[pos..].iter().map(|(_, n, _)| n.clone()).chain([def.name.name.clone()]).collect();
-            self.diags.push(
-                Diag::error("E0206", format!("`{}` is defined in terms of itself", def.name.name))
-                    .label(via, "this reference closes the cycle")
-                    .label(def.name.span, "cycle starts here")
-                    .help(format!(
-                        "the cycle is {}; break it by removing one `extends` or reference",
-                        chain.join(" -> ")
-                    )),
-            );
+        if let Some(pos) = self.stack.iter().position(|(k, n, _, _)| (k, n) == (&key.0, &key.1)) {
+            // The cycle's members, each with the reference that leads to it from
+            // the member before. It is reported from the member defined first, so
+            // that resolving any member of the cycle gives the same diagnostic
+            // (and the session keeps one copy).
+            let members: Vec<(&str, Span, Span)> = self.stack[pos..]
+                .iter()
+                .enumerate()
+                .map(|(i, (_, n, v, d))| (n.as_str(), *d, if i == 0 { via } else { *v }))
+                .collect();
+            let k = members.len();
+            let start = (0..k).min_by_key(|&i| (members[i].1.file, members[i].1.start)).expect("a cycle has a member");
+            let (first, _, closing) = members[start];
+            let chain: Vec<&str> = (0..=k).map(|j| members[(start + j) % k].0).collect();
+            let message = match k {
+                1 => format!("`{first}` is defined in terms of itself"),
+                _ => {
+                    let (last, rest) = chain[..k].split_last().expect("k >= 2");
+                    format!("`{}` and `{last}` are defined in terms of each other", rest.join("`, `"))
+                }
+            };
+            let last = members[(start + k - 1) % k].0;
+            let closing_label = match k {
+                1 => format!("`{first}` refers to itself"),
+                _ => format!("`{last}` refers back to `{first}`"),
+            };
+            let mut d = Diag::error("E0206", message).label(closing, closing_label);
+            for j in 1..k {
+                let (name, _, reference) = members[(start + j) % k];
+                let prev = members[(start + j - 1) % k].0;
+                d = d.label(reference, format!("`{prev}` refers to `{name}`"));
+            }
+            self.diags.push(d.help(format!(
+                "the cycle is {}; remove one `extends` or reference so that each definition builds on a finished one",
+                chain.join(" -> ")
+            )));
             return MBody { entries: vec![], span: def.body.span };
         }
-        self.stack.push((key.0, key.1, via));
+        self.stack.push((key.0, key.1, via, def.name.span));
         let own = self.body(&def.body);
         let body = match &def.extends {
             Some(base) => match self.lookup(&def.kind.name, base) {
@@ -329,9 +563,22 @@ impl<'p> Resolver<'p> {
             None => {
                 let mut d = Diag::error("E0205", format!("no {kind} named `{}`", name.name))
                     .label(name.span, format!("unknown {kind}"));
-                d = match did_you_mean(&name.name, program.names_of_kind(kind)) {
-                    Some(s) => d.help(format!("did you mean `{s}`?")),
-                    None => {
+                let other_kind = program.defs.keys().find(|(k, n)| *n == name.name && k != kind).map(|(k, _)| k);
+                d = match (
+                    std_defines(kind, &name.name),
+                    other_kind,
+                    did_you_mean(&name.name, program.names_of_kind(kind)),
+                ) {
+                    (Some(file), _, _) => d.help(format!(
+                        "`{}` is defined in the standard library: add `import \"std/{file}\"`",
+                        name.name
+                    )),
+                    (None, Some(other), _) => d.help(format!(
+                        "`{}` is defined as a `{other}`, not a `{kind}`; a {kind} is needed here",
+                        name.name
+                    )),
+                    (None, None, Some(s)) => d.help(format!("did you mean `{s}`?")),
+                    (None, None, None) => {
                         let names: Vec<&str> = program.names_of_kind(kind).collect();
                         if names.is_empty() {
                             d.help(format!("no {kind} definitions are in scope; import one (e.g. `import \"std/...\"`) or write it inline with `{{ ... }}`"))

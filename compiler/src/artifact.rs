@@ -1,0 +1,70 @@
+//! The compiled, backend-neutral artifact `ecarc build` writes: the checked
+//! spec, its lowered programs and plan, and the cost report. Later commands
+//! accept it in place of the `.ecar`; backends generate their kernels when they
+//! load it.
+
+use crate::cost::{self, CostReport, Device};
+use crate::lower::{self, Program, SpecSpans};
+use crate::spec::ModelSpec;
+use ecarc_grammar::Diag;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// Bumped whenever the artifact's structure changes.
+pub const FORMAT: u32 = 1;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Artifact {
+    pub format: u32,
+    pub ecarc_version: String,
+    /// Source file names, indexed by the `FileId`s inside node spans.
+    pub sources: Vec<String>,
+    pub spec: ModelSpec,
+    pub program: Program,
+    pub report: CostReport,
+}
+
+/// Lower and cost a checked model.
+pub fn compile(spec: &ModelSpec, spans: &SpecSpans, sources: Vec<String>) -> Result<Artifact, Diag> {
+    let program = lower::lower(spec, spans)?;
+    let report = cost::report(spec, &program, &[Device::this_cpu(), Device::h100()]);
+    Ok(Artifact {
+        format: FORMAT,
+        ecarc_version: env!("CARGO_PKG_VERSION").to_string(),
+        sources,
+        spec: spec.clone(),
+        program,
+        report,
+    })
+}
+
+impl Artifact {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("artifacts serialise")
+    }
+
+    pub fn from_json(text: &str) -> Result<Artifact, String> {
+        #[derive(Deserialize)]
+        struct Header {
+            format: u32,
+        }
+        let h: Header = serde_json::from_str(text).map_err(|e| format!("not an ecarc artifact: {e}"))?;
+        if h.format != FORMAT {
+            return Err(format!(
+                "artifact format {} but this ecarc reads format {FORMAT}; rebuild it with `ecarc build`",
+                h.format
+            ));
+        }
+        serde_json::from_str(text).map_err(|e| format!("corrupt artifact: {e}"))
+    }
+
+    pub fn load(path: &Path) -> Result<Artifact, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
+        Artifact::from_json(&text)
+    }
+}
+
+/// Whether a path names an artifact rather than a model file.
+pub fn is_artifact(path: &Path) -> bool {
+    path.to_string_lossy().ends_with(".ecarc.json")
+}

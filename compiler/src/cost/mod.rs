@@ -1,0 +1,220 @@
+//! The cost model (docs/cost-model.md). MACs come from the lowered graphs'
+//! shapes, so they are exact for what the programs compute; parameters come
+//! from the declared tensors. Conventions follow spec/families.md: one MAC is
+//! a multiply-add; linear layers, matmuls (attention's two included) and
+//! convolutions count; norms, softmax and activations do not.
+
+pub mod render;
+
+use crate::ir::dim::product;
+use crate::ir::{Bindings, Dim, Graph, Op};
+use crate::lower::Program;
+use crate::spec::ModelSpec;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+
+/// MACs of one node, as a polynomial in the symbols.
+pub fn node_macs(g: &Graph, n: petgraph::stable_graph::NodeIndex) -> Dim {
+    let node = &g.g[n];
+    let ops = g.operands(n);
+    let ty = |i: usize| &g.g[ops[i]].ty;
+    match &node.op {
+        Op::Linear => {
+            let w = &ty(1).shape;
+            let x = &ty(0).shape;
+            product(&x[..x.len() - 1]).mul(&w[0]).mul(&w[1])
+        }
+        Op::MatMul => {
+            let a = &ty(0).shape;
+            let out = &node.ty.shape;
+            product(out).mul(&a[a.len() - 1])
+        }
+        Op::Conv2d { .. } => {
+            let w = &ty(1).shape;
+            product(&node.ty.shape).mul(&product(&w[1..]))
+        }
+        Op::NearestCode => {
+            let c = &ty(1).shape;
+            product(&node.ty.shape).mul(&c[0]).mul(&c[1])
+        }
+        _ => Dim::c(0),
+    }
+}
+
+/// MACs of a whole graph, symbolic.
+pub fn graph_macs(g: &Graph) -> Dim {
+    g.g.node_indices().fold(Dim::c(0), |acc, n| acc.add(&node_macs(g, n)))
+}
+
+/// Bytes of every tensor a graph reads from parameters.
+pub fn weight_bytes(g: &Graph) -> u64 {
+    g.g.node_indices()
+        .filter(|&n| matches!(g.g[n].op, Op::Param { .. }))
+        .map(|n| g.g[n].ty.numel().as_const().unwrap_or(0) * g.g[n].ty.dtype.bytes())
+        .sum()
+}
+
+/// Peak bytes of live activations when nodes run in topological order and a
+/// value is freed after its last use (no in-place reuse yet). Sources that are
+/// parameters are not activations.
+pub fn peak_activation_bytes(g: &Graph, b: &Bindings) -> u64 {
+    let Some(order) = g.topo() else { return 0 };
+    let pos: HashMap<_, _> = order.iter().enumerate().map(|(i, &n)| (n, i)).collect();
+    let outputs: Vec<_> = g.outputs.iter().map(|(_, n)| *n).collect();
+    let last_use: HashMap<_, usize> = order
+        .iter()
+        .map(|&n| {
+            let last =
+                g.g.neighbors_directed(n, petgraph::Direction::Outgoing).map(|m| pos[&m]).max().unwrap_or(pos[&n]);
+            (n, if outputs.contains(&n) { usize::MAX } else { last })
+        })
+        .collect();
+    let size = |n: petgraph::stable_graph::NodeIndex| g.g[n].ty.numel().eval(b) * g.g[n].ty.dtype.bytes();
+    let (mut live, mut peak) = (0u64, 0u64);
+    let mut frees: BTreeMap<usize, u64> = BTreeMap::new();
+    for (i, &n) in order.iter().enumerate() {
+        if matches!(g.g[n].op, Op::Param { .. }) {
+            continue;
+        }
+        live += size(n);
+        peak = peak.max(live);
+        *frees.entry(last_use[&n]).or_default() += size(n);
+        if let Some(f) = frees.remove(&i) {
+            live -= f;
+        }
+    }
+    peak
+}
+
+/// A device for the roofline estimate.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Device {
+    pub name: String,
+    /// Peak f32 multiply-adds per second x 2 (FLOP/s).
+    pub flops: f64,
+    /// Memory bandwidth, bytes per second.
+    pub bandwidth: f64,
+}
+
+impl Device {
+    /// This project's reference CPU: 2 Zen 5 cores with AVX-512, measured.
+    pub fn this_cpu() -> Device {
+        Device { name: "cpu (2x Zen 5, measured)".into(), flops: 543e9, bandwidth: 47e9 }
+    }
+    /// NVIDIA H100 SXM, f32 without tensor cores, HBM3.
+    pub fn h100() -> Device {
+        Device { name: "H100 SXM (f32)".into(), flops: 67e12, bandwidth: 3.35e12 }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StageCost {
+    pub index: usize,
+    pub grid: [u64; 2],
+    pub tokens: u64,
+    pub steps: u64,
+    /// MACs of everything that runs for this stage, one image, CFG included.
+    pub macs: u128,
+    pub share: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Estimate {
+    pub device: String,
+    pub seconds: f64,
+    /// Fraction of the time bound by compute (the rest by memory).
+    pub compute_bound_fraction: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CostReport {
+    pub model: String,
+    /// Learned generator parameters (frozen included; buffers and tokenizer excluded).
+    pub params: u128,
+    pub params_by_component: Vec<(String, u128)>,
+    pub buffer_elements: u128,
+    pub tokenizer_params: u128,
+    /// One teacher-forced forward, batch 1, no CFG.
+    pub forward_macs: u128,
+    /// One whole sample: every stage and solver step, KV cache, CFG doubling.
+    pub sample_macs: u128,
+    pub cfg: bool,
+    pub stages: Vec<StageCost>,
+    /// Bytes of all learned tensors (f32).
+    pub weight_bytes: u128,
+    /// The largest live set of activations of any run, one image.
+    pub peak_activation_bytes: u64,
+    pub estimates: Vec<Estimate>,
+}
+
+pub fn report(spec: &ModelSpec, prog: &Program, devices: &[Device]) -> CostReport {
+    let macs: HashMap<&str, Dim> = prog.graphs.iter().map(|g| (g.name.as_str(), graph_macs(g))).collect();
+    let wbytes: HashMap<&str, u64> = prog.graphs.iter().map(|g| (g.name.as_str(), weight_bytes(g))).collect();
+    let one = |tokens, past| Bindings::new(1, tokens, past);
+    let forward_macs = macs.get("forward").map_or(0, |m| m.eval(&one(0, 0)) as u128);
+
+    let stage_list = spec.schedule.stages();
+    let mut per_stage = vec![0u128; stage_list.len().max(1)];
+    let mut peak = 0;
+    let mut seconds = vec![(0.0f64, 0.0f64); devices.len()];
+    for run in &prog.plan {
+        let b = one(run.tokens, run.past);
+        let m = macs[run.graph.as_str()].eval(&b) as u128 * run.times as u128;
+        let last = per_stage.len() - 1;
+        per_stage[run.stage.min(last)] += m;
+        let g = prog.graph(&run.graph).expect("plan names a graph");
+        let act = peak_activation_bytes(g, &b);
+        peak = peak.max(act);
+        for (dev, acc) in devices.iter().zip(seconds.iter_mut()) {
+            let compute = 2.0 * m as f64 / dev.flops;
+            let memory = (wbytes[run.graph.as_str()] as f64 + act as f64) * run.times as f64 / dev.bandwidth;
+            acc.0 += compute.max(memory);
+            if compute >= memory {
+                acc.1 += compute;
+            }
+        }
+    }
+    let sample_macs: u128 = per_stage.iter().sum();
+    let stages = stage_list
+        .iter()
+        .enumerate()
+        .map(|(i, s)| StageCost {
+            index: i,
+            grid: s.grid,
+            tokens: s.tokens,
+            steps: s.steps,
+            macs: per_stage[i],
+            share: if sample_macs == 0 { 0.0 } else { per_stage[i] as f64 / sample_macs as f64 },
+        })
+        .collect();
+    let mut by_component: BTreeMap<String, u128> = BTreeMap::new();
+    for g in &spec.params {
+        let name = match g.owner.as_str() {
+            "backbone.block" => "blocks",
+            other => other,
+        };
+        *by_component.entry(name.to_string()).or_default() += g.numel();
+    }
+    CostReport {
+        model: spec.name.clone(),
+        params: spec.param_count(),
+        params_by_component: by_component.into_iter().collect(),
+        buffer_elements: spec.buffers.iter().map(|g| g.numel()).sum(),
+        tokenizer_params: spec.tokenizer_param_count(),
+        forward_macs,
+        sample_macs,
+        cfg: prog.cfg,
+        stages,
+        weight_bytes: spec.param_count() * 4,
+        peak_activation_bytes: peak,
+        estimates: devices
+            .iter()
+            .zip(seconds)
+            .map(|(d, (s, c))| Estimate {
+                device: d.name.clone(),
+                seconds: s,
+                compute_bound_fraction: if s > 0.0 { c / s } else { 0.0 },
+            })
+            .collect(),
+    }
+}

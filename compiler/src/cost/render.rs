@@ -1,0 +1,117 @@
+//! The human-readable cost report (torchinfo style): per stage, totals,
+//! parameters by component, memory and time estimates.
+
+use super::CostReport;
+use std::fmt::Write;
+
+/// `1234567` -> `1,234,567`.
+pub fn grouped(v: u128) -> String {
+    let s = v.to_string();
+    let mut out = String::with_capacity(s.len() + s.len() / 3);
+    for (i, ch) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    out
+}
+
+/// MACs in the most readable unit (`155.03 GMAC`).
+pub fn macs(v: u128) -> String {
+    let f = v as f64;
+    if f >= 1e12 {
+        format!("{:.2} TMAC", f / 1e12)
+    } else if f >= 1e9 {
+        format!("{:.2} GMAC", f / 1e9)
+    } else if f >= 1e6 {
+        format!("{:.2} MMAC", f / 1e6)
+    } else {
+        format!("{v} MAC")
+    }
+}
+
+pub fn bytes(v: u128) -> String {
+    let f = v as f64;
+    if f >= 1e9 {
+        format!("{:.2} GB", f / 1e9)
+    } else if f >= 1e6 {
+        format!("{:.1} MB", f / 1e6)
+    } else {
+        format!("{:.1} KB", f / 1e3)
+    }
+}
+
+pub fn render(r: &CostReport) -> String {
+    let mut s = String::new();
+    let rule = "=".repeat(78);
+    let _ = writeln!(s, "{rule}\nModel: {}\n{rule}", r.model);
+    let _ = writeln!(s, "{:<7} {:>9} {:>8} {:>6} {:>16} {:>8}", "stage", "grid", "tokens", "steps", "MACs", "share");
+    let _ = writeln!(s, "{}", "-".repeat(78));
+    // Long raster schedules are summarised: the first and last few stages.
+    let n = r.stages.len();
+    for (i, st) in r.stages.iter().enumerate() {
+        if n > 12 && (6..n - 3).contains(&i) {
+            if i == 6 {
+                let hidden: u128 = r.stages[6..n - 3].iter().map(|s| s.macs).sum();
+                let _ = writeln!(
+                    s,
+                    "{:<7} {:>9} {:>8} {:>6} {:>16} {:>7.1}%",
+                    format!("({})", n - 9),
+                    "...",
+                    "",
+                    "",
+                    macs(hidden),
+                    100.0 * hidden as f64 / r.sample_macs.max(1) as f64
+                );
+            }
+            continue;
+        }
+        let _ = writeln!(
+            s,
+            "{:<7} {:>9} {:>8} {:>6} {:>16} {:>7.1}%",
+            st.index,
+            format!("{}x{}", st.grid[0], st.grid[1]),
+            st.tokens,
+            st.steps,
+            macs(st.macs),
+            100.0 * st.share
+        );
+    }
+    let _ = writeln!(s, "{}", "-".repeat(78));
+    let _ = writeln!(
+        s,
+        "Forward (teacher-forced, batch 1, no CFG): {} ({})",
+        macs(r.forward_macs),
+        grouped(r.forward_macs)
+    );
+    let _ = writeln!(
+        s,
+        "Sample (one image, all stages and steps{}): {} ({})",
+        if r.cfg { ", CFG doubled" } else { "" },
+        macs(r.sample_macs),
+        grouped(r.sample_macs)
+    );
+    let _ = writeln!(s, "{rule}");
+    let _ = writeln!(s, "Parameters: {}", grouped(r.params));
+    for (c, v) in &r.params_by_component {
+        let _ = writeln!(s, "  {:<12} {:>16}", c, grouped(*v));
+    }
+    let _ = writeln!(s, "Buffers (not parameters): {} elements", grouped(r.buffer_elements));
+    let _ = writeln!(s, "Tokenizer parameters (separate): {}", grouped(r.tokenizer_params));
+    let _ = writeln!(s, "Weights (f32): {}", bytes(r.weight_bytes));
+    let _ =
+        writeln!(s, "Peak activations (one image, freed after last use): {}", bytes(r.peak_activation_bytes as u128));
+    let _ = writeln!(s, "{rule}");
+    for e in &r.estimates {
+        let _ = writeln!(
+            s,
+            "Roofline on {}: {:.3} s per image ({:.0}% compute-bound)",
+            e.device,
+            e.seconds,
+            100.0 * e.compute_bound_fraction
+        );
+    }
+    let _ = write!(s, "{rule}");
+    s
+}

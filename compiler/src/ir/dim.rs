@@ -1,0 +1,267 @@
+//! Symbolic tensor dimensions. A dimension is a polynomial with integer
+//! coefficients over a few named symbols (batch `B`, tokens of the step `T`,
+//! positions already in the KV cache `P`), kept in a canonical form so that
+//! equal dimensions compare equal structurally (`P + T` == `T + P`).
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// A named symbol. The set is closed: these are the only things a step program
+/// leaves open until it runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Sym {
+    /// Batch (doubled under classifier-free guidance).
+    B,
+    /// Tokens produced by this step.
+    T,
+    /// Token positions already in the KV cache (earlier stages).
+    P,
+}
+
+impl Sym {
+    pub const ALL: [Sym; 3] = [Sym::B, Sym::T, Sym::P];
+    pub fn name(self) -> &'static str {
+        match self {
+            Sym::B => "B",
+            Sym::T => "T",
+            Sym::P => "P",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Sym> {
+        Sym::ALL.into_iter().find(|x| x.name() == s)
+    }
+}
+
+/// Values for the symbols, to evaluate a dimension.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Bindings {
+    pub b: u64,
+    pub t: u64,
+    pub p: u64,
+}
+
+impl Bindings {
+    pub fn new(b: u64, t: u64, p: u64) -> Self {
+        Bindings { b, t, p }
+    }
+    pub fn get(&self, s: Sym) -> u64 {
+        match s {
+            Sym::B => self.b,
+            Sym::T => self.t,
+            Sym::P => self.p,
+        }
+    }
+}
+
+/// A polynomial: monomial (sorted symbols, repeated for powers) -> coefficient.
+/// No zero coefficients are stored; the constant term has the empty monomial.
+/// Serialised as its canonical text (`"2*B*T + P"`).
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Dim(BTreeMap<Vec<Sym>, i64>);
+
+impl Serialize for Dim {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.as_const() {
+            Some(v) => s.serialize_u64(v),
+            None => s.serialize_str(&self.to_string()),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Dim {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Dim, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Repr {
+            N(u64),
+            S(String),
+        }
+        match Repr::deserialize(d)? {
+            Repr::N(v) => Ok(Dim::c(v)),
+            Repr::S(s) => Dim::parse(&s).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+impl Dim {
+    pub fn c(v: u64) -> Dim {
+        let mut m = BTreeMap::new();
+        if v != 0 {
+            m.insert(vec![], v as i64);
+        }
+        Dim(m)
+    }
+    pub fn sym(s: Sym) -> Dim {
+        Dim(BTreeMap::from([(vec![s], 1)]))
+    }
+    /// The constant value, if the dimension has no symbols and is not negative.
+    pub fn as_const(&self) -> Option<u64> {
+        match self.0.len() {
+            0 => Some(0),
+            1 => self.0.get(&vec![]).and_then(|&v| u64::try_from(v).ok()),
+            _ => None,
+        }
+    }
+    pub fn is_const(&self) -> bool {
+        self.as_const().is_some()
+    }
+    pub fn eval(&self, b: &Bindings) -> u64 {
+        let v: i128 =
+            self.0.iter().map(|(m, &c)| c as i128 * m.iter().map(|&s| b.get(s) as i128).product::<i128>()).sum();
+        v.max(0) as u64
+    }
+    pub fn add(&self, o: &Dim) -> Dim {
+        let mut m = self.0.clone();
+        for (k, v) in &o.0 {
+            *m.entry(k.clone()).or_insert(0) += v;
+        }
+        m.retain(|_, v| *v != 0);
+        Dim(m)
+    }
+    pub fn mul(&self, o: &Dim) -> Dim {
+        let mut m: BTreeMap<Vec<Sym>, i64> = BTreeMap::new();
+        for (ka, va) in &self.0 {
+            for (kb, vb) in &o.0 {
+                let mut k = ka.clone();
+                k.extend_from_slice(kb);
+                k.sort();
+                *m.entry(k).or_insert(0) += va * vb;
+            }
+        }
+        m.retain(|_, v| *v != 0);
+        Dim(m)
+    }
+    pub fn mul_c(&self, c: u64) -> Dim {
+        self.mul(&Dim::c(c))
+    }
+    /// Exact division by a constant, when every coefficient is divisible.
+    pub fn div_c(&self, c: u64) -> Option<Dim> {
+        if c == 0 || self.0.values().any(|v| v % c as i64 != 0) {
+            return None;
+        }
+        Some(Dim(self.0.iter().map(|(k, v)| (k.clone(), v / c as i64)).collect()))
+    }
+    pub fn syms(&self) -> impl Iterator<Item = Sym> + '_ {
+        self.0.keys().flatten().copied()
+    }
+}
+
+/// Product of dimensions (numel).
+pub fn product(dims: &[Dim]) -> Dim {
+    dims.iter().fold(Dim::c(1), |acc, d| acc.mul(d))
+}
+
+impl From<u64> for Dim {
+    fn from(v: u64) -> Dim {
+        Dim::c(v)
+    }
+}
+
+impl From<Sym> for Dim {
+    fn from(s: Sym) -> Dim {
+        Dim::sym(s)
+    }
+}
+
+impl fmt::Display for Dim {
+    /// Canonical text: monomials by descending degree, then symbol order;
+    /// `2*B*T + P + 3`. Parsed back by [`Dim::parse`].
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("0");
+        }
+        let mut terms: Vec<(&Vec<Sym>, &i64)> = self.0.iter().collect();
+        terms.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.0.cmp(b.0)));
+        for (i, (m, &c)) in terms.iter().enumerate() {
+            let (sign, c) = if c < 0 { ("-", -c) } else { ("+", c) };
+            if i == 0 {
+                if sign == "-" {
+                    f.write_str("-")?;
+                }
+            } else {
+                write!(f, " {sign} ")?;
+            }
+            let syms: Vec<&str> = m.iter().map(|s| s.name()).collect();
+            match (c, syms.is_empty()) {
+                (c, true) => write!(f, "{c}")?,
+                (1, false) => f.write_str(&syms.join("*"))?,
+                (c, false) => write!(f, "{c}*{}", syms.join("*"))?,
+            }
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Dim {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{self}")
+    }
+}
+
+impl Dim {
+    /// Parse the canonical text (`2*B*T + P - 1`): a sum of products of
+    /// integers and symbols.
+    pub fn parse(s: &str) -> Result<Dim, String> {
+        let mut out = Dim::c(0);
+        let mut sign = 1i64;
+        let mut term = String::new();
+        let mut chars = s.chars().peekable();
+        loop {
+            let c = chars.next();
+            let at_op = matches!(c, Some('+') | Some('-'));
+            if c.is_none() || (at_op && !term.trim().is_empty()) {
+                out = out.add(&Self::parse_term(term.trim(), sign)?);
+                term.clear();
+                match c {
+                    None => return Ok(out),
+                    Some(op) => sign = if op == '-' { -1 } else { 1 },
+                }
+            } else if at_op {
+                // a sign before the first term
+                if c == Some('-') {
+                    sign = -sign;
+                }
+            } else if let Some(c) = c {
+                term.push(c);
+            }
+        }
+    }
+
+    fn parse_term(term: &str, sign: i64) -> Result<Dim, String> {
+        if term.is_empty() {
+            return Err("missing term".into());
+        }
+        let mut t = Dim::c(1);
+        let mut coef = sign;
+        for factor in term.split('*').map(str::trim) {
+            if let Ok(n) = factor.parse::<i64>() {
+                coef = coef.checked_mul(n).ok_or("dimension overflows")?;
+            } else if let Some(sy) = Sym::parse(factor) {
+                t = t.mul(&Dim::sym(sy));
+            } else {
+                return Err(format!("`{factor}` is not a number or one of B, T, P"));
+            }
+        }
+        Ok(Dim(t.0.into_iter().map(|(k, v)| (k, v * coef)).filter(|(_, v)| *v != 0).collect()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonical_and_round_trip() {
+        let d = Dim::sym(Sym::P).add(&Dim::sym(Sym::T));
+        assert_eq!(d, Dim::sym(Sym::T).add(&Dim::sym(Sym::P)));
+        assert_eq!(d.to_string(), "T + P");
+        let e = Dim::sym(Sym::B).mul(&d).mul_c(2).add(&Dim::c(3));
+        assert_eq!(e.to_string(), "2*B*T + 2*B*P + 3");
+        assert_eq!(Dim::parse(&e.to_string()).unwrap(), e);
+        assert_eq!(Dim::parse("T - 1").unwrap().eval(&Bindings::new(1, 5, 0)), 4);
+        assert_eq!(e.eval(&Bindings::new(2, 3, 4)), 31);
+        assert_eq!(Dim::c(12).div_c(4), Some(Dim::c(3)));
+        assert!(Dim::parse("Q").is_err());
+    }
+}

@@ -1,0 +1,261 @@
+//! The closed set of operations. Ops are plain data with structural equality
+//! and hashing (floats compare by bit pattern), so common-subexpression
+//! elimination is exact and the text form can print and parse every field.
+
+use super::dim::Dim;
+use serde::{Deserialize, Serialize};
+
+/// An `f64` attribute with bitwise equality and hashing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct F(pub u64);
+
+impl F {
+    pub fn new(v: f64) -> F {
+        // One NaN and one zero, so structural equality means numeric equality.
+        let v = if v.is_nan() {
+            f64::NAN
+        } else if v == 0.0 {
+            0.0
+        } else {
+            v
+        };
+        F(v.to_bits())
+    }
+    pub fn get(self) -> f64 {
+        f64::from_bits(self.0)
+    }
+}
+
+impl std::fmt::Display for F {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // `{:?}` of f64 is the shortest text that parses back to the same bits.
+        write!(f, "{:?}", self.get())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum DType {
+    F32,
+    I64,
+}
+
+impl DType {
+    pub fn name(self) -> &'static str {
+        match self {
+            DType::F32 => "f32",
+            DType::I64 => "i64",
+        }
+    }
+    pub fn bytes(self) -> u64 {
+        match self {
+            DType::F32 => 4,
+            DType::I64 => 8,
+        }
+    }
+}
+
+/// Element-wise functions of one operand.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Unary {
+    Silu,
+    Gelu,
+    GeluTanh,
+    Exp,
+    Neg,
+    Sqrt,
+    Tanh,
+}
+
+/// Element-wise functions of two operands (numpy broadcasting).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Binary {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Min,
+    Max,
+}
+
+/// Resampling of an `[N, C, H, W]` map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Resample {
+    Nearest,
+    Bilinear,
+    Bicubic,
+    /// Average over equal areas (downsampling).
+    Area,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Op {
+    // ---- sources -------------------------------------------------------
+    /// A per-step input supplied by the schedule driver (tokens, noise, t, labels, masks).
+    Input {
+        name: String,
+    },
+    /// A checkpoint tensor, by its declared key.
+    Param {
+        key: String,
+    },
+    /// State carried from earlier steps (KV cache, accumulated latents).
+    State {
+        name: String,
+    },
+    /// A scalar constant.
+    Const {
+        value: F,
+    },
+
+    // ---- linear algebra: the ops that count as MACs ----------------------
+    /// `x[..., in] . w[out, in]^T (+ b[out])`.
+    Linear,
+    /// `a[..., m, k] @ b[..., k, n]`, batch dims broadcast.
+    MatMul,
+    /// `x[N, C, H, W] * w[O, C, k, k] (+ b[O])`.
+    Conv2d {
+        stride: u32,
+        pad: u32,
+    },
+    /// Rows of `table[V, D]` at `idx[...]` (i64): `[..., D]`.
+    Embedding,
+
+    // ---- element-wise ---------------------------------------------------
+    Unary(Unary),
+    Binary(Binary),
+    /// `x * scale + shift` with constant scalars.
+    Affine {
+        scale: F,
+        shift: F,
+    },
+    /// `x.min(max)`: clamps from above.
+    ClampMax {
+        max: F,
+    },
+
+    // ---- normalisation and reductions (last axis unless said) ------------
+    /// LayerNorm over the last axis; operands `x [, w, b]`.
+    LayerNorm {
+        eps: F,
+    },
+    /// RMSNorm over the last axis, computed in f32; operands `x, w`.
+    RmsNorm {
+        eps: F,
+    },
+    /// GroupNorm of `[N, C, H, W]`; operands `x, w, b`.
+    GroupNorm {
+        groups: u32,
+        eps: F,
+    },
+    /// `x / max(|x|, eps)` over the last axis.
+    L2Normalize {
+        eps: F,
+    },
+    Softmax,
+    /// Index of the largest value (i64).
+    ArgMax,
+
+    // ---- layout ---------------------------------------------------------
+    Reshape {
+        shape: Vec<Dim>,
+    },
+    Permute {
+        perm: Vec<u8>,
+    },
+    Slice {
+        axis: u8,
+        start: Dim,
+        len: Dim,
+    },
+    Concat {
+        axis: u8,
+    },
+    /// Resample `[N, C, H, W]` to `[N, C, h, w]`.
+    Resize {
+        mode: Resample,
+        h: Dim,
+        w: Dim,
+    },
+
+    // ---- positions and time ---------------------------------------------
+    /// Sinusoidal embedding of `t[N]`: `[N, dim]`, `[cos, sin]` halves,
+    /// frequencies `exp(-ln(max_period) * k / (dim/2))` (DiT/MAR timestep embedding).
+    Sinusoid {
+        dim: u32,
+        max_period: F,
+    },
+    /// Rotate interleaved pairs of `x[..., T, d]` by the angles of `cos, sin [T, d/2]`.
+    Rope,
+
+    // ---- generation -----------------------------------------------------
+    /// Classifier-free guidance: `u + s (c - u)` on the first `channels`
+    /// channels (all when `None`), `c` elsewhere; operands `c, u, s`.
+    Guide {
+        channels: Option<u32>,
+    },
+    /// Sample token indices from logits: temperature, top-k (0 = off), top-p
+    /// (1 = off); operands `logits, uniform noise`.
+    SampleTokens {
+        temperature: F,
+        top_k: u32,
+        top_p: F,
+    },
+    /// Index of the nearest codebook row (L2): operands `x[..., D], codes[V, D]`.
+    NearestCode,
+}
+
+impl Op {
+    /// Short lower-case name used by the text form and DOT.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Input { .. } => "input",
+            Op::Param { .. } => "param",
+            Op::State { .. } => "state",
+            Op::Const { .. } => "const",
+            Op::Linear => "linear",
+            Op::MatMul => "matmul",
+            Op::Conv2d { .. } => "conv2d",
+            Op::Embedding => "embedding",
+            Op::Unary(u) => match u {
+                Unary::Silu => "silu",
+                Unary::Gelu => "gelu",
+                Unary::GeluTanh => "gelu_tanh",
+                Unary::Exp => "exp",
+                Unary::Neg => "neg",
+                Unary::Sqrt => "sqrt",
+                Unary::Tanh => "tanh",
+            },
+            Op::Binary(b) => match b {
+                Binary::Add => "add",
+                Binary::Sub => "sub",
+                Binary::Mul => "mul",
+                Binary::Div => "div",
+                Binary::Min => "min",
+                Binary::Max => "max",
+            },
+            Op::Affine { .. } => "affine",
+            Op::ClampMax { .. } => "clamp_max",
+            Op::LayerNorm { .. } => "layer_norm",
+            Op::RmsNorm { .. } => "rms_norm",
+            Op::GroupNorm { .. } => "group_norm",
+            Op::L2Normalize { .. } => "l2_normalize",
+            Op::Softmax => "softmax",
+            Op::ArgMax => "argmax",
+            Op::Reshape { .. } => "reshape",
+            Op::Permute { .. } => "permute",
+            Op::Slice { .. } => "slice",
+            Op::Concat { .. } => "concat",
+            Op::Resize { .. } => "resize",
+            Op::Rope => "rope",
+            Op::Sinusoid { .. } => "sinusoid",
+            Op::Guide { .. } => "guide",
+            Op::SampleTokens { .. } => "sample_tokens",
+            Op::NearestCode => "nearest_code",
+        }
+    }
+
+    /// Sources have no operands and define the program's inputs.
+    pub fn is_source(&self) -> bool {
+        matches!(self, Op::Input { .. } | Op::Param { .. } | Op::State { .. } | Op::Const { .. })
+    }
+}

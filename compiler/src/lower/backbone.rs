@@ -1,0 +1,328 @@
+//! The backbone step: embed this step's tokens, run the transformer layers over
+//! them while attending to the KV cache of earlier steps, and produce what the
+//! head needs. Everything that differs between families comes from the spec
+//! (conditioning kind, positions, mask, block structure) and from which tensor
+//! roles the model declares; there is no family switch.
+
+use super::ctx::{d, Ctx, Missing, N};
+use crate::ir::op::{Binary, Unary};
+use crate::ir::{Dim, Op, Sym, TensorType, F};
+use crate::spec::*;
+
+type Res<T> = Result<T, Missing>;
+
+/// What the step's token sequence holds.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Seq {
+    /// Only the start token(s) (class token / start position): the first step.
+    Prefix,
+    /// Only `T` embedded tokens: later steps.
+    Body,
+    /// The start token(s) then `body` embedded tokens: a whole teacher-forced pass.
+    PrefixAndBody { body: Dim },
+}
+
+/// Shape of one backbone step.
+#[derive(Clone, Debug)]
+pub struct Step {
+    pub seq: Seq,
+    /// Batch of the program (`B`, or `2*B` under classifier-free guidance).
+    pub batch: Dim,
+    /// Tokens this step (`T`, or a constant).
+    pub tokens: Dim,
+    /// Positions already cached (`P`, or 0 for a pass without cache).
+    pub past: Dim,
+    /// A whole teacher-forced pass over several stages (needs the full mask).
+    pub teacher_forced: bool,
+}
+
+/// What the backbone hands to the head.
+pub struct BackboneOut {
+    /// Last hidden states `[batch, T, width]` (before any output norm).
+    pub hidden: N,
+    /// The per-image condition vector `[batch, width]` (adaLN kinds).
+    pub cond: Option<N>,
+    /// The class embedding `[batch, width]`.
+    pub class_emb: N,
+}
+
+/// Number of start tokens the sequence begins with (0 when none).
+pub fn prefix_len(spec: &ModelSpec, has_pos_start: bool) -> u64 {
+    match spec.backbone.condition {
+        Conditioning::ClassToken => spec.backbone.cond_tokens,
+        _ if has_pos_start => 1,
+        _ => 0,
+    }
+}
+
+pub fn lower_backbone(c: &mut Ctx, spec: &ModelSpec, step: &Step) -> Res<BackboneOut> {
+    let bb = &spec.backbone;
+    let width = d(bb.width);
+    let bt = step.batch.clone();
+    let t = step.tokens.clone();
+
+    // ---- conditioning --------------------------------------------------------
+    let labels = c.input("labels", TensorType::i64(vec![bt.clone()]));
+    let class_table = c.p("class_table", None)?;
+    let class_emb = c.op(Op::Embedding, &[class_table, labels]);
+    let cond = match bb.condition {
+        Conditioning::ClassToken => None,
+        Conditioning::AdalnClass => Some(class_emb),
+        Conditioning::AdalnTimeClass => {
+            let time = c.input("t", TensorType::f32(vec![bt.clone()]));
+            let freqs = c.op(Op::Sinusoid { dim: bb.time_embed as u32, max_period: F::new(10000.0) }, &[time]);
+            let h = c.linear(freqs, "time_in", None)?;
+            let h = c.unary(Unary::Silu, h);
+            let temb = c.linear(h, "time_out", None)?;
+            Some(c.add(temb, class_emb))
+        }
+    };
+
+    // ---- the token sequence ------------------------------------------------
+    let has_pos_start = c.has("pos_start", None);
+    let body_tokens = match &step.seq {
+        Seq::Prefix => None,
+        Seq::Body => Some(t.clone()),
+        Seq::PrefixAndBody { body } => Some(body.clone()),
+    };
+    let mut parts = Vec::new();
+    if step.seq != Seq::Body {
+        let start = c.per_token(class_emb);
+        let start = if has_pos_start {
+            let ps = c.p("pos_start", None)?;
+            c.add(start, ps)
+        } else {
+            start
+        };
+        parts.push(start);
+    }
+    if let Some(n) = body_tokens {
+        parts.push(embed_tokens(c, spec, &bt, &n)?);
+    }
+    let mut x = if parts.len() == 1 { parts[0] } else { c.op(Op::Concat { axis: 1 }, &parts) };
+
+    // Distilled Decoding: noise-vs-data marker per position.
+    let nd_emb = if spec.distill.is_some() && c.has("nd_table", None) {
+        let nd = c.input("nd", TensorType::i64(vec![bt.clone(), t.clone()]));
+        let table = c.p("nd_table", None)?;
+        let e = c.op(Op::Embedding, &[table, nd]);
+        x = c.add(x, e);
+        Some(e)
+    } else {
+        None
+    };
+
+    // ---- positions -------------------------------------------------------
+    if let Some(table) = c.opt("pos_table", None) {
+        let rows = c.slice(table, 1, step.past.clone(), t.clone());
+        x = c.add(x, rows);
+    }
+    if let Some(levels_table) = c.opt("level_table", None) {
+        let levels = c.input("levels", TensorType::i64(vec![t.clone()]));
+        let lv = c.op(Op::Embedding, &[levels_table, levels]);
+        x = c.add(x, lv);
+    }
+    let rope = if bb.positions == Positions::Rope2d {
+        let ty = TensorType::f32(vec![t.clone(), d(bb.head_dim / 2)]);
+        Some((c.input("rope_cos", ty.clone()), c.input("rope_sin", ty)))
+    } else {
+        None
+    };
+    // Cached block-causal steps see every cached position and their whole stage:
+    // no mask. Teacher-forced passes and the other kinds need one.
+    let needs_mask = match bb.attn {
+        AttnMask::Full => false,
+        AttnMask::BlockCausal => step.teacher_forced,
+        AttnMask::Causal | AttnMask::EarlierPlusSelf => true,
+    };
+    let mask = needs_mask.then(|| c.input("attn_bias", TensorType::f32(vec![t.clone(), step.past.add(&t)])));
+
+    // ---- layers ------------------------------------------------------------
+    for layer in 0..bb.depth {
+        x = block(c, spec, x, cond, layer, &bt, &t, &step.past, rope, mask, nd_emb)?;
+    }
+    if let (Some(e), true) = (nd_emb, c.has("nd_proj", Some(bb.depth))) {
+        let p = c.linear(e, "nd_proj", Some(bb.depth))?;
+        x = c.add(x, p);
+    }
+    let _ = width;
+    Ok(BackboneOut { hidden: x, cond, class_emb })
+}
+
+/// Embed `n` body tokens: by table (discrete indices), by a linear map of
+/// continuous tokens / code vectors, or by patchifying a latent map.
+fn embed_tokens(c: &mut Ctx, spec: &ModelSpec, bt: &Dim, n: &Dim) -> Res<N> {
+    let bb = &spec.backbone;
+    if c.has("token_table", None) {
+        let tokens = c.input("tokens", TensorType::i64(vec![bt.clone(), n.clone()]));
+        let table = c.p("token_table", None)?;
+        return Ok(c.op(Op::Embedding, &[table, tokens]));
+    }
+    if c.has("patch_embed", None) {
+        let grid = spec.schedule.final_grid();
+        let p = bb.patch;
+        let ch = spec.tokenizer.token_channels;
+        let latent = c.input("latent", TensorType::f32(vec![bt.clone(), d(ch), d(grid[0] * p), d(grid[1] * p)]));
+        let w = c.p("patch_embed", None)?;
+        let b = c.p("patch_embed_bias", None)?;
+        let y = c.op(Op::Conv2d { stride: p as u32, pad: 0 }, &[latent, w, b]);
+        let y = c.reshape(y, vec![bt.clone(), d(bb.width), d(grid[0] * grid[1])]);
+        return Ok(c.permute(y, &[0, 2, 1]));
+    }
+    let x = c.input("x", TensorType::f32(vec![bt.clone(), n.clone(), d(spec.tokenizer.token_channels)]));
+    c.linear(x, "token_in", None)
+}
+
+fn norm(c: &mut Ctx, spec: &ModelSpec, x: N, role: &str, layer: Option<u64>) -> Res<N> {
+    let blk = &spec.backbone.block;
+    let eps = F::new(blk.norm_eps);
+    Ok(match blk.norm {
+        NormKind::Layernorm if blk.norm_affine => {
+            let w = c.p(role, layer)?;
+            match c.opt(&format!("{role}_bias"), layer) {
+                Some(b) => c.op(Op::LayerNorm { eps }, &[x, w, b]),
+                None => c.op(Op::LayerNorm { eps }, &[x, w]),
+            }
+        }
+        NormKind::Layernorm => c.op(Op::LayerNorm { eps }, &[x]),
+        NormKind::Rmsnorm => {
+            let w = c.p(role, layer)?;
+            c.op(Op::RmsNorm { eps }, &[x, w])
+        }
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn block(
+    c: &mut Ctx,
+    spec: &ModelSpec,
+    x: N,
+    cond: Option<N>,
+    layer: u64,
+    bt: &Dim,
+    t: &Dim,
+    past: &Dim,
+    rope: Option<(N, N)>,
+    mask: Option<N>,
+    nd_emb: Option<N>,
+) -> Res<N> {
+    let bb = &spec.backbone;
+    let blk = &bb.block;
+    let l = Some(layer);
+    let (h, hd, w) = (d(bb.heads), d(bb.head_dim), d(bb.width));
+
+    // adaLN chunks, each [bt, 1, C], named by their role in the block.
+    let mut chunk = std::collections::HashMap::new();
+    if blk.modulation == Modulation::Adaln {
+        let cond = cond.expect("adaLN modulation needs an adaLN condition (checked)");
+        let s = c.unary(Unary::Silu, cond);
+        let ada = c.linear(s, "ada", l)?;
+        let parts = c.chunks(ada, 6);
+        for (name, part) in blk.adaln_order.iter().zip(parts) {
+            let v = c.per_token(part);
+            chunk.insert(*name, v);
+        }
+    }
+
+    // ---- attention -------------------------------------------------------
+    let mut a = norm(c, spec, x, "attn_norm", l)?;
+    if let (Some(&sc), Some(&sh)) = (chunk.get(&AdaChunk::Scale1), chunk.get(&AdaChunk::Shift1)) {
+        a = c.modulate(a, sc, sh);
+    }
+    let qkv = c.linear(a, "qkv", l)?;
+    let mut qkv_parts = c.chunks(qkv, 3);
+    if blk.qkv_bias == QkvBias::Qv {
+        let qb = c.p("q_bias", l)?;
+        qkv_parts[0] = c.add(qkv_parts[0], qb);
+        let vb = c.p("v_bias", l)?;
+        qkv_parts[2] = c.add(qkv_parts[2], vb);
+    }
+    let heads = |c: &mut Ctx, v: N| {
+        let r = c.reshape(v, vec![bt.clone(), t.clone(), h.clone(), hd.clone()]);
+        c.permute(r, &[0, 2, 1, 3])
+    };
+    let mut q = heads(c, qkv_parts[0]);
+    let mut k = heads(c, qkv_parts[1]);
+    let v = heads(c, qkv_parts[2]);
+    match bb.qk_norm {
+        QkNorm::L2 => {
+            q = c.op(Op::L2Normalize { eps: F::new(1e-12) }, &[q]);
+            k = c.op(Op::L2Normalize { eps: F::new(1e-12) }, &[k]);
+            let s = c.p("qk_scale", l)?;
+            let s = c.op(Op::ClampMax { max: F::new(bb.qk_scale_max.ln()) }, &[s]);
+            let s = c.unary(Unary::Exp, s);
+            q = c.mul(q, s);
+        }
+        QkNorm::None => q = c.affine(q, 1.0 / (bb.head_dim as f64).sqrt(), 0.0),
+    }
+    if let Some((cos, sin)) = rope {
+        q = c.op(Op::Rope, &[q, cos, sin]);
+        k = c.op(Op::Rope, &[k, cos, sin]);
+    }
+    let cache_ty = TensorType::f32(vec![bt.clone(), h.clone(), past.clone(), hd.clone()]);
+    let (k_all, v_all) = if past.as_const() == Some(0) {
+        (k, v)
+    } else {
+        let kc = c.state(&format!("cache.k.{layer}"), cache_ty.clone());
+        let vc = c.state(&format!("cache.v.{layer}"), cache_ty);
+        (c.op(Op::Concat { axis: 2 }, &[kc, k]), c.op(Op::Concat { axis: 2 }, &[vc, v]))
+    };
+    c.output(&format!("cache.k.{layer}"), k_all);
+    c.output(&format!("cache.v.{layer}"), v_all);
+    let kt = c.permute(k_all, &[0, 1, 3, 2]);
+    let mut scores = c.op(Op::MatMul, &[q, kt]);
+    if let Some(m) = mask {
+        scores = c.add(scores, m);
+    }
+    let probs = c.op(Op::Softmax, &[scores]);
+    let o = c.op(Op::MatMul, &[probs, v_all]);
+    let o = c.permute(o, &[0, 2, 1, 3]);
+    let o = c.reshape(o, vec![bt.clone(), t.clone(), w.clone()]);
+    let mut o = c.linear(o, "attn_out", l)?;
+    if let Some(&g) = chunk.get(&AdaChunk::Gate1) {
+        o = c.mul(o, g);
+    }
+    let mut x = c.add(x, o);
+
+    // Distilled Decoding (VAR): the marker again, between attention and FFN.
+    if let (Some(e), true) = (nd_emb, c.has("nd_proj", l)) {
+        let p = c.linear(e, "nd_proj", l)?;
+        x = c.add(x, p);
+    }
+
+    // ---- feed-forward ----------------------------------------------------
+    let mut f = norm(c, spec, x, "ffn_norm", l)?;
+    if let (Some(&sc), Some(&sh)) = (chunk.get(&AdaChunk::Scale2), chunk.get(&AdaChunk::Shift2)) {
+        f = c.modulate(f, sc, sh);
+    }
+    let mut y = match blk.ffn {
+        FfnKind::Swiglu => {
+            let gate = c.linear(f, "ffn_gate", l)?;
+            let gate = c.unary(Unary::Silu, gate);
+            let up = c.linear(f, "ffn_up", l)?;
+            let hmul = c.op(Op::Binary(Binary::Mul), &[gate, up]);
+            c.linear(hmul, "ffn_down", l)?
+        }
+        FfnKind::Gelu | FfnKind::GeluTanh => {
+            let up = c.linear(f, "ffn_up", l)?;
+            let act = c.unary(if blk.ffn == FfnKind::Gelu { Unary::Gelu } else { Unary::GeluTanh }, up);
+            c.linear(act, "ffn_down", l)?
+        }
+    };
+    if let Some(&g) = chunk.get(&AdaChunk::Gate2) {
+        y = c.mul(y, g);
+    }
+    Ok(c.add(x, y))
+}
+
+/// The symbolic step used for KV-cached generation.
+pub fn cached_step(seq: Seq, cfg: bool) -> Step {
+    let b = Dim::sym(Sym::B);
+    Step {
+        seq,
+        batch: if cfg { b.mul_c(2) } else { b },
+        tokens: Dim::sym(Sym::T),
+        past: Dim::sym(Sym::P),
+        teacher_forced: false,
+    }
+}

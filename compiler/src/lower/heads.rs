@@ -1,0 +1,190 @@
+//! Heads: what turns the backbone's hidden states into this step's result.
+//! Output norms and projections that sit in the backbone's checkpoint (VAR's
+//! `head_nm`, LlamaGen's final norm, DiT's final layer) are found by role.
+
+use super::backbone::BackboneOut;
+use super::ctx::{d, Ctx, Missing, N};
+use crate::ir::op::Unary;
+use crate::ir::{Dim, Op, TensorType, F};
+use crate::spec::*;
+
+type Res<T> = Result<T, Missing>;
+
+/// Hidden states after the backbone's output norm: VAR-style adaLN before the
+/// head (`head_ada`), a final RMS/LayerNorm (`final_norm`), or none.
+pub fn output_norm(c: &mut Ctx, spec: &ModelSpec, out: &BackboneOut) -> Res<N> {
+    let eps = F::new(spec.backbone.block.norm_eps);
+    let x = out.hidden;
+    if c.has("head_ada", None) {
+        let cond = out.cond.unwrap_or(out.class_emb);
+        let s = c.unary(Unary::Silu, cond);
+        let ss = c.linear(s, "head_ada", None)?;
+        let parts = c.chunks(ss, 2);
+        let (scale, shift) = (c.per_token(parts[0]), c.per_token(parts[1]));
+        let n = c.op(Op::LayerNorm { eps }, &[x]);
+        return Ok(c.modulate(n, scale, shift));
+    }
+    if let Some(w) = c.opt("final_norm", None) {
+        return Ok(match spec.backbone.block.norm {
+            NormKind::Rmsnorm => c.op(Op::RmsNorm { eps }, &[x, w]),
+            NormKind::Layernorm => c.op(Op::LayerNorm { eps }, &[x, w]),
+        });
+    }
+    Ok(x)
+}
+
+/// Logits over the vocabulary.
+pub fn logits(c: &mut Ctx, h: N) -> Res<N> {
+    c.linear(h, "out", None)
+}
+
+/// DiT's final layer: adaLN (shift, scale) from the condition, then a linear
+/// map to `patch * patch * channels` outputs per token.
+pub fn final_layer(c: &mut Ctx, spec: &ModelSpec, out: &BackboneOut) -> Res<N> {
+    let cond = out.cond.unwrap_or(out.class_emb);
+    let s = c.unary(Unary::Silu, cond);
+    let ss = c.linear(s, "final_ada", None)?;
+    let parts = c.chunks(ss, 2);
+    let (shift, scale) = (c.per_token(parts[0]), c.per_token(parts[1]));
+    let n = c.op(Op::LayerNorm { eps: F::new(spec.backbone.block.norm_eps) }, &[out.hidden]);
+    let m = c.modulate(n, scale, shift);
+    c.linear(m, "final_out", None)
+}
+
+/// Distilled Decoding's continuous head: LayerNorm, shift/scale from a learned
+/// `[2, C]` table plus the raw class embedding, linear to the code dimension.
+pub fn dd_continuous(c: &mut Ctx, spec: &ModelSpec, out: &BackboneOut) -> Res<N> {
+    let table = c.p("dd_scale_shift", None)?;
+    let w = d(spec.backbone.width);
+    let flat = c.reshape(table, vec![w.mul_c(2)]);
+    let rows = c.chunks(flat, 2);
+    let cls = c.per_token(out.class_emb);
+    let shift = c.add(rows[0], cls);
+    let scale = c.add(rows[1], cls);
+    let n = c.op(Op::LayerNorm { eps: F::new(1e-6) }, &[out.hidden]);
+    let m = c.modulate(n, scale, shift);
+    c.linear(m, "dd_out", None)
+}
+
+/// Guidance on a doubled batch `[2B, ...]` (conditional half first): `[B, ...]`.
+pub fn guide(c: &mut Ctx, x: N, channels: Option<u64>) -> N {
+    let s = c.shape(x);
+    let half = s[0].div_c(2).expect("guided batch is even");
+    let cond = c.slice(x, 0, Dim::c(0), half.clone());
+    let uncond = c.slice(x, 0, half.clone(), half);
+    let scale = c.input("cfg_scale", TensorType::f32(vec![]));
+    c.op(Op::Guide { channels: channels.map(|v| v as u32) }, &[cond, uncond, scale])
+}
+
+/// Sample token indices from (guided) logits `[B, T, V]`.
+pub fn sample(c: &mut Ctx, spec: &ModelSpec, logits: N) -> N {
+    let s = c.shape(logits);
+    let noise = c.input("uniform", TensorType::f32(s[..s.len() - 1].to_vec()));
+    let sm = &spec.sampler;
+    c.op(
+        Op::SampleTokens { temperature: F::new(sm.temperature), top_k: sm.top_k as u32, top_p: F::new(sm.top_p) },
+        &[logits, noise],
+    )
+}
+
+/// One ODE step of a flow head over a stage's tokens:
+/// `x <- x + dt * v(x, t, z)` with guidance on a doubled batch.
+pub fn flow_step(c: &mut Ctx, spec: &ModelSpec, batch: &Dim, tokens: &Dim, cfg: bool) -> Res<()> {
+    let head = &spec.head;
+    let width = d(head.width.unwrap_or(spec.backbone.width));
+    let lat = d(spec.tokenizer.token_channels);
+    let z = c.input("z", TensorType::f32(vec![batch.clone(), tokens.clone(), d(spec.backbone.width)]));
+    let x = c.input("x", TensorType::f32(vec![batch.clone(), tokens.clone(), lat.clone()]));
+    let t = c.input("t", TensorType::f32(vec![batch.clone()]));
+    let freqs = c.op(Op::Sinusoid { dim: head.time_embed as u32, max_period: F::new(10000.0) }, &[t]);
+    let h = c.linear(freqs, "time_in", None)?;
+    let h = c.unary(Unary::Silu, h);
+    let temb = c.linear(h, "time_out", None)?;
+    let zc = c.linear(z, "cond_in", None)?;
+    let v = match head.kind {
+        HeadKind::FlowMlp => {
+            let tt = c.per_token(temb);
+            let y = c.add(zc, tt);
+            let sy = c.unary(Unary::Silu, y);
+            let mut hx = c.linear(x, "x_in", None)?;
+            for i in 0..head.depth.unwrap_or(0) {
+                let ada = c.linear(sy, "ada", Some(i))?;
+                let p = c.chunks(ada, 3);
+                let w = c.p("ffn_norm", Some(i))?;
+                let b = c.p("ffn_norm_bias", Some(i))?;
+                let n = c.op(Op::LayerNorm { eps: F::new(1e-6) }, &[hx, w, b]);
+                let m = c.modulate(n, p[1], p[0]);
+                let up = c.linear(m, "ffn_up", Some(i))?;
+                let a = c.unary(Unary::Silu, up);
+                let down = c.linear(a, "ffn_down", Some(i))?;
+                let g = c.mul(down, p[2]);
+                hx = c.add(hx, g);
+            }
+            let fa = c.linear(sy, "final_ada", None)?;
+            let p = c.chunks(fa, 2);
+            let n = c.op(Op::LayerNorm { eps: F::new(1e-6) }, &[hx]);
+            let m = c.modulate(n, p[1], p[0]);
+            c.linear(m, "final_out", None)?
+        }
+        HeadKind::FlowTransformer => {
+            let heads = head.heads.unwrap_or(1);
+            let hd = head.width.unwrap_or(1) / heads.max(1);
+            let xi = c.linear(x, "x_in", None)?;
+            let mut hx = c.add(xi, zc);
+            let sc = c.unary(Unary::Silu, temb);
+            for i in 0..head.depth.unwrap_or(0) {
+                let ada = c.linear(sc, "ada", Some(i))?;
+                let p = c.chunks(ada, 6);
+                let p: Vec<N> = p.into_iter().map(|v| c.per_token(v)).collect();
+                // DiT chunk order: shift1 scale1 gate1 shift2 scale2 gate2.
+                let n = c.op(Op::LayerNorm { eps: F::new(1e-6) }, &[hx]);
+                let m = c.modulate(n, p[1], p[0]);
+                let qkv = c.linear(m, "qkv", Some(i))?;
+                let qkv = c.chunks(qkv, 3);
+                let split = |c: &mut Ctx, v: N| {
+                    let r = c.reshape(v, vec![batch.clone(), tokens.clone(), d(heads), d(hd)]);
+                    c.permute(r, &[0, 2, 1, 3])
+                };
+                let q = split(c, qkv[0]);
+                let q = c.affine(q, 1.0 / (hd as f64).sqrt(), 0.0);
+                let k = split(c, qkv[1]);
+                let v = split(c, qkv[2]);
+                let kt = c.permute(k, &[0, 1, 3, 2]);
+                let s = c.op(Op::MatMul, &[q, kt]);
+                let s = c.op(Op::Softmax, &[s]);
+                let o = c.op(Op::MatMul, &[s, v]);
+                let o = c.permute(o, &[0, 2, 1, 3]);
+                let o = c.reshape(o, vec![batch.clone(), tokens.clone(), width.clone()]);
+                let o = c.linear(o, "attn_out", Some(i))?;
+                let o = c.mul(o, p[2]);
+                hx = c.add(hx, o);
+                let n = c.op(Op::LayerNorm { eps: F::new(1e-6) }, &[hx]);
+                let m = c.modulate(n, p[4], p[3]);
+                let up = c.linear(m, "ffn_up", Some(i))?;
+                let a = c.unary(Unary::GeluTanh, up);
+                let down = c.linear(a, "ffn_down", Some(i))?;
+                let g = c.mul(down, p[5]);
+                hx = c.add(hx, g);
+            }
+            let fa = c.linear(sc, "final_ada", None)?;
+            let p = c.chunks(fa, 2);
+            let (shift, scale) = (c.per_token(p[0]), c.per_token(p[1]));
+            let n = c.op(Op::LayerNorm { eps: F::new(1e-6) }, &[hx]);
+            let m = c.modulate(n, scale, shift);
+            c.linear(m, "final_out", None)?
+        }
+        _ => unreachable!("flow_step is only lowered for flow heads"),
+    };
+    let v = if cfg { guide(c, v, spec.sampler.cfg_channels) } else { v };
+    let x_img = if cfg {
+        let half = batch.div_c(2).expect("even");
+        c.slice(x, 0, Dim::c(0), half)
+    } else {
+        x
+    };
+    let dt = c.input("dt", TensorType::f32(vec![]));
+    let step = c.op(Op::Binary(crate::ir::op::Binary::Mul), &[v, dt]);
+    let next = c.add(x_img, step);
+    c.output("x", next);
+    Ok(())
+}

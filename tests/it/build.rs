@@ -1,0 +1,104 @@
+//! `ecarc build` as a library: every reference model lowers to verified
+//! programs whose text form round-trips, the cost model reproduces the
+//! published figures, and each model's report and last-stage IR are pinned.
+
+use crate::common::{model_files, root, spec_of};
+use ecarc_compiler::artifact::{compile, Artifact};
+use ecarc_compiler::cost::CostReport;
+use ecarc_compiler::ir::{text, verify::verify};
+use ecarc_compiler::lower::SpecSpans;
+use ecarc_compiler::snapshot::snapshot;
+
+pub fn build(model: &str, sets: &[&str]) -> Artifact {
+    let spec = spec_of(&root().join(format!("models/{model}.ecar")), sets);
+    let a = compile(&spec, &SpecSpans::default(), vec![]).unwrap_or_else(|d| panic!("{model}: {}", d.message));
+    for g in &a.program.graphs {
+        if let Err(e) = verify(g) {
+            panic!("{model}: graph `{}` does not verify:\n{}", g.name, e.join("\n"));
+        }
+    }
+    a
+}
+
+fn cost(model: &str, sets: &[&str]) -> CostReport {
+    build(model, sets).report
+}
+
+fn gmac(v: u128) -> f64 {
+    v as f64 / 1e9
+}
+
+#[test]
+fn published_forward_macs() {
+    // spec/families.md: VAR-d16 155.0 GMAC over 680 tokens; DiT-XL/2 118.6 GMAC (the paper's "Gflops").
+    let var = cost("var_d16", &[]);
+    assert_eq!(var.forward_macs, 155_031_142_400);
+    assert!((gmac(var.forward_macs) - 155.0).abs() < 0.05);
+    let dit = cost("dit_xl2", &[]);
+    assert!((gmac(dit.forward_macs) - 118.6).abs() < 0.05, "{}", gmac(dit.forward_macs));
+}
+
+/// Closed forms of the same conventions, computed independently of the IR.
+#[test]
+fn forward_macs_match_closed_forms() {
+    // VAR: per block 12 C^2 L + 2 L^2 C; adaLN 6 C^2 per block once; word_embed (L-1) 32 C;
+    // head_nm 2 C^2 once; head L C V.
+    for depth in [16u128, 20, 24, 30] {
+        let (c, l, v) = (64 * depth, 680u128, 4096u128);
+        let want = depth * (12 * c * c * l + 2 * l * l * c + 6 * c * c) + (l - 1) * 32 * c + 2 * c * c + l * c * v;
+        assert_eq!(cost(&format!("var_d{depth}"), &[]).forward_macs, want, "var_d{depth}");
+    }
+    // LlamaGen: per layer (3+1) d^2 S + 3 d h S + 2 S^2 d; output S d V.
+    for (m, dim, h, layers) in [("llamagen_b", 768u128, 2048u128, 12u128), ("llamagen_l", 1024, 2816, 24)] {
+        let s = 256u128;
+        let want = layers * (4 * dim * dim * s + 3 * dim * h * s + 2 * s * s * dim) + s * dim * 16384;
+        assert_eq!(cost(m, &[]).forward_macs, want, "{m}");
+    }
+}
+
+#[test]
+fn sample_macs_ratios_are_reported() {
+    let ecar = cost("ecar_l", &[]);
+    let dit = cost("dit_xl2", &[]);
+    // DiT-XL/2's 250-step CFG sample is 2 x 250 forwards.
+    assert_eq!(dit.sample_macs, 2 * 250 * dit.forward_macs);
+    let ratio = dit.sample_macs as f64 / ecar.sample_macs as f64;
+    assert!(ratio > 10.0, "ECAR-L should cost well under DiT-XL/2 per sample, ratio {ratio}");
+
+    let teacher = cost("var_d16", &[]);
+    let one = cost("var_d16_dd", &["distill.steps=1"]);
+    let two = cost("var_d16_dd", &["distill.steps=2"]);
+    assert_eq!(two.sample_macs, 2 * one.sample_macs);
+    assert!(teacher.sample_macs > one.sample_macs);
+    let lteacher = cost("llamagen_l", &[]);
+    let lone = cost("llamagen_l_dd", &["distill.steps=1"]);
+    assert!(lteacher.sample_macs > lone.sample_macs);
+}
+
+#[test]
+fn every_model_builds_verifies_and_round_trips() {
+    for path in model_files() {
+        let name = path.file_stem().unwrap().to_string_lossy().to_string();
+        let a = build(&name, &[]);
+        for g in &a.program.graphs {
+            let t = text::print(g, None);
+            let back = text::parse(&t).unwrap_or_else(|e| panic!("{name}/{}: {e}", g.name));
+            assert_eq!(text::print(&back, None), t, "{name}/{}", g.name);
+        }
+        // Artifacts round-trip through JSON.
+        let again = Artifact::from_json(&a.to_json()).unwrap();
+        assert_eq!(again.report, a.report);
+        insta::with_settings!({snapshot_suffix => name.clone(), omit_expression => true, prepend_module_to_snapshot => false}, {
+            insta::assert_snapshot!("build", snapshot(&a));
+        });
+    }
+}
+
+#[test]
+fn raster_models_have_one_decode_program() {
+    let a = build("llamagen_b", &[]);
+    let next: Vec<_> =
+        a.program.graphs.iter().filter(|g| g.name.starts_with("step.")).map(|g| g.name.clone()).collect();
+    assert_eq!(next, ["step.first", "step.next"]);
+    assert_eq!(a.program.plan.iter().filter(|r| r.graph == "step.next").count(), 255);
+}
