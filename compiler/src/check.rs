@@ -4,7 +4,7 @@
 use crate::eval::{Scope, N};
 use crate::reader::Reader;
 use crate::spec::*;
-use ecarc_grammar::ast::{Expr, ExprKind, Ident, ParamGroup, ParamKind};
+use ecarc_grammar::ast::{CmpOp, Expr, ExprKind, Ident, ParamGroup, ParamKind};
 use ecarc_grammar::diag::did_you_mean;
 use ecarc_grammar::merged::{Component, MBody, MValue};
 use ecarc_grammar::{Diag, Span};
@@ -321,6 +321,7 @@ impl<'a> Checker<'a> {
         derived.insert("patch".into(), int(backbone.patch));
         derived.insert("cond_dim".into(), int(backbone.width));
         derived.insert("token_channels".into(), int(tokenizer.token_channels));
+        derived.insert("levels".into(), int(tokenizer.ch_mult.len() as u64));
         if tokenizer.kind == TokenizerKind::Vae {
             derived.insert("latent_channels".into(), int(tokenizer.token_channels));
         } else {
@@ -1447,8 +1448,67 @@ fn mentions(e: &Expr, var: &str) -> bool {
         ExprKind::Binary { lhs, rhs, .. } => mentions(lhs, var) || mentions(rhs, var),
         ExprKind::Call { args, .. } => args.iter().any(|a| mentions(&a.value, var)),
         ExprKind::List(items) => items.iter().any(|i| mentions(i, var)),
+        ExprKind::Index { name, index } => name.name == var || mentions(index, var),
         _ => false,
     }
+}
+
+/// Whether a group must be evaluated copy by copy (see `group_expanded`).
+fn needs_expansion(g: &ParamGroup) -> bool {
+    if g.inner.is_some() || g.guard.is_some() {
+        return true;
+    }
+    let Some(r) = &g.repeat else { return false };
+    let var = r.var.name.as_str();
+    g.decls.iter().any(|d| d.shape.iter().any(|e| mentions(e, var)) || has_computed_placeholder(&d.key.value, &[var]))
+        || g.prefix.as_ref().is_some_and(|p| has_computed_placeholder(&p.value, &[var]))
+}
+
+/// Replace each `{expr}` in a key template by its value (loop variables in scope).
+fn fill_placeholders(template: &str, sc: &Scope, span: Span, err: &dyn Fn(Diag)) -> Option<String> {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let Some(close) = rest[open..].find('}') else {
+            err(Diag::error("E0436", "unclosed `{` in a checkpoint key")
+                .label(span, "here")
+                .help("placeholders look like `{i}` or `{4 - l}`"));
+            return None;
+        };
+        let inner = &rest[open + 1..open + close];
+        let value = match ecarc_grammar::parser::parse_set_value(ecarc_grammar::FileId(u32::MAX), inner) {
+            Ok(ecarc_grammar::ast::FieldValue::Value(ecarc_grammar::ast::Value::Expr(e))) => sc.num(&e).ok(),
+            _ => None,
+        };
+        match value {
+            Some(N::Int(v)) if v >= 0 => out.push_str(&v.to_string()),
+            _ => {
+                err(Diag::error("E0436", format!("the key placeholder `{{{inner}}}` is not a non-negative integer"))
+                    .label(span, "in this key")
+                    .help("placeholders are loop variables or integer expressions of them, e.g. `{l}` or `{4 - l}`"));
+                return None;
+            }
+        }
+        rest = &rest[open + close + 1..];
+    }
+    out.push_str(rest);
+    Some(out)
+}
+
+/// Whether a key template has a placeholder other than a bare loop variable
+/// (`{4 - l}`), which needs evaluating copy by copy.
+fn has_computed_placeholder(template: &str, vars: &[&str]) -> bool {
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        let Some(close) = rest[open..].find('}') else { return false };
+        let inner = rest[open + 1..open + close].trim();
+        if !vars.contains(&inner) {
+            return true;
+        }
+        rest = &rest[open + close + 1..];
+    }
+    false
 }
 
 /// A nearby divisor of `n`, to suggest in a help line.
@@ -1477,13 +1537,153 @@ impl<'c, 'a> ParamCtx<'c, 'a> {
     ) {
         let scope = Scope::new(chain, self.derived);
         for g in body.param_groups() {
-            if let Some(spec) = self.group(g, &scope, owner) {
+            let specs = if needs_expansion(g) {
+                self.group_expanded(g, &scope, owner)
+            } else {
+                self.group(g, &scope, owner).into_iter().collect()
+            };
+            for spec in specs {
                 match g.kind {
                     ParamKind::Params => params.push(spec),
                     ParamKind::Buffers => buffers.push(spec),
                 }
             }
         }
+    }
+
+    /// A group evaluated copy by copy: nested loops, a `when a OP b` guard,
+    /// shapes or keys that depend on the loop variables. Each copy that passes
+    /// the guard becomes its own [`ParamGroupSpec`] with `index` = the loop values.
+    fn group_expanded(&self, g: &ParamGroup, scope: &Scope<'c>, owner: &str) -> Vec<ParamGroupSpec> {
+        if let Some(c) = &g.condition {
+            match self.flag(&c.flag, scope) {
+                Some(v) if v != c.negated => {}
+                _ => return vec![],
+            }
+        }
+        let err = |d: Diag| self.checker.error(d);
+        let mut loops: Vec<(String, i64, i64)> = Vec::new();
+        for r in g.repeat.iter().chain(g.inner.iter()) {
+            let (lo, hi) = match (scope.num(&r.lo), scope.num(&r.hi)) {
+                (Ok(N::Int(lo)), Ok(N::Int(hi))) if 0 <= lo && lo <= hi => (lo, hi),
+                (Err(e), _) | (_, Err(e)) => {
+                    err(e);
+                    return vec![];
+                }
+                (Ok(lo), Ok(hi)) => {
+                    err(Diag::error("E0304", "loop bounds must be integers with 0 <= lo <= hi")
+                        .label(r.span, format!("{lo}..{hi}"))
+                        .help("loops count up from the lower bound: write e.g. `for l in 0..levels`"));
+                    return vec![];
+                }
+            };
+            loops.push((r.var.name.clone(), lo, hi));
+        }
+        let copies: u64 = loops.iter().map(|(_, lo, hi)| (hi - lo) as u64).product();
+        let n = copies.saturating_mul(g.decls.len() as u64);
+        if self.count.borrow().saturating_add(n) > MAX_TENSORS {
+            err(Diag::error("E0434", "too many tensors declared")
+                .label(
+                    g.repeat.as_ref().map_or(g.span, |r| r.span),
+                    format!("{copies} copies x {} tensors", g.decls.len()),
+                )
+                .help(format!(
+                    "a model declares at most {MAX_TENSORS} tensors after expanding loops; check the loop bounds"
+                )));
+            return vec![];
+        }
+        let mut out = Vec::new();
+        let mut assignment: Vec<i64> = loops.iter().map(|l| l.1).collect();
+        'copies: for _ in 0..copies.max(1) {
+            let mut sc = scope.clone();
+            sc.locals = loops.iter().zip(&assignment).map(|((v, _, _), &x)| (v.clone(), N::Int(x))).collect();
+            // advance the odometer for the next round (last loop fastest)
+            let current = assignment.clone();
+            for k in (0..loops.len()).rev() {
+                assignment[k] += 1;
+                if assignment[k] < loops[k].2 {
+                    break;
+                }
+                assignment[k] = loops[k].1;
+            }
+            if let Some(gd) = &g.guard {
+                let (a, b) = match (sc.num(&gd.lhs), sc.num(&gd.rhs)) {
+                    (Ok(a), Ok(b)) => (a.as_f64(), b.as_f64()),
+                    (Err(e), _) | (_, Err(e)) => {
+                        err(e);
+                        return vec![];
+                    }
+                };
+                let keep = match gd.op {
+                    CmpOp::Le => a <= b,
+                    CmpOp::Ge => a >= b,
+                    CmpOp::Lt => a < b,
+                    CmpOp::Gt => a > b,
+                    CmpOp::Eq => a == b,
+                    CmpOp::Ne => a != b,
+                };
+                if !keep {
+                    continue 'copies;
+                }
+            }
+            let mut tensors = Vec::new();
+            for d in &g.decls {
+                let mut shape = Vec::new();
+                for dim in &d.shape {
+                    match sc.num(dim) {
+                        Ok(N::Int(v)) if v >= 1 => shape.push(v as u64),
+                        Ok(v) => {
+                            err(Diag::error("E0433", "a tensor dimension must be a positive integer")
+                                .label(dim.span, format!("this is {v}"))
+                                .help("dimensions are whole numbers >= 1; check the expression against the checkpoint's shape"));
+                            return vec![];
+                        }
+                        Err(e) => {
+                            err(e);
+                            return vec![];
+                        }
+                    }
+                }
+                if !crate::roles::is_role(&d.role.name) {
+                    err(Diag::error("E0435", format!("unknown tensor role `{}`", d.role.name))
+                        .label(d.role.span, "not a role")
+                        .help("a role says what the tensor is for; see docs/language.md"));
+                    return vec![];
+                }
+                let Some(key) = fill_placeholders(&d.key.value, &sc, d.key.span, &err) else { return vec![] };
+                tensors.push(TensorSpec { role: d.role.name.clone(), key, shape });
+            }
+            let prefix = match &g.prefix {
+                Some(p) => match fill_placeholders(&p.value, &sc, p.span, &err) {
+                    Some(v) => v,
+                    None => return vec![],
+                },
+                None => String::new(),
+            };
+            out.push(ParamGroupSpec {
+                owner: owner.into(),
+                prefix,
+                index: current.iter().map(|&v| v as u64).collect(),
+                repeat: None,
+                tensors,
+            });
+        }
+        *self.count.borrow_mut() += out.iter().map(|s| s.tensors.len() as u64).sum::<u64>();
+        let mut seen = self.seen.borrow_mut();
+        for spec in &out {
+            for (i, (key, _)) in spec.expand().into_iter().enumerate() {
+                let decl_span = g.decls.get(i).map(|d| d.key.span).unwrap_or(g.span);
+                if let Some(first) = seen.get(&key) {
+                    err(Diag::error("E0430", format!("checkpoint key `{key}` is declared twice"))
+                        .label(decl_span, "declared again here")
+                        .label(*first, "first declared here")
+                        .help("each tensor of a checkpoint has one key; rename one or guard it with `when`"));
+                    return vec![];
+                }
+                seen.insert(key, decl_span);
+            }
+        }
+        out
     }
 
     fn flag(&self, name: &Ident, scope: &Scope) -> Option<bool> {
@@ -1618,6 +1818,7 @@ impl<'c, 'a> ParamCtx<'c, 'a> {
         let spec = ParamGroupSpec {
             owner: owner.into(),
             prefix: g.prefix.as_ref().map(|p| p.value.clone()).unwrap_or_default(),
+            index: vec![],
             repeat,
             tensors,
         };

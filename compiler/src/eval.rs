@@ -65,6 +65,7 @@ impl<'a> Scope<'a> {
                 Num::Float(f) => N::Float(*f),
             }),
             ExprKind::Paren(inner) => self.num(inner),
+            ExprKind::Index { name, index } => self.element(name, index, e.span),
             ExprKind::Neg(inner) => match self.num(inner)? {
                 N::Int(i) => i.checked_neg().map(N::Int).ok_or_else(|| overflow(e.span)),
                 N::Float(f) => Ok(N::Float(-f)),
@@ -187,6 +188,42 @@ impl<'a> Scope<'a> {
                 format!("the cycle is {}", cycle.join(" -> "))
             }
         ))
+    }
+
+    /// `name[index]`: an element of a list-valued field in scope.
+    fn element(&self, name: &ecarc_grammar::ast::Ident, index: &Expr, span: Span) -> Result<N, Diag> {
+        let i = match self.num(index)? {
+            N::Int(i) => i,
+            N::Float(x) => {
+                return Err(Diag::error("E0319", "a list index must be an integer")
+                    .label(index.span, format!("this is {}", fmt_f64(x)))
+                    .help("index lists with whole numbers, e.g. `ch_mult[l]`"))
+            }
+        };
+        for (depth, body) in self.bodies.iter().enumerate() {
+            let Some(f) = body.field(&name.name) else { continue };
+            let items = match &f.value {
+                MValue::Expr(Expr { kind: ExprKind::List(items), .. }) => items,
+                _ => {
+                    return Err(Diag::error("E0319", format!("`{}` is not a list", name.name))
+                        .label(name.span, "indexed here")
+                        .label(f.value.span(), "defined here")
+                        .help("only list-valued fields such as `ch_mult [1, 2, 4]` can be indexed"))
+                }
+            };
+            let Some(item) = usize::try_from(i).ok().and_then(|i| items.get(i)) else {
+                return Err(Diag::error("E0319", format!("index {i} is out of range for `{}`", name.name))
+                    .label(
+                        span,
+                        format!("`{}` has {} elements (0..{})", name.name, items.len(), items.len().saturating_sub(1)),
+                    )
+                    .help("check the loop bounds against the list's length"));
+            };
+            return self.with_bodies(self.bodies[depth..].to_vec()).num(item);
+        }
+        Err(Diag::error("E0315", format!("unknown name `{}`", name.name))
+            .label(name.span, "not a field in scope")
+            .help("index a list-valued field of this block or an enclosing one"))
     }
 
     fn name(&self, n: &str, span: Span) -> Result<N, Diag> {

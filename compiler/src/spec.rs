@@ -322,6 +322,10 @@ pub struct ParamGroupSpec {
     /// Which component declared it: `backbone`, `backbone.block`, `head`, ...
     pub owner: String,
     pub prefix: String,
+    /// Values of outer loop variables this group was expanded for (a group
+    /// whose shapes depend on a loop variable is expanded copy by copy).
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub index: Vec<u64>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub repeat: Option<RepeatSpec>,
     pub tensors: Vec<TensorSpec>,
@@ -340,7 +344,31 @@ pub struct TensorSpec {
     pub role: String,
     /// Key relative to the group's prefix, possibly with `{var}`.
     pub key: String,
+    /// Written as text (`"[640, 32, 3, 3]"`) so snapshots show a tensor per line.
+    #[serde(with = "shape_text")]
     pub shape: Vec<u64>,
+}
+
+mod shape_text {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(shape: &[u64], s: S) -> Result<S::Ok, S::Error> {
+        let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+        s.serialize_str(&format!("[{}]", dims.join(", ")))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u64>, D::Error> {
+        let text = String::deserialize(d)?;
+        let inner = text
+            .trim()
+            .strip_prefix('[')
+            .and_then(|t| t.strip_suffix(']'))
+            .ok_or_else(|| serde::de::Error::custom("a shape is written `[d0, d1, ...]`"))?;
+        if inner.trim().is_empty() {
+            return Ok(vec![]);
+        }
+        inner.split(',').map(|p| p.trim().parse::<u64>().map_err(serde::de::Error::custom)).collect()
+    }
 }
 
 impl ParamGroupSpec {

@@ -133,13 +133,17 @@ pub enum ParamKind {
     Buffers,
 }
 
-/// `params ["prefix"] [for i in lo..hi] [when [!]flag] { role "key" [dims] ... }`.
+/// `params ["prefix"] [for i in lo..hi[, j in lo..hi]] [when [!]flag | when a OP b] { role "key" [dims] ... }`.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ParamGroup {
     pub kind: ParamKind,
     pub prefix: Option<StrLit>,
     pub repeat: Option<Repeat>,
+    /// The second, inner loop of `for l in .., j in ..`.
+    pub inner: Option<Repeat>,
     pub condition: Option<Condition>,
+    /// `when a OP b`: a comparison evaluated for each copy.
+    pub guard: Option<Guard>,
     pub decls: Vec<ParamDecl>,
     pub span: Span,
 }
@@ -156,6 +160,14 @@ pub struct Repeat {
 pub struct Condition {
     pub negated: bool,
     pub flag: Ident,
+    pub span: Span,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Guard {
+    pub lhs: Expr,
+    pub op: CmpOp,
+    pub rhs: Expr,
     pub span: Span,
 }
 
@@ -183,6 +195,7 @@ pub enum CmpOp {
     Lt,
     Gt,
     Eq,
+    Ne,
 }
 
 impl CmpOp {
@@ -193,6 +206,7 @@ impl CmpOp {
             CmpOp::Lt => "<",
             CmpOp::Gt => ">",
             CmpOp::Eq => "==",
+            CmpOp::Ne => "!=",
         }
     }
 }
@@ -259,6 +273,11 @@ pub enum ExprKind {
     Call {
         name: Ident,
         args: Vec<Arg>,
+    },
+    /// `name[index]`: an element of a list-valued field.
+    Index {
+        name: Ident,
+        index: Box<Expr>,
     },
     List(Vec<Expr>),
     Neg(Box<Expr>),

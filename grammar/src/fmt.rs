@@ -321,9 +321,15 @@ impl Printer<'_> {
         }
         if let Some(r) = &g.repeat {
             self.out.push_str(&format!(" for {} in {}..{}", r.var.name, expr(&r.lo), expr(&r.hi)));
+            if let Some(r) = &g.inner {
+                self.out.push_str(&format!(", {} in {}..{}", r.var.name, expr(&r.lo), expr(&r.hi)));
+            }
         }
         if let Some(c) = &g.condition {
             self.out.push_str(&format!(" when {}{}", if c.negated { "!" } else { "" }, c.flag.name));
+        }
+        if let Some(gd) = &g.guard {
+            self.out.push_str(&format!(" when {} {} {}", expr(&gd.lhs), gd.op.as_str(), expr(&gd.rhs)));
         }
         if g.decls.is_empty() && !self.comments_within(g.span.start, g.span.end) {
             self.out.push_str(" {}");
@@ -439,6 +445,7 @@ pub fn expr(e: &Expr) -> String {
         ExprKind::List(items) => format!("[{}]", items.iter().map(expr).collect::<Vec<_>>().join(", ")),
         ExprKind::Neg(inner) => format!("-{}", expr(inner)),
         ExprKind::Binary { op, lhs, rhs } => format!("{} {} {}", expr(lhs), op.as_str(), expr(rhs)),
+        ExprKind::Index { name, index } => format!("{}[{}]", name.name, expr(index)),
         ExprKind::Paren(inner) => format!("({})", expr(inner)),
     }
 }

@@ -254,7 +254,9 @@ impl Builder {
                 let mut kind = ParamKind::Params;
                 let mut prefix = None;
                 let mut repeat = None;
+                let mut inner = None;
                 let mut condition = None;
+                let mut guard = None;
                 let mut decls = Vec::new();
                 for q in p.into_inner() {
                     match q.as_rule() {
@@ -265,13 +267,19 @@ impl Builder {
                         }
                         Rule::string => prefix = Some(self.string(q)),
                         Rule::repeat => {
-                            let s = self.span(&q);
-                            let mut it =
-                                q.into_inner().filter(|r| r.as_rule() != Rule::kw_for && r.as_rule() != Rule::kw_in);
-                            let var = self.ident(it.next().expect("var"));
-                            let lo = self.expr(it.next().expect("lo"));
-                            let hi = self.expr(it.next().expect("hi"));
-                            repeat = Some(Repeat { var, lo, hi, span: s });
+                            for lv in q.into_inner().filter(|r| r.as_rule() == Rule::loop_var) {
+                                let s = self.span(&lv);
+                                let mut it = lv.into_inner().filter(|r| r.as_rule() != Rule::kw_in);
+                                let var = self.ident(it.next().expect("var"));
+                                let lo = self.expr(it.next().expect("lo"));
+                                let hi = self.expr(it.next().expect("hi"));
+                                let r = Repeat { var, lo, hi, span: s };
+                                if repeat.is_none() {
+                                    repeat = Some(r);
+                                } else {
+                                    inner = Some(r);
+                                }
+                            }
                         }
                         Rule::condition => {
                             let s = self.span(&q);
@@ -281,10 +289,20 @@ impl Builder {
                                 match r.as_rule() {
                                     Rule::negation => negated = true,
                                     Rule::ident => flag = Some(self.ident(r)),
+                                    Rule::guard => {
+                                        let gs = self.span(&r);
+                                        let mut it = r.into_inner();
+                                        let lhs = self.expr(it.next().expect("lhs"));
+                                        let op = cmp_op(it.next().expect("op").as_str());
+                                        let rhs = self.expr(it.next().expect("rhs"));
+                                        guard = Some(Guard { lhs, op, rhs, span: gs });
+                                    }
                                     _ => {}
                                 }
                             }
-                            condition = Some(Condition { negated, flag: flag.expect("flag"), span: s });
+                            if let Some(flag) = flag {
+                                condition = Some(Condition { negated, flag, span: s });
+                            }
                         }
                         Rule::param_decl => {
                             let s = self.span(&q);
@@ -297,18 +315,12 @@ impl Builder {
                         r => unreachable!("param group: {r:?}"),
                     }
                 }
-                Entry::Params(ParamGroup { kind, prefix, repeat, condition, decls, span })
+                Entry::Params(ParamGroup { kind, prefix, repeat, inner, condition, guard, decls, span })
             }
             Rule::constraint => {
                 let mut it = p.into_inner().filter(|q| q.as_rule() != Rule::kw_where);
                 let metric = self.ident(it.next().expect("metric"));
-                let op = match it.next().expect("op").as_str() {
-                    "<=" => CmpOp::Le,
-                    ">=" => CmpOp::Ge,
-                    "<" => CmpOp::Lt,
-                    ">" => CmpOp::Gt,
-                    _ => CmpOp::Eq,
-                };
+                let op = cmp_op(it.next().expect("op").as_str());
                 let bound = self.expr(it.next().expect("bound"));
                 Entry::Constraint(Constraint { metric, op, bound, span })
             }
@@ -485,6 +497,13 @@ impl Builder {
                     .collect();
                 ExprKind::Call { name, args }
             }
+            Rule::index => {
+                let mut it = p.into_inner();
+                let name = self.ident(it.next().expect("indexed name"));
+                let (index, d) = self.expr_d(it.next().expect("index"));
+                depth = d + 1;
+                ExprKind::Index { name, index: Box::new(index) }
+            }
             Rule::expr => {
                 let (e, d) = self.expr_d(p);
                 depth = d + 1;
@@ -571,6 +590,17 @@ fn comment_start(line: &str) -> Option<usize> {
 }
 
 /// Apply the top operator; `Err(operator span)` when the result would be too deep.
+fn cmp_op(s: &str) -> CmpOp {
+    match s {
+        "<=" => CmpOp::Le,
+        ">=" => CmpOp::Ge,
+        "<" => CmpOp::Lt,
+        ">" => CmpOp::Gt,
+        "!=" => CmpOp::Ne,
+        _ => CmpOp::Eq,
+    }
+}
+
 fn reduce(operands: &mut Vec<(Expr, usize)>, ops: &mut Vec<(BinOp, Span)>) -> Result<(), Span> {
     let (op, at) = ops.pop().expect("operator");
     let (rhs, dr) = operands.pop().expect("rhs");

@@ -6,5 +6,7 @@ mod cli;
 mod common;
 mod diagnostics;
 mod format;
+mod formula;
 mod models;
 mod robustness;
+mod variants;

@@ -108,3 +108,18 @@ fn set_overrides_apply_after_extends() {
     let s = spec_of(&d16, &["sample.cfg=3.5", "sample.top_k=1"]);
     assert_eq!((s.sampler.cfg, s.sampler.top_k), (3.5, 1));
 }
+
+/// The tokenizers declare their quantisers and decoders with the reference keys;
+/// the totals are those of the reference modules without their encoders.
+#[test]
+fn tokenizer_decoder_parameter_counts() {
+    let tok = |m: &str| spec_of(&root().join(format!("models/{m}.ecar")), &[]).tokenizer_param_count();
+    // VAR VQVAE: decoder 64,653,923 + quantize 168,064 + quant_conv 9,248 + post_quant_conv 9,248.
+    assert_eq!(tok("var_d16"), 64_840_483);
+    // VQ-16: decoder 42,449,795 + quantize 131,072 + 2,056 + 2,304.
+    assert_eq!(tok("llamagen_b"), 42_585_227);
+    // KL-16: decoder 38,188,931 + 1,056 + 272.
+    assert_eq!(tok("ecar_l"), 38_190_259);
+    // SD VAE: decoder 49,490,179 + 72 + 20.
+    assert_eq!(tok("dit_xl2"), 49_490_271);
+}

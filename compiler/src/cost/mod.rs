@@ -4,6 +4,7 @@
 //! a multiply-add; linear layers, matmuls (attention's two included) and
 //! convolutions count; norms, softmax and activations do not.
 
+pub mod formula;
 pub mod render;
 
 use crate::ir::dim::product;
@@ -138,6 +139,8 @@ pub struct CostReport {
     pub forward_macs: u128,
     /// One whole sample: every stage and solver step, KV cache, CFG doubling.
     pub sample_macs: u128,
+    /// The tokenizer decoder, one image (0 when the tokenizer declares no decoder).
+    pub decode_macs: u128,
     pub cfg: bool,
     pub stages: Vec<StageCost>,
     /// Bytes of all learned tensors (f32).
@@ -203,6 +206,7 @@ pub fn report(spec: &ModelSpec, prog: &Program, devices: &[Device]) -> CostRepor
         tokenizer_params: spec.tokenizer_param_count(),
         forward_macs,
         sample_macs,
+        decode_macs: macs.get("decode").map_or(0, |m| m.eval(&one(0, 0)) as u128),
         cfg: prog.cfg,
         stages,
         weight_bytes: spec.param_count() * 4,

@@ -92,6 +92,10 @@ pub fn render(r: &CostReport) -> String {
         macs(r.sample_macs),
         grouped(r.sample_macs)
     );
+    if r.decode_macs > 0 {
+        let _ =
+            writeln!(s, "Tokenizer decode (one image, separate): {} ({})", macs(r.decode_macs), grouped(r.decode_macs));
+    }
     let _ = writeln!(s, "{rule}");
     let _ = writeln!(s, "Parameters: {}", grouped(r.params));
     for (c, v) in &r.params_by_component {

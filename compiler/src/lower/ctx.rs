@@ -15,15 +15,17 @@ pub type N = NodeIndex;
 #[derive(Debug, Clone)]
 pub struct Missing {
     pub role: String,
-    pub layer: Option<u64>,
+    /// The copy index asked for (`[]` outside loops, `[layer]`, `[level, block]`).
+    pub index: Vec<u64>,
     pub scope: Scope,
 }
 
 impl Missing {
     pub fn to_diag(&self, span: Option<Span>) -> Diag {
-        let at = match self.layer {
-            Some(i) => format!(" for layer {i}"),
-            None => String::new(),
+        let at = match self.index.as_slice() {
+            [] => String::new(),
+            [i] => format!(" for copy {i}"),
+            idx => format!(" for copy {idx:?}"),
         };
         let what = match self.scope {
             Scope::Backbone => "backbone (or its block)",
@@ -73,11 +75,20 @@ impl<'a> Ctx<'a> {
         self.idx.get(self.scope, role, layer).is_some()
     }
 
+    pub fn has_at(&self, role: &str, index: &[u64]) -> bool {
+        self.idx.get_at(self.scope, role, index).is_some()
+    }
+
     /// The declared tensor with `role` (of `layer`), as a param node.
     pub fn p(&mut self, role: &str, layer: Option<u64>) -> Result<N, Missing> {
-        let decl = self.idx.get(self.scope, role, layer).ok_or_else(|| Missing {
+        self.p_at(role, layer.as_slice())
+    }
+
+    /// The declared tensor with `role` at a copy index (`[level, block]`).
+    pub fn p_at(&mut self, role: &str, index: &[u64]) -> Result<N, Missing> {
+        let decl = self.idx.get_at(self.scope, role, index).ok_or_else(|| Missing {
             role: role.to_string(),
-            layer,
+            index: index.to_vec(),
             scope: self.scope,
         })?;
         if let Some(&n) = self.params.get(&decl.key) {
@@ -92,6 +103,21 @@ impl<'a> Ctx<'a> {
 
     pub fn opt(&mut self, role: &str, layer: Option<u64>) -> Option<N> {
         self.p(role, layer).ok()
+    }
+
+    pub fn opt_at(&mut self, role: &str, index: &[u64]) -> Option<N> {
+        self.p_at(role, index).ok()
+    }
+
+    /// A convolution with the tensors of `role` / `role_bias`, padding `k / 2`.
+    pub fn conv(&mut self, x: N, role: &str, index: &[u64], stride: u32) -> Result<N, Missing> {
+        let w = self.p_at(role, index)?;
+        let k = self.shape(w)[2].as_const().unwrap_or(1);
+        let pad = (k / 2) as u32;
+        Ok(match self.opt_at(&format!("{role}_bias"), index) {
+            Some(b) => self.op(Op::Conv2d { stride, pad }, &[x, w, b]),
+            None => self.op(Op::Conv2d { stride, pad }, &[x, w]),
+        })
     }
 
     pub fn input(&mut self, name: &str, ty: TensorType) -> N {

@@ -6,6 +6,7 @@
 
 pub mod backbone;
 pub mod ctx;
+pub mod decoder;
 pub mod heads;
 pub mod params;
 pub mod transition;
@@ -57,6 +58,7 @@ impl Program {
 /// its key as declared, `blocks.{i}.attn.proj.weight`).
 #[derive(Clone, Debug, Default)]
 pub struct SpecSpans {
+    pub tokenizer: Option<Span>,
     pub backbone: Option<Span>,
     pub head: Option<Span>,
     pub schedule: Option<Span>,
@@ -67,6 +69,7 @@ impl SpecSpans {
     /// Spans from a model's merged body (what the checker read the spec from).
     pub fn from_body(body: &MBody) -> SpecSpans {
         let mut out = SpecSpans {
+            tokenizer: body.field("tokenizer").map(|f| f.key.span),
             backbone: body.field("backbone").map(|f| f.key.span),
             head: body.field("head").map(|f| f.key.span),
             schedule: body.field("schedule").map(|f| f.key.span),
@@ -179,6 +182,16 @@ pub fn lower(spec: &ModelSpec, spans: &SpecSpans) -> Result<Program, Diag> {
         }
         graphs.push(c.g);
         transitions[k] = Some(name);
+    }
+
+    // The tokenizer decoder, when the tokenizer declares its tensors. It runs
+    // once after the plan; its cost is reported apart (tokenizers are not part
+    // of the generator by the counting conventions).
+    if idx.get(Scope::Tokenizer, "dec_conv_in", None).is_some() {
+        let mut c = Ctx::new("decode", &idx, Scope::Tokenizer, &spans.params);
+        c.span = spans.tokenizer;
+        decoder::decode(&mut c, spec).map_err(|m| miss(m, spans.tokenizer))?;
+        graphs.push(c.g);
     }
 
     let mut past = 0;

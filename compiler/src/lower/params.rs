@@ -36,7 +36,9 @@ impl Scope {
 #[derive(Debug, Default)]
 pub struct ParamIndex {
     /// (role, copy index) -> declarations (several owners may declare a role).
-    map: HashMap<(String, Option<u64>), Vec<Declared>>,
+    /// The copy index has one entry per loop of the group (`[]` outside loops,
+    /// `[i]` in `for i in ..`, `[l, j]` in `for l in .., j in ..`).
+    map: HashMap<(String, Vec<u64>), Vec<Declared>>,
 }
 
 impl ParamIndex {
@@ -54,13 +56,14 @@ impl ParamIndex {
             None => vec![None],
         };
         for copy in copies {
+            let index: Vec<u64> = g.index.iter().copied().chain(copy).collect();
             for t in &g.tensors {
                 let template = format!("{}{}", g.prefix, t.key);
                 let mut key = template.clone();
                 if let (Some(i), Some(r)) = (copy, &g.repeat) {
                     key = key.replace(&format!("{{{}}}", r.var), &i.to_string());
                 }
-                self.map.entry((t.role.clone(), copy)).or_default().push(Declared {
+                self.map.entry((t.role.clone(), index.clone())).or_default().push(Declared {
                     owner: g.owner.clone(),
                     key,
                     template,
@@ -71,7 +74,11 @@ impl ParamIndex {
     }
 
     pub fn get(&self, scope: Scope, role: &str, copy: Option<u64>) -> Option<&Declared> {
-        let decls = self.map.get(&(role.to_string(), copy))?;
+        self.get_at(scope, role, copy.as_slice())
+    }
+
+    pub fn get_at(&self, scope: Scope, role: &str, index: &[u64]) -> Option<&Declared> {
+        let decls = self.map.get(&(role.to_string(), index.to_vec()))?;
         scope.owners().iter().find_map(|o| decls.iter().find(|d| d.owner == *o))
     }
 }
