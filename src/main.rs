@@ -66,6 +66,10 @@ enum Command {
         /// Print the stable snapshot text (report and IR) instead of the table.
         #[arg(long)]
         snapshot: bool,
+        /// Compare whole-sample MACs with another model (e.g. `models/dit_xl2.ecar`,
+        /// or a teacher: `--compare models/var_d16.ecar`). `--set` applies to FILE only.
+        #[arg(long, value_name = "BASELINE")]
+        compare: Option<PathBuf>,
     },
     /// Print a model's lowered programs.
     Graph {
@@ -100,8 +104,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Check { files, json } => cmd_check(&files, &cli.sets, json, color),
         Command::Fmt { files, check } => cmd_fmt(&files, check, color),
-        Command::Build { file, out_dir, json, snapshot } => {
-            cmd_build(&file, &cli.sets, &out_dir, json, snapshot, color)
+        Command::Build { file, out_dir, json, snapshot, compare } => {
+            cmd_build(&file, &cli.sets, &out_dir, json, snapshot, compare.as_deref(), color)
         }
         Command::Graph { file, stage, program, format } => cmd_graph(&file, &cli.sets, stage, program, format, color),
     };
@@ -295,11 +299,17 @@ fn cmd_build(
     out_dir: &std::path::Path,
     json: bool,
     snapshot: bool,
+    compare: Option<&std::path::Path>,
     color: bool,
 ) -> Result<ExitCode, String> {
     let artifacts = match compile_all(file, sets, color) {
         Ok(a) => a,
         Err(code) => return Ok(code),
+    };
+    let baseline = match compare.map(|c| compile_all(c, &[], color)) {
+        None => None,
+        Some(Ok(mut b)) => Some(b.remove(0)),
+        Some(Err(code)) => return Ok(code),
     };
     std::fs::create_dir_all(out_dir).map_err(|e| format!("cannot create `{}`: {e}", out_dir.display()))?;
     for a in &artifacts {
@@ -313,6 +323,9 @@ fn cmd_build(
         } else {
             println!("{}", render(&a.report));
             eprintln!("wrote {}", path.display());
+        }
+        if let Some(b) = &baseline {
+            println!("{}", ecarc_compiler::cost::render::compare(&a.report, &b.report));
         }
     }
     Ok(ExitCode::SUCCESS)

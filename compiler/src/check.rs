@@ -1645,9 +1645,15 @@ impl<'c, 'a> ParamCtx<'c, 'a> {
                     }
                 }
                 if !crate::roles::is_role(&d.role.name) {
-                    err(Diag::error("E0435", format!("unknown tensor role `{}`", d.role.name))
-                        .label(d.role.span, "not a role")
-                        .help("a role says what the tensor is for; see docs/language.md"));
+                    let names = crate::roles::ROLES.iter().map(|(r, _)| *r);
+                    let e = Diag::error("E0435", format!("unknown tensor role `{}`", d.role.name))
+                        .label(d.role.span, "not a role");
+                    err(match did_you_mean(&d.role.name, names) {
+                        Some(r) => e.help(format!("did you mean `{r}`? roles are listed in docs/language.md")),
+                        None => e.help(
+                            "a role says what the tensor is for (qkv, ffn_up, dec_conv1, ...); see docs/language.md",
+                        ),
+                    });
                     return vec![];
                 }
                 let Some(key) = fill_placeholders(&d.key.value, &sc, d.key.span, &err) else { return vec![] };

@@ -272,6 +272,7 @@ impl<'a> Scope<'a> {
             return Ok(*v);
         }
         let mut candidates: Vec<&str> = self.derived.keys().map(String::as_str).collect();
+        candidates.extend(self.locals.iter().map(|(k, _)| k.as_str()));
         for b in &self.bodies {
             candidates.extend(b.fields().map(|f| f.key.name.as_str()));
         }

@@ -102,7 +102,7 @@ fn rule_name(r: &Rule) -> Option<&'static str> {
         Rule::EOI => "end of file",
         Rule::import => "`import`",
         Rule::definition => "a definition (`model NAME { ... }`)",
-        Rule::ident | Rule::name => "a name",
+        Rule::ident | Rule::name | Rule::index_name => "a name",
         Rule::extends | Rule::kw_extends => "`extends`",
         Rule::body => "`{`",
         Rule::field | Rule::stage_row | Rule::param_group | Rule::constraint => "an entry (`key value`)",

@@ -102,3 +102,17 @@ fn raster_models_have_one_decode_program() {
     assert_eq!(next, ["step.first", "step.next"]);
     assert_eq!(a.program.plan.iter().filter(|r| r.graph == "step.next").count(), 255);
 }
+
+/// A model that does not declare a tensor its architecture needs is refused by
+/// `build` with a diagnostic naming the role, pointing at the component.
+#[test]
+fn missing_tensor_role_is_a_spanned_diagnostic() {
+    let s = ecarc_compiler::session::check_paths(&[root().join("tests/data/tiny.ecar")], &[]);
+    assert!(!s.has_errors(), "{}", s.render_diags());
+    let m = &s.models[0];
+    let (ecarc_compiler::session::Outcome::Model(spec), Some(body)) = (&m.outcome, &m.body) else { panic!("a model") };
+    let d = compile(spec, &SpecSpans::from_body(body), vec![]).expect_err("tiny_vq_model declares no token_in");
+    assert_eq!(d.code, "E0601");
+    assert!(d.message.contains("token_in"), "{}", d.message);
+    assert!(d.primary_span().is_some() && d.help.is_some());
+}

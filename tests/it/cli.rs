@@ -115,3 +115,48 @@ fn fmt_leaves_unparsable_files_untouched() {
     assert_eq!(std::fs::read_to_string(&f).unwrap(), "model m { image 64 ");
     assert!(String::from_utf8_lossy(&out.stderr).contains("E0101"));
 }
+
+#[test]
+fn build_writes_an_artifact_and_compares() {
+    let dir = temp_dir("build");
+    let out = ecarc()
+        .args(["build", "--compare"])
+        .arg(root().join("models/dit_xl2.ecar"))
+        .arg(root().join("models/ecar_l.ecar"))
+        .arg("-o")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("ecar_l vs dit_xl2: whole-sample MACs"), "{stdout}");
+    let artifact = dir.join("ecar_l.ecarc.json");
+    assert!(artifact.exists());
+    // The artifact stands in for the .ecar file.
+    let out = ecarc().args(["graph", "--program", "head.step"]).arg(&artifact).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("graph \"head.step\""));
+    // --json has the documented keys.
+    let out =
+        ecarc().args(["build", "--json"]).arg(root().join("models/var_d16.ecar")).arg("-o").arg(&dir).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for key in ["params", "forward_macs", "sample_macs", "peak_activation_bytes", "stages"] {
+        assert!(v.get(key).is_some(), "missing {key}");
+    }
+    assert_eq!(v["forward_macs"], 155_031_142_400u64);
+    assert!(v["stages"][0].get("tokens").is_some() && v["stages"][0].get("macs").is_some());
+}
+
+#[test]
+fn graph_prints_dot_and_rejects_a_bad_stage() {
+    let out = ecarc()
+        .args(["graph", "--stage", "9", "--format", "dot"])
+        .arg(root().join("models/var_d16.ecar"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("digraph"));
+    let out = ecarc().args(["graph", "--stage", "10"]).arg(root().join("models/var_d16.ecar")).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("has 10 stages"));
+}

@@ -141,7 +141,14 @@ pub struct CostReport {
     pub sample_macs: u128,
     /// The tokenizer decoder, one image (0 when the tokenizer declares no decoder).
     pub decode_macs: u128,
+    /// Network evaluations that must run one after another for a sample
+    /// (backbone steps, head solver steps, DD forwards): what bounds latency
+    /// when MACs do not.
+    pub sequential_passes: u64,
     pub cfg: bool,
+    /// Distilled Decoding: the number of full forwards that replace the schedule.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub distill_steps: Option<u64>,
     pub stages: Vec<StageCost>,
     /// Bytes of all learned tensors (f32).
     pub weight_bytes: u128,
@@ -207,7 +214,9 @@ pub fn report(spec: &ModelSpec, prog: &Program, devices: &[Device]) -> CostRepor
         forward_macs,
         sample_macs,
         decode_macs: macs.get("decode").map_or(0, |m| m.eval(&one(0, 0)) as u128),
+        sequential_passes: prog.plan.iter().filter(|r| !r.graph.starts_with("transition")).map(|r| r.times).sum(),
         cfg: prog.cfg,
+        distill_steps: spec.distill.as_ref().map(|d| d.steps),
         stages,
         weight_bytes: spec.param_count() * 4,
         peak_activation_bytes: peak,

@@ -46,6 +46,14 @@ pub fn render(r: &CostReport) -> String {
     let mut s = String::new();
     let rule = "=".repeat(78);
     let _ = writeln!(s, "{rule}\nModel: {}\n{rule}", r.model);
+    if let Some(steps) = r.distill_steps {
+        let _ = writeln!(
+            s,
+            "Distilled Decoding: {steps} forward{} over every position replace the {} stages below.",
+            if steps == 1 { "" } else { "s" },
+            r.stages.len()
+        );
+    }
     let _ = writeln!(s, "{:<7} {:>9} {:>8} {:>6} {:>16} {:>8}", "stage", "grid", "tokens", "steps", "MACs", "share");
     let _ = writeln!(s, "{}", "-".repeat(78));
     // Long raster schedules are summarised: the first and last few stages.
@@ -92,6 +100,7 @@ pub fn render(r: &CostReport) -> String {
         macs(r.sample_macs),
         grouped(r.sample_macs)
     );
+    let _ = writeln!(s, "Sequential network passes per sample: {}", r.sequential_passes);
     if r.decode_macs > 0 {
         let _ =
             writeln!(s, "Tokenizer decode (one image, separate): {} ({})", macs(r.decode_macs), grouped(r.decode_macs));
@@ -118,4 +127,22 @@ pub fn render(r: &CostReport) -> String {
     }
     let _ = write!(s, "{rule}");
     s
+}
+
+/// One line comparing two models: whole-sample MACs (baseline / model), forward
+/// MACs, and the sequential network passes that bound latency.
+pub fn compare(model: &CostReport, baseline: &CostReport) -> String {
+    let ratio = |a: u128, b: u128| if a == 0 { f64::INFINITY } else { b as f64 / a as f64 };
+    format!(
+        "{} vs {}: whole-sample MACs {} vs {} (ratio {:.2}); forward {} vs {}; sequential passes {} vs {}",
+        model.model,
+        baseline.model,
+        macs(model.sample_macs),
+        macs(baseline.sample_macs),
+        ratio(model.sample_macs, baseline.sample_macs),
+        macs(model.forward_macs),
+        macs(baseline.forward_macs),
+        model.sequential_passes,
+        baseline.sequential_passes,
+    )
 }

@@ -115,15 +115,23 @@ pub fn lower(spec: &ModelSpec, spans: &SpecSpans) -> Result<Program, Diag> {
     let mut plan = Vec::new();
 
     // ---- the teacher-forced forward (cost convention; parity) --------------
+    // Positions of one full pass. A teacher forward feeds every token but the
+    // last (the prefix position predicts the first stage). A DD forward feeds
+    // every token: on a raster schedule that is one more position than the
+    // teacher's (LlamaGen-DD: class + 256); a scale schedule for DD already
+    // lists the class position as its leading 1x1 stage (VAR-DD: 681).
     let total = spec.schedule.total_tokens();
-    let fwd_seq = if prefix > 0 { Seq::PrefixAndBody { body: d(total - prefix) } } else { Seq::Body };
-    let fwd = Step { seq: fwd_seq, batch: Dim::sym(Sym::B), tokens: d(total), past: d(0), teacher_forced: true };
+    let raster = matches!(spec.schedule.layout, Layout::Raster { .. });
+    let body = if spec.distill.is_some() && raster { total } else { total.saturating_sub(prefix) };
+    let positions = body + prefix;
+    let fwd_seq = if prefix > 0 { Seq::PrefixAndBody { body: d(body) } } else { Seq::Body };
+    let fwd = Step { seq: fwd_seq, batch: Dim::sym(Sym::B), tokens: d(positions), past: d(0), teacher_forced: true };
     graphs.push(step_graph("forward", spec, &idx, spans, &fwd, false).map_err(|m| miss(m, spans.backbone))?);
 
     if spec.distill.is_some() {
         // Distilled Decoding: each of its steps is one forward over every position.
         let steps = spec.distill.as_ref().map_or(1, |d| d.steps);
-        plan.push(Run { stage: 0, graph: "forward".into(), tokens: total, past: 0, times: steps });
+        plan.push(Run { stage: 0, graph: "forward".into(), tokens: positions, past: 0, times: steps });
         return Ok(Program { model: spec.name.clone(), graphs, plan, cfg: false });
     }
 
