@@ -9,6 +9,7 @@ pub mod ctx;
 pub mod decoder;
 pub mod heads;
 pub mod params;
+pub mod solver;
 pub mod transition;
 
 use crate::ir::{Bindings, Dim, Graph, Sym};
@@ -202,13 +203,26 @@ pub fn lower(spec: &ModelSpec, spans: &SpecSpans) -> Result<Program, Diag> {
         graphs.push(c.g);
     }
 
+    // The solver update of a denoiser backbone (DiT).
+    if per_step {
+        let mut c = Ctx::new("solver.step", &idx, Scope::Head, &spans.params);
+        c.span = spans.head;
+        solver::solver_step(&mut c, spec).map_err(|m| miss(m, spans.head))?;
+        graphs.push(c.g);
+    }
+    // Heun evaluates the network twice per step.
+    let evals = |steps: u64| if spec.sampler.solver == Solver::Heun { 2 * steps } else { steps };
+
     let mut past = 0;
     for (i, s) in stages.iter().enumerate() {
         let graph = if i == 0 && first_seq.is_some() { "step.first" } else { "step.next" };
-        let times = if per_step { s.steps } else { 1 };
+        let times = if per_step { evals(s.steps) } else { 1 };
         plan.push(Run { stage: i, graph: graph.into(), tokens: s.tokens, past, times });
+        if per_step {
+            plan.push(Run { stage: i, graph: "solver.step".into(), tokens: s.tokens, past: 0, times: s.steps });
+        }
         if flow_head {
-            plan.push(Run { stage: i, graph: "head.step".into(), tokens: s.tokens, past: 0, times: s.steps });
+            plan.push(Run { stage: i, graph: "head.step".into(), tokens: s.tokens, past: 0, times: evals(s.steps) });
         }
         if let Some(t) = &transitions[i] {
             plan.push(Run { stage: i, graph: t.clone(), tokens: s.tokens, past: 0, times: 1 });
