@@ -214,7 +214,12 @@ pub fn report(spec: &ModelSpec, prog: &Program, devices: &[Device]) -> CostRepor
         forward_macs,
         sample_macs,
         decode_macs: macs.get("decode").map_or(0, |m| m.eval(&one(0, 0)) as u128),
-        sequential_passes: prog.plan.iter().filter(|r| !r.graph.starts_with("transition")).map(|r| r.times).sum(),
+        sequential_passes: prog
+            .plan
+            .iter()
+            .filter(|r| !r.graph.starts_with("transition") && r.graph != "solver.step")
+            .map(|r| r.times)
+            .sum(),
         cfg: prog.cfg,
         distill_steps: spec.distill.as_ref().map(|d| d.steps),
         stages,
