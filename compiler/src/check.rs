@@ -215,6 +215,26 @@ impl<'a> Checker<'a> {
             ),
             _ => {}
         }
+        // VAR's phi map has one entry per scale (DD's leading class position aside).
+        if let Some(phi) = &tokenizer.phi {
+            let n = schedule.num_stages() as usize;
+            let fits = phi.map.len() == n || (distill.is_some() && phi.map.len() + 1 == n);
+            if !fits {
+                let map_span = tok_body
+                    .field("phi")
+                    .and_then(|f| match &f.value {
+                        MValue::Component(c) => c.body.field("map").map(|m| m.span),
+                        _ => None,
+                    })
+                    .unwrap_or(sched_spans.at);
+                fail(
+                    Diag::error("E0418", "the phi map does not match the scales")
+                        .label(map_span, format!("{} entries", phi.map.len()))
+                        .label(sched_spans.at, format!("{n} stages"))
+                        .help("give one phi conv index per scale (VAR's 10 scales: [0, 0, 1, 1, 1, 2, 2, 3, 3, 3])"),
+                );
+            }
+        }
         if let Some(vocab) = tokenizer.vocab {
             if sampler.top_k > vocab {
                 fail(

@@ -281,22 +281,12 @@ fn check_body(program: &Program, name: &ecarc_grammar::ast::Ident, body: &MBody,
 pub fn set_path(body: &mut MBody, path: &[String], value: MValue, span: Span) {
     let key = ecarc_grammar::ast::Ident { name: path[0].clone(), span };
     if path.len() == 1 {
-        match body.field_mut(&path[0]) {
-            Some(f) => {
-                f.value = match (&f.value, value) {
-                    (MValue::Component(old), MValue::Component(new)) if new.bases.is_empty() => {
-                        MValue::Component(Component {
-                            bases: old.bases.clone(),
-                            body: old.body.merge(&new.body),
-                            span: new.span,
-                        })
-                    }
-                    (_, v) => v,
-                };
-                f.span = span;
-            }
-            None => body.entries.push(ecarc_grammar::merged::MEntry::Field(MField { key, value, span })),
-        }
+        // The same rules as `extends`: a field replaces, an inline component
+        // merges, and any way of listing stages replaces the others.
+        let over = MBody { entries: vec![ecarc_grammar::merged::MEntry::Field(MField { key, value, span })], span };
+        let keep = body.span;
+        *body = body.merge(&over);
+        body.span = keep;
         return;
     }
     if body.field(&path[0]).is_none_or(|f| !matches!(f.value, MValue::Component(_))) {

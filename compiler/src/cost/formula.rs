@@ -16,7 +16,8 @@
 //!
 //! both following the lowering (`lower/`) node by node: which linears run per
 //! token or per image, attention's two matmuls over `P + T` keys, the transition
-//! convolutions, CFG doubling, Distilled Decoding's `steps` forwards.
+//! convolutions, CFG doubling, Heun's two evaluations per step, Distilled
+//! Decoding's `steps` forwards.
 //!
 //! **Symbols.** A field whose value is a number literal is a leaf named after
 //! the field and its component (`backbone.depth`, `head.width`, model-level
@@ -304,7 +305,8 @@ pub struct Formula {
 /// - `tokens` = sum T_s, `stages` = number of stages, `grid` / `grid_w` = the last grid;
 /// - `sum_t2` = sum T_s^2, `sum_tp` = sum T_s P_s (backbone once per stage);
 /// - `sum_steps` = sum n_s, `sum_steps_t` = sum n_s T_s, `sum_steps_t2` = sum n_s T_s^2,
-///   `sum_steps_tp` = sum n_s T_s P_s (flow-head steps, or per-step backbone runs);
+///   `sum_steps_tp` = sum n_s T_s P_s (flow-head steps, or per-step backbone runs;
+///   a Heun solver's two evaluations per step are a factor 2 in the coefficients);
 /// - `steps_first` = n_0, `t_first` = T_0 (corrections for the first step's program).
 pub const SCHEDULE_SYMBOLS: [&str; 12] = [
     "tokens",
@@ -1369,12 +1371,18 @@ fn build(spec: &ModelSpec, body: &MBody) -> Result<(Formula, BTreeMap<String, i1
         let cfg = crate::lower::uses_cfg(spec);
         let bt = c(if cfg { 2 } else { 1 });
         let per_step = spec.head.kind == HeadKind::Linear;
+        // Network evaluations per solver step (Heun evaluates twice); the
+        // solver's own update is elementwise (no MACs).
+        let evals = c(if spec.sampler.solver == Solver::Heun { 2 } else { 1 });
         let stages = spec.schedule.stages();
         let first_tokens = stages.first().map_or(0, |s| s.tokens) as i128;
         let (t, p) = (Poly::var(T), Poly::var(P));
         // Every backbone run as `step.next` ...
         let next = m.backbone(&Seq::Body, &bt, &t, &p)?.add(&m.step_head(&bt, &t)?);
         let mut sample = aggregate(&next, per_step)?;
+        if per_step {
+            sample = sample.mul(&evals);
+        }
         // ... corrected for the first stage's `step.first` program.
         let first_seq = match prefix_n {
             0 => None,
@@ -1390,11 +1398,11 @@ fn build(spec: &ModelSpec, body: &MBody) -> Result<(Formula, BTreeMap<String, i1
             } else {
                 diff = diff.substitute(T, &Poly::var("t_first"));
             }
-            let runs_first = if per_step { Poly::var("steps_first") } else { c(1) };
+            let runs_first = if per_step { evals.mul(&Poly::var("steps_first")) } else { c(1) };
             sample = sample.add(&runs_first.mul(&diff));
         }
         if flow {
-            sample = sample.add(&aggregate(&m.flow_step(&bt, &t)?, true)?);
+            sample = sample.add(&evals.mul(&aggregate(&m.flow_step(&bt, &t)?, true)?));
         }
         sample.add(&m.transitions()?)
     };

@@ -163,6 +163,18 @@ pub fn report(spec: &ModelSpec, prog: &Program, devices: &[Device]) -> CostRepor
     let one = |tokens, past| Bindings::new(1, tokens, past);
     let forward_macs = macs.get("forward").map_or(0, |m| m.eval(&one(0, 0)) as u128);
 
+    // Activation sizes grow with T and P (shapes are polynomials with
+    // non-negative coefficients), and T and P only grow along a schedule, so a
+    // program's peak over its runs is its peak at the largest T and P it sees:
+    // one liveness walk per program, not one per run.
+    let mut largest: HashMap<&str, Bindings> = HashMap::new();
+    for run in &prog.plan {
+        let e = largest.entry(run.graph.as_str()).or_insert(one(0, 0));
+        e.t = e.t.max(run.tokens);
+        e.p = e.p.max(run.past);
+    }
+    let peaks: HashMap<&str, u64> =
+        largest.iter().map(|(name, b)| (*name, prog.graph(name).map_or(0, |g| peak_activation_bytes(g, b)))).collect();
     let stage_list = spec.schedule.stages();
     let mut per_stage = vec![0u128; stage_list.len().max(1)];
     let mut peak = 0;
@@ -172,8 +184,7 @@ pub fn report(spec: &ModelSpec, prog: &Program, devices: &[Device]) -> CostRepor
         let m = macs[run.graph.as_str()].eval(&b) as u128 * run.times as u128;
         let last = per_stage.len() - 1;
         per_stage[run.stage.min(last)] += m;
-        let g = prog.graph(&run.graph).expect("plan names a graph");
-        let act = peak_activation_bytes(g, &b);
+        let act = peaks[run.graph.as_str()];
         peak = peak.max(act);
         for (dev, acc) in devices.iter().zip(seconds.iter_mut()) {
             let compute = 2.0 * m as f64 / dev.flops;

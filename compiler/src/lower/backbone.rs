@@ -34,6 +34,8 @@ pub struct Step {
     pub past: Dim,
     /// A whole teacher-forced pass over several stages (needs the full mask).
     pub teacher_forced: bool,
+    /// Whether later steps attend to this step's keys and values (outputs them).
+    pub keeps_cache: bool,
 }
 
 /// What the backbone hands to the head.
@@ -139,7 +141,7 @@ pub fn lower_backbone(c: &mut Ctx, spec: &ModelSpec, step: &Step) -> Res<Backbon
 
     // ---- layers ------------------------------------------------------------
     for layer in 0..bb.depth {
-        x = block(c, spec, x, cond, layer, &bt, &t, &step.past, rope, mask, nd_emb)?;
+        x = block(c, spec, x, cond, layer, &bt, &t, &step.past, rope, mask, nd_emb, step.keeps_cache)?;
     }
     if let (Some(e), true) = (nd_emb, c.has("nd_proj", Some(bb.depth))) {
         let p = c.linear(e, "nd_proj", Some(bb.depth))?;
@@ -205,6 +207,7 @@ fn block(
     rope: Option<(N, N)>,
     mask: Option<N>,
     nd_emb: Option<N>,
+    keeps_cache: bool,
 ) -> Res<N> {
     let bb = &spec.backbone;
     let blk = &bb.block;
@@ -267,8 +270,11 @@ fn block(
         let vc = c.state(&format!("cache.v.{layer}"), cache_ty);
         (c.op(Op::Concat { axis: 2 }, &[kc, k]), c.op(Op::Concat { axis: 2 }, &[vc, v]))
     };
-    c.output(&format!("cache.k.{layer}"), k_all);
-    c.output(&format!("cache.v.{layer}"), v_all);
+    // Only programs that feed later steps keep their keys and values.
+    if keeps_cache {
+        c.output(&format!("cache.k.{layer}"), k_all);
+        c.output(&format!("cache.v.{layer}"), v_all);
+    }
     let kt = c.permute(k_all, &[0, 1, 3, 2]);
     let mut scores = c.op(Op::MatMul, &[q, kt]);
     if let Some(m) = mask {
@@ -324,5 +330,6 @@ pub fn cached_step(seq: Seq, cfg: bool) -> Step {
         tokens: Dim::sym(Sym::T),
         past: Dim::sym(Sym::P),
         teacher_forced: false,
+        keeps_cache: true,
     }
 }

@@ -126,8 +126,25 @@ pub fn lower(spec: &ModelSpec, spans: &SpecSpans) -> Result<Program, Diag> {
     let body = if spec.distill.is_some() && raster { total } else { total.saturating_sub(prefix) };
     let positions = body + prefix;
     let fwd_seq = if prefix > 0 { Seq::PrefixAndBody { body: d(body) } } else { Seq::Body };
-    let fwd = Step { seq: fwd_seq, batch: Dim::sym(Sym::B), tokens: d(positions), past: d(0), teacher_forced: true };
+    let fwd = Step {
+        seq: fwd_seq,
+        batch: Dim::sym(Sym::B),
+        tokens: d(positions),
+        past: d(0),
+        teacher_forced: true,
+        keeps_cache: false,
+    };
     graphs.push(step_graph("forward", spec, &idx, spans, &fwd, false).map_err(|m| miss(m, spans.backbone))?);
+
+    // The tokenizer decoder, when the tokenizer declares its tensors. It runs
+    // once after the plan; its cost is reported apart (tokenizers are not part
+    // of the generator by the counting conventions).
+    if idx.get(Scope::Tokenizer, "dec_conv_in", None).is_some() {
+        let mut c = Ctx::new("decode", &idx, Scope::Tokenizer, &spans.params);
+        c.span = spans.tokenizer;
+        decoder::decode(&mut c, spec).map_err(|m| miss(m, spans.tokenizer))?;
+        graphs.push(c.g);
+    }
 
     if spec.distill.is_some() {
         // Distilled Decoding: each of its steps is one forward over every position.
@@ -148,6 +165,7 @@ pub fn lower(spec: &ModelSpec, spans: &SpecSpans) -> Result<Program, Diag> {
         let mut st = cached_step(seq, cfg);
         st.tokens = d(first_tokens);
         st.past = d(0);
+        st.keeps_cache = stages.len() > 1;
         graphs.push(step_graph("step.first", spec, &idx, spans, &st, cfg).map_err(|m| miss(m, spans.backbone))?);
     }
     let needs_next = stages.len() > 1 || first_seq.is_none();
@@ -157,6 +175,7 @@ pub fn lower(spec: &ModelSpec, spans: &SpecSpans) -> Result<Program, Diag> {
             // One stage holding every token (DiT): nothing is cached, sizes are fixed.
             st.past = d(0);
             st.tokens = d(first_tokens);
+            st.keeps_cache = false;
         }
         graphs.push(step_graph("step.next", spec, &idx, spans, &st, cfg).map_err(|m| miss(m, spans.backbone))?);
     }
@@ -191,16 +210,6 @@ pub fn lower(spec: &ModelSpec, spans: &SpecSpans) -> Result<Program, Diag> {
         }
         graphs.push(c.g);
         transitions[k] = Some(name);
-    }
-
-    // The tokenizer decoder, when the tokenizer declares its tensors. It runs
-    // once after the plan; its cost is reported apart (tokenizers are not part
-    // of the generator by the counting conventions).
-    if idx.get(Scope::Tokenizer, "dec_conv_in", None).is_some() {
-        let mut c = Ctx::new("decode", &idx, Scope::Tokenizer, &spans.params);
-        c.span = spans.tokenizer;
-        decoder::decode(&mut c, spec).map_err(|m| miss(m, spans.tokenizer))?;
-        graphs.push(c.g);
     }
 
     // The solver update of a denoiser backbone (DiT).
