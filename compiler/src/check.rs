@@ -14,6 +14,9 @@ use std::collections::{BTreeMap, HashMap};
 /// Metrics a `where` constraint may bound (computed by the cost model).
 pub const METRICS: &[&str] = &["params", "forward_macs", "sample_macs", "peak_activation_bytes", "stages", "tokens"];
 
+/// Token grids are at most this many tokens on a side (so counts never overflow).
+const MAX_GRID_SIDE: u64 = 1 << 16;
+
 /// At most this many tensors may be declared after expanding loops.
 const MAX_TENSORS: u64 = 1_000_000;
 
@@ -1071,6 +1074,14 @@ impl<'a> Checker<'a> {
                 },
                 _ => vec![at; n],
             };
+            if let Some(&big) = scales.iter().find(|&&s| s > MAX_GRID_SIDE) {
+                r.error(
+                    Diag::error("E0304", "a scale is too large")
+                        .label(e.span, format!("scale {big}"))
+                        .help(format!("token grids are at most {MAX_GRID_SIDE} on a side")),
+                );
+                return None;
+            }
             let stages = scales
                 .iter()
                 .zip(segs)
@@ -1096,6 +1107,14 @@ impl<'a> Checker<'a> {
             let mut prev: Option<([u64; 2], Span)> = None;
             for row in &rows {
                 let grid = r.size_of(&row.grid, "stage")?;
+                if grid.iter().any(|&g| g > MAX_GRID_SIDE) {
+                    r.error(
+                        Diag::error("E0304", "a stage grid is too large")
+                            .label(row.grid.span, format!("{}x{}", grid[0], grid[1]))
+                            .help(format!("token grids are at most {MAX_GRID_SIDE} on a side")),
+                    );
+                    return None;
+                }
                 if let Some((pg, _)) = prev {
                     if grid[0] < pg[0] || grid[1] < pg[1] {
                         r.error(

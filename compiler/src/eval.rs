@@ -8,6 +8,9 @@ use ecarc_grammar::{Diag, Span};
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 
+/// Fields may refer to fields at most this deep (evaluation recurses).
+pub const MAX_REFERENCE_DEPTH: usize = 64;
+
 /// A number: integers stay exact.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum N {
@@ -255,6 +258,14 @@ impl<'a> Scope<'a> {
                             "name a numeric field or a derived value here{hint}; see docs/language.md, \"Derived values\""
                         )));
                 };
+                if self.active.borrow().len() >= MAX_REFERENCE_DEPTH {
+                    return Err(Diag::error(
+                        "E0320",
+                        format!("field references nest more than {MAX_REFERENCE_DEPTH} deep"),
+                    )
+                    .label(span, "this reference is too deep")
+                    .help("refer to fewer fields in a chain; write the value directly"));
+                }
                 self.active.borrow_mut().push((id.0, id.1, span, f.span));
                 let inner = self.with_bodies(self.bodies[depth..].to_vec());
                 let r = inner.num(e);

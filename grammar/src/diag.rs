@@ -63,17 +63,25 @@ impl Diag {
             if Some(l.span.file) == primary_file {
                 labels.push(l.clone());
             } else {
+                let (source, shift) = source_for(sources, l.span);
                 related.push(Rendered {
                     code: None,
                     message: l.message.clone(),
-                    labels: vec![Label { span: l.span, message: String::new() }],
+                    labels: shifted(&[Label { span: l.span, message: String::new() }], shift),
                     help: None,
                     severity: Severity::Advice,
-                    source: Some(named_source(sources, l.span)),
+                    source: Some(source),
                     related: vec![],
                 });
             }
         }
+        let (source, labels) = match self.primary_span() {
+            Some(p) => {
+                let (source, shift) = source_for(sources, p);
+                (Some(source), shifted(&labels, shift))
+            }
+            None => (None, vec![]),
+        };
         Rendered {
             code: Some(self.code),
             message: self.message.clone(),
@@ -83,7 +91,7 @@ impl Diag {
                 Sev::Error => Severity::Error,
                 Sev::Warning => Severity::Warning,
             },
-            source: self.primary_span().map(|s| named_source(sources, s)),
+            source,
             related,
         }
     }
@@ -102,9 +110,68 @@ pub fn render_all_plain(diags: &[Diag], sources: &SourceMap) -> String {
     diags.iter().map(|d| d.render_plain(sources)).collect::<Vec<_>>().join("\n")
 }
 
-fn named_source(sources: &SourceMap, span: Span) -> NamedSource<Arc<str>> {
+/// Lines longer than this are shown as an excerpt around the label: the
+/// renderer pads to the label's column, which must stay small.
+const LONG_LINE: usize = 2_000;
+/// Bytes of context kept on each side of the label in an excerpt.
+const CONTEXT: usize = 120;
+
+/// Where a span's shifted range starts (`None`: the whole file is shown).
+type Shift = Option<std::ops::Range<usize>>;
+
+/// The source to show for a span: the whole file, or, when the span sits on a
+/// very long line (a 5 MB line, minified input), an excerpt of that line.
+fn source_for(sources: &SourceMap, span: Span) -> (NamedSource<Arc<str>>, Shift) {
     let f = sources.get(span.file);
-    NamedSource::new(f.name.clone(), f.text.clone())
+    let text: &str = &f.text;
+    let (start, end) = (span.start as usize, (span.end as usize).min(text.len()));
+    let line_start = text[..floor(text, start)].rfind('\n').map_or(0, |i| i + 1);
+    let line_end = text[floor(text, end)..].find('\n').map_or(text.len(), |i| floor(text, end) + i);
+    if line_end - line_start <= LONG_LINE {
+        return (NamedSource::new(f.name.clone(), f.text.clone()), None);
+    }
+    let from = floor(text, start.saturating_sub(CONTEXT).max(line_start));
+    // A label that is itself huge is shown by its beginning.
+    let shown_end = end.min(start + LONG_LINE / 2);
+    let to = ceil(text, (shown_end + CONTEXT).min(line_end).max(from));
+    let (line, col) = sources.line_col(span.file, span.start);
+    let name = format!("{} (excerpt of line {line} from column {})", f.name, col.saturating_sub(start - from));
+    (NamedSource::new(name, Arc::<str>::from(&text[from..to])), Some(from..to))
+}
+
+/// Labels moved into an excerpt; labels outside it are dropped.
+fn shifted(labels: &[Label], shift: Shift) -> Vec<Label> {
+    match shift {
+        None => labels.to_vec(),
+        Some(w) => labels
+            .iter()
+            .filter(|l| (l.span.start as usize) >= w.start && (l.span.start as usize) <= w.end)
+            .map(|l| Label {
+                span: Span {
+                    file: l.span.file,
+                    start: l.span.start - w.start as u32,
+                    end: (l.span.end as usize).min(w.end) as u32 - w.start as u32,
+                },
+                message: l.message.clone(),
+            })
+            .collect(),
+    }
+}
+
+fn floor(s: &str, mut i: usize) -> usize {
+    i = i.min(s.len());
+    while i > 0 && !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
+fn ceil(s: &str, mut i: usize) -> usize {
+    i = i.min(s.len());
+    while i < s.len() && !s.is_char_boundary(i) {
+        i += 1;
+    }
+    i
 }
 
 /// A [`Diag`] bound to its source text: implements [`miette::Diagnostic`].

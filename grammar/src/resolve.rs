@@ -17,6 +17,9 @@ mod std_lib {
 
 /// Source files larger than this are refused before they are read in full.
 pub const MAX_FILE_BYTES: u64 = 16 << 20;
+/// `extends` chains and component references nest at most this deep.
+pub const MAX_DEFINITION_DEPTH: usize = 64;
+
 /// At most this many files per compilation (imports included).
 pub const MAX_FILES: usize = 1024;
 
@@ -489,7 +492,8 @@ fn normalize(p: &Path) -> String {
 
 fn invalid_utf8(id: FileId, at: usize) -> Diag {
     Diag::error("E0202", "file is not valid UTF-8")
-        .label(Span::new(id, at, at + 1), "this byte is not UTF-8")
+        // The text kept is the lossy decoding: the bad byte became U+FFFD.
+        .label(Span::new(id, at, at + '\u{FFFD}'.len_utf8()), "this byte is not UTF-8")
         .help("model files are UTF-8 text: re-save it as UTF-8, or check that it is not a binary file")
 }
 
@@ -505,6 +509,16 @@ impl<'p> Resolver<'p> {
     /// Merged body of `def`; `via` is the reference that led here (for cycle reports).
     fn definition(&mut self, def: &'p Definition, via: Span) -> MBody {
         let key = (def.kind.name.clone(), def.name.name.clone());
+        // Resolution recurses along `extends` and references: bound the depth
+        // rather than the native stack.
+        if self.stack.len() >= MAX_DEFINITION_DEPTH {
+            self.diags.push(
+                Diag::error("E0209", format!("definitions nest more than {MAX_DEFINITION_DEPTH} deep"))
+                    .label(via, "this reference is too deep")
+                    .help("flatten the chain of `extends` or component references"),
+            );
+            return MBody { entries: vec![], span: def.body.span };
+        }
         if let Some(pos) = self.stack.iter().position(|(k, n, _, _)| (k, n) == (&key.0, &key.1)) {
             // The cycle's members, each with the reference that leads to it from
             // the member before. It is reported from the member defined first, so
