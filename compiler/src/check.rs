@@ -1480,7 +1480,7 @@ fn chunk_name(chunks: &[(&'static str, AdaChunk)], c: AdaChunk) -> &'static str 
 }
 
 /// Whether `e` names `var` anywhere.
-fn mentions(e: &Expr, var: &str) -> bool {
+pub(crate) fn mentions(e: &Expr, var: &str) -> bool {
     match &e.kind {
         ExprKind::Name(n) => n == var,
         ExprKind::Paren(x) | ExprKind::Neg(x) => mentions(x, var),
@@ -1493,7 +1493,7 @@ fn mentions(e: &Expr, var: &str) -> bool {
 }
 
 /// Whether a group must be evaluated copy by copy (see `group_expanded`).
-fn needs_expansion(g: &ParamGroup) -> bool {
+pub(crate) fn needs_expansion(g: &ParamGroup) -> bool {
     if g.inner.is_some() || g.guard.is_some() {
         return true;
     }

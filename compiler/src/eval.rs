@@ -271,7 +271,7 @@ impl<'a> Scope<'a> {
                 let r = inner.num(e);
                 self.active.borrow_mut().pop();
                 return r.map_err(|d| {
-                    if d.code == "E0315" || d.code == "E0313" {
+                    if d.code == "E0315" || d.code == "E0313" || d.code == "E0320" {
                         d
                     } else {
                         d.label(span, format!("while evaluating `{n}` here"))

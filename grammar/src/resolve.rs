@@ -512,9 +512,13 @@ impl<'p> Resolver<'p> {
         // Resolution recurses along `extends` and references: bound the depth
         // rather than the native stack.
         if self.stack.len() >= MAX_DEFINITION_DEPTH {
+            let mut d = Diag::error("E0209", format!("definitions nest more than {MAX_DEFINITION_DEPTH} deep"));
+            // Point first at where the chain starts (usually the user's model).
+            if let Some(start) = self.stack.get(1) {
+                d = d.label(start.2, "the chain of `extends` and references starts here");
+            }
             self.diags.push(
-                Diag::error("E0209", format!("definitions nest more than {MAX_DEFINITION_DEPTH} deep"))
-                    .label(via, "this reference is too deep")
+                d.label(via, format!("reference {MAX_DEFINITION_DEPTH} levels down"))
                     .help("flatten the chain of `extends` or component references"),
             );
             return MBody { entries: vec![], span: def.body.span };

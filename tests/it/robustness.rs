@@ -689,6 +689,16 @@ pub(crate) const VOCAB: &[&str] = &[
     "distilled", "none", "true", "false", "é", "\0", "🦀",
 ];
 
+/// Numbers that parse but stress the checker's arithmetic (products, squares,
+/// powers of two, sums over stages).
+#[rustfmt::skip]
+pub(crate) const EXTREME_NUMBERS: &[&str] = &[
+    "0", "1", "2", "3", "7", "0.0", "0.5", "1.0", "255", "256", "4096", "65535", "65536", "1000000", "4294967295",
+    "4294967296", "3037000500", "9223372036854775807", "9223372036854775806", "1e308", "1e-308", "5e-324", "1e18",
+    "9e15", "9T", "8000000T", "1.5", "0.999999", "1x1", "0x0", "1x65536", "65536x65536", "4294967296x4294967296",
+    "3037000500x3037000500",
+];
+
 /// Token soup: random sequences of grammar tokens. Cheap; most are syntax errors,
 /// many get deep into the parser.
 #[test]
@@ -760,6 +770,8 @@ pub(crate) enum Edit {
     SwapTokens(prop::sample::Index, prop::sample::Index),
     InsertToken(prop::sample::Index, &'static str),
     ReplaceToken(prop::sample::Index, &'static str),
+    /// Replace a number (a token starting with a digit) by a valid but extreme one.
+    ReplaceNumber(prop::sample::Index, &'static str),
     DeleteChars(prop::sample::Index, usize),
     DuplicateChars(prop::sample::Index, usize),
     InsertChar(prop::sample::Index, char),
@@ -775,6 +787,7 @@ pub(crate) fn edit() -> impl Strategy<Value = Edit> {
         1 => (any::<Index>(), any::<Index>()).prop_map(|(a, b)| Edit::SwapTokens(a, b)),
         3 => (any::<Index>(), tok.clone()).prop_map(|(a, t)| Edit::InsertToken(a, t)),
         2 => (any::<Index>(), tok).prop_map(|(a, t)| Edit::ReplaceToken(a, t)),
+        3 => (any::<Index>(), select(EXTREME_NUMBERS)).prop_map(|(a, t)| Edit::ReplaceNumber(a, t)),
         1 => (any::<Index>(), 1..40usize).prop_map(|(a, n)| Edit::DeleteChars(a, n)),
         1 => (any::<Index>(), 1..40usize).prop_map(|(a, n)| Edit::DuplicateChars(a, n)),
         1 => (any::<Index>(), any::<char>()).prop_map(|(a, c)| Edit::InsertChar(a, c)),
@@ -850,6 +863,14 @@ pub(crate) fn apply(text: &str, edits: &[Edit]) -> String {
             Edit::ReplaceToken(i, t) if n > 0 => {
                 let k = i.index(n);
                 toks[k] = t.to_string();
+                toks.concat()
+            }
+            Edit::ReplaceNumber(i, t) => {
+                let numbers: Vec<usize> =
+                    (0..n).filter(|&k| toks[k].starts_with(|c: char| c.is_ascii_digit())).collect();
+                if !numbers.is_empty() {
+                    toks[numbers[i.index(numbers.len())]] = t.to_string();
+                }
                 toks.concat()
             }
             Edit::DeleteChars(i, len) if !chars.is_empty() => {

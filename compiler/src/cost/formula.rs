@@ -791,7 +791,7 @@ impl Groups<'_> {
                 return Ok(vec![]);
             }
         }
-        if needs_expansion(g) {
+        if crate::check::needs_expansion(g) {
             return self.expanded(g, chain, owner);
         }
         let repeat = match &g.repeat {
@@ -873,29 +873,6 @@ impl Groups<'_> {
             })
             .collect()
     }
-}
-
-/// Whether `e` names `var` anywhere.
-fn mentions(e: &Expr, var: &str) -> bool {
-    match &e.kind {
-        ExprKind::Name(n) => n == var,
-        ExprKind::Paren(x) | ExprKind::Neg(x) => mentions(x, var),
-        ExprKind::Binary { lhs, rhs, .. } => mentions(lhs, var) || mentions(rhs, var),
-        ExprKind::Call { args, .. } => args.iter().any(|a| mentions(&a.value, var)),
-        ExprKind::List(items) => items.iter().any(|i| mentions(i, var)),
-        ExprKind::Index { name, index } => name.name == var || mentions(index, var),
-        _ => false,
-    }
-}
-
-/// The checker's rule for evaluating a group copy by copy (keys aside: a
-/// computed key placeholder changes keys, not shapes or lookups).
-fn needs_expansion(g: &ParamGroup) -> bool {
-    if g.inner.is_some() || g.guard.is_some() {
-        return true;
-    }
-    let Some(r) = &g.repeat else { return false };
-    g.decls.iter().any(|d| d.shape.iter().any(|e| mentions(e, &r.var.name)))
 }
 
 fn component<'a>(body: &'a MBody, key: &str) -> Option<&'a MBody> {
