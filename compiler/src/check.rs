@@ -18,7 +18,7 @@ pub const METRICS: &[&str] = &["params", "forward_macs", "sample_macs", "peak_ac
 const MAX_GRID_SIDE: u64 = 1 << 16;
 
 /// At most this many tensors may be declared after expanding loops.
-const MAX_TENSORS: u64 = 1_000_000;
+pub(crate) const MAX_TENSORS: u64 = 100_000;
 
 const EPS: f64 = 1e-9;
 

@@ -12,6 +12,8 @@ use std::path::Path;
 
 /// Points of a search space checked by `check` (larger spaces are sampled evenly).
 pub const MAX_CHECKED_POINTS: u128 = 100_000;
+/// Declared tensors (summed over the points) a space check may evaluate.
+pub const WORK_BUDGET: u128 = 20_000_000;
 
 /// `--set path.to.key=value`, applied to every model after resolution.
 #[derive(Clone, Debug)]
@@ -208,7 +210,15 @@ fn check_body(program: &Program, name: &ecarc_grammar::ast::Ident, body: &MBody,
         };
     }
     let total = space::size(&axes);
-    let checked = total.min(MAX_CHECKED_POINTS);
+    // A work budget as well as a point budget: designs that declare many
+    // tensors (or hostile inputs with huge loops) get fewer points checked, so a
+    // `check` always finishes in seconds. Deterministic: sized by the first point.
+    let (first, _) = space::point(body, &axes, 0);
+    let per_point = match check_model(name, &first) {
+        Ok(spec) => spec.params.iter().chain(&spec.tokenizer.params).map(|g| g.expand().len() as u128).sum::<u128>(),
+        Err(_) => 1,
+    };
+    let checked = total.min(MAX_CHECKED_POINTS).min((WORK_BUDGET / per_point.max(1)).max(1));
     // Group failures: one diagnostic per distinct problem (code, message and
     // primary location), with how many points it breaks and a few examples. The
     // labels shown are those of the first example.

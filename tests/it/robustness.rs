@@ -77,14 +77,22 @@ pub(crate) fn cases(default: u32) -> u32 {
 
 /// A proptest runner that writes no regression files into the tree and does not
 /// spend long on shrinking (inputs are printed in full on failure).
+/// A runner with a fixed seed, so that CI sees the same cases on every run (a
+/// failure reproduces); `ECARC_FUZZ_RANDOM=1` draws fresh cases instead.
 pub(crate) fn runner(cases: u32) -> TestRunner {
-    TestRunner::new(Config {
+    let config = Config {
         cases,
         failure_persistence: None,
         max_shrink_iters: 2_000,
         max_shrink_time: 60_000,
         ..Config::default()
-    })
+    };
+    if std::env::var_os("ECARC_FUZZ_RANDOM").is_some() {
+        TestRunner::new(config)
+    } else {
+        let rng = proptest::test_runner::TestRng::deterministic_rng(config.rng_algorithm);
+        TestRunner::new_with_rng(config, rng)
+    }
 }
 
 /// Every real `.ecar` file that should parse: `models/`, `models/std/`, `tests/data/`.
