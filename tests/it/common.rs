@@ -1,6 +1,6 @@
 //! Shared helpers for the integration tests.
 
-use ecarc_compiler::session::{check_paths, check_source, Outcome, Override, Session};
+use ecarc_compiler::session::{check_paths, Outcome, Override};
 use ecarc_compiler::ModelSpec;
 use std::path::{Path, PathBuf};
 
@@ -30,9 +30,4 @@ pub fn spec_of(path: &Path, sets: &[&str]) -> ModelSpec {
         Some(Outcome::Model(spec)) => *spec,
         other => panic!("{}: expected one model, got {other:?}", path.display()),
     }
-}
-
-/// Check a source text (imports resolve from the repository root).
-pub fn check_text(text: &str) -> Session {
-    check_source("input.ecar", text, &[])
 }
