@@ -4,7 +4,7 @@
 use crate::eval::{Scope, N};
 use crate::reader::Reader;
 use crate::spec::*;
-use ecarc_grammar::ast::{CmpOp, Expr, ExprKind, Ident, ParamGroup, ParamKind};
+use ecarc_grammar::ast::{Expr, ExprKind, Ident, ParamGroup, ParamKind};
 use ecarc_grammar::diag::did_you_mean;
 use ecarc_grammar::merged::{Component, MBody, MValue};
 use ecarc_grammar::{Diag, Span};
@@ -1653,15 +1653,7 @@ impl<'c, 'a> ParamCtx<'c, 'a> {
                         return vec![];
                     }
                 };
-                let keep = match gd.op {
-                    CmpOp::Le => a <= b,
-                    CmpOp::Ge => a >= b,
-                    CmpOp::Lt => a < b,
-                    CmpOp::Gt => a > b,
-                    CmpOp::Eq => a == b,
-                    CmpOp::Ne => a != b,
-                };
-                if !keep {
+                if !gd.op.holds(a, b) {
                     continue 'copies;
                 }
             }

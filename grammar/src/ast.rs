@@ -199,6 +199,18 @@ pub enum CmpOp {
 }
 
 impl CmpOp {
+    /// Whether `a OP b` holds.
+    pub fn holds(self, a: f64, b: f64) -> bool {
+        match self {
+            CmpOp::Le => a <= b,
+            CmpOp::Ge => a >= b,
+            CmpOp::Lt => a < b,
+            CmpOp::Gt => a > b,
+            CmpOp::Eq => a == b,
+            CmpOp::Ne => a != b,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             CmpOp::Le => "<=",

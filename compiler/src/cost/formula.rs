@@ -49,7 +49,7 @@
 
 use crate::eval::{Scope, N};
 use crate::spec::*;
-use ecarc_grammar::ast::{BinOp, CmpOp, Expr, ExprKind, Num, ParamGroup, ParamKind};
+use ecarc_grammar::ast::{BinOp, Expr, ExprKind, Num, ParamGroup, ParamKind};
 use ecarc_grammar::merged::{MBody, MValue};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -852,15 +852,7 @@ impl Groups<'_> {
         if let Some(gd) = &g.guard {
             let num = |e: &Expr| self.sym.numeric(e, chain).map(N::as_f64).map_err(|d| d.message);
             let (a, b) = (num(&gd.lhs)?, num(&gd.rhs)?);
-            let keep = match gd.op {
-                CmpOp::Le => a <= b,
-                CmpOp::Ge => a >= b,
-                CmpOp::Lt => a < b,
-                CmpOp::Gt => a > b,
-                CmpOp::Eq => a == b,
-                CmpOp::Ne => a != b,
-            };
-            if !keep {
+            if !gd.op.holds(a, b) {
                 return Ok(vec![]);
             }
         }
