@@ -4,7 +4,6 @@
 //! equal dimensions compare equal structurally (`P + T` == `T + P`).
 
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 use std::fmt;
 
 /// A named symbol. The set is closed: these are the only things a step program
@@ -54,11 +53,24 @@ impl Bindings {
     }
 }
 
-/// A polynomial: monomial (sorted symbols, repeated for powers) -> coefficient.
-/// No zero coefficients are stored; the constant term has the empty monomial.
+/// Exponents of (B, T, P) in one monomial.
+type Mono = [u8; 3];
+
+/// A polynomial: (monomial, coefficient) pairs sorted by monomial, no zero
+/// coefficients; the constant term has the all-zero monomial. A small sorted
+/// vector keeps equal dimensions structurally equal and avoids allocating per
+/// term (lowering and costing build many of these). Arithmetic saturates.
 /// Serialised as its canonical text (`"2*B*T + P"`).
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Dim(BTreeMap<Vec<Sym>, i64>);
+pub struct Dim(Vec<(Mono, i64)>);
+
+fn mono_syms(m: &Mono) -> Vec<Sym> {
+    let mut v = Vec::new();
+    for (i, s) in Sym::ALL.iter().enumerate() {
+        v.extend(std::iter::repeat_n(*s, m[i] as usize));
+    }
+    v
+}
 
 impl Serialize for Dim {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -86,20 +98,22 @@ impl<'de> Deserialize<'de> for Dim {
 
 impl Dim {
     pub fn c(v: u64) -> Dim {
-        let mut m = BTreeMap::new();
-        if v != 0 {
-            m.insert(vec![], v as i64);
+        if v == 0 {
+            Dim(vec![])
+        } else {
+            Dim(vec![([0, 0, 0], i64::try_from(v).unwrap_or(i64::MAX))])
         }
-        Dim(m)
     }
     pub fn sym(s: Sym) -> Dim {
-        Dim(BTreeMap::from([(vec![s], 1)]))
+        let mut m = [0u8; 3];
+        m[Sym::ALL.iter().position(|x| *x == s).expect("a symbol")] = 1;
+        Dim(vec![(m, 1)])
     }
     /// The constant value, if the dimension has no symbols and is not negative.
     pub fn as_const(&self) -> Option<u64> {
-        match self.0.len() {
-            0 => Some(0),
-            1 => self.0.get(&vec![]).and_then(|&v| u64::try_from(v).ok()),
+        match self.0.as_slice() {
+            [] => Some(0),
+            [([0, 0, 0], v)] => u64::try_from(*v).ok(),
             _ => None,
         }
     }
@@ -107,43 +121,58 @@ impl Dim {
         self.as_const().is_some()
     }
     pub fn eval(&self, b: &Bindings) -> u64 {
-        let v: i128 =
-            self.0.iter().map(|(m, &c)| c as i128 * m.iter().map(|&s| b.get(s) as i128).product::<i128>()).sum();
-        v.max(0) as u64
-    }
-    pub fn add(&self, o: &Dim) -> Dim {
-        let mut m = self.0.clone();
-        for (k, v) in &o.0 {
-            *m.entry(k.clone()).or_insert(0) += v;
+        let vals = [b.b as i128, b.t as i128, b.p as i128];
+        let mut total: i128 = 0;
+        for (m, c) in &self.0 {
+            let mut term = *c as i128;
+            for (i, &e) in m.iter().enumerate() {
+                for _ in 0..e {
+                    term = term.saturating_mul(vals[i]);
+                }
+            }
+            total = total.saturating_add(term);
         }
-        m.retain(|_, v| *v != 0);
-        Dim(m)
+        u64::try_from(total.max(0)).unwrap_or(u64::MAX)
     }
-    pub fn mul(&self, o: &Dim) -> Dim {
-        let mut m: BTreeMap<Vec<Sym>, i64> = BTreeMap::new();
-        for (ka, va) in &self.0 {
-            for (kb, vb) in &o.0 {
-                let mut k = ka.clone();
-                k.extend_from_slice(kb);
-                k.sort();
-                *m.entry(k).or_insert(0) += va * vb;
+    /// Merge sorted (monomial, coefficient) pairs, summing equal monomials.
+    fn from_terms(mut terms: Vec<(Mono, i64)>) -> Dim {
+        terms.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let mut out: Vec<(Mono, i64)> = Vec::with_capacity(terms.len());
+        for (m, c) in terms {
+            match out.last_mut() {
+                Some((lm, lc)) if *lm == m => *lc = lc.saturating_add(c),
+                _ => out.push((m, c)),
             }
         }
-        m.retain(|_, v| *v != 0);
-        Dim(m)
+        out.retain(|(_, c)| *c != 0);
+        Dim(out)
+    }
+    pub fn add(&self, o: &Dim) -> Dim {
+        Dim::from_terms(self.0.iter().chain(&o.0).copied().collect())
+    }
+    pub fn mul(&self, o: &Dim) -> Dim {
+        let mut terms = Vec::with_capacity(self.0.len() * o.0.len());
+        for (ma, ca) in &self.0 {
+            for (mb, cb) in &o.0 {
+                let m = [ma[0].saturating_add(mb[0]), ma[1].saturating_add(mb[1]), ma[2].saturating_add(mb[2])];
+                terms.push((m, ca.saturating_mul(*cb)));
+            }
+        }
+        Dim::from_terms(terms)
     }
     pub fn mul_c(&self, c: u64) -> Dim {
         self.mul(&Dim::c(c))
     }
     /// Exact division by a constant, when every coefficient is divisible.
     pub fn div_c(&self, c: u64) -> Option<Dim> {
-        if c == 0 || self.0.values().any(|v| v % c as i64 != 0) {
+        let c = i64::try_from(c).ok().filter(|&c| c != 0)?;
+        if self.0.iter().any(|(_, v)| v % c != 0) {
             return None;
         }
-        Some(Dim(self.0.iter().map(|(k, v)| (k.clone(), v / c as i64)).collect()))
+        Some(Dim(self.0.iter().map(|(k, v)| (*k, v / c)).collect()))
     }
     pub fn syms(&self) -> impl Iterator<Item = Sym> + '_ {
-        self.0.keys().flatten().copied()
+        self.0.iter().flat_map(|(m, _)| mono_syms(m))
     }
 }
 
@@ -171,9 +200,10 @@ impl fmt::Display for Dim {
         if self.0.is_empty() {
             return f.write_str("0");
         }
-        let mut terms: Vec<(&Vec<Sym>, &i64)> = self.0.iter().collect();
-        terms.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.0.cmp(b.0)));
-        for (i, (m, &c)) in terms.iter().enumerate() {
+        let mut terms: Vec<(Vec<Sym>, i64)> = self.0.iter().map(|(m, c)| (mono_syms(m), *c)).collect();
+        terms.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.0.cmp(&b.0)));
+        for (i, (m, c)) in terms.iter().enumerate() {
+            let c = *c;
             let (sign, c) = if c < 0 { ("-", -c) } else { ("+", c) };
             if i == 0 {
                 if sign == "-" {
@@ -243,7 +273,7 @@ impl Dim {
                 return Err(format!("`{factor}` is not a number or one of B, T, P"));
             }
         }
-        Ok(Dim(t.0.into_iter().map(|(k, v)| (k, v * coef)).filter(|(_, v)| *v != 0).collect()))
+        Ok(Dim(t.0.into_iter().map(|(k, v)| (k, v.saturating_mul(coef))).filter(|(_, v)| *v != 0).collect()))
     }
 }
 
