@@ -9,6 +9,9 @@ use ecarc_grammar::merged::{Component, MBody, MField, MValue};
 use ecarc_grammar::{Diag, Span};
 use std::cell::RefCell;
 
+/// Unknown keys reported one by one per body; the rest are summarised.
+const MAX_UNKNOWN_REPORTED: usize = 5;
+
 pub struct Reader<'a> {
     pub body: &'a MBody,
     pub scope: Scope<'a>,
@@ -301,8 +304,25 @@ impl<'a> Reader<'a> {
     /// Report fields that no accessor asked for.
     pub fn finish(&self) {
         let known = self.known.borrow();
-        for f in self.body.fields() {
-            if !known.contains(&f.key.name.as_str()) {
+        let unknown: Vec<_> = self.body.fields().filter(|f| !known.contains(&f.key.name.as_str())).collect();
+        // A body full of unknown keys (a paste into the wrong block) gets the
+        // first few reported one by one and the rest in one line.
+        if unknown.len() > MAX_UNKNOWN_REPORTED {
+            let rest = &unknown[MAX_UNKNOWN_REPORTED..];
+            let names: Vec<&str> = rest.iter().take(8).map(|f| f.key.name.as_str()).collect();
+            let more = if rest.len() > names.len() { ", ..." } else { "" };
+            self.error(
+                Diag::error("E0306", format!("{} more unknown keys in {}", rest.len(), self.what))
+                    .label(rest[0].key.span, "the first of them")
+                    .help(format!(
+                        "`{}`{more} are not keys of {}; was this pasted into the wrong block?",
+                        names.join("`, `"),
+                        self.what
+                    )),
+            );
+        }
+        for f in unknown.into_iter().take(MAX_UNKNOWN_REPORTED) {
+            {
                 let mut d = Diag::error("E0306", format!("unknown key `{}` in {}", f.key.name, self.what))
                     .label(f.key.span, "not a key of this block");
                 d = match did_you_mean(&f.key.name, known.iter().copied()) {
