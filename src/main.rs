@@ -223,7 +223,7 @@ fn cmd_fmt(files: &[PathBuf], check: bool, color: bool) -> Result<ExitCode, Stri
             println!("{} is not formatted", path.display());
             failed = true;
         } else {
-            write_atomically(path, formatted.as_bytes())
+            write_atomically(path, formatted.as_bytes(), true)
                 .map_err(|e| format!("cannot write `{}`: {e}", path.display()))?;
             println!("formatted {}", path.display());
         }
@@ -232,15 +232,18 @@ fn cmd_fmt(files: &[PathBuf], check: bool, color: bool) -> Result<ExitCode, Stri
 }
 
 /// Write to a temporary file beside `path`, then rename over it: a crash never
-/// leaves a half-written model file.
-fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+/// leaves a half-written file. `durable` also syncs the data before the rename
+/// (model files); build artifacts can be rebuilt, so they skip the fsync.
+fn write_atomically(path: &std::path::Path, bytes: &[u8], durable: bool) -> std::io::Result<()> {
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
     let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
     let tmp = dir.join(format!(".{name}.ecarc-tmp-{}", std::process::id()));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;
-        f.sync_all()?;
+        if durable {
+            f.sync_all()?;
+        }
         if let Ok(meta) = std::fs::metadata(path) {
             let _ = std::fs::set_permissions(&tmp, meta.permissions());
         }
@@ -314,7 +317,7 @@ fn cmd_build(
     std::fs::create_dir_all(out_dir).map_err(|e| format!("cannot create `{}`: {e}", out_dir.display()))?;
     for a in &artifacts {
         let path = out_dir.join(format!("{}.ecarc.json", a.spec.name));
-        write_atomically(&path, a.to_json().as_bytes())
+        write_atomically(&path, a.to_json().as_bytes(), false)
             .map_err(|e| format!("cannot write `{}`: {e}", path.display()))?;
         if json {
             println!("{}", serde_json::to_string_pretty(&a.report).map_err(|e| e.to_string())?);

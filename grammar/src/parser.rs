@@ -589,7 +589,7 @@ fn comment_start(line: &str) -> Option<usize> {
     None
 }
 
-/// Apply the top operator; `Err(operator span)` when the result would be too deep.
+/// A comparison operator from its text.
 fn cmp_op(s: &str) -> CmpOp {
     match s {
         "<=" => CmpOp::Le,
@@ -601,6 +601,7 @@ fn cmp_op(s: &str) -> CmpOp {
     }
 }
 
+/// Apply the top operator; `Err(operator span)` when the result would be too deep.
 fn reduce(operands: &mut Vec<(Expr, usize)>, ops: &mut Vec<(BinOp, Span)>) -> Result<(), Span> {
     let (op, at) = ops.pop().expect("operator");
     let (rhs, dr) = operands.pop().expect("rhs");

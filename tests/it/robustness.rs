@@ -8,13 +8,14 @@
 //!   expressions, empty files);
 //! - property tests over random inputs: token soup from the grammar's vocabulary,
 //!   arbitrary text, generated plausible models (see `format::gen`), and real model
-//!   files (`models/`, `models/std/`, `tests/data/`) with random byte and token edits;
+//!   files (`models/`, `models/std/`, `tests/data/`, `tests/bad/`) with random byte
+//!   and token edits (extreme numbers included);
 //! - each case runs the whole `check_source` pipeline and the formatter.
 //!
 //! Case counts ([`budget`]): the defaults add up to more than 100,000 cases in an
 //! optimised build (the CI runs `cargo test --profile ci`); an unoptimised debug
 //! build runs a tenth of them. `PROPTEST_CASES=N` sets every property test to N
-//! cases instead.
+//! cases instead; `ECARC_FUZZ_RANDOM=1` draws new cases instead of the fixed seed's.
 
 use crate::common::root;
 use ecarc_compiler::session::{check_paths, check_source, Outcome, Override, Session};
@@ -75,10 +76,10 @@ pub(crate) fn cases(default: u32) -> u32 {
     }
 }
 
-/// A proptest runner that writes no regression files into the tree and does not
-/// spend long on shrinking (inputs are printed in full on failure).
-/// A runner with a fixed seed, so that CI sees the same cases on every run (a
-/// failure reproduces); `ECARC_FUZZ_RANDOM=1` draws fresh cases instead.
+/// A proptest runner with a fixed seed, so that CI sees the same cases on every
+/// run (a failure reproduces); `ECARC_FUZZ_RANDOM=1` draws fresh cases instead.
+/// It writes no regression files into the tree and does not spend long on
+/// shrinking (inputs are printed in full on failure).
 pub(crate) fn runner(cases: u32) -> TestRunner {
     let config = Config {
         cases,
