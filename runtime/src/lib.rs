@@ -1,4 +1,13 @@
-//! ecarc's runtime: the `Backend` trait, the reference interpreter, the fast
-//! backends and the schedule driver (issue 5 onwards). It is an empty crate
-//! for now; the workspace layout of DESIGN.md reserves its place so that the
-//! compiler never depends on it and tests that execute graphs live in `tests/`.
+//! ecarc's runtime: backends behind one [`Backend`] trait (the reference
+//! interpreter first, the oracle every later backend is tested against),
+//! weights, the schedule driver that runs any model's stage schedule, and
+//! image output. See docs/runtime.md.
+
+pub mod backend;
+pub mod error;
+pub mod reference;
+pub mod tensor;
+
+pub use backend::{backend_by_name, Args, Backend, Buffer, Capabilities, Executable};
+pub use error::{Result, RuntimeError};
+pub use tensor::{Data, HostTensor};

@@ -1,0 +1,98 @@
+//! The `Backend` trait: device-resident buffers, programs prepared once and
+//! run many times, explicit read-back and synchronisation. The reference
+//! interpreter implements it in plain Rust; the fast backends (CPU, wgpu,
+//! CUDA) implement the same calls, so the schedule driver is written once.
+
+use crate::error::Result;
+use crate::tensor::HostTensor;
+use ecarc_compiler::ir::{Bindings, DType, Graph};
+use std::any::Any;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Backend-owned memory behind a [`Buffer`]. Each backend downcasts to its
+/// own type; memory is released when the last `Buffer` referring to it drops.
+pub trait Storage: Any + Send + Sync {
+    fn as_any(&self) -> &dyn Any;
+}
+
+/// A tensor resident on a backend. Cloning shares the storage (no copy).
+#[derive(Clone)]
+pub struct Buffer {
+    pub dtype: DType,
+    pub shape: Vec<usize>,
+    pub storage: Arc<dyn Storage>,
+}
+
+impl std::fmt::Debug for Buffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Buffer({}{:?})", self.dtype.name(), self.shape)
+    }
+}
+
+/// A program prepared for one backend (kernels compiled, order planned).
+#[derive(Clone)]
+pub struct Executable {
+    /// The program's name (`step.next`, `decode`, ...).
+    pub name: String,
+    pub inner: Arc<dyn Any + Send + Sync>,
+}
+
+/// What a backend can do, for the driver and for error messages.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Runs every op of the IR (the reference does; fast backends may fall back).
+    pub all_ops: bool,
+    /// Bytes of device memory, when known.
+    pub memory_bytes: Option<u64>,
+    /// Human-readable device description.
+    pub device: String,
+}
+
+/// The sources of one program run, by kind: per-run inputs and carried state
+/// by name, checkpoint tensors by key.
+#[derive(Default)]
+pub struct Args<'a> {
+    pub inputs: HashMap<&'a str, &'a Buffer>,
+    pub states: HashMap<&'a str, &'a Buffer>,
+    pub params: Option<&'a HashMap<String, Buffer>>,
+}
+
+pub trait Backend {
+    /// `reference`, `cpu`, `wgpu`, `cuda`.
+    fn name(&self) -> &'static str;
+    fn capabilities(&self) -> Capabilities;
+    /// Copy a host tensor to the device.
+    fn upload(&self, t: &HostTensor) -> Result<Buffer>;
+    /// Copy a device buffer back (waits for pending work on it).
+    fn download(&self, b: &Buffer) -> Result<HostTensor>;
+    /// Prepare a program once (compile kernels, plan memory).
+    fn prepare(&self, g: &Graph) -> Result<Executable>;
+    /// Run a prepared program with its symbolic dimensions bound. Returns the
+    /// program's named outputs in its declared order. Sources are checked
+    /// against the program's declared types; a mismatch is an error, not a panic.
+    fn run(&self, exe: &Executable, bindings: &Bindings, args: &Args) -> Result<Vec<(String, Buffer)>>;
+    /// Wait until all submitted work is done.
+    fn synchronize(&self) -> Result<()>;
+}
+
+/// The backends `--backend` accepts, in the order they are tried.
+pub const BACKEND_NAMES: [&str; 4] = ["reference", "cpu", "wgpu", "cuda"];
+
+/// The backend called `name`, or why it cannot be used.
+pub fn backend_by_name(name: &str) -> Result<Box<dyn Backend>> {
+    use crate::error::RuntimeError;
+    match name {
+        "reference" => Ok(Box::new(crate::reference::Reference::new())),
+        "cpu" | "wgpu" | "cuda" => Err(RuntimeError::BackendUnavailable {
+            name: name.into(),
+            why:
+                "it is not built yet; use `--backend reference` (the plain interpreter every backend is tested against)"
+                    .into(),
+        }),
+        _ => Err(RuntimeError::BackendUnavailable {
+            name: name.into(),
+            why: format!("unknown backend; choose one of {}", BACKEND_NAMES.join(", ")),
+        }),
+    }
+}
