@@ -6,6 +6,7 @@
 pub mod backend;
 pub mod error;
 pub mod reference;
+pub mod rng;
 pub mod tensor;
 
 pub use backend::{backend_by_name, Args, Backend, Buffer, Capabilities, Executable};
