@@ -9,6 +9,5 @@ mod format;
 mod formula;
 mod models;
 mod robustness;
-mod runtime;
 mod tiny;
 mod variants;
