@@ -8,6 +8,7 @@ pub mod error;
 pub mod reference;
 pub mod rng;
 pub mod tensor;
+pub mod weights;
 
 pub use backend::{backend_by_name, Args, Backend, Buffer, Capabilities, Executable};
 pub use error::{Result, RuntimeError};
