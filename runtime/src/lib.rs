@@ -5,6 +5,7 @@
 
 pub mod backend;
 pub mod error;
+pub mod image_out;
 pub mod reference;
 pub mod rng;
 pub mod tensor;
