@@ -9,5 +9,6 @@ mod format;
 mod formula;
 mod models;
 mod robustness;
+mod runtime;
 mod tiny;
 mod variants;

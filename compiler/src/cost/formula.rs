@@ -1114,9 +1114,13 @@ impl Macs<'_> {
         let s = Scope3::Tokenizer;
         let phi = spec.tokenizer.phi.as_ref().ok_or("msvq without phi")?;
         let n = spec.schedule.num_stages();
+        // A distilled schedule's leading stage (the class position) has no codes.
+        let lead = u64::from(spec.distill.is_some() && phi.map.len() as u64 + 1 == n);
         let mut by_decl: BTreeMap<usize, u64> = BTreeMap::new();
-        for k in 0..n as usize {
-            self.presence(s, &["codebook"], None)?;
+        for k in 0..(n - lead) as usize {
+            if spec.distill.is_none() {
+                self.presence(s, &["codebook"], None)?;
+            }
             let conv = phi.map.get(k).copied().unwrap_or(*phi.map.last().unwrap_or(&0));
             let i = self.idx.get(s, "phi_conv", Some(conv)).ok_or("no tensor with role `phi_conv`")?;
             self.presence(s, &["phi_conv_bias"], Some(conv))?;
@@ -1125,7 +1129,8 @@ impl Macs<'_> {
         // Conv3x3 (pad 1) over the final grid: out [B, ch, grid] x in * 9.
         let per = |i: usize| self.area.mul(&self.idx.decls[i].numel());
         if by_decl.len() == 1 {
-            return Ok(Poly::var("stages").mul(&per(*by_decl.keys().next().unwrap_or(&0))));
+            let runs = Poly::var("stages").sub(&Poly::constant(lead as i128));
+            return Ok(runs.mul(&per(*by_decl.keys().next().unwrap_or(&0))));
         }
         Ok(by_decl.into_iter().fold(Poly::zero(), |a, (i, k)| a.add(&per(i).scale(k as i128))))
     }
@@ -1335,7 +1340,7 @@ fn build(spec: &ModelSpec, body: &MBody) -> Result<(Formula, BTreeMap<String, i1
             Some(dc) => sym.own_field("steps", dc, Some(1))?,
             None => c(d.steps as i128),
         };
-        steps.mul(&forward)
+        steps.mul(&forward).add(&m.transitions()?)
     } else {
         let cfg = crate::lower::uses_cfg(spec);
         let bt = c(if cfg { 2 } else { 1 });

@@ -71,6 +71,11 @@ impl<'a> Ctx<'a> {
         }
     }
 
+    /// The declared shape of a role's tensor, if the model declares it.
+    pub fn declared_shape(&self, role: &str, layer: Option<u64>) -> Option<&[u64]> {
+        self.idx.get(self.scope, role, layer).map(|d| d.shape.as_slice())
+    }
+
     pub fn has(&self, role: &str, layer: Option<u64>) -> bool {
         self.idx.get(self.scope, role, layer).is_some()
     }

@@ -85,6 +85,13 @@ pub fn decode(c: &mut Ctx, spec: &ModelSpec) -> Res<()> {
     // What the generator hands over: codes of the final grid (VQ), the
     // accumulated f_hat (multi-scale VQ), or the latent map (VAE).
     let z = match tk.kind {
+        // A distilled model's tokens are continuous code vectors (LlamaGen-DD
+        // decodes them as they are, without snapping to the codebook).
+        TokenizerKind::Vq if spec.distill.is_some() => {
+            let codes = c.input("codes", TensorType::f32(vec![b.clone(), d(gh * gw), d(ch)]));
+            let m = c.reshape(codes, vec![b.clone(), d(gh), d(gw), d(ch)]);
+            c.permute(m, &[0, 3, 1, 2])
+        }
         TokenizerKind::Vq => {
             let tokens = c.input("tokens", TensorType::i64(vec![b.clone(), d(gh * gw)]));
             let book = c.p("codebook", None)?;

@@ -147,9 +147,21 @@ pub fn lower(spec: &ModelSpec, spans: &SpecSpans) -> Result<Program, Diag> {
     }
 
     if spec.distill.is_some() {
-        // Distilled Decoding: each of its steps is one forward over every position.
+        // Distilled Decoding: each of its steps is one forward over every
+        // position; a multi-scale tokenizer then accumulates the continuous
+        // codes scale by scale (the class position, stage 0, has none).
         let steps = spec.distill.as_ref().map_or(1, |d| d.steps);
         plan.push(Run { stage: 0, graph: "forward".into(), tokens: positions, past: 0, times: steps });
+        if spec.tokenizer.kind == TokenizerKind::Msvq {
+            for (k, s) in stages.iter().enumerate().skip(prefix as usize) {
+                let name = format!("transition.{k}");
+                let mut c = Ctx::new(&name, &idx, Scope::Tokenizer, &spans.params);
+                c.span = spans.schedule;
+                transition::residual_vq(&mut c, spec, k, false).map_err(|m| miss(m, spans.schedule))?;
+                graphs.push(c.g);
+                plan.push(Run { stage: k, graph: name, tokens: s.tokens, past: 0, times: 1 });
+            }
+        }
         return Ok(Program { model: spec.name.clone(), graphs, plan, cfg: false });
     }
 
@@ -266,6 +278,8 @@ fn step_graph(
                 let l = if cfg { heads::guide(&mut c, logits, None) } else { logits };
                 let tokens = heads::sample(&mut c, spec, l);
                 c.output("tokens", tokens);
+                // The guided logits too: the DD teacher flow map reads the distribution.
+                c.output("logits", l);
             }
             if spec.head.kind == HeadKind::DdContinuous {
                 let x = heads::dd_continuous(&mut c, spec, &out)?;
@@ -279,11 +293,18 @@ fn step_graph(
         HeadKind::Linear => {
             let o = heads::final_layer(&mut c, spec, &out)?;
             let o = if cfg && !teacher_forced {
-                let ch = spec.sampler.cfg_channels.map(|ch| ch * spec.backbone.patch * spec.backbone.patch);
-                heads::guide(&mut c, o, ch)
+                // Guide per output channel: [2B, T, p*p, C] has the channel fastest.
+                let s = c.shape(o);
+                let p2 = spec.backbone.patch * spec.backbone.patch;
+                let per = s[2].div_c(p2).expect("p*p*C outputs per token");
+                let split = c.reshape(o, vec![s[0].clone(), s[1].clone(), d(p2), per]);
+                let g = heads::guide(&mut c, split, spec.sampler.cfg_channels);
+                let gs = c.shape(g);
+                c.reshape(g, vec![gs[0].clone(), s[1].clone(), s[2].clone()])
             } else {
                 o
             };
+            let o = solver::unpatchify_output(&mut c, spec, o);
             c.output("out", o);
         }
     }

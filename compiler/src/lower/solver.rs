@@ -21,18 +21,30 @@ fn unpatchify(c: &mut Ctx, out: N, b: &Dim, grid: [u64; 2], p: u64, ch: u64) -> 
     c.reshape(r, vec![b.clone(), d(ch), d(grid[0] * p), d(grid[1] * p)])
 }
 
+/// A denoiser's per-token output `[B, T, p*p*C]` as the `[B, C, H, W]` map the
+/// reference implementations return (and the solver reads).
+pub fn unpatchify_output(c: &mut Ctx, spec: &ModelSpec, out: N) -> N {
+    let s = c.shape(out);
+    let b = s[0].clone();
+    let grid = spec.schedule.final_grid();
+    let p = spec.backbone.patch;
+    let ch = s[2].as_const().unwrap_or(0) / (p * p);
+    unpatchify(c, out, &b, grid, p, ch)
+}
+
 pub fn solver_step(c: &mut Ctx, spec: &ModelSpec) -> Res<()> {
     let b = Dim::sym(Sym::B);
     let grid = spec.schedule.final_grid();
     let p = spec.backbone.patch;
     let lat = spec.tokenizer.token_channels;
-    let per_token = c.shape_of_output_channels(spec);
     let learned = spec.sampler.learned_variance;
-    let out_ch = if learned { 2 * lat } else { lat };
-    debug_assert_eq!(per_token, p * p * out_ch);
-    let out = c.input("out", TensorType::f32(vec![b.clone(), d(grid[0] * grid[1]), d(p * p * out_ch)]));
+    // Channels of the denoiser's output as its final layer declares them.
+    let out_ch =
+        c.declared_shape("final_out", None).map_or(if learned { 2 * lat } else { lat }, |s| s[0] / (p * p).max(1));
+    // Learned variance needs the second half of the channels.
+    let learned = learned && out_ch >= 2 * lat;
+    let map = c.input("out", TensorType::f32(vec![b.clone(), d(out_ch), d(grid[0] * p), d(grid[1] * p)]));
     let x = c.input("x", TensorType::f32(vec![b.clone(), d(lat), d(grid[0] * p), d(grid[1] * p)]));
-    let map = unpatchify(c, out, &b, grid, p, out_ch);
     let eps = c.slice(map, 1, d(0), d(lat));
     let scalar = |c: &mut Ctx, name: &str| c.input(name, TensorType::f32(vec![]));
     let next = match spec.sampler.solver {

@@ -41,21 +41,30 @@ fn doubled(c: &mut Ctx, x: N, cfg: bool) -> N {
     }
 }
 
-/// After stage `k` of a residual multi-scale VQ schedule.
+/// After stage `k` of a residual multi-scale VQ schedule. A distilled model
+/// (VAR-DD) hands over continuous code vectors (`codes`) instead of token
+/// indices, and its schedule's leading stage is the class position, which has
+/// no code: teacher scale `k - 1` then.
 pub fn residual_vq(c: &mut Ctx, spec: &ModelSpec, k: usize, cfg: bool) -> Res<()> {
     let stages = spec.schedule.stages();
     let b = Dim::sym(Sym::B);
     let ch = spec.tokenizer.token_channels;
     let fin = spec.schedule.final_grid();
     let phi = spec.tokenizer.phi.as_ref().expect("msvq has phi (checked)");
+    let distilled = spec.distill.is_some();
+    let scale = if distilled && phi.map.len() + 1 == stages.len() { k.saturating_sub(1) } else { k };
     let grid = stages[k].grid;
-    let tokens = c.input("tokens", TensorType::i64(vec![b.clone(), d(stages[k].tokens)]));
-    let codebook = c.p("codebook", None)?;
-    let codes = c.op(Op::Embedding, &[codebook, tokens]);
+    let codes = if distilled {
+        c.input("codes", TensorType::f32(vec![b.clone(), d(stages[k].tokens), d(ch)]))
+    } else {
+        let tokens = c.input("tokens", TensorType::i64(vec![b.clone(), d(stages[k].tokens)]));
+        let codebook = c.p("codebook", None)?;
+        c.op(Op::Embedding, &[codebook, tokens])
+    };
     let map = to_map(c, codes, &b, grid, ch);
     let up = resize(c, map, Resample::Bicubic, fin);
     // phi_k(h) = (1 - mix) h + mix conv3x3(h); the conv of scale k is map[k].
-    let conv = phi.map.get(k).copied().unwrap_or(*phi.map.last().unwrap_or(&0));
+    let conv = phi.map.get(scale).copied().unwrap_or(*phi.map.last().unwrap_or(&0));
     let w = c.p("phi_conv", Some(conv))?;
     let bias = c.p("phi_conv_bias", Some(conv))?;
     let conv = c.op(Op::Conv2d { stride: 1, pad: 1 }, &[up, w, bias]);
@@ -65,7 +74,8 @@ pub fn residual_vq(c: &mut Ctx, spec: &ModelSpec, k: usize, cfg: bool) -> Res<()
     let f_hat = c.state("f_hat", TensorType::f32(vec![b.clone(), d(ch), d(fin[0]), d(fin[1])]));
     let f_hat = c.add(f_hat, h);
     c.output("f_hat", f_hat);
-    if let Some(next) = stages.get(k + 1) {
+    // The next stage's input (a distilled model is given all its inputs at once).
+    if let (Some(next), false) = (stages.get(k + 1), distilled) {
         let down = resize(c, f_hat, Resample::Area, next.grid);
         let x = to_tokens(c, down, &b, next.grid, ch);
         let x = doubled(c, x, cfg);
