@@ -14,7 +14,7 @@ fn sample(name: &str, labels: Vec<i64>, seed: u64) -> ecarc_runtime::driver::Sam
     let backend = Reference::new();
     let weights = Weights::random(&spec, 0);
     let g = Generator::from_spec(spec, &backend, &weights).expect("generator");
-    g.sample(&SampleOptions { labels, seed, flow_map: false }, &Quiet).expect("sample")
+    g.sample(&SampleOptions { labels, seed, flow_map: false, record: false }, &Quiet).expect("sample")
 }
 
 #[test]

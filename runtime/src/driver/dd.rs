@@ -291,3 +291,39 @@ mod tests {
         assert_eq!(p, vec![0.0, 1.0, 0.0, 0.0]);
     }
 }
+
+/// Distilled Decoding's training pairs from a teacher: each image's tokens
+/// chosen by the teacher flow map from Gaussian noise tokens, stage by stage
+/// (each token with the teacher's distribution given the tokens before it).
+/// Returns `noise [N, L, D]` and `tokens [N, L]` (L = all tokens, in order).
+pub fn pairs(g: &Generator, labels: &[i64], seed: u64) -> Result<(HostTensor, HostTensor)> {
+    if g.spec.distill.is_some() {
+        return Err(RuntimeError::Invalid(
+            "dd-pairs runs the teacher: give the teacher's model file (e.g. var_d16.ecar), not the distilled one".into(),
+        ));
+    }
+    let out = g.sample(&SampleOptions { labels: labels.to_vec(), seed, flow_map: true, record: false }, &super::Quiet)?;
+    let pick = |suffix: &str| -> Vec<&HostTensor> {
+        out.stages.iter().filter(|(n, _)| n.ends_with(suffix)).map(|(_, t)| t).collect()
+    };
+    let (noise, tokens) = (pick(".noise"), pick(".tokens"));
+    if tokens.is_empty() || noise.len() != tokens.len() {
+        return Err(RuntimeError::Invalid("dd-pairs needs a teacher with a categorical head (VAR, LlamaGen)".into()));
+    }
+    let n = labels.len();
+    let dim = *noise[0].shape.last().unwrap_or(&1);
+    let (mut nv, mut tv) = (vec![Vec::new(); n], vec![Vec::new(); n]);
+    for (nz, tk) in noise.iter().zip(&tokens) {
+        let per = tk.numel() / n.max(1);
+        let (nzv, tkv) = (nz.as_f32().unwrap_or(&[]), tk.as_i64().unwrap_or(&[]));
+        for i in 0..n {
+            nv[i].extend_from_slice(&nzv[i * per * dim..(i + 1) * per * dim]);
+            tv[i].extend_from_slice(&tkv[i * per..(i + 1) * per]);
+        }
+    }
+    let len = tv[0].len();
+    Ok((
+        HostTensor::f32(vec![n, len, dim], nv.concat()),
+        HostTensor::i64(vec![n, len], tv.concat()),
+    ))
+}

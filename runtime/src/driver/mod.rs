@@ -14,6 +14,7 @@
 //! guidance, slicing) run on the same backend, so values stay on the device.
 
 pub mod dd;
+pub mod forward;
 pub mod diffusion;
 pub mod glue;
 pub mod positions;
@@ -45,6 +46,10 @@ pub struct SampleOptions {
     /// noise token instead of sampling (Distilled Decoding's training pairs);
     /// the noise is returned as `stage.K.noise`.
     pub flow_map: bool,
+    /// Keep each backbone step's body input and result (`stage.K.input`,
+    /// `stage.K.logits` or `stage.K.z`) in the output, for checks such as
+    /// KV-cached == teacher-forced.
+    pub record: bool,
 }
 
 /// Told about progress (the CLI draws bars from it).
@@ -324,6 +329,16 @@ impl<'b> Generator<'b> {
                 };
                 let mut out = self.call(&run.graph, &mut st, &given, &states)?;
                 observer.step();
+                if opts.record {
+                    for (name, b) in &given {
+                        out_stages.push((format!("stage.{k}.input.{name}"), self.backend.download(b)?));
+                    }
+                    for name in ["logits", "z"] {
+                        if let Some(b) = out.get(name) {
+                            out_stages.push((format!("stage.{k}.{name}"), self.backend.download(b)?));
+                        }
+                    }
+                }
                 next_input = None;
                 for (name, b) in out.iter() {
                     if name.starts_with("cache.") {
