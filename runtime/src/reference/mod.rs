@@ -17,6 +17,8 @@
 
 mod elementwise;
 mod generate;
+#[cfg(test)]
+mod golden;
 mod layout;
 mod linalg;
 mod norm;
@@ -495,10 +497,18 @@ pub(crate) mod testutil {
     /// first offending element.
     #[track_caller]
     pub fn assert_close(actual: &[f32], expected: &[f32], atol: f32, rtol: f32) {
-        assert_eq!(actual.len(), expected.len(), "lengths differ: {actual:?} vs {expected:?}");
+        assert_close_named("", actual, expected, atol, rtol)
+    }
+
+    #[track_caller]
+    pub fn assert_close_named(what: &str, actual: &[f32], expected: &[f32], atol: f32, rtol: f32) {
+        assert_eq!(actual.len(), expected.len(), "{what}: lengths differ: {actual:?} vs {expected:?}");
         for (i, (&a, &e)) in actual.iter().zip(expected).enumerate() {
             let ok = (a - e).abs() <= atol + rtol * e.abs() || (a.is_nan() && e.is_nan()) || a == e;
-            assert!(ok, "element {i}: got {a}, expected {e} (atol {atol}, rtol {rtol})\nactual   {actual:?}\nexpected {expected:?}");
+            assert!(
+                ok,
+                "{what} element {i}: got {a}, expected {e} (atol {atol}, rtol {rtol})\nactual   {actual:?}\nexpected {expected:?}"
+            );
         }
     }
 
