@@ -115,3 +115,53 @@ pub fn labels(classes: &[i64], null_class: i64, guided: bool) -> HostTensor {
     }
     HostTensor::i64(vec![v.len()], v)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layout(mask: AttnMask, stage: Vec<u64>, extra_prefix: u64) -> Positions {
+        Positions { stage, extra_prefix, grid_w: 4, mask, head_dim: 8, rope_base: 10000.0 }
+    }
+
+    #[test]
+    fn rope_turns_rows_then_columns_and_zeroes_the_class_token() {
+        let p = layout(AttnMask::Causal, (0..17).collect(), 1);
+        let (cos, sin) = p.rope(0, 7);
+        assert_eq!(cos.shape, vec![7, 4]);
+        let (c, s) = (cos.as_f32().unwrap(), sin.as_f32().unwrap());
+        assert_eq!(&c[..4], &[0.0; 4]);
+        assert_eq!(&s[..4], &[0.0; 4]);
+        // Position 6 is token 5: row 1, column 1 of a 4-wide grid. Frequencies
+        // for head_dim 8: 1 and 10000^(-2/4) = 0.01.
+        let f = [1.0f64, 0.01];
+        let want_c = [(1.0 * f[0]).cos(), (1.0 * f[1]).cos(), (1.0 * f[0]).cos(), (1.0 * f[1]).cos()];
+        let want_s = [(1.0 * f[0]).sin(), (1.0 * f[1]).sin(), (1.0 * f[0]).sin(), (1.0 * f[1]).sin()];
+        for i in 0..4 {
+            assert!((c[24 + i] as f64 - want_c[i]).abs() < 1e-6);
+            assert!((s[24 + i] as f64 - want_s[i]).abs() < 1e-6);
+        }
+        // Position 3 is token 2: row 0, column 2: the row half does not turn.
+        assert_eq!(c[12], 1.0);
+        assert!((c[14] as f64 - 2f64.cos()).abs() < 1e-6);
+    }
+
+    #[test]
+    fn masks_follow_their_rules() {
+        let stages = vec![0, 1, 1, 2, 2, 2];
+        let allowed = |m: AttnMask, past, t| {
+            let b = layout(m, stages.clone(), 0).attn_bias(past, t);
+            b.as_f32().unwrap().iter().map(|v| *v == 0.0).collect::<Vec<bool>>()
+        };
+        // Block-causal: a whole scale sees itself and earlier scales.
+        let bc = allowed(AttnMask::BlockCausal, 0, 6);
+        assert!(bc[6 + 2] && !bc[6 + 3] && bc[3 * 6 + 5]);
+        // Earlier + self: not the other tokens of one's own scale.
+        let es = allowed(AttnMask::EarlierPlusSelf, 0, 6);
+        assert!(es[6 + 1] && !es[6 + 2] && es[2 * 6] && es[2 * 6 + 2]);
+        // Causal with a cache: queries at 4, 5 over keys 0..6.
+        let c = allowed(AttnMask::Causal, 4, 2);
+        assert_eq!(c, vec![true, true, true, true, true, false, true, true, true, true, true, true]);
+        assert!(allowed(AttnMask::Full, 0, 6).iter().all(|v| *v));
+    }
+}
