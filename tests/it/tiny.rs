@@ -96,7 +96,12 @@ fn tiny_examples_lower_verify_and_stay_under_budget() {
             r.sample_macs,
             r.decode_macs
         );
-        assert!(r.params < 1_000_000 && r.tokenizer_params < 1_000_000, "{name}: {} / {} params", r.params, r.tokenizer_params);
+        assert!(
+            r.params < 1_000_000 && r.tokenizer_params < 1_000_000,
+            "{name}: {} / {} params",
+            r.params,
+            r.tokenizer_params
+        );
     }
 }
 
@@ -143,15 +148,37 @@ fn tiny_examples_keep_their_family_structure() {
         assert!(ts.num_stages() > 1 || rs.num_stages() == 1, "{file}: the schedule collapsed to one stage");
         let (tp, rp) = (&t.sampler, &r.sampler);
         assert_eq!(
-            (&tp.name, tp.cfg, tp.cfg_schedule, tp.cfg_channels, tp.top_p, tp.temperature, tp.solver, tp.learned_variance),
-            (&rp.name, rp.cfg, rp.cfg_schedule, rp.cfg_channels, rp.top_p, rp.temperature, rp.solver, rp.learned_variance),
+            (
+                &tp.name,
+                tp.cfg,
+                tp.cfg_schedule,
+                tp.cfg_channels,
+                tp.top_p,
+                tp.temperature,
+                tp.solver,
+                tp.learned_variance
+            ),
+            (
+                &rp.name,
+                rp.cfg,
+                rp.cfg_schedule,
+                rp.cfg_channels,
+                rp.top_p,
+                rp.temperature,
+                rp.solver,
+                rp.learned_variance
+            ),
             "{file}: sampler"
         );
         assert_eq!((tp.beta, tp.train_steps), (rp.beta, rp.train_steps), "{file}: diffusion schedule");
         assert_eq!(tp.top_k > 0, rp.top_k > 0, "{file}: top-k on or off");
         assert_eq!(t.distill.as_ref().map(|d| d.steps), r.distill.as_ref().map(|d| d.steps), "{file}: distillation");
         if let Some(d) = &t.distill {
-            assert!(d.split >= 1 && d.split < t.schedule.num_stages(), "{file}: split {} outside the schedule", d.split);
+            assert!(
+                d.split >= 1 && d.split < t.schedule.num_stages(),
+                "{file}: split {} outside the schedule",
+                d.split
+            );
         }
         assert_eq!(roles(&t), roles(&r), "{file}: tensor roles differ from {reference}");
     }
