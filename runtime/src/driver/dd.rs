@@ -299,10 +299,12 @@ mod tests {
 pub fn pairs(g: &Generator, labels: &[i64], seed: u64) -> Result<(HostTensor, HostTensor)> {
     if g.spec.distill.is_some() {
         return Err(RuntimeError::Invalid(
-            "dd-pairs runs the teacher: give the teacher's model file (e.g. var_d16.ecar), not the distilled one".into(),
+            "dd-pairs runs the teacher: give the teacher's model file (e.g. var_d16.ecar), not the distilled one"
+                .into(),
         ));
     }
-    let out = g.sample(&SampleOptions { labels: labels.to_vec(), seed, flow_map: true, record: false }, &super::Quiet)?;
+    let out =
+        g.sample(&SampleOptions { labels: labels.to_vec(), seed, flow_map: true, record: false }, &super::Quiet)?;
     let pick = |suffix: &str| -> Vec<&HostTensor> {
         out.stages.iter().filter(|(n, _)| n.ends_with(suffix)).map(|(_, t)| t).collect()
     };
@@ -322,8 +324,5 @@ pub fn pairs(g: &Generator, labels: &[i64], seed: u64) -> Result<(HostTensor, Ho
         }
     }
     let len = tv[0].len();
-    Ok((
-        HostTensor::f32(vec![n, len, dim], nv.concat()),
-        HostTensor::i64(vec![n, len], tv.concat()),
-    ))
+    Ok((HostTensor::f32(vec![n, len, dim], nv.concat()), HostTensor::i64(vec![n, len], tv.concat())))
 }

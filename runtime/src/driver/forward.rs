@@ -95,7 +95,11 @@ impl Generator<'_> {
     /// One teacher-forced forward. `inputs` by reference name (see
     /// [`Generator::forward_signature`]); `cfg`: DiT's guided forward on the
     /// `cfg_*` inputs with this scale. Returns full tensors by reference name.
-    pub fn forward(&self, inputs: &BTreeMap<String, HostTensor>, cfg: Option<f64>) -> Result<Vec<(String, HostTensor)>> {
+    pub fn forward(
+        &self,
+        inputs: &BTreeMap<String, HostTensor>,
+        cfg: Option<f64>,
+    ) -> Result<Vec<(String, HostTensor)>> {
         let naming = self.naming();
         fn get<'a>(inputs: &'a BTreeMap<String, HostTensor>, names: &[&'a str]) -> Option<(&'a str, &'a HostTensor)> {
             names.iter().find_map(|n| inputs.get(*n).map(|t| (*n, t)))
@@ -105,11 +109,8 @@ impl Generator<'_> {
             (_, Some(_)) => return Err(RuntimeError::Invalid("`--cfg` applies to DiT's guided forward only".into())),
             _ => ("", false),
         };
-        let label_names: Vec<String> = if guided {
-            vec!["cfg_y".into()]
-        } else {
-            LABEL_NAMES.iter().map(|s| s.to_string()).collect()
-        };
+        let label_names: Vec<String> =
+            if guided { vec!["cfg_y".into()] } else { LABEL_NAMES.iter().map(|s| s.to_string()).collect() };
         let label_refs: Vec<&str> = label_names.iter().map(|s| s.as_str()).collect();
         let (lname, labels) = get(inputs, &label_refs).ok_or_else(|| {
             RuntimeError::Invalid(format!("missing the class labels: give one of {}", label_names.join(", ")))
@@ -124,9 +125,9 @@ impl Generator<'_> {
         let mut dd_t = None;
         for (name, dtype, shape) in signature.iter().skip(1) {
             let key = format!("{prefix}{name}");
-            let t = inputs.get(&key).ok_or_else(|| {
-                RuntimeError::Invalid(format!("missing input `{key}`: {}{shape:?}", dtype.name()))
-            })?;
+            let t = inputs
+                .get(&key)
+                .ok_or_else(|| RuntimeError::Invalid(format!("missing input `{key}`: {}{shape:?}", dtype.name())))?;
             let ok_dtype = t.dtype() == *dtype || (*dtype == DType::I64 && name == "t");
             if t.shape != *shape || !ok_dtype {
                 return Err(RuntimeError::Invalid(format!(
@@ -159,14 +160,8 @@ impl Generator<'_> {
             dd::forward_raw(self, &labels, &x, dd::data_len(&body, dd_t.unwrap_or(0)))?
         } else {
             let refs: Vec<(&str, &Buffer)> = given.iter().map(|(k, v)| (*k, v)).collect();
-            let mut st = Step {
-                images: n,
-                tokens: self.forward_run()?,
-                past: 0,
-                labels: &labels,
-                cfg_scale: 1.0,
-                rng: None,
-            };
+            let mut st =
+                Step { images: n, tokens: self.forward_run()?, past: 0, labels: &labels, cfg_scale: 1.0, rng: None };
             self.call("forward", &mut st, &refs, &HashMap::new())?
         };
         let mut result = Vec::new();
