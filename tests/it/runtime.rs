@@ -297,3 +297,21 @@ fn dit_position_table_is_the_mae_sin_cos_table() {
         }
     }
 }
+
+#[test]
+fn every_solver_runs_and_heun_differs_from_euler() {
+    for (name, solvers) in [("dit", &["ddpm", "ddim", "euler", "heun"][..]), ("ecar", &["euler", "heun"][..])] {
+        let mut images = Vec::new();
+        for solver in solvers {
+            let set = format!("sample.solver={solver}");
+            let out = sample(name, &[&set], vec![2], 9, false);
+            assert!(out.image.as_f32().unwrap().iter().all(|v| v.is_finite()), "{name} {solver}");
+            images.push(out.image);
+        }
+        for i in 0..images.len() {
+            for j in i + 1..images.len() {
+                assert_ne!(images[i], images[j], "{name}: {} and {} agree", solvers[i], solvers[j]);
+            }
+        }
+    }
+}
