@@ -8,6 +8,7 @@ mod diagnostics;
 mod format;
 mod formula;
 mod models;
+mod parity;
 mod robustness;
 mod runtime;
 mod tiny;
