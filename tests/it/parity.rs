@@ -108,3 +108,19 @@ fn check(name: &str, cfg: Option<f64>) -> Vec<(String, f32)> {
 fn var_forward_matches_the_official_code() {
     check("var", None);
 }
+
+#[test]
+fn llamagen_forward_matches_the_official_code() {
+    check("llamagen", None);
+}
+
+#[test]
+fn dit_forward_matches_the_official_code() {
+    check("dit", None);
+}
+
+#[test]
+fn dit_guided_forward_matches_the_official_code() {
+    // forward_with_cfg(cfg_x, cfg_t, cfg_y, 4.0): guidance on eps channels [:3] only.
+    check("dit", Some(4.0));
+}
