@@ -124,3 +124,15 @@ fn dit_guided_forward_matches_the_official_code() {
     // forward_with_cfg(cfg_x, cfg_t, cfg_y, 4.0): guidance on eps channels [:3] only.
     check("dit", Some(4.0));
 }
+
+#[test]
+fn var_dd_forward_matches_the_official_code() {
+    // t = 2: the class position and the teacher's 1x1 and 2x2 tokens are data.
+    check("var_dd", None);
+}
+
+#[test]
+fn llamagen_dd_forward_matches_the_official_code() {
+    // t = 5: the class position and tokens 0..4 are data.
+    check("llamagen_dd", None);
+}
