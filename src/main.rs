@@ -11,6 +11,8 @@ use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod run_cmd;
+
 #[derive(clap::Parser)]
 #[command(
     name = "ecarc",
@@ -92,6 +94,8 @@ enum Command {
         #[arg(long)]
         check: bool,
     },
+    #[command(flatten)]
+    Run(run_cmd::RunCommand),
 }
 
 fn main() -> ExitCode {
@@ -108,6 +112,7 @@ fn main() -> ExitCode {
             cmd_build(&file, &cli.sets, &out_dir, json, snapshot, compare.as_deref(), color)
         }
         Command::Graph { file, stage, program, format } => cmd_graph(&file, &cli.sets, stage, program, format, color),
+        Command::Run(cmd) => run_cmd::run(cmd, &cli.sets, color),
     };
     match result {
         Ok(code) => code,

@@ -3,6 +3,7 @@
 
 mod build;
 mod cli;
+mod cli_run;
 mod common;
 mod diagnostics;
 mod format;

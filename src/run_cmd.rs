@@ -1,0 +1,762 @@
+//! The commands that run a model on a backend: `sample`, `decode`, `forward`,
+//! `dd-pairs`, and `init-weights` (a random checkpoint to test loaders with).
+//! Each is a thin call into `ecarc_runtime`: load the model (a `.ecar` file or
+//! an artifact from `ecarc build`), its weights, a backend, run, write files.
+//!
+//! Conventions shared by the commands:
+//! - Every failure is one `error: ...` line on stderr (plus `help:` lines
+//!   where there is a fix to suggest) and exit status 1; model diagnostics are
+//!   rendered as by `ecarc check`.
+//! - Output files are written atomically (temporary file, then rename), and
+//!   only after the run succeeded; a run that fails leaves no output behind.
+//! - Without `--weights` a model runs on seeded random weights (seed 0), and
+//!   says so on stderr.
+//! - Labels (`sample`, `dd-pairs`): `--class A B ...` gives `-n` images of each
+//!   class (in the order given); without `--class`, `-n` images in all, their
+//!   classes drawn uniformly from the seed (the same seed, the same classes).
+
+use clap::{Args, Subcommand, ValueEnum};
+use ecarc_compiler::artifact::Artifact;
+use ecarc_compiler::ir::{DType, Op};
+use ecarc_compiler::session::Override;
+use ecarc_compiler::ModelSpec;
+use ecarc_runtime::driver::{dd, Generator, Observer, SampleOptions};
+use ecarc_runtime::rng::SeededRng;
+use ecarc_runtime::weights::{read_tensors, write_tensors, Weights};
+use ecarc_runtime::{image_out, Backend, HostTensor, RuntimeError};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+/// The most images one command makes (a guard against typos such as `-n 1e9`).
+const MAX_IMAGES: u64 = 1 << 16;
+
+/// The seed of the random weights used when no `--weights` is given.
+const RANDOM_WEIGHTS_SEED: u64 = 0;
+
+#[derive(Subcommand)]
+pub enum RunCommand {
+    /// Generate images: run the model's stage schedule and its tokenizer decoder,
+    /// write a PNG grid.
+    Sample(SampleArgs),
+    /// Run the tokenizer decoder alone: token indices, codes or a latent in,
+    /// the float image `[N, 3, H, W]` (tensor `image`) out.
+    Decode(DecodeArgs),
+    /// One teacher-forced forward with tensors named as in the reference code
+    /// (VAR `label_B`, `x_BLCv_wo_first_l` -> `logits_BLV`; LlamaGen `cond_idx`, `idx` ->
+    /// `logits`; DiT `x`, `t`, `y` -> `out`; DD `x`, `t` -> `x_out`, `logits`), for parity checks.
+    Forward(ForwardArgs),
+    /// Distilled Decoding training pairs from a teacher: `noise` [N, L, D] and the
+    /// `tokens` [N, L] the teacher flow map sends it to (and `labels` [N]).
+    #[command(name = "dd-pairs")]
+    DdPairs(DdPairsArgs),
+    /// Write seeded random weights for every parameter the model declares, keyed by
+    /// its checkpoint names (safetensors, F32): a checkpoint to test loaders with.
+    #[command(name = "init-weights")]
+    InitWeights(InitWeightsArgs),
+}
+
+/// `--backend`: the reference interpreter is the only one built so far.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum BackendName {
+    Reference,
+    Cpu,
+    Wgpu,
+    Cuda,
+}
+
+impl BackendName {
+    fn name(self) -> &'static str {
+        match self {
+            BackendName::Reference => "reference",
+            BackendName::Cpu => "cpu",
+            BackendName::Wgpu => "wgpu",
+            BackendName::Cuda => "cuda",
+        }
+    }
+}
+
+/// The model to run and what to run it on.
+#[derive(Args)]
+pub struct ModelArgs {
+    /// A `.ecar` file or an artifact (`NAME.ecarc.json`) from `ecarc build`.
+    file: PathBuf,
+    /// Which model of FILE, when it defines several.
+    #[arg(long, value_name = "NAME")]
+    model: Option<String>,
+    /// The backend that runs the programs.
+    #[arg(long, value_enum, default_value_t = BackendName::Reference)]
+    backend: BackendName,
+    /// Safetensors checkpoint(s), by the model's declared keys; several files
+    /// (e.g. generator and tokenizer) form one checkpoint. Default: random weights (seed 0).
+    #[arg(long = "weights", value_name = "W.safetensors")]
+    weights: Vec<PathBuf>,
+}
+
+/// Class labels and how many images.
+#[derive(Args)]
+pub struct LabelArgs {
+    /// Class labels (repeat the flag or give several values: `--class 1 3` or `--class 1,3`).
+    /// Default: classes drawn from the seed.
+    #[arg(long = "class", value_name = "N", num_args = 1.., value_delimiter = ',', allow_negative_numbers = true)]
+    classes: Vec<i64>,
+    /// Images per class with `--class`; images in all without it.
+    #[arg(short = 'n', value_name = "K", default_value_t = 1)]
+    n: u64,
+    /// The seed of all sampling randomness (and of the default classes).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+#[derive(Args)]
+pub struct SampleArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    labels: LabelArgs,
+    /// Classifier-free guidance scale (overrides the model's `sample { cfg }`; 1 turns it off).
+    #[arg(long, value_name = "X", allow_negative_numbers = true)]
+    cfg: Option<f64>,
+    /// Keep the K most likely tokens (0 = all); discrete tokens only.
+    #[arg(long = "top-k", value_name = "K")]
+    top_k: Option<u64>,
+    /// Nucleus sampling: keep the most likely tokens up to this probability, in (0, 1].
+    #[arg(long = "top-p", value_name = "P", allow_negative_numbers = true)]
+    top_p: Option<f64>,
+    /// Softmax temperature, > 0.
+    #[arg(long, value_name = "T", allow_negative_numbers = true)]
+    temperature: Option<f64>,
+    /// The PNG to write (one grid of all images).
+    #[arg(short = 'o', long = "out", value_name = "OUT.png")]
+    out: PathBuf,
+    /// Also write each stage's chosen tokens (`stage.K.tokens`) or continuous tokens
+    /// (`stage.K.x`), the decoder's input (`latent.NAME`), the float image (`image`)
+    /// and the labels (`labels`) as safetensors.
+    #[arg(long = "save-tensors", value_name = "OUT.safetensors")]
+    save_tensors: Option<PathBuf>,
+    /// Print the timings per stage, image path, seed and labels as JSON on stdout (no progress bars).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct DecodeArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Safetensors with the decoder's input: its only tensor, or the one named like the
+    /// decoder's input (`tokens`, `codes`, `f_hat`, `latent`), or `latent.NAME` as
+    /// `sample --save-tensors` writes it.
+    #[arg(long, value_name = "IN.safetensors")]
+    tokens: PathBuf,
+    /// Where to write the float image (tensor `image`, [N, 3, H, W] in [0, 1]).
+    #[arg(short = 'o', long = "out", value_name = "OUT.safetensors")]
+    out: PathBuf,
+    /// Also write the images as a PNG grid.
+    #[arg(long, value_name = "OUT.png")]
+    png: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct ForwardArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Safetensors with the inputs by reference name (see `--signature`).
+    #[arg(long, value_name = "IN.safetensors", required_unless_present = "signature")]
+    inputs: Option<PathBuf>,
+    /// Where to write the outputs (full tensors, by reference name).
+    #[arg(short = 'o', long = "out", value_name = "OUT.safetensors", required_unless_present = "signature")]
+    out: Option<PathBuf>,
+    /// DiT's guided forward (`forward_with_cfg`) on `cfg_x`, `cfg_t`, `cfg_y` with this scale.
+    #[arg(long, value_name = "S", allow_negative_numbers = true)]
+    cfg: Option<f64>,
+    /// Print the inputs the forward expects (names, dtypes, shapes for `-n` images) and exit.
+    #[arg(long)]
+    signature: bool,
+    /// Images for `--signature`.
+    #[arg(short = 'n', value_name = "B", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=MAX_IMAGES))]
+    n: u64,
+}
+
+#[derive(Args)]
+pub struct DdPairsArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    labels: LabelArgs,
+    /// Where to write `noise`, `tokens` and `labels`.
+    #[arg(short = 'o', long = "out", value_name = "pairs.safetensors")]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+pub struct InitWeightsArgs {
+    /// A `.ecar` file or an artifact from `ecarc build`.
+    file: PathBuf,
+    /// Which model of FILE, when it defines several.
+    #[arg(long, value_name = "NAME")]
+    model: Option<String>,
+    /// Seed of the random values.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(short = 'o', long = "out", value_name = "W.safetensors")]
+    out: PathBuf,
+}
+
+/// Why a command stopped.
+enum Fail {
+    /// Already reported (model diagnostics): just the exit status.
+    Reported(ExitCode),
+    /// An error line and `help:` lines.
+    Msg(String, Vec<String>),
+}
+
+impl From<RuntimeError> for Fail {
+    fn from(e: RuntimeError) -> Self {
+        Fail::Msg(e.to_string(), Vec::new())
+    }
+}
+
+impl From<String> for Fail {
+    fn from(e: String) -> Self {
+        Fail::Msg(e, Vec::new())
+    }
+}
+
+fn fail<T>(msg: impl Into<String>) -> Result<T, Fail> {
+    Err(Fail::Msg(msg.into(), Vec::new()))
+}
+
+/// Run one of the commands; every failure is reported here (exit status 1).
+pub fn run(cmd: RunCommand, sets: &[Override], color: bool) -> Result<ExitCode, String> {
+    let result = match cmd {
+        RunCommand::Sample(a) => sample(a, sets, color),
+        RunCommand::Decode(a) => decode(a, sets, color),
+        RunCommand::Forward(a) => forward(a, sets, color),
+        RunCommand::DdPairs(a) => dd_pairs(a, sets, color),
+        RunCommand::InitWeights(a) => init_weights(a, sets, color),
+    };
+    Ok(match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Fail::Reported(code)) => code,
+        Err(Fail::Msg(msg, help)) => {
+            eprintln!("error: {msg}");
+            for h in help {
+                // Continuation lines of one help entry line up under its text.
+                eprintln!("  help: {}", h.replace('\n', "\n        "));
+            }
+            ExitCode::from(1)
+        }
+    })
+}
+
+// ---- loading ------------------------------------------------------------------
+
+/// The one model of `file` (or the one named `model`), checked and lowered.
+fn load_model(file: &Path, model: Option<&str>, sets: &[Override], color: bool) -> Result<Artifact, Fail> {
+    let mut all = crate::compile_all(file, sets, color).map_err(Fail::Reported)?;
+    let names = || all.iter().map(|a| format!("`{}`", a.spec.name)).collect::<Vec<_>>().join(", ");
+    match model {
+        Some(m) => match all.iter().position(|a| a.spec.name == m) {
+            Some(i) => Ok(all.swap_remove(i)),
+            None => fail(format!("`{}` defines no model `{m}`; it defines {}", file.display(), names())),
+        },
+        None if all.len() == 1 => Ok(all.remove(0)),
+        None => Err(Fail::Msg(
+            format!("`{}` defines {} models ({})", file.display(), all.len(), names()),
+            vec!["choose one with `--model NAME`".into()],
+        )),
+    }
+}
+
+fn backend(name: BackendName) -> Result<Box<dyn Backend>, Fail> {
+    Ok(ecarc_runtime::backend_by_name(name.name())?)
+}
+
+/// The checkpoint files, or random weights (said on stderr).
+fn load_weights(spec: &ModelSpec, paths: &[PathBuf]) -> Result<Weights, Fail> {
+    if paths.is_empty() {
+        eprintln!(
+            "note: no --weights given: `{}` runs on random weights (seed {RANDOM_WEIGHTS_SEED}); its images are noise",
+            spec.name
+        );
+        return Ok(Weights::random(spec, RANDOM_WEIGHTS_SEED));
+    }
+    let refs: Vec<&Path> = paths.iter().map(PathBuf::as_path).collect();
+    Ok(Weights::load_files(&refs, spec)?)
+}
+
+/// A generator for `art` on `backend`: the artifact's own programs, or the
+/// spec lowered anew when `relower` (its sampler was changed).
+fn generator<'b>(
+    art: Artifact,
+    spec: ModelSpec,
+    relower: bool,
+    backend: &'b dyn Backend,
+    weights: &Weights,
+) -> Result<Generator<'b>, Fail> {
+    if relower {
+        Ok(Generator::from_spec(spec, backend, weights)?)
+    } else {
+        let params = weights.upload(backend)?;
+        Ok(Generator::new(spec, art.program, backend, params)?)
+    }
+}
+
+/// Fail early (before minutes of sampling) when `path` cannot be written.
+fn check_output(path: &Path, flag: &str) -> Result<(), Fail> {
+    if path.is_dir() {
+        return fail(format!("{flag} `{}` is a directory; give a file name", path.display()));
+    }
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    if !dir.is_dir() {
+        return fail(format!(
+            "cannot write {flag} `{}`: the directory `{}` does not exist",
+            path.display(),
+            dir.display()
+        ));
+    }
+    Ok(())
+}
+
+fn distinct_outputs(paths: &[(&str, &Path)]) -> Result<(), Fail> {
+    for (i, (fa, a)) in paths.iter().enumerate() {
+        for (fb, b) in &paths[i + 1..] {
+            if a == b {
+                return fail(format!("{fa} and {fb} name the same file `{}`", a.display()));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Write every output, or none: a later failure removes the files already written.
+fn write_all(writes: Vec<(&Path, Box<dyn FnOnce() -> ecarc_runtime::Result<()> + '_>)>) -> Result<(), Fail> {
+    let mut done: Vec<&Path> = Vec::new();
+    for (path, write) in writes {
+        if let Err(e) = write() {
+            for p in done {
+                let _ = std::fs::remove_file(p);
+            }
+            return Err(e.into());
+        }
+        done.push(path);
+    }
+    Ok(())
+}
+
+// ---- labels and sampler options -------------------------------------------------
+
+/// `--class`/`-n`/`--seed` as one label per image (see the module docs).
+fn labels_for(spec: &ModelSpec, a: &LabelArgs) -> Result<Vec<i64>, Fail> {
+    let classes = spec.classes;
+    if a.n == 0 {
+        return fail("-n must be at least 1");
+    }
+    if classes == 0 {
+        return fail(format!("`{}` declares no classes to sample", spec.name));
+    }
+    for &c in &a.classes {
+        if c < 0 || c as u64 >= classes {
+            return Err(Fail::Msg(
+                format!("class {c} is out of range: `{}` has {classes} classes", spec.name),
+                vec![format!("give classes in 0..={}", classes - 1)],
+            ));
+        }
+    }
+    let total = if a.classes.is_empty() { Some(a.n) } else { (a.classes.len() as u64).checked_mul(a.n) };
+    match total {
+        Some(t) if t <= MAX_IMAGES => {}
+        _ => return fail(format!("too many images: at most {MAX_IMAGES} per run")),
+    }
+    if a.classes.is_empty() {
+        let u = SeededRng::new(a.seed).fork("labels").uniform(a.n as usize);
+        Ok(u.iter().map(|&u| ((u as f64 * classes as f64) as u64).min(classes - 1) as i64).collect())
+    } else {
+        Ok(a.classes.iter().flat_map(|&c| std::iter::repeat_n(c, a.n as usize)).collect())
+    }
+}
+
+/// Apply `--cfg/--top-k/--top-p/--temperature` to the spec with the checker's
+/// rules; true when anything changed (the model must be lowered again).
+fn apply_sampler(spec: &mut ModelSpec, a: &SampleArgs) -> Result<bool, Fail> {
+    let name = spec.name.clone();
+    let vocab = spec.tokenizer.vocab;
+    let s = &mut spec.sampler;
+    let mut changed = false;
+    if let Some(x) = a.cfg {
+        if !(x.is_finite() && (0.0..=1e6).contains(&x)) {
+            return fail(format!("--cfg {x} is out of range: a guidance scale is in [0, 1e6] (1 turns guidance off)"));
+        }
+        if spec.distill.is_some() {
+            eprintln!("warning: --cfg has no effect on `{name}`: Distilled Decoding samples without guidance");
+        }
+        changed |= s.cfg != x;
+        s.cfg = x;
+    }
+    if let Some(k) = a.top_k {
+        match vocab {
+            None if k > 0 => {
+                return Err(Fail::Msg(
+                    format!("--top-k needs discrete tokens; `{name}`'s tokens are continuous"),
+                    vec!["continuous tokens are integrated by the flow or diffusion solver: leave out --top-k".into()],
+                ))
+            }
+            Some(v) if k > v => {
+                return Err(Fail::Msg(
+                    format!("--top-k {k} is larger than the vocabulary of `{name}` ({v} codes)"),
+                    vec![format!("use a top-k of at most {v}, or 0 to turn it off")],
+                ))
+            }
+            _ => {}
+        }
+        changed |= s.top_k != k;
+        s.top_k = k;
+    }
+    if let Some(p) = a.top_p {
+        if !(p > 0.0 && p <= 1.0) {
+            return Err(Fail::Msg(
+                format!("--top-p {p} is out of range"),
+                vec!["top-p lies in (0, 1]; 1 turns nucleus sampling off".into()],
+            ));
+        }
+        if vocab.is_none() && p < 1.0 {
+            return fail(format!("--top-p needs discrete tokens; `{name}`'s tokens are continuous"));
+        }
+        changed |= s.top_p != p;
+        s.top_p = p;
+    }
+    if let Some(t) = a.temperature {
+        if !(t.is_finite() && t > 0.0 && t <= 1e6) {
+            return Err(Fail::Msg(
+                format!("--temperature {t} is out of range: it must be above 0 (and at most 1e6)"),
+                vec!["for greedy decoding use `--top-k 1`".into()],
+            ));
+        }
+        changed |= s.temperature != t;
+        s.temperature = t;
+    }
+    Ok(changed)
+}
+
+// ---- progress -------------------------------------------------------------------
+
+/// One progress bar per stage on stderr (nothing when `on` is false).
+struct Progress {
+    on: bool,
+    bar: RefCell<Option<ProgressBar>>,
+}
+
+impl Progress {
+    fn new(on: bool) -> Self {
+        Progress { on, bar: RefCell::new(None) }
+    }
+
+    fn finish(&self) {
+        if let Some(b) = self.bar.borrow_mut().take() {
+            b.finish();
+        }
+    }
+
+    fn start(&self, bar: ProgressBar) {
+        self.finish();
+        *self.bar.borrow_mut() = Some(bar);
+    }
+}
+
+impl Observer for Progress {
+    fn stage(&self, stage: usize, stages: usize, steps: u64) {
+        if !self.on {
+            return;
+        }
+        let bar = ProgressBar::with_draw_target(Some(steps), ProgressDrawTarget::stderr());
+        let style = ProgressStyle::with_template("{prefix:>12} [{bar:32}] {pos:>4}/{len:<4} {elapsed_precise}")
+            .expect("a valid template")
+            .progress_chars("=> ");
+        bar.set_style(style);
+        bar.set_prefix(format!("stage {stage}/{}", stages.saturating_sub(1)));
+        self.start(bar);
+    }
+
+    fn step(&self) {
+        if let Some(b) = self.bar.borrow().as_ref() {
+            b.inc(1);
+        }
+    }
+
+    fn decoding(&self) {
+        if !self.on {
+            return;
+        }
+        let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+        bar.set_style(
+            ProgressStyle::with_template("{prefix:>12} {spinner} {elapsed_precise}").expect("a valid template"),
+        );
+        bar.set_prefix("decode");
+        bar.enable_steady_tick(Duration::from_millis(100));
+        self.start(bar);
+    }
+}
+
+// ---- sample -------------------------------------------------------------------------
+
+fn sample(a: SampleArgs, sets: &[Override], color: bool) -> Result<(), Fail> {
+    let art = load_model(&a.model.file, a.model.model.as_deref(), sets, color)?;
+    let mut spec = art.spec.clone();
+    let relower = apply_sampler(&mut spec, &a)?;
+    let labels = labels_for(&spec, &a.labels)?;
+    let backend = backend(a.model.backend)?;
+    check_output(&a.out, "-o")?;
+    if let Some(p) = &a.save_tensors {
+        check_output(p, "--save-tensors")?;
+        distinct_outputs(&[("-o", &a.out), ("--save-tensors", p)])?;
+    }
+    let weights = load_weights(&spec, &a.model.weights)?;
+    let g = generator(art, spec, relower, backend.as_ref(), &weights)?;
+
+    let progress = Progress::new(!a.json && std::io::stderr().is_terminal());
+    let started = Instant::now();
+    let opts = SampleOptions { labels: labels.clone(), seed: a.labels.seed, flow_map: false, record: false };
+    let result = g.sample(&opts, &progress);
+    progress.finish();
+    let out = result?;
+    let wall = started.elapsed().as_secs_f64();
+
+    let labels_t = HostTensor::i64(vec![labels.len()], labels.clone());
+    let latent_name = format!("latent.{}", out.latent.0);
+    let mut writes: Vec<(&Path, Box<dyn FnOnce() -> ecarc_runtime::Result<()> + '_>)> = Vec::new();
+    if let Some(p) = &a.save_tensors {
+        let mut named: Vec<(&str, &HostTensor)> = out.stages.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        named.push((latent_name.as_str(), &out.latent.1));
+        named.push(("image", &out.image));
+        named.push(("labels", &labels_t));
+        writes.push((p, Box::new(move || write_tensors(p, &named))));
+    }
+    writes.push((&a.out, Box::new(|| image_out::write_png(&a.out, &out.image))));
+    write_all(writes)?;
+
+    let size = [out.image.shape.get(2).copied().unwrap_or(0), out.image.shape.get(3).copied().unwrap_or(0)];
+    if a.json {
+        let total: f64 = out.timings.iter().map(|t| t.seconds).sum();
+        let sm = &g.spec.sampler;
+        let v = serde_json::json!({
+            "model": g.spec.name,
+            "backend": g.backend().name(),
+            "weights": weights.source(),
+            "image": a.out.display().to_string(),
+            "tensors": a.save_tensors.as_ref().map(|p| p.display().to_string()),
+            "seed": a.labels.seed,
+            "labels": labels,
+            "size": size,
+            "sampler": {
+                "cfg": sm.cfg,
+                "top_k": sm.top_k,
+                "top_p": sm.top_p,
+                "temperature": sm.temperature,
+            },
+            "timings": out.timings,
+            "total_seconds": total,
+            "wall_seconds": wall,
+        });
+        println!("{}", serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?);
+    } else {
+        eprintln!(
+            "wrote {} ({} image{} of {}x{}, `{}`, seed {}, classes {:?}) in {:.2} s",
+            a.out.display(),
+            labels.len(),
+            if labels.len() == 1 { "" } else { "s" },
+            size[0],
+            size[1],
+            g.spec.name,
+            a.labels.seed,
+            labels,
+            wall
+        );
+        if let Some(p) = &a.save_tensors {
+            eprintln!("wrote {}", p.display());
+        }
+    }
+    Ok(())
+}
+
+// ---- decode ---------------------------------------------------------------------------
+
+/// The decoder's input, as `Generator::decode` chooses it, with its declared type.
+fn decoder_input(g: &Generator) -> Option<(String, DType, String)> {
+    let graph = g.program.graph("decode")?;
+    let inputs: Vec<(&str, DType, String)> = graph
+        .g
+        .node_weights()
+        .filter_map(|n| match &n.op {
+            Op::Input { name } => {
+                let dims: Vec<String> = n.ty.shape.iter().map(|d| d.to_string()).collect();
+                Some((name.as_str(), n.ty.dtype, format!("[{}]", dims.join(", "))))
+            }
+            _ => None,
+        })
+        .collect();
+    ["tokens", "codes", "f_hat", "latent"]
+        .into_iter()
+        .find_map(|want| inputs.iter().find(|(n, _, _)| *n == want).map(|(n, d, s)| (n.to_string(), *d, s.clone())))
+}
+
+fn decode(a: DecodeArgs, sets: &[Override], color: bool) -> Result<(), Fail> {
+    let art = load_model(&a.model.file, a.model.model.as_deref(), sets, color)?;
+    let spec = art.spec.clone();
+    let backend = backend(a.model.backend)?;
+    check_output(&a.out, "-o")?;
+    if let Some(p) = &a.png {
+        check_output(p, "--png")?;
+        distinct_outputs(&[("-o", &a.out), ("--png", p)])?;
+    }
+    let tensors = read_tensors(&a.tokens)?;
+    let weights = load_weights(&spec, &a.model.weights)?;
+    let g = generator(art, spec, false, backend.as_ref(), &weights)?;
+    let Some((want, dtype, shape)) = decoder_input(&g) else {
+        return fail(format!("`{}` has no tokenizer decoder to run", g.spec.name));
+    };
+    let prefixed = format!("latent.{want}");
+    let input = tensors.get(&want).or_else(|| tensors.get(&prefixed)).or_else(|| {
+        if tensors.len() == 1 {
+            tensors.values().next()
+        } else {
+            None
+        }
+    });
+    let Some(input) = input else {
+        let held: Vec<String> =
+            tensors.iter().map(|(k, t)| format!("`{k}` {}{:?}", t.dtype().name(), t.shape)).collect();
+        return Err(Fail::Msg(
+            format!(
+                "`{}` holds no input for the decoder of `{}`, which takes `{want}` {}{shape} (B = images)",
+                a.tokens.display(),
+                g.spec.name,
+                dtype.name()
+            ),
+            vec![
+                format!("the file holds {}", if held.is_empty() { "no tensors".to_string() } else { held.join(", ") }),
+                format!("name the tensor `{want}` (or `{prefixed}`, as `ecarc sample --save-tensors` writes it)"),
+            ],
+        ));
+    };
+    let image = g.decode(input)?;
+    let mut writes: Vec<(&Path, Box<dyn FnOnce() -> ecarc_runtime::Result<()> + '_>)> =
+        vec![(&a.out, Box::new(|| write_tensors(&a.out, &[("image", &image)])))];
+    if let Some(p) = &a.png {
+        writes.push((p, Box::new(|| image_out::write_png(p, &image))));
+    }
+    write_all(writes)?;
+    eprintln!("wrote {} (`image` {:?})", a.out.display(), image.shape);
+    Ok(())
+}
+
+// ---- forward --------------------------------------------------------------------------
+
+fn signature_lines(g: &Generator, n: u64, prefix: &str) -> Result<Vec<String>, Fail> {
+    Ok(g.forward_signature(n)?
+        .into_iter()
+        .map(|(name, dtype, shape)| format!("{prefix}{name}: {}{shape:?}", dtype.name()))
+        .collect())
+}
+
+fn forward(a: ForwardArgs, sets: &[Override], color: bool) -> Result<(), Fail> {
+    let art = load_model(&a.model.file, a.model.model.as_deref(), sets, color)?;
+    let spec = art.spec.clone();
+    let backend = backend(a.model.backend)?;
+    let prefix = if a.cfg.is_some() { "cfg_" } else { "" };
+    if a.signature {
+        // The signature depends on the programs only: no need for real weights.
+        let weights = if a.model.weights.is_empty() {
+            Weights::random(&spec, RANDOM_WEIGHTS_SEED)
+        } else {
+            load_weights(&spec, &a.model.weights)?
+        };
+        let g = generator(art, spec, false, backend.as_ref(), &weights)?;
+        // DiT's guided forward takes the conditional and the null-class halves: 2B rows.
+        let rows = if a.cfg.is_some() { 2 * a.n } else { a.n };
+        println!("forward of `{}` for B = {} image(s), inputs:", g.spec.name, a.n);
+        if a.cfg.is_some() {
+            println!(
+                "  (guided: 2B rows, the conditional ones first, then the same with the null class {})",
+                g.spec.classes
+            );
+        }
+        for l in signature_lines(&g, rows, prefix)? {
+            println!("  {l}");
+        }
+        return Ok(());
+    }
+    let (Some(inputs_path), Some(out_path)) = (&a.inputs, &a.out) else {
+        return fail("give --inputs IN.safetensors and -o OUT.safetensors (or --signature)");
+    };
+    check_output(out_path, "-o")?;
+    let inputs: BTreeMap<String, HostTensor> = read_tensors(inputs_path)?;
+    let weights = load_weights(&spec, &a.model.weights)?;
+    let g = generator(art, spec, false, backend.as_ref(), &weights)?;
+    let outputs = match g.forward(&inputs, a.cfg) {
+        Ok(o) => o,
+        Err(e) => {
+            // The images the file meant, from its labels, for the expected signature.
+            let n = ["label_B", "cond_idx", "y", "labels", "cfg_y"]
+                .iter()
+                .find_map(|k| inputs.get(*k).and_then(|t| t.shape.first().copied()))
+                .unwrap_or(1) as u64;
+            let mut sig = format!("`{}` takes, for B = {n}:", g.spec.name);
+            for l in signature_lines(&g, n, prefix)? {
+                sig.push_str(&format!("\n  {l}"));
+            }
+            let cfg = if a.cfg.is_some() { " --cfg S" } else { "" };
+            let again = format!("`ecarc forward {} --signature -n B{cfg}` prints this", a.model.file.display());
+            return Err(Fail::Msg(e.to_string(), vec![sig, again]));
+        }
+    };
+    let named: Vec<(&str, &HostTensor)> = outputs.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    write_tensors(out_path, &named)?;
+    let summary: Vec<String> = outputs.iter().map(|(n, t)| format!("`{n}` {:?}", t.shape)).collect();
+    eprintln!("wrote {} ({})", out_path.display(), summary.join(", "));
+    Ok(())
+}
+
+// ---- dd-pairs -------------------------------------------------------------------------
+
+fn dd_pairs(a: DdPairsArgs, sets: &[Override], color: bool) -> Result<(), Fail> {
+    let art = load_model(&a.model.file, a.model.model.as_deref(), sets, color)?;
+    let spec = art.spec.clone();
+    let labels = labels_for(&spec, &a.labels)?;
+    let backend = backend(a.model.backend)?;
+    check_output(&a.out, "-o")?;
+    let weights = load_weights(&spec, &a.model.weights)?;
+    let g = generator(art, spec, false, backend.as_ref(), &weights)?;
+    let (noise, tokens) = dd::pairs(&g, &labels, a.labels.seed)?;
+    let labels_t = HostTensor::i64(vec![labels.len()], labels);
+    write_tensors(&a.out, &[("noise", &noise), ("tokens", &tokens), ("labels", &labels_t)])?;
+    eprintln!(
+        "wrote {} (`noise` {:?}, `tokens` {:?}, `labels` {:?})",
+        a.out.display(),
+        noise.shape,
+        tokens.shape,
+        labels_t.shape
+    );
+    Ok(())
+}
+
+// ---- init-weights ---------------------------------------------------------------------
+
+fn init_weights(a: InitWeightsArgs, sets: &[Override], color: bool) -> Result<(), Fail> {
+    let art = load_model(&a.file, a.model.as_deref(), sets, color)?;
+    check_output(&a.out, "-o")?;
+    let w = Weights::random(&art.spec, a.seed);
+    w.save(&a.out)?;
+    eprintln!(
+        "wrote {} ({} tensors, {} values, random seed {}, for `{}`)",
+        a.out.display(),
+        w.len(),
+        w.numel(),
+        a.seed,
+        art.spec.name
+    );
+    Ok(())
+}
