@@ -44,7 +44,12 @@ pub fn codebook(g: &Generator) -> Result<Buffer> {
     g.params.get(&key).cloned().ok_or_else(|| RuntimeError::Invalid(format!("weights lack the codebook `{key}`")))
 }
 
-pub fn sample(g: &Generator, opts: &SampleOptions, obs: &dyn Observer) -> Result<SampleOutput> {
+pub fn sample(
+    g: &Generator,
+    opts: &SampleOptions,
+    initial: Option<&HostTensor>,
+    obs: &dyn Observer,
+) -> Result<SampleOutput> {
     let d = g.spec.distill.clone().ok_or_else(|| RuntimeError::Invalid("not a distilled model".into()))?;
     let started = Instant::now();
     let images = opts.labels.len() as u64;
@@ -66,7 +71,7 @@ pub fn sample(g: &Generator, opts: &SampleOptions, obs: &dyn Observer) -> Result
     };
     obs.stage(0, 1, t_list.len() as u64);
     let mut rng = SeededRng::new(opts.seed).fork("dd.noise");
-    let noise = g.normal(&mut rng, shape.clone())?;
+    let noise = g.initial_noise(initial, &mut rng, shape.clone())?;
     let book = codebook(g)?;
     let greedy = data_len(&body, d.greedy_prefix);
     let mut x = noise.clone();

@@ -25,7 +25,7 @@ use crate::backend::{Args, Backend, Buffer, Executable};
 use crate::error::{Result, RuntimeError};
 use crate::rng::SeededRng;
 use crate::tensor::HostTensor;
-use ecarc_compiler::ir::{Bindings, Graph, Op};
+use ecarc_compiler::ir::{Bindings, DType, Graph, Op};
 use ecarc_compiler::lower::params::{ParamIndex, Scope};
 use ecarc_compiler::lower::Program;
 use ecarc_compiler::spec::{CfgSchedule, Layout, ModelSpec};
@@ -255,6 +255,19 @@ impl<'b> Generator<'b> {
     fn normal(&self, rng: &mut SeededRng, shape: Vec<usize>) -> Result<Buffer> {
         let n = shape.iter().product();
         self.upload(&HostTensor::f32(shape, rng.normal(n)))
+    }
+
+    /// The given initial noise (checked against the shape), or drawn noise.
+    fn initial_noise(&self, given: Option<&HostTensor>, rng: &mut SeededRng, shape: Vec<usize>) -> Result<Buffer> {
+        match given {
+            Some(t) if t.shape == shape && t.dtype() == DType::F32 => self.upload(t),
+            Some(t) => Err(RuntimeError::Invalid(format!(
+                "the initial noise is {}{:?}; this model starts from f32{shape:?}",
+                t.dtype().name(),
+                t.shape
+            ))),
+            None => self.normal(rng, shape),
+        }
     }
 
     fn scalar(&self, v: f64) -> Result<Buffer> {

@@ -15,6 +15,20 @@ use std::time::Instant;
 impl Generator<'_> {
     /// Generate one image per label.
     pub fn sample(&self, opts: &SampleOptions, observer: &dyn Observer) -> Result<SampleOutput> {
+        self.sample_from(opts, None, observer)
+    }
+
+    /// [`Generator::sample`] starting from the given noise instead of drawn
+    /// noise (parity with other implementations): the DD noise tokens
+    /// `[N, L, D]`, the first flow stage's `x`, or a denoiser's initial latent.
+    /// Noise drawn later (renoising, DDPM steps, sampling uniforms) still
+    /// comes from the seed.
+    pub fn sample_from(
+        &self,
+        opts: &SampleOptions,
+        initial: Option<&HostTensor>,
+        observer: &dyn Observer,
+    ) -> Result<SampleOutput> {
         if opts.labels.is_empty() {
             return Err(RuntimeError::Invalid("nothing to sample: give at least one class label".into()));
         }
@@ -28,7 +42,7 @@ impl Generator<'_> {
             }
         }
         if self.spec.distill.is_some() {
-            return dd::sample(self, opts, observer);
+            return dd::sample(self, opts, initial, observer);
         }
         let rng = SeededRng::new(opts.seed);
         let images = opts.labels.len() as u64;
@@ -55,7 +69,7 @@ impl Generator<'_> {
             if has("solver.step") {
                 let run =
                     step_run.ok_or_else(|| RuntimeError::Invalid("a solver stage without a backbone step".into()))?;
-                let x = self.denoise(run, s, images, &opts.labels, cfg_scale, &mut srng, observer)?;
+                let x = self.denoise(run, s, images, &opts.labels, cfg_scale, &mut srng, initial, observer)?;
                 out_stages.push((format!("stage.{k}.x"), self.backend.download(&x)?));
                 x_flow = Some(x);
             } else if let Some(run) = step_run {
@@ -111,7 +125,7 @@ impl Generator<'_> {
                             let shape = self.input_shape("head.step", "x", &Bindings::new(images, s.tokens, 0))?;
                             let mut shape = shape;
                             shape[0] = images as usize;
-                            self.normal(&mut srng, shape)?
+                            self.initial_noise(if k == 0 { initial } else { None }, &mut srng, shape)?
                         }
                     };
                     let x = self.flow(&z, x0, s, images, cfg_scale, observer)?;

@@ -62,11 +62,12 @@ impl Generator<'_> {
         labels: &[i64],
         cfg: f32,
         rng: &mut SeededRng,
+        initial: Option<&HostTensor>,
         obs: &dyn Observer,
     ) -> Result<Buffer> {
         let bind = Bindings::new(images, run.tokens, 0);
         let shape = self.input_shape("solver.step", "x", &bind)?;
-        let mut x = self.normal(rng, shape.clone())?;
+        let mut x = self.initial_noise(initial, rng, shape.clone())?;
         let batch = if self.program.cfg { 2 * images as usize } else { images as usize };
         let sm = &self.spec.sampler;
         let net = |x: &Buffer, t: f64, rng: &mut SeededRng| -> Result<Buffer> {
