@@ -11,6 +11,8 @@ use ecarc_grammar::{Diag, Span};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 
+pub mod memo;
+
 /// Metrics a `where` constraint may bound (computed by the cost model).
 pub const METRICS: &[&str] = &["params", "forward_macs", "sample_macs", "peak_activation_bytes", "stages", "tokens"];
 
@@ -24,19 +26,89 @@ const EPS: f64 = 1e-9;
 
 /// Check one model (no alternatives left in `body`).
 pub fn check_model(name: &Ident, body: &MBody) -> Result<ModelSpec, Vec<Diag>> {
+    check_model_counted(name, body).0
+}
+
+/// [`check_model`], and how many declared tensors the check evaluated (its
+/// work: a search space's check is budgeted by it).
+pub fn check_model_counted(name: &Ident, body: &MBody) -> (Result<ModelSpec, Vec<Diag>>, u64) {
     let diags = RefCell::new(Vec::new());
     let empty = BTreeMap::new();
-    let spec = Checker { diags: &diags, empty: &empty }.model(name, body);
+    let parts = Checker { diags: &diags, empty: &empty, memo: None }.model(name, body);
     let diags = diags.into_inner();
-    match spec {
-        Some(s) if diags.iter().all(|d| !d.is_error()) => Ok(s),
+    let tensors = parts.as_ref().map_or(0, |p| p.tensors);
+    let result = match parts {
+        Some(p) if diags.iter().all(|d| !d.is_error()) => Ok(p.into_spec(name)),
         _ => Err(diags),
-    }
+    };
+    (result, tensors)
 }
 
 struct Checker<'a> {
     diags: &'a RefCell<Vec<Diag>>,
     empty: &'a BTreeMap<String, N>,
+    /// Reuse of earlier results when checking many points of one search space
+    /// (see [`memo`]); `None` checks everything afresh.
+    memo: Option<memo::Ctx<'a>>,
+}
+
+/// What [`Checker::model`] produces: the checked parts of a model.
+struct Parts {
+    image: [u64; 2],
+    classes: u64,
+    tokenizer: TokenizerSpec,
+    backbone: BackboneSpec,
+    head: HeadSpec,
+    schedule: ScheduleSpec,
+    sampler: SamplerSpec,
+    distill: Option<DistillSpec>,
+    groups: GroupsOut,
+    constraints: Vec<ConstraintSpec>,
+    /// Declared tensors evaluated (copies of loops counted).
+    tensors: u64,
+}
+
+/// The evaluated `params`/`buffers` groups: in one pass over every owner (the
+/// definition of the rules), or per owner from [`memo`] when that gives the same.
+enum GroupsOut {
+    Sequential { params: Vec<ParamGroupSpec>, buffers: Vec<ParamGroupSpec>, tok_params: Vec<ParamGroupSpec> },
+    Owners(Vec<std::sync::Arc<memo::OwnerGroups>>),
+}
+
+impl Parts {
+    fn into_spec(self, name: &Ident) -> ModelSpec {
+        let (params, buffers, tok_params) = match self.groups {
+            GroupsOut::Sequential { params, buffers, tok_params } => (params, buffers, tok_params),
+            GroupsOut::Owners(owners) => {
+                let (mut params, mut buffers, mut tok_params) = (Vec::new(), Vec::new(), Vec::new());
+                for o in &owners {
+                    if o.owner == "tokenizer" {
+                        tok_params.extend(o.params.iter().cloned());
+                    } else {
+                        params.extend(o.params.iter().cloned());
+                    }
+                    buffers.extend(o.buffers.iter().cloned());
+                }
+                (params, buffers, tok_params)
+            }
+        };
+        let mut tokenizer = self.tokenizer;
+        tokenizer.params = tok_params;
+        ModelSpec {
+            name: name.name.clone(),
+            image: self.image,
+            classes: self.classes,
+            tokenizer,
+            backbone: self.backbone,
+            head: self.head,
+            schedule: self.schedule,
+            sampler: self.sampler,
+            distill: self.distill,
+            params,
+            buffers,
+            constraints: self.constraints,
+        }
+    }
 }
 
 fn base_name(c: &Component) -> Option<String> {
@@ -54,17 +126,22 @@ impl<'a> Checker<'a> {
 
     /// The same checker with derived values known so far in scope.
     fn with_derived(&self, derived: &'a BTreeMap<String, N>) -> Checker<'a> {
-        Checker { diags: self.diags, empty: derived }
+        Checker { diags: self.diags, empty: derived, memo: self.memo }
     }
 
-    fn model(&self, name: &Ident, body: &'a MBody) -> Option<ModelSpec> {
+    fn model(&self, name: &Ident, body: &'a MBody) -> Option<Parts> {
         let m = self.reader(body, vec![body], "model", name.span);
         let image = m.size("image", "256");
         let classes = m.int("classes", None, 1, 1 << 40, "1000");
 
         let tokenizer_c = m.component("tokenizer", true);
-        let tokenizer = tokenizer_c.and_then(|(c, at)| self.tokenizer(c, body, at));
-        let backbone = m.component("backbone", true).and_then(|(c, at)| self.backbone(c, body, at));
+        let tokenizer = tokenizer_c.and_then(|(c, at)| {
+            self.unit(memo::Unit::Tokenizer, &[], || self.tokenizer(c, body, at)).map(|t| (t, &c.body))
+        });
+        let backbone = m.component("backbone", true).and_then(|(c, at)| {
+            let b = self.unit(memo::Unit::Backbone, &[], || self.backbone(c, body, at))?;
+            Some((b, &c.body, block_body(&c.body)?))
+        });
         // Later components may refer to what is known by now (`width cond_dim`).
         let mut early: BTreeMap<String, N> = BTreeMap::new();
         if let Some(c) = classes {
@@ -88,14 +165,18 @@ impl<'a> Checker<'a> {
             early.insert("ffn_hidden".into(), N::Int(b.block.ffn_hidden as i64));
         }
         let later = self.with_derived(&early);
-        let head = m.component("head", true).and_then(|(c, at)| later.head(c, body, at));
+        let early_key = memo::derived_key(&early);
+        let head = m.component("head", true).and_then(|(c, at)| {
+            later.unit(memo::Unit::Head, &early_key, || later.head(c, body, at)).map(|h| (h, &c.body))
+        });
         let sampler_c = m.component("sample", false);
-        let sampler = match sampler_c {
+        let sampler = later.unit(memo::Unit::Sampler, &early_key, || match sampler_c {
             Some((c, at)) => later.sampler(Some(c), body, at),
             None => later.sampler(None, body, name.span),
-        };
+        });
         let distill_c = m.component("distill", false);
-        let distill = distill_c.and_then(|(c, at)| later.distill(c, body, at));
+        let distill =
+            distill_c.and_then(|(c, at)| later.unit(memo::Unit::Distill, &early_key, || later.distill(c, body, at)));
         let schedule_c = m.component("schedule", true);
         // The kind of tokens, also when the tokenizer has other errors (then from
         // its `kind` word), so that the schedule's own mistakes are reported too.
@@ -113,7 +194,11 @@ impl<'a> Checker<'a> {
         }
         .map(|k| if k == TokenizerKind::Vae { TokenKind::Continuous } else { TokenKind::Discrete });
         let schedule = match (schedule_c, token_kind) {
-            (Some((c, at)), Some(kind)) => later.schedule(c, body, at, kind),
+            (Some((c, at)), Some(kind)) => {
+                let mut key = early_key.clone();
+                key.push(kind as u64);
+                later.unit(memo::Unit::Schedule, &key, || later.schedule(c, body, at, kind))
+            }
             _ => None,
         };
         m.allow(&[]);
@@ -354,24 +439,40 @@ impl<'a> Checker<'a> {
             derived.insert("vocab".into(), int(v));
         }
         let flags: BTreeMap<&str, bool> = [("distilled", distill.is_some())].into_iter().collect();
-        let pc = ParamCtx {
-            checker: self,
-            derived: &derived,
-            flags: &flags,
-            seen: RefCell::new(HashMap::new()),
-            count: RefCell::new(0),
-        };
-        let mut params = Vec::new();
-        let mut buffers = Vec::new();
-        pc.groups(body, vec![body], "model", &mut params, &mut buffers);
-        pc.groups(bb_body, vec![bb_body, body], "backbone", &mut params, &mut buffers);
-        pc.groups(block_body, vec![block_body, bb_body, body], "backbone.block", &mut params, &mut buffers);
-        pc.groups(head_body, vec![head_body, body], "head", &mut params, &mut buffers);
+        // The owners of `params`/`buffers` groups, in the order they are evaluated,
+        // each with its chain of bodies.
+        let mut owners: Vec<(&'static str, Vec<&'a MBody>)> = vec![
+            ("model", vec![body]),
+            ("backbone", vec![bb_body, body]),
+            ("backbone.block", vec![block_body, bb_body, body]),
+            ("head", vec![head_body, body]),
+        ];
         if let Some((c, _)) = distill_c {
-            pc.groups(&c.body, vec![&c.body, body], "distill", &mut params, &mut buffers);
+            owners.push(("distill", vec![&c.body, body]));
         }
-        let mut tok_params = Vec::new();
-        pc.groups(tok_body, vec![tok_body, body], "tokenizer", &mut tok_params, &mut buffers);
+        owners.push(("tokenizer", vec![tok_body, body]));
+        let per_owner = self.memo.and_then(|m| m.owner_groups(self, &owners, &derived, &flags));
+        let (groups, tensors) = match per_owner {
+            Some((owners, tensors)) => (GroupsOut::Owners(owners), tensors),
+            None => {
+                let pc = ParamCtx {
+                    checker: self,
+                    derived: &derived,
+                    flags: &flags,
+                    seen: RefCell::new(HashMap::new()),
+                    count: RefCell::new(0),
+                };
+                let mut params = Vec::new();
+                let mut buffers = Vec::new();
+                let mut tok_params = Vec::new();
+                for (owner, chain) in &owners {
+                    let out = if *owner == "tokenizer" { &mut tok_params } else { &mut params };
+                    pc.groups(chain[0], chain.clone(), owner, out, &mut buffers);
+                }
+                let tensors = pc.count.into_inner();
+                (GroupsOut::Sequential { params, buffers, tok_params }, tensors)
+            }
+        };
         let mut constraints = Vec::new();
         for c in body.constraints() {
             if !METRICS.contains(&c.metric.name.as_str()) {
@@ -395,10 +496,7 @@ impl<'a> Checker<'a> {
         if !ok {
             return None;
         }
-        let mut tokenizer = tokenizer;
-        tokenizer.params = tok_params;
-        Some(ModelSpec {
-            name: name.name.clone(),
+        Some(Parts {
             image,
             classes,
             tokenizer,
@@ -407,13 +505,13 @@ impl<'a> Checker<'a> {
             schedule,
             sampler,
             distill: distill.map(|d| d.0),
-            params,
-            buffers,
+            groups,
             constraints,
+            tensors,
         })
     }
 
-    fn tokenizer(&self, c: &'a Component, model: &'a MBody, at: Span) -> Option<(TokenizerSpec, &'a MBody)> {
+    fn tokenizer(&self, c: &'a Component, model: &'a MBody, at: Span) -> Option<TokenizerSpec> {
         let r = self.reader(&c.body, vec![&c.body, model], "tokenizer", at);
         let kind = r.word(
             "kind",
@@ -504,24 +602,21 @@ impl<'a> Checker<'a> {
                 return None;
             }
         };
-        Some((
-            TokenizerSpec {
-                name: base_name(c),
-                kind: kind?,
-                channels: channels? as u64,
-                ch_mult,
-                res_blocks: res_blocks? as u64,
-                z_channels: z_channels? as u64,
-                token_channels: token_channels? as u64,
-                vocab: vocab.map(|v| v as u64),
-                stride,
-                l2_norm,
-                latent_scale: latent_scale?,
-                phi,
-                params: vec![],
-            },
-            &c.body,
-        ))
+        Some(TokenizerSpec {
+            name: base_name(c),
+            kind: kind?,
+            channels: channels? as u64,
+            ch_mult,
+            res_blocks: res_blocks? as u64,
+            z_channels: z_channels? as u64,
+            token_channels: token_channels? as u64,
+            vocab: vocab.map(|v| v as u64),
+            stride,
+            l2_norm,
+            latent_scale: latent_scale?,
+            phi,
+            params: vec![],
+        })
     }
 
     fn phi(&self, c: &'a Component, tok: &'a MBody, model: &'a MBody, at: Span) -> Option<PhiSpec> {
@@ -564,7 +659,7 @@ impl<'a> Checker<'a> {
         Some(PhiSpec { convs, map, mix: mix? })
     }
 
-    fn backbone(&self, c: &'a Component, model: &'a MBody, at: Span) -> Option<(BackboneSpec, &'a MBody, &'a MBody)> {
+    fn backbone(&self, c: &'a Component, model: &'a MBody, at: Span) -> Option<BackboneSpec> {
         let r = self.reader(&c.body, vec![&c.body, model], "backbone", at);
         let depth = r.int("depth", None, 1, 100_000, "24");
         let width = r.int("width", None, 1, 1 << 24, "1024");
@@ -636,27 +731,23 @@ impl<'a> Checker<'a> {
         if !ok {
             return None;
         }
-        Some((
-            BackboneSpec {
-                name: base_name(c),
-                depth: depth? as u64,
-                width,
-                heads,
-                head_dim,
-                condition: condition?,
-                cond_tokens: cond_tokens? as u64,
-                attn: attn?,
-                positions: positions?,
-                rope_base: rope_base?,
-                qk_norm: qk_norm?,
-                qk_scale_max: qk_scale_max?,
-                patch: patch? as u64,
-                time_embed: time_embed? as u64,
-                block: block?,
-            },
-            &c.body,
-            &bc.body,
-        ))
+        Some(BackboneSpec {
+            name: base_name(c),
+            depth: depth? as u64,
+            width,
+            heads,
+            head_dim,
+            condition: condition?,
+            cond_tokens: cond_tokens? as u64,
+            attn: attn?,
+            positions: positions?,
+            rope_base: rope_base?,
+            qk_norm: qk_norm?,
+            qk_scale_max: qk_scale_max?,
+            patch: patch? as u64,
+            time_embed: time_embed? as u64,
+            block: block?,
+        })
     }
 
     fn block(&self, c: &'a Component, bb: &'a MBody, model: &'a MBody, at: Span, width: u64) -> Option<BlockSpec> {
@@ -806,7 +897,7 @@ impl<'a> Checker<'a> {
         })
     }
 
-    fn head(&self, c: &'a Component, model: &'a MBody, at: Span) -> Option<(HeadSpec, &'a MBody)> {
+    fn head(&self, c: &'a Component, model: &'a MBody, at: Span) -> Option<HeadSpec> {
         let r = self.reader(&c.body, vec![&c.body, model], "head", at);
         let kind = r.word(
             "kind",
@@ -852,17 +943,14 @@ impl<'a> Checker<'a> {
         if flow && (depth.is_none() || width.is_none()) {
             return None;
         }
-        Some((
-            HeadSpec {
-                name: base_name(c),
-                kind,
-                depth: depth.map(|v| v as u64),
-                width: width.map(|v| v as u64),
-                heads: heads.map(|v| v as u64),
-                time_embed: time_embed? as u64,
-            },
-            &c.body,
-        ))
+        Some(HeadSpec {
+            name: base_name(c),
+            kind,
+            depth: depth.map(|v| v as u64),
+            width: width.map(|v| v as u64),
+            heads: heads.map(|v| v as u64),
+            time_embed: time_embed? as u64,
+        })
     }
 
     fn schedule(
@@ -1449,6 +1537,7 @@ impl<'a> Checker<'a> {
     }
 }
 
+#[derive(Clone)]
 struct SamplerSpans {
     at: Span,
     top_k: Option<Span>,
@@ -1459,6 +1548,7 @@ struct SamplerSpans {
 }
 
 /// Where the schedule's parts are, for cross-field reports.
+#[derive(Clone)]
 struct ScheduleSpans {
     /// The `schedule` key of the model.
     at: Span,
@@ -1468,10 +1558,19 @@ struct ScheduleSpans {
     steps: Vec<Span>,
 }
 
+#[derive(Clone)]
 struct DistillSpans {
     at: Span,
     split: Option<Span>,
     greedy: Option<Span>,
+}
+
+/// The body of a backbone's `block` component.
+fn block_body(bb: &MBody) -> Option<&MBody> {
+    match bb.field("block").map(|f| &f.value) {
+        Some(MValue::Component(c)) => Some(&c.body),
+        _ => None,
+    }
 }
 
 /// The name of an adaLN chunk.

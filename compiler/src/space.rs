@@ -55,6 +55,23 @@ pub fn point(body: &MBody, axes: &[Axis], mut index: u128) -> (MBody, Vec<(Strin
     (b, assignment)
 }
 
+/// Choose option `option` of `axis` in a body (the space's body, or a point of
+/// it): the in-place form of [`point`], for visiting many points with one body.
+pub fn apply(body: &mut MBody, axis: &Axis, option: usize) {
+    set_path(body, &axis.path, axis.options[option].clone());
+}
+
+/// The options chosen by the mixed-radix index `index` (last axis fastest).
+pub fn choice(axes: &[Axis], mut index: u128) -> Vec<u32> {
+    let mut choice = vec![0u32; axes.len()];
+    for (i, a) in axes.iter().enumerate().rev() {
+        let n = a.options.len() as u128;
+        choice[i] = (index % n) as u32;
+        index /= n;
+    }
+    choice
+}
+
 /// Replace the value at `path` (which exists: it came from [`axes`]).
 fn set_path(body: &mut MBody, path: &[String], value: MValue) {
     let Some(f) = body.field_mut(&path[0]) else { return };

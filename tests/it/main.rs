@@ -11,6 +11,7 @@ mod formula;
 mod models;
 mod parity;
 mod robustness;
+mod search;
 mod runtime;
 mod tiny;
 mod variants;
