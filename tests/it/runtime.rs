@@ -111,7 +111,8 @@ fn kv_cached_steps_equal_the_teacher_forced_pass() {
         let spec = tiny(name, &sets);
         let w = Weights::random(&spec, 0);
         let labels = vec![4, 7];
-        let out = run(spec.clone(), &w, SampleOptions { labels: labels.clone(), seed: 3, flow_map: false, record: true });
+        let out =
+            run(spec.clone(), &w, SampleOptions { labels: labels.clone(), seed: 3, flow_map: false, record: true });
         let stages = spec.schedule.stages().len();
         let inputs: Vec<&HostTensor> =
             (1..stages).map(|k| stage(&out, &format!("stage.{k}.input.{input}")).expect("recorded input")).collect();
@@ -262,14 +263,13 @@ fn var_transitions_use_the_hard_coded_phi_map() {
     let want = [0, 0, 1, 1, 1, 2, 2, 3, 3, 3];
     for (k, phi) in want.iter().enumerate() {
         let g = program.graph(&format!("transition.{k}")).unwrap();
-        let keys: Vec<String> = g
-            .g
-            .node_weights()
-            .filter_map(|n| match &n.op {
-                ecarc_compiler::ir::Op::Param { key } if key.contains("qresi_ls") => Some(key.clone()),
-                _ => None,
-            })
-            .collect();
+        let keys: Vec<String> =
+            g.g.node_weights()
+                .filter_map(|n| match &n.op {
+                    ecarc_compiler::ir::Op::Param { key } if key.contains("qresi_ls") => Some(key.clone()),
+                    _ => None,
+                })
+                .collect();
         assert!(keys.iter().all(|key| key.contains(&format!("qresi_ls.{phi}."))), "scale {k}: {keys:?}");
         assert!(!keys.is_empty());
     }
@@ -313,5 +313,36 @@ fn every_solver_runs_and_heun_differs_from_euler() {
                 assert_ne!(images[i], images[j], "{name}: {} and {} agree", solvers[i], solvers[j]);
             }
         }
+    }
+}
+
+#[test]
+fn var_decodes_from_every_scales_tokens() {
+    for name in ["var", "var_dd"] {
+        let spec = tiny(name, &[]);
+        let w = Weights::random(&spec, 0);
+        let out = run(spec.clone(), &w, SampleOptions { labels: vec![3, 8], seed: 2, flow_map: false, record: false });
+        let backend = Reference::new();
+        let g = Generator::from_spec(spec, &backend, &w).unwrap();
+        let given = if name == "var" {
+            let parts: Vec<&HostTensor> =
+                out.stages.iter().filter(|(n, _)| n.ends_with(".tokens")).map(|(_, t)| t).collect();
+            cat1(&parts)
+        } else {
+            out.stages.last().unwrap().1.clone()
+        };
+        assert_eq!(g.decode(&given).unwrap(), out.image, "{name}");
+        // The accumulated f_hat is what the sample handed to the decoder.
+        assert_eq!(out.latent.0, "f_hat");
+        assert_eq!(g.backend().download(&g.accumulate_scales(&given).unwrap()).unwrap(), out.latent.1, "{name}");
+        let mut short = given.clone();
+        short.shape[1] -= 1;
+        let n: usize = short.shape.iter().product();
+        short.data = match &given.data {
+            ecarc_runtime::tensor::Data::I64(v) => ecarc_runtime::tensor::Data::I64(v[..n].to_vec()),
+            ecarc_runtime::tensor::Data::F32(v) => ecarc_runtime::tensor::Data::F32(v[..n].to_vec()),
+        };
+        let err = g.decode(&short).unwrap_err().to_string();
+        assert!(err.contains("every scale"), "{err}");
     }
 }

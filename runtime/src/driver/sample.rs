@@ -247,6 +247,12 @@ impl Generator<'_> {
             .find(|n| self.has_input("decode", n))
             .ok_or_else(|| RuntimeError::Invalid("the model has no decoder".into()))?;
         let images = *input.shape.first().unwrap_or(&0) as u64;
+        // A multi-scale tokenizer's decoder reads f_hat: given every scale's
+        // tokens `[N, L]` (or DD's codes `[N, L, D]`), accumulate it first.
+        if name == "f_hat" && input.shape.len() != 4 {
+            let f_hat = self.accumulate_scales(input)?;
+            return self.decode_buffer(name, &f_hat, images);
+        }
         let expect = self.input_shape("decode", name, &Bindings::new(images, 0, 0))?;
         let want = if name == "tokens" { DType::I64 } else { DType::F32 };
         if input.shape != expect || input.dtype() != want {
@@ -259,5 +265,38 @@ impl Generator<'_> {
         }
         let b = self.upload(input)?;
         self.decode_buffer(name, &b, images)
+    }
+
+    /// VAR's residual accumulation over every scale: token indices `[N, L]`
+    /// (or a distilled model's continuous codes `[N, L, D]`), L = all tokens
+    /// in scale order, through the `transition.K` programs -> f_hat.
+    pub fn accumulate_scales(&self, input: &HostTensor) -> Result<Buffer> {
+        let runs: Vec<&Run> = self.program.plan.iter().filter(|r| r.graph.starts_with("transition.")).collect();
+        let total: u64 = runs.iter().map(|r| r.tokens).sum();
+        let images = *input.shape.first().unwrap_or(&0) as u64;
+        let (name, dtype, rank) =
+            if self.spec.distill.is_some() { ("codes", DType::F32, 3) } else { ("tokens", DType::I64, 2) };
+        if runs.is_empty() || input.dtype() != dtype || input.shape.len() != rank || input.shape[1] as u64 != total {
+            return Err(RuntimeError::Invalid(format!(
+                "the decoder takes f_hat [N, C, H, W], or the {name} of every scale as {}[N, {total}{}]; the file holds {}{:?}",
+                dtype.name(),
+                if rank == 3 { ", D" } else { "" },
+                input.dtype().name(),
+                input.shape
+            )));
+        }
+        let all = self.upload(input)?;
+        let mut states: HashMap<String, Buffer> = HashMap::new();
+        let mut offset = 0usize;
+        for r in runs {
+            let part = self.glue.slice(&all, 1, offset, r.tokens as usize)?;
+            offset += r.tokens as usize;
+            let mut st = Step { images, tokens: r.tokens, past: 0, labels: &[], cfg_scale: 1.0, rng: None };
+            let mut out = self.call(&r.graph, &mut st, &[(name, &part)], &states)?;
+            if let Some(f) = out.remove("f_hat") {
+                states.insert("f_hat".into(), f);
+            }
+        }
+        states.remove("f_hat").ok_or_else(|| RuntimeError::Invalid("the transitions made no f_hat".into()))
     }
 }
