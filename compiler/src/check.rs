@@ -602,6 +602,20 @@ impl<'a> Checker<'a> {
                 return None;
             }
         };
+        // The conv decoders (and encoders) of every supported tokenizer normalise
+        // with GroupNorm(32): each level's width must split into 32 groups.
+        if let Some(ch) = channels {
+            let ch = ch as u64;
+            if let Some(&m) = ch_mult.iter().find(|&&m| ch.saturating_mul(m) % 32 != 0) {
+                let span = c.body.field("channels").map(|f| f.span).unwrap_or(at);
+                r.error(
+                    Diag::error("E0437", "tokenizer widths must be multiples of 32")
+                        .label(span, format!("channels {ch} x ch_mult {m} = {} channels", ch.saturating_mul(m)))
+                        .help("the decoder's GroupNorm has 32 groups: use channels (x each ch_mult) divisible by 32"),
+                );
+                return None;
+            }
+        }
         Some(TokenizerSpec {
             name: base_name(c),
             kind: kind?,
