@@ -2,7 +2,7 @@
 //! overrides, resolve every model, expand search spaces and check each point.
 //! The CLI, tests and later commands (build, search) all start here.
 
-use crate::check::check_model;
+use crate::check::{check_model, check_model_counted};
 use crate::space;
 use crate::spec::ModelSpec;
 use ecarc_grammar::ast::Definition;
@@ -12,8 +12,15 @@ use std::path::Path;
 
 /// Points of a search space checked by `check` (larger spaces are sampled evenly).
 pub const MAX_CHECKED_POINTS: u128 = 100_000;
-/// Declared tensors (summed over the points) a space check may evaluate.
-pub const WORK_BUDGET: u128 = 20_000_000;
+/// The work a space check may do, in declared tensors evaluated (summed over
+/// the points checked, each point also counting [`POINT_WORK`]): about two
+/// seconds of checking on the reference machine.
+pub const WORK_BUDGET: u128 = 2_000_000;
+/// The work of checking one point besides its tensors (reading its fields and
+/// components, building it), in tensor-equivalents.
+pub const POINT_WORK: u128 = 200;
+/// An axis with more options is shown abbreviated (first and last options).
+pub const MAX_AXIS_LABELS: usize = 12;
 
 /// `--set path.to.key=value`, applied to every model after resolution.
 #[derive(Clone, Debug)]
@@ -49,7 +56,9 @@ pub enum Outcome {
 
 #[derive(Debug)]
 pub struct SpaceSummary {
-    /// Paths of the fields with alternatives and their option labels.
+    /// Paths of the fields with alternatives and their option labels; an axis
+    /// with more than [`MAX_AXIS_LABELS`] options shows its first and last few
+    /// around a `...` label.
     pub axes: Vec<(String, Vec<String>)>,
     pub total: u128,
     pub checked: u128,
@@ -210,15 +219,12 @@ fn check_body(program: &Program, name: &ecarc_grammar::ast::Ident, body: &MBody,
         };
     }
     let total = space::size(&axes);
-    // A work budget as well as a point budget: designs that declare many
-    // tensors (or hostile inputs with huge loops) get fewer points checked, so a
-    // `check` always finishes in seconds. Deterministic: sized by the first point.
-    let (first, _) = space::point(body, &axes, 0);
-    let per_point = match check_model(name, &first) {
-        Ok(spec) => spec.params.iter().chain(&spec.tokenizer.params).map(|g| g.expand().len() as u128).sum::<u128>(),
-        Err(_) => 1,
-    };
-    let checked = total.min(MAX_CHECKED_POINTS).min((WORK_BUDGET / per_point.max(1)).max(1));
+    // A point budget and a work budget, so that a `check` always finishes in
+    // seconds, also when the points grow (huge loops, many tensors): evenly
+    // spaced points are visited coarse-to-fine (bit-reversed order), each one's
+    // work is what its check actually evaluated, and checking stops when the
+    // budget is spent. The points checked so far are spread over the space.
+    let planned = total.min(MAX_CHECKED_POINTS);
     // Group failures: one diagnostic per distinct problem (code, message and
     // primary location), with how many points it breaks and a few examples. The
     // labels shown are those of the first example.
@@ -226,10 +232,18 @@ fn check_body(program: &Program, name: &ecarc_grammar::ast::Ident, body: &MBody,
     let mut groups: Vec<(Diag, u128, Vec<Assignment>)> = Vec::new();
     let mut valid = 0u128;
     let mut first_valid = None;
-    for k in 0..checked {
-        let index = if total > checked { k * total / checked } else { k };
+    let mut work = 0u128;
+    let mut checked = 0u128;
+    for k in coarse_to_fine(planned) {
+        if work >= WORK_BUDGET {
+            break;
+        }
+        let index = if total > planned { k * total / planned } else { k };
         let (point, assignment) = space::point(body, &axes, index);
-        match check_model(name, &point) {
+        let (result, tensors) = check_model_counted(name, &point);
+        work += POINT_WORK + tensors as u128;
+        checked += 1;
+        match result {
             Ok(spec) => {
                 valid += 1;
                 if first_valid.is_none() {
@@ -272,18 +286,42 @@ fn check_body(program: &Program, name: &ecarc_grammar::ast::Ident, body: &MBody,
     }
     if total > checked {
         diags.push(
-            Diag::warning("W0501", format!("the space has {total} points; {checked} evenly spaced ones were checked"))
-                .label(name.span, "large search space")
-                .help("`ecarc search` enumerates or samples the whole space"),
+            Diag::warning(
+                "W0501",
+                format!("the space has {total} points; {checked} spread evenly over it were checked"),
+            )
+            .label(name.span, "large search space")
+            .help("`ecarc search` enumerates or samples the whole space"),
         );
     }
     Outcome::Space(SpaceSummary {
-        axes: axes.iter().map(|a| (a.path.join("."), a.labels.clone())).collect(),
+        axes: axes.iter().map(|a| (a.path.join("."), abbreviate(&a.labels))).collect(),
         total,
         checked,
         valid,
         first_valid,
     })
+}
+
+/// `0..n` in bit-reversed order (0, n/2, n/4, 3n/4, ...): every prefix is
+/// spread over the whole range.
+fn coarse_to_fine(n: u128) -> impl Iterator<Item = u128> {
+    let bits = 128 - n.saturating_sub(1).leading_zeros();
+    (0..1u128 << bits)
+        .map(move |i| if bits == 0 { i } else { i.reverse_bits() >> (128 - bits) })
+        .filter(move |&i| i < n)
+}
+
+/// The labels of a long axis: the first and last few around `...`.
+pub fn abbreviate(labels: &[String]) -> Vec<String> {
+    if labels.len() <= MAX_AXIS_LABELS {
+        return labels.to_vec();
+    }
+    let (head, tail) = (MAX_AXIS_LABELS - 3, 2);
+    let mut out: Vec<String> = labels[..head].to_vec();
+    out.push(format!("... ({} more) ...", labels.len() - head - tail));
+    out.extend_from_slice(&labels[labels.len() - tail..]);
+    out
 }
 
 /// Set `path` in a merged body: intermediate components are created inline

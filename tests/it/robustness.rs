@@ -67,13 +67,22 @@ pub(crate) fn cases(default: u32) -> u32 {
     if let Some(n) = std::env::var("PROPTEST_CASES").ok().and_then(|v| v.trim().parse().ok()) {
         return n;
     }
-    let debug_build =
-        std::env::current_exe().map(|p| p.components().any(|c| c.as_os_str() == "debug")).unwrap_or(false);
-    if debug_build {
+    if debug_build() {
         (default / 10).max(1)
     } else {
         default
     }
+}
+
+/// Whether this is an unoptimised build (the test binary lives in `target/debug`).
+fn debug_build() -> bool {
+    std::env::current_exe().map(|p| p.components().any(|c| c.as_os_str() == "debug")).unwrap_or(false)
+}
+
+/// A time limit for work that takes `secs` at most in an optimised build (ten
+/// times that in a debug build).
+pub(crate) fn limit(secs: u64) -> Duration {
+    Duration::from_secs(if debug_build() { secs * 10 } else { secs })
 }
 
 /// A proptest runner with a fixed seed, so that CI sees the same cases on every
@@ -163,7 +172,10 @@ pub(crate) fn assert_diags_sound(s: &Session, what: &str) {
 /// Check a source text, then format it: no panic, sound diagnostics, and when the
 /// text parses the formatter is idempotent and keeps the syntax tree.
 pub(crate) fn check_and_format(text: &str, what: &str) -> Session {
+    let t0 = Instant::now();
     let s = check_source("fuzz.ecar", text, &[]);
+    // No input may make `check` hang: small inputs check in milliseconds.
+    assert!(t0.elapsed() < limit(30), "{what}: check took {:?}\n--- input\n{text}", t0.elapsed());
     assert_diags_sound(&s, what);
     match format_source(text) {
         Ok(f1) => {
@@ -368,7 +380,7 @@ fn five_megabyte_lines() {
         if let Some(c) = code {
             assert_code(&s, c, &what);
         }
-        assert!(t0.elapsed() < Duration::from_secs(60), "{what}: took {:?}", t0.elapsed());
+        assert!(t0.elapsed() < limit(60), "{what}: took {:?}", t0.elapsed());
     }
     // A 5 MB comment survives formatting.
     let text = format!("{GOOD}// {word}\n");
@@ -596,7 +608,7 @@ fn many_entries_do_not_hang() {
         let t0 = Instant::now();
         check_and_format(text, "many entries");
         eprintln!("many entries case {i}: {:?}", t0.elapsed());
-        assert!(t0.elapsed() < Duration::from_secs(30), "many entries case {i}: {:?}", t0.elapsed());
+        assert!(t0.elapsed() < limit(30), "many entries case {i}: {:?}", t0.elapsed());
     }
 }
 
@@ -623,21 +635,44 @@ fn chain_source(kind: &str, n: usize) -> String {
     }
 }
 
-/// Run `chain_child` in a child process: a stack overflow aborts the process,
-/// and must not take the other tests of this binary with it.
-fn run_chain_child(kind: &str, n: usize) {
+/// Run the test `name` of this binary in a child process with `env` set: a stack
+/// overflow aborts the process and must not take the other tests with it, and a
+/// check that runs too long is stopped at `within` instead of holding up the run.
+fn run_child(name: &str, env: (&str, &str), within: Duration, what: &str) {
     let exe = std::env::current_exe().expect("test binary");
+    let dir = TempDir::new("child");
+    let log = dir.0.join("out.txt");
+    let out = std::fs::File::create(&log).expect("child log");
+    let err = out.try_clone().expect("child log");
     let t0 = Instant::now();
-    let out = std::process::Command::new(exe)
-        .args(["--exact", "robustness::chain_child", "--nocapture", "--test-threads", "1"])
-        .env("ECARC_TEST_CHAIN", format!("{kind}:{n}"))
-        .output()
+    let mut child = std::process::Command::new(exe)
+        .args(["--exact", name, "--nocapture", "--test-threads", "1"])
+        .env(env.0, env.1)
+        .stdout(out)
+        .stderr(err)
+        .spawn()
         .expect("run the test binary");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let tail = &stderr[stderr.len().saturating_sub(2000)..];
-    assert!(out.status.success(), "a chain of {n} `{kind}` links crashed the checker ({}):\n{tail}", out.status);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("1 passed"), "chain_child did not run");
-    assert!(t0.elapsed() < Duration::from_secs(60), "a chain of {n} `{kind}` links took {:?}", t0.elapsed());
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for the child") {
+            break status;
+        }
+        if t0.elapsed() > within {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what}: still running after {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let tail = &text[text.floor_char_boundary(text.len().saturating_sub(2000))..];
+    assert!(status.success(), "{what}: the child failed ({status}):\n{tail}");
+    assert!(text.contains("1 passed"), "{what}: the child test did not run:\n{tail}");
+}
+
+/// Run `chain_child` on a chain of `n` links in a child process.
+fn run_chain_child(kind: &str, n: usize) {
+    let what = format!("a chain of {n} `{kind}` links");
+    run_child("robustness::chain_child", ("ECARC_TEST_CHAIN", &format!("{kind}:{n}")), limit(60), &what);
 }
 
 /// One chain, checked in this process. `long_definition_chains_do_not_overflow`
@@ -668,6 +703,36 @@ fn long_definition_chains_do_not_overflow() {
     run_chain_child("extends", 20_000);
     run_chain_child("component", 20_000);
     run_chain_child("refs", 5_000);
+}
+
+const HUGE_SPACES: &[&str] =
+    &["depth in 10..=1000000 step 1", "depth in 1..=1000000 step 7", "depth in { 16, 1000000 }"];
+
+fn space_source(space: &str) -> String {
+    format!("import \"std/var.ecar\"\nmodel m extends var_base {{ backbone {{ {space} }} }}\n")
+}
+
+/// One huge search space, checked in this process: `ECARC_TEST_SPACE=k` picks
+/// [`HUGE_SPACES`]`[k]` (run so by `huge_search_spaces_check_quickly`); on its own
+/// it checks a small space.
+#[test]
+fn space_child() {
+    let space = match std::env::var("ECARC_TEST_SPACE").ok().and_then(|v| v.parse::<usize>().ok()) {
+        Some(k) => HUGE_SPACES[k],
+        None => "depth in 10..=20",
+    };
+    let s = check_source("space.ecar", &space_source(space), &[]);
+    assert_diags_sound(&s, space);
+}
+
+#[test]
+fn huge_search_spaces_check_quickly() {
+    // `check` samples a bounded amount of work from a search space, also when the
+    // points grow (here: up to a million layers, each with copies of the layer's
+    // tensors). Each runs in a child process, stopped if it takes too long.
+    for (k, space) in HUGE_SPACES.iter().enumerate() {
+        run_child("robustness::space_child", ("ECARC_TEST_SPACE", &k.to_string()), limit(10), space);
+    }
 }
 
 #[test]
