@@ -247,3 +247,128 @@ fn llamagen_greedy_generation_matches_the_official_code() {
     assert_eq!(got, expected["tokens"].as_i64().expect("i64 tokens"), "tokens differ");
     assert_close("llamagen_gen: image", &out.image, &expected["image"]);
 }
+
+/// The smallest top-1 / top-2 gap of `logits [N, L, V]` over positions `from..to`.
+fn argmax_margin(logits: &HostTensor, from: usize, to: usize) -> f32 {
+    let (l, v) = (logits.shape[1], logits.shape[2]);
+    let lv = logits.as_f32().expect("f32 logits");
+    let mut m = f32::INFINITY;
+    for n in 0..logits.shape[0] {
+        for p in from..to {
+            let mut row = lv[(n * l + p) * v..(n * l + p + 1) * v].to_vec();
+            row.sort_by(|a, b| b.total_cmp(a));
+            m = m.min(row[0] - row[1]);
+        }
+    }
+    m
+}
+
+/// Distilled Decoding from the fixture's noise: `sample_from` with `distill.steps`,
+/// `distill.split`, `distill.greedy_prefix` as the official run had them, against the
+/// official final sequence after each step, f_hat (VAR-DD) and image. The greedy decisions
+/// from the logits (positions before the greedy prefix that are not data) are re-checked on
+/// our forward: each clears a tie by more than 1e-3.
+fn check_dd_sample(name: &str, label_key: &str, case: &str, sets: &[&str], tokenizer: &str) {
+    use ecarc_runtime::driver::{dd, Quiet, SampleOptions};
+    let (spec, w) = load_generator(name, tokenizer, sets);
+    let inputs = read_tensors(&fixture(&format!("{name}_sample"), "inputs")).expect("inputs");
+    let expected = read_tensors(&fixture(&format!("{name}_sample"), "outputs")).expect("outputs");
+    let labels = inputs["labels"].as_i64().expect("i64 labels").to_vec();
+    let noise = &inputs["noise"];
+    let distill = spec.distill.clone().expect("a distilled model");
+    let backend = Reference::new();
+    let g = Generator::from_spec(spec, &backend, &w).expect("generator");
+    let opts = SampleOptions { labels: labels.clone(), seed: 0, flow_map: false, record: true };
+    let out = g.sample_from(&opts, Some(noise), &Quiet).unwrap_or_else(|e| panic!("{name} {case}: sample: {e}"));
+
+    // Where the greedy decisions from the logits are, step by step.
+    let body = dd::body_stages(&g, noise.shape[1]);
+    let greedy = dd::data_len(&body, distill.greedy_prefix);
+    let t_list = if distill.steps == 1 { vec![0] } else { vec![0, distill.split] };
+    let mut x = noise.clone();
+    for (i, &t) in t_list.iter().enumerate() {
+        let data = dd::data_len(&body, t);
+        // The step's input: the data prefix of the previous result, then the noise.
+        let (l, dim) = (noise.shape[1], noise.shape[2]);
+        let (xv, nv) = (x.as_f32().unwrap(), noise.as_f32().unwrap());
+        let x_in: Vec<f32> = (0..xv.len()).map(|j| if (j / dim) % l < data { xv[j] } else { nv[j] }).collect();
+        if greedy > data {
+            let fwd_in: BTreeMap<String, HostTensor> = [
+                (label_key.to_string(), HostTensor::i64(vec![labels.len()], labels.clone())),
+                ("x".to_string(), HostTensor::f32(noise.shape.clone(), x_in)),
+                ("t".to_string(), HostTensor::i64(vec![], vec![t as i64])),
+            ]
+            .into_iter()
+            .collect();
+            let f = g.forward(&fwd_in, None).expect("forward");
+            let logits = &f.iter().find(|(n, _)| n == "logits").expect("logits").1;
+            let m = argmax_margin(logits, data, greedy);
+            eprintln!("{name} {case}: step {i}: smallest top-1 / top-2 gap over positions {data}..{greedy}: {m}");
+            assert!(m > 1e-3, "{name} {case}: a greedy decision is within 1e-3 of a tie ({m})");
+        }
+        let key = format!("step.{i}.x");
+        let got = &out.stages.iter().find(|(n, _)| *n == key).unwrap_or_else(|| panic!("no `{key}`")).1;
+        assert_close(&format!("{name} {case}: {key}"), got, &expected[&format!("{case}.{key}")]);
+        x = got.clone();
+    }
+    if let Some(f) = expected.get(&format!("{case}.f_hat")) {
+        assert_eq!(out.latent.0, "f_hat");
+        assert_close(&format!("{name} {case}: f_hat"), &out.latent.1, f);
+    }
+    assert_close(&format!("{name} {case}: image"), &out.image, &expected[&format!("{case}.image")]);
+}
+
+/// VAR-DD, sample.py from fixed noise: 1 step (t_list [0]), split 2 (the first 5 tokens,
+/// teacher scales 1x1 and 2x2, greedy from the logits, the 4x4 scale continuous), then the
+/// residual accumulation through the tiny official VQVAE (var.tokenizer.safetensors).
+#[test]
+fn var_dd_one_step_sampling_matches_the_official_code() {
+    check_dd_sample("var_dd", "label_B", "1step", &["distill.steps=1", "distill.split=2"], "var");
+}
+
+/// VAR-DD, 2 steps (t_list [0, 2], loss_split_t 2): the 2nd step keeps the first 5 tokens
+/// (data: snapped to their nearest codes) and re-noises the rest with the same noise.
+#[test]
+fn var_dd_two_step_sampling_matches_the_official_code() {
+    check_dd_sample("var_dd", "label_B", "2step", &["distill.steps=2", "distill.split=2"], "var");
+}
+
+/// VAR-DD, 2 steps with loss_split_t 1 (greedy prefix 1 scale < the 2 data scales): data
+/// tokens past the greedy prefix keep their (continuous) input.
+#[test]
+fn var_dd_two_step_sampling_with_a_shorter_greedy_prefix_matches_the_official_code() {
+    check_dd_sample(
+        "var_dd",
+        "label_B",
+        "2step_split1",
+        &["distill.steps=2", "distill.split=2", "distill.greedy_prefix=1"],
+        "var",
+    );
+}
+
+/// LlamaGen-DD, eval_fewstep.py from fixed noise: 1 step (t_list [0], split_t 5: tokens
+/// 0..4 greedy from the logits on the normalised codebook, the rest continuous), decoded by
+/// the tiny official VQ-16 (llamagen.tokenizer.safetensors) without re-quantisation.
+#[test]
+fn llamagen_dd_one_step_sampling_matches_the_official_code() {
+    check_dd_sample("llamagen_dd", "cond_idx", "1step", &["distill.steps=1", "distill.split=5"], "llamagen");
+}
+
+/// LlamaGen-DD, 2 steps (t_list [0, 5], split_t 5: LlamaGen-DD-B's rule).
+#[test]
+fn llamagen_dd_two_step_sampling_matches_the_official_code() {
+    check_dd_sample("llamagen_dd", "cond_idx", "2step", &["distill.steps=2", "distill.split=5"], "llamagen");
+}
+
+/// LlamaGen-DD, 2 steps (t_list [0, 5]) with split_t 8 (LlamaGen-DD-L's rule: the greedy
+/// prefix reaches past the re-noise point, so tokens 5..7 of the 2nd step are argmax codes).
+#[test]
+fn llamagen_dd_two_step_sampling_with_a_longer_greedy_prefix_matches_the_official_code() {
+    check_dd_sample(
+        "llamagen_dd",
+        "cond_idx",
+        "2step_split8",
+        &["distill.steps=2", "distill.split=5", "distill.greedy_prefix=8"],
+        "llamagen",
+    );
+}
