@@ -716,7 +716,7 @@ mod tests {
     use ecarc_compiler::spec::{ParamGroupSpec, RepeatSpec, TensorSpec};
     use std::path::PathBuf;
 
-    const TOKENIZER: [&str; 2] = ["tokenizer.channels=8", "tokenizer.z_channels=8"];
+    const TOKENIZER: [&str; 2] = ["tokenizer.channels=32", "tokenizer.z_channels=8"];
     const SMALL: [&str; 3] = ["backbone.depth=1", "backbone.width=64", "backbone.heads=4"];
 
     fn spec_of(model: &str, sets: &[&str]) -> ModelSpec {
@@ -839,6 +839,13 @@ mod tests {
             for d in declared_tensors(&spec).iter().filter(|d| d.kind.is_param()) {
                 let v = w.get(&d.key).unwrap().as_f32().unwrap();
                 assert!(v.iter().all(|x| x.is_finite()), "{name}: `{}` not finite", d.key);
+                if d.role == "pos_table" && spec.backbone.positions == Positions::Sincos2d {
+                    // The fixed table itself, not a random draw.
+                    let g = spec.schedule.final_grid();
+                    let want = sincos_2d(d.shape[2], g[0] as usize, g[1] as usize, d.shape.clone());
+                    assert_eq!(w.get(&d.key), Some(&want), "{name}");
+                    continue;
+                }
                 let init = init_for(&d.role, &d.shape).unwrap();
                 let n = v.len() as f64;
                 let mean = v.iter().map(|&x| x as f64).sum::<f64>() / n;
