@@ -11,6 +11,7 @@ use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod import_cmd;
 mod run_cmd;
 
 #[derive(clap::Parser)]
@@ -96,6 +97,9 @@ enum Command {
     },
     #[command(flatten)]
     Run(run_cmd::RunCommand),
+    /// Convert released checkpoints (PyTorch .pth or safetensors) into the safetensors
+    /// file a model loads, matched against its declared checkpoint keys.
+    Import(import_cmd::ImportArgs),
 }
 
 fn main() -> ExitCode {
@@ -113,6 +117,7 @@ fn main() -> ExitCode {
         }
         Command::Graph { file, stage, program, format } => cmd_graph(&file, &cli.sets, stage, program, format, color),
         Command::Run(cmd) => run_cmd::run(cmd, &cli.sets, color),
+        Command::Import(args) => import_cmd::run(args, &cli.sets, color),
     };
     match result {
         Ok(code) => code,

@@ -4,6 +4,7 @@
 //! image output. See docs/runtime.md.
 
 pub mod backend;
+pub mod checkpoint;
 pub mod driver;
 pub mod error;
 pub mod image_out;

@@ -275,15 +275,38 @@ impl Weights {
         for (name, bytes) in files {
             parsed.push(SafeTensors::deserialize(bytes).map_err(|e| invalid_file(name, e))?);
         }
+        let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
+        let stored = parsed.iter().map(|st| st.iter().map(|(k, v)| (k.to_string(), Stored::View(v))));
+        Weights::from_stored(label, &names, stored, spec)
+    }
+
+    /// Match named tensors from any source (a PyTorch checkpoint read by
+    /// [`crate::checkpoint`], several of them combined) against `spec`'s
+    /// declared tensors, with exactly the checks and messages of
+    /// [`Weights::load_files`]: `sources` are `(name, tensors)`, where a
+    /// name is what messages call the source (a file name).
+    pub fn from_tensors(sources: &[(String, BTreeMap<String, HostTensor>)], spec: &ModelSpec) -> Result<Weights> {
+        let label = sources.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(" + ");
+        let names: Vec<&str> = sources.iter().map(|(n, _)| n.as_str()).collect();
+        let stored = sources.iter().map(|(_, m)| m.iter().map(|(k, t)| (k.clone(), Stored::Host(t))));
+        Weights::from_stored(label, &names, stored, spec)
+    }
+
+    /// The matching behind [`Weights::from_bytes`] and [`Weights::from_tensors`].
+    fn from_stored<'a, S, I>(label: String, names: &[&str], sources: S, spec: &ModelSpec) -> Result<Weights>
+    where
+        S: Iterator<Item = I>,
+        I: Iterator<Item = (String, Stored<'a>)>,
+    {
         // Every stored tensor, by key; a key in two files is a problem.
         let mut problems = Vec::new();
-        let mut found: BTreeMap<String, (usize, safetensors::tensor::TensorView<'_>)> = BTreeMap::new();
-        for (i, st) in parsed.iter().enumerate() {
-            for (key, view) in st.iter() {
-                if let Some((j, _)) = found.get(key) {
-                    problems.push(format!("`{key}` is stored in both {} and {}", files[*j].0, files[i].0));
+        let mut found: BTreeMap<String, (usize, Stored<'a>)> = BTreeMap::new();
+        for (i, source) in sources.enumerate() {
+            for (key, view) in source {
+                if let Some((j, _)) = found.get(&key) {
+                    problems.push(format!("`{key}` is stored in both {} and {}", names[*j], names[i]));
                 } else {
-                    found.insert(key.to_string(), (i, view));
+                    found.insert(key, (i, view));
                 }
             }
         }
@@ -293,7 +316,7 @@ impl Weights {
             declared.iter().filter(|d| d.kind.is_param() && !found.contains_key(&d.key)).collect();
         let mut unexpected: Vec<&str> = found.keys().map(String::as_str).filter(|k| !by_key.contains_key(k)).collect();
         let shape_of = |k: &str| found[k].1.shape().to_vec();
-        let in_file = |k: &str| if files.len() > 1 { format!(" (in {})", files[found[k].0].0) } else { String::new() };
+        let in_file = |k: &str| if names.len() > 1 { format!(" (in {})", names[found[k].0]) } else { String::new() };
 
         // Whole groups under a wrong prefix: one line each.
         problems.extend(collapse_prefixes(&mut missing, &mut unexpected));
@@ -338,10 +361,10 @@ impl Weights {
                 buffers_in_file.insert(d.key.clone());
                 continue;
             }
-            if !is_float(view.dtype()) {
+            if !view.is_float() {
                 problems.push(format!(
-                    "`{key}` has dtype {:?}, expected a float type (F32, F16, BF16 or F64)",
-                    view.dtype()
+                    "`{key}` has dtype {}, expected a float type (F32, F16, BF16 or F64)",
+                    view.dtype_name()
                 ));
             } else if shape_ok {
                 loadable.push((d, view));
@@ -362,8 +385,7 @@ impl Weights {
         let converted: Vec<(String, Result<HostTensor, String>)> = loadable
             .par_iter()
             .map(|(d, view)| {
-                let data = to_f32(view.dtype(), safetensors::tensor::TensorView::data(view))
-                    .expect("float dtype checked above");
+                let data = view.to_f32().expect("float dtype checked above");
                 let bad = data.iter().filter(|x| !x.is_finite()).count();
                 let result = if bad == 0 {
                     Ok(HostTensor::f32(d.shape.clone(), data))
@@ -683,6 +705,42 @@ fn pair_renames<'a>(
         }
     }
     out
+}
+
+/// A tensor found in a source, before matching: a safetensors view (not yet
+/// converted) or a host tensor (from a PyTorch checkpoint).
+enum Stored<'a> {
+    View(safetensors::tensor::TensorView<'a>),
+    Host(&'a HostTensor),
+}
+
+impl Stored<'_> {
+    fn shape(&self) -> &[usize] {
+        match self {
+            Stored::View(v) => v.shape(),
+            Stored::Host(t) => &t.shape,
+        }
+    }
+    fn is_float(&self) -> bool {
+        match self {
+            Stored::View(v) => is_float(v.dtype()),
+            Stored::Host(t) => t.as_f32().is_some(),
+        }
+    }
+    /// The dtype as safetensors names it (`F32`, `I64`, ...).
+    fn dtype_name(&self) -> String {
+        match self {
+            Stored::View(v) => format!("{:?}", v.dtype()),
+            Stored::Host(t) => format!("{:?}", TensorRef(t).dtype()),
+        }
+    }
+    /// The values as f32; `None` for an integer tensor.
+    fn to_f32(&self) -> Option<Vec<f32>> {
+        match self {
+            Stored::View(v) => to_f32(v.dtype(), v.data()),
+            Stored::Host(t) => t.as_f32().map(<[f32]>::to_vec),
+        }
+    }
 }
 
 /// A host tensor as a safetensors view (little-endian bytes, made on demand).

@@ -2,6 +2,7 @@
 //! there is one). Modules own one concern each.
 
 mod build;
+mod checkpoints;
 mod cli;
 mod cli_run;
 mod common;

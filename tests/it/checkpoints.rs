@@ -1,0 +1,261 @@
+//! Checkpoint import: PyTorch `.pth` files made by `torch.save` (committed
+//! under tests/checkpoints/, made by a script outside the repository from
+//! the declared keys of `examples/tiny/var.ecar` shrunk by [`SETS`]), read
+//! by `checkpoint::open`, mapped by `ecarc import`, and fuzzed.
+
+use crate::common::{root, spec_of};
+use ecarc_compiler::ModelSpec;
+use ecarc_runtime::checkpoint::{self, Format};
+use ecarc_runtime::weights::{declared_tensors, write_tensors, TensorKind, Weights};
+use ecarc_runtime::HostTensor;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// `examples/tiny/var.ecar` shrunk so that its checkpoints are a few KB.
+pub const SETS: [&str; 9] = [
+    "backbone.depth=1",
+    "backbone.width=16",
+    "backbone.heads=2",
+    "tokenizer.channels=32",
+    "tokenizer.z_channels=4",
+    "tokenizer.code_dim=4",
+    "tokenizer.vocab=16",
+    "sample.top_k=4",
+    "tokenizer.ch_mult=[1, 1, 1, 1]",
+];
+
+fn spec() -> ModelSpec {
+    spec_of(&root().join("examples/tiny/var.ecar"), &SETS)
+}
+
+/// Writes the declared tensors as JSON for the script that makes the fixtures:
+/// `ECARC_DUMP_DECLARED=/tmp/declared.json cargo test --profile ci --test it dump_declared -- --ignored`.
+#[test]
+#[ignore]
+fn dump_declared() {
+    let out = std::env::var("ECARC_DUMP_DECLARED").expect("ECARC_DUMP_DECLARED names the output file");
+    let list: Vec<serde_json::Value> = declared_tensors(&spec())
+        .into_iter()
+        .map(|d| {
+            let part = match d.kind {
+                TensorKind::Param => "generator",
+                TensorKind::TokenizerParam => "tokenizer",
+                TensorKind::Buffer => "buffer",
+            };
+            serde_json::json!({"key": d.key, "shape": d.shape, "part": part})
+        })
+        .collect();
+    std::fs::write(out, serde_json::to_string_pretty(&list).unwrap()).unwrap();
+}
+
+fn fixture(name: &str) -> PathBuf {
+    root().join("tests/checkpoints").join(name)
+}
+
+fn ecarc() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_ecarc"));
+    c.arg("--color").arg("never");
+    for s in SETS {
+        c.arg("--set").arg(s);
+    }
+    c
+}
+
+/// The value the fixture script stores at flat index `i` of the `j`-th
+/// declared tensor: a multiple of 1/64 in [-50/64, 50/64], exact in f16 and bf16.
+fn expected_value(j: usize, i: usize) -> f32 {
+    (((i * 7 + j * 13) % 101) as f32 - 50.0) / 64.0
+}
+
+/// The tensors the fixture script stored for the declared tensors of `kind`.
+fn expected(kind: TensorKind) -> BTreeMap<String, HostTensor> {
+    declared_tensors(&spec())
+        .into_iter()
+        .enumerate()
+        .filter(|(_, d)| d.kind == kind)
+        .map(|(j, d)| {
+            let n = d.shape.iter().product();
+            (d.key, HostTensor::f32(d.shape, (0..n).map(|i| expected_value(j, i)).collect()))
+        })
+        .collect()
+}
+
+#[test]
+fn every_nesting_and_dtype_reads_back_exactly() {
+    let generator = expected(TensorKind::Param);
+    let cases = [
+        ("var_gen_model_f32.pth", "model", vec![]),
+        ("var_gen_trainer_f16.pth", "trainer.var_wo_ddp", vec![]),
+        ("var_gen_ema_bf16.pth", "ema", vec!["model".to_string()]),
+    ];
+    for (file, nesting, others) in cases {
+        let ck = checkpoint::open(&fixture(file), None).unwrap();
+        assert_eq!(ck.format, Format::PyTorch);
+        assert_eq!((ck.nesting.as_str(), &ck.others), (nesting, &others), "{file}");
+        for (k, t) in &generator {
+            assert_eq!(ck.tensors.get(k), Some(t), "{file}: `{k}`");
+        }
+    }
+    // The f32 file also holds the buffers: the integer level index as i64.
+    let ck = checkpoint::open(&fixture("var_gen_model_f32.pth"), None).unwrap();
+    assert_eq!(ck.tensors.len(), generator.len() + 3);
+    let lvl = &ck.tensors["lvl_1L"];
+    assert_eq!(lvl.shape, [1, 21]);
+    assert_eq!(lvl.as_i64().unwrap(), (0..21).map(|i| i % 3).collect::<Vec<i64>>());
+    // The tokenizer alone, a bare dict, bf16, with strided and offset views.
+    let ck = checkpoint::open(&fixture("var_tok_bare_bf16.pth"), None).unwrap();
+    assert_eq!(ck.nesting, "");
+    assert_eq!(ck.tensors, expected(TensorKind::TokenizerParam));
+}
+
+#[test]
+fn key_picks_the_state_dict_or_says_what_is_there() {
+    let ck = checkpoint::open(&fixture("var_gen_ema_bf16.pth"), Some("model")).unwrap();
+    assert_eq!(ck.tensors.keys().collect::<Vec<_>>(), ["head.weight"]);
+    let ck = checkpoint::open(&fixture("var_gen_trainer_f16.pth"), Some("trainer.var_wo_ddp")).unwrap();
+    assert_eq!(ck.tensors.len(), 22);
+    let err = |key: &str| checkpoint::open(&fixture("var_gen_trainer_f16.pth"), Some(key)).unwrap_err().to_string();
+    insta::assert_snapshot!(
+        "key_errors",
+        [err("trainer"), err("trainer.step"), err("model"), err("args.flags")]
+            .join("\n")
+            .replace(&fixture("").display().to_string(), "tests/checkpoints/")
+    );
+}
+
+#[test]
+fn a_malicious_pickle_is_refused_without_running_it() {
+    let marker = Path::new("/tmp/ecarc-pwned");
+    let _ = std::fs::remove_file(marker);
+    let e = checkpoint::open(&fixture("malicious.pth"), None).unwrap_err().to_string();
+    assert!(e.contains("refusing the pickle global `posix.system`"), "{e}");
+    assert!(!marker.exists());
+    let dir = Scratch::new("1");
+    let out = ecarc()
+        .args(["import", "--model"])
+        .arg(root().join("examples/tiny/var.ecar"))
+        .arg(fixture("malicious.pth"))
+        .arg("-o")
+        .arg(dir.0.as_path().join("w.safetensors"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("`posix.system`"));
+    assert_eq!(std::fs::read_dir(dir.0.as_path()).unwrap().count(), 0);
+    assert!(!marker.exists());
+}
+
+/// `ecarc import` in `dir` (relative names keep messages stable).
+fn import(dir: &Path, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = ecarc()
+        .current_dir(dir)
+        .arg("import")
+        .args(args)
+        .arg("--model")
+        .arg(root().join("examples/tiny/var.ecar"))
+        .output()
+        .unwrap();
+    (out.status.code(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+fn copy_fixtures(dir: &Path) {
+    for f in ["var_gen_model_f32.pth", "var_gen_trainer_f16.pth", "var_gen_ema_bf16.pth", "var_tok_bare_bf16.pth"] {
+        std::fs::copy(fixture(f), dir.join(f)).unwrap();
+    }
+}
+
+#[test]
+fn import_round_trips_to_identical_tensors() {
+    let dir = Scratch::new("2");
+    copy_fixtures(dir.0.as_path());
+    let spec = spec();
+    let mut all = expected(TensorKind::Param);
+    all.extend(expected(TensorKind::TokenizerParam));
+    // Generator and tokenizer from two files (f16 under trainer.var_wo_ddp, bare bf16).
+    let (code, stdout, stderr) =
+        import(dir.0.as_path(), &["var_gen_trainer_f16.pth", "var_tok_bare_bf16.pth", "-o", "all.safetensors"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    insta::assert_snapshot!("import_two_files", format!("{stderr}{stdout}"));
+    let w = Weights::load(&dir.0.as_path().join("all.safetensors"), &spec).unwrap();
+    assert_eq!(w.iter().map(|(k, t)| (k.to_string(), t.clone())).collect::<BTreeMap<_, _>>(), all);
+    // Each generator file alone gives the same bytes; so does re-importing the output.
+    let reference = std::fs::read(dir.0.as_path().join("all.safetensors")).unwrap();
+    let again = |files: &[&str]| {
+        let (code, _, stderr) = import(dir.0.as_path(), &[files, &["-o", "again.safetensors"]].concat());
+        assert_eq!(code, Some(0), "{files:?}: {stderr}");
+        std::fs::read(dir.0.as_path().join("again.safetensors")).unwrap()
+    };
+    for name in ["var_gen_model_f32.pth", "var_gen_ema_bf16.pth"] {
+        assert_eq!(again(&[name, "var_tok_bare_bf16.pth"]), reference, "{name}");
+    }
+    assert_eq!(again(&["all.safetensors"]), reference);
+    // One part: the inference says so, and the output loads next to the other part.
+    let (code, _, stderr) = import(dir.0.as_path(), &["var_tok_bare_bf16.pth", "-o", "tok.safetensors"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("part: tokenizer (inferred: 0 of 22 generator"), "{stderr}");
+    let (code, _, stderr) = import(dir.0.as_path(), &["var_gen_model_f32.pth", "-o", "gen.safetensors"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let w = Weights::load_files(
+        &[&dir.0.as_path().join("gen.safetensors"), &dir.0.as_path().join("tok.safetensors")],
+        &spec,
+    )
+    .unwrap();
+    assert_eq!(w.len(), all.len());
+}
+
+#[test]
+fn one_tensor_removed_renamed_or_reshaped_is_one_precise_error() {
+    let dir = Scratch::new("3");
+    let base = checkpoint::open(&fixture("var_gen_trainer_f16.pth"), None).unwrap().tensors;
+    let key = "blocks.0.attn.mat_qkv.weight";
+    assert!(base.contains_key(key), "{:?}", base.keys());
+    let mut cases: Vec<(&str, BTreeMap<String, HostTensor>)> = Vec::new();
+    let mut removed = base.clone();
+    removed.remove(key);
+    cases.push(("removed", removed));
+    let mut renamed = base.clone();
+    let t = renamed.remove(key).unwrap();
+    renamed.insert("blocks.0.attn.mat_qkv.weights".into(), t);
+    cases.push(("renamed", renamed));
+    let mut reshaped = base.clone();
+    let t = reshaped.remove(key).unwrap();
+    let (rows, cols) = (t.shape[0], t.shape[1]);
+    reshaped.insert(key.into(), HostTensor::f32(vec![cols, rows], t.as_f32().unwrap().to_vec()));
+    cases.push(("reshaped", reshaped));
+    let mut messages = Vec::new();
+    for (name, tensors) in cases {
+        let file = format!("{name}.safetensors");
+        let named: Vec<(&str, &HostTensor)> = tensors.iter().map(|(k, t)| (k.as_str(), t)).collect();
+        write_tensors(&dir.0.as_path().join(&file), &named).unwrap();
+        let (code, stdout, stderr) = import(dir.0.as_path(), &[&file, "-o", "out.safetensors"]);
+        assert_eq!(code, Some(1), "{name}: {stdout}");
+        assert!(!dir.0.as_path().join("out.safetensors").exists(), "{name}");
+        messages.push(format!("--- {name}\n{stderr}"));
+    }
+    insta::assert_snapshot!("one_error_each", messages.join(""));
+    // A generator file imported as the tokenizer: every tokenizer tensor is missing.
+    std::fs::copy(fixture("var_gen_model_f32.pth"), dir.0.as_path().join("g.pth")).unwrap();
+    let (code, _, stderr) = import(dir.0.as_path(), &["g.pth", "--part", "tokenizer", "-o", "out.safetensors"]);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("missing `decoder.conv_in.weight`"), "{stderr}");
+    assert!(!dir.0.as_path().join("out.safetensors").exists());
+}
+
+/// A fresh directory, removed when dropped.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(tag: &str) -> Scratch {
+        let d = std::env::temp_dir().join(format!("ecarc-checkpoints-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        Scratch(d)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
