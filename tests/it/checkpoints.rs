@@ -5,9 +5,9 @@
 
 use crate::common::{root, spec_of};
 use ecarc_compiler::ModelSpec;
-use ecarc_runtime::checkpoint::{self, Format};
+use ecarc_runtime::checkpoint::{self, Checkpoint, Format};
 use ecarc_runtime::weights::{declared_tensors, write_tensors, TensorKind, Weights};
-use ecarc_runtime::HostTensor;
+use ecarc_runtime::{HostTensor, RuntimeError};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -240,6 +240,103 @@ fn one_tensor_removed_renamed_or_reshaped_is_one_precise_error() {
     assert_eq!(code, Some(1));
     assert!(stderr.contains("missing `decoder.conv_in.weight`"), "{stderr}");
     assert!(!dir.0.as_path().join("out.safetensors").exists());
+}
+
+/// Bytes a checkpoint's tensors take in memory (f32 or i64).
+fn tensor_bytes(ck: &Checkpoint) -> usize {
+    ck.tensors.values().map(HostTensor::bytes).sum()
+}
+
+/// The fuzz cases: 100,000 in all (a fixed seed), each a PyTorch or a
+/// safetensors checkpoint of the tiny generator, truncated, with bytes
+/// replaced (anywhere, in the pickle, in the zip's central directory, in the
+/// safetensors header's digits) or with garbage appended. None may panic;
+/// what reads must take at most 32 bytes of tensors per byte of file (the
+/// bound `checkpoint` documents); every 50th case runs the whole import
+/// (match, then an atomic write) and finds a complete file or none.
+#[test]
+fn mutated_and_truncated_checkpoints_never_panic_overallocate_or_write_partially() {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRng, TestRunner};
+    let mut spec = spec();
+    spec.tokenizer.params.clear();
+    let pth = std::fs::read(fixture("var_gen_trainer_f16.pth")).unwrap();
+    let good = checkpoint::from_bytes("g", &pth, None).unwrap();
+    let dir = Scratch::new("fuzz");
+    let st_path = dir.0.join("g.safetensors");
+    let named: Vec<(&str, &HostTensor)> = good.tensors.iter().map(|(k, t)| (k.as_str(), t)).collect();
+    write_tensors(&st_path, &named).unwrap();
+    let st = std::fs::read(&st_path).unwrap();
+    let find = |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).position(|w| w == needle).unwrap();
+    // The pickle (after its local header) and the central directory of the zip.
+    let pkl = find(&pth, b"/data.pkl");
+    let pkl = pkl..(pkl + 4096).min(pth.len());
+    let central = find(&pth, b"PK\x01\x02")..pth.len();
+    let header_len = u64::from_le_bytes(st[..8].try_into().unwrap()) as usize;
+    let digits: Vec<usize> = (8..8 + header_len).filter(|&i| st[i].is_ascii_digit()).collect();
+
+    #[derive(Clone, Debug)]
+    enum Edit {
+        Truncate(usize),
+        Replace(Vec<(usize, u8)>),
+        Append(Vec<u8>),
+    }
+    let region = |r: std::ops::Range<usize>, n: usize| {
+        proptest::collection::vec((r, any::<u8>()), 1..n).prop_map(Edit::Replace).boxed()
+    };
+    let digit_at = digits.clone();
+    let pth_edit = prop_oneof![
+        (0..pth.len()).prop_map(Edit::Truncate),
+        region(0..pth.len(), 8),
+        region(pkl.clone(), 4),
+        region(central.clone(), 4),
+        proptest::collection::vec(any::<u8>(), 1..64).prop_map(Edit::Append),
+    ];
+    let st_edit = prop_oneof![
+        (0..st.len()).prop_map(Edit::Truncate),
+        region(0..st.len(), 8),
+        region(0..8 + header_len, 4),
+        proptest::collection::vec((0..digits.len(), b'0'..=b'9'), 1..3)
+            .prop_map(move |f| Edit::Replace(f.into_iter().map(|(i, d)| (digit_at[i], d)).collect())),
+    ];
+    let case = prop_oneof![7 => pth_edit.prop_map(|e| (true, e)), 3 => st_edit.prop_map(|e| (false, e))];
+    let config = Config { cases: 100_000, failure_persistence: None, ..Config::default() };
+    let mut runner = TestRunner::new_with_rng(config.clone(), TestRng::deterministic_rng(config.rng_algorithm));
+    let out = dir.0.join("out.safetensors");
+    let count = std::cell::Cell::new(0usize);
+    let read_ok = std::cell::Cell::new(0usize);
+    runner
+        .run(&case, |(is_pth, edit)| {
+            let mut bytes = if is_pth { pth.clone() } else { st.clone() };
+            match edit {
+                Edit::Truncate(n) => bytes.truncate(n),
+                Edit::Replace(r) => r.into_iter().for_each(|(i, b)| bytes[i] = b),
+                Edit::Append(g) => bytes.extend(g),
+            }
+            count.set(count.get() + 1);
+            let Ok(ck) = checkpoint::from_bytes("f", &bytes, None) else { return Ok(()) };
+            read_ok.set(read_ok.get() + 1);
+            prop_assert!(tensor_bytes(&ck) <= 32 * bytes.len(), "{} bytes of tensors", tensor_bytes(&ck));
+            let matched = Weights::from_tensors(&[("f".into(), ck.tensors)], &spec);
+            if count.get() % 50 == 0 {
+                match matched {
+                    Ok(w) => {
+                        w.save(&out).unwrap();
+                        prop_assert_eq!(Weights::load(&out, &spec).unwrap().len(), w.len());
+                        std::fs::remove_file(&out).unwrap();
+                    }
+                    Err(e) => {
+                        prop_assert!(matches!(e, RuntimeError::Weights { .. }), "{e}");
+                        prop_assert!(!out.exists());
+                    }
+                }
+            }
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(count.get(), 100_000);
+    // Most edits of tensor data still read; the mix exercises both paths.
+    assert!(read_ok.get() > 10_000 && read_ok.get() < 90_000, "{} of 100,000 read", read_ok.get());
 }
 
 /// A fresh directory, removed when dropped.
