@@ -13,6 +13,7 @@ use std::process::ExitCode;
 
 mod import_cmd;
 mod run_cmd;
+mod search_cmd;
 
 #[derive(clap::Parser)]
 #[command(
@@ -100,6 +101,9 @@ enum Command {
     /// Convert released checkpoints (PyTorch .pth or safetensors) into the safetensors
     /// file a model loads, matched against its declared checkpoint keys.
     Import(import_cmd::ImportArgs),
+    /// Search a space of designs: check and cost every design (or a sample), keep
+    /// the Pareto front of the objectives within the `where` constraints.
+    Search(search_cmd::SearchArgs),
 }
 
 fn main() -> ExitCode {
@@ -118,6 +122,7 @@ fn main() -> ExitCode {
         Command::Graph { file, stage, program, format } => cmd_graph(&file, &cli.sets, stage, program, format, color),
         Command::Run(cmd) => run_cmd::run(cmd, &cli.sets, color),
         Command::Import(args) => import_cmd::run(args, &cli.sets, color),
+        Command::Search(args) => search_cmd::run(args, &cli.sets, color),
     };
     match result {
         Ok(code) => code,

@@ -12,6 +12,7 @@ pub mod cost;
 pub mod ir;
 pub mod lower;
 pub mod roles;
+pub mod search;
 pub mod session;
 pub mod snapshot;
 pub mod space;

@@ -109,13 +109,44 @@ pub fn check_source(name: &str, text: &str, sets: &[Override]) -> Session {
     finish(program, diags, sets)
 }
 
-/// Check an already loaded program.
-pub fn finish(mut program: Program, mut diags: Vec<Diag>, sets: &[Override]) -> Session {
-    let mut models = Vec::new();
-    if diags.iter().any(Diag::is_error) {
-        return Session { program, diags, models };
+/// The root models of files, resolved (imports, `extends`, `--set`) but not
+/// checked: what `ecarc search` starts from (it checks every design itself).
+pub struct Loaded {
+    pub program: Program,
+    pub diags: Vec<Diag>,
+    /// Each model's name and merged body (search spaces keep their alternatives).
+    pub models: Vec<(ecarc_grammar::ast::Ident, MBody)>,
+}
+
+/// Load and resolve files without checking their models.
+pub fn load_models(paths: &[impl AsRef<Path>], sets: &[Override]) -> Loaded {
+    let mut program = Program::new();
+    let mut diags = Vec::new();
+    for p in paths {
+        diags.extend(program.load_path(p.as_ref()));
     }
-    // Parse override values once, into their own source file.
+    let mut models = Vec::new();
+    if !diags.iter().any(Diag::is_error) {
+        let set_values = parse_sets(&mut program, sets, &mut diags);
+        let defs: Vec<Definition> = program.root_definitions().into_iter().cloned().collect();
+        for def in defs.iter().filter(|d| d.kind.name == "model") {
+            match program.resolve(def) {
+                Ok(mut body) => {
+                    if apply_sets(&program, &mut body, &set_values, &mut diags) {
+                        models.push((def.name.clone(), body));
+                    }
+                }
+                Err(d) => diags.extend(d),
+            }
+        }
+    }
+    Loaded { program, diags, models }
+}
+
+type SetValue = (Vec<String>, ecarc_grammar::ast::FieldValue, ecarc_grammar::FileId);
+
+/// Parse `--set` values once, each into its own source file.
+fn parse_sets(program: &mut Program, sets: &[Override], diags: &mut Vec<Diag>) -> Vec<SetValue> {
     let mut set_values = Vec::new();
     for o in sets {
         let id = program.sources.add(format!("--set {}", o.path.join(".")), None, o.value.clone());
@@ -124,6 +155,36 @@ pub fn finish(mut program: Program, mut diags: Vec<Diag>, sets: &[Override]) -> 
             Err(d) => diags.extend(d.into_iter().map(|d| ecarc_grammar::resolve::explain_syntax_error(d, &o.value))),
         }
     }
+    set_values
+}
+
+/// Apply `--set` values to a resolved model; false when one does not resolve.
+fn apply_sets(program: &Program, body: &mut MBody, set_values: &[SetValue], diags: &mut Vec<Diag>) -> bool {
+    let mut ok = true;
+    for (path, value, id) in set_values {
+        let key = path.last().expect("non-empty path");
+        match program.resolve_value(key, value) {
+            Ok(v) => {
+                let whole = Span::new(*id, 0, program.sources.get(*id).text.len());
+                set_path(body, path, v, whole);
+            }
+            Err(d) => {
+                diags.extend(d);
+                ok = false;
+            }
+        }
+    }
+    ok
+}
+
+/// Check an already loaded program.
+pub fn finish(mut program: Program, mut diags: Vec<Diag>, sets: &[Override]) -> Session {
+    let mut models = Vec::new();
+    if diags.iter().any(Diag::is_error) {
+        return Session { program, diags, models };
+    }
+    // Parse override values once, into their own source file.
+    let set_values = parse_sets(&mut program, sets, &mut diags);
     let defs: Vec<Definition> = program.root_definitions().into_iter().cloned().collect();
     for def in &defs {
         let body = match program.resolve(def) {
@@ -153,21 +214,7 @@ pub fn finish(mut program: Program, mut diags: Vec<Diag>, sets: &[Override]) -> 
             continue;
         }
         let mut body = body;
-        let mut ok = true;
-        for (path, value, id) in &set_values {
-            let key = path.last().expect("non-empty path");
-            match program.resolve_value(key, value) {
-                Ok(v) => {
-                    let whole = Span::new(*id, 0, program.sources.get(*id).text.len());
-                    set_path(&mut body, path, v, whole);
-                }
-                Err(d) => {
-                    diags.extend(d);
-                    ok = false;
-                }
-            }
-        }
-        if !ok {
+        if !apply_sets(&program, &mut body, &set_values, &mut diags) {
             continue;
         }
         let outcome = check_body(&program, &def.name, &body, &mut diags);

@@ -168,12 +168,14 @@ pub struct MemoStats {
 pub struct Memo {
     plan: Plan,
     caches: RefCell<Caches>,
+    /// The key being built (no allocation for a cache hit).
+    key: RefCell<Vec<u64>>,
 }
 
 impl Memo {
     /// A memo for the points of a space with these axes (from [`crate::space::axes`]).
     pub fn new(axes: &[Axis]) -> Memo {
-        Memo { plan: Plan::new(axes), caches: RefCell::default() }
+        Memo { plan: Plan::new(axes), caches: RefCell::default(), key: RefCell::default() }
     }
     pub fn stats(&self) -> MemoStats {
         self.caches.borrow().stats
@@ -204,12 +206,14 @@ pub(super) fn derived_key(map: &BTreeMap<String, N>) -> Vec<u64> {
 }
 
 impl<'a> Ctx<'a> {
-    fn key(&self, tag: u64, axes: &[u32], extra: &[u64]) -> Box<[u64]> {
-        let mut key = Vec::with_capacity(1 + axes.len() + extra.len());
+    /// A unit's cache key, in the memo's reused buffer.
+    fn key(&self, tag: u64, axes: &[u32], extra: &[u64]) -> std::cell::RefMut<'a, Vec<u64>> {
+        let mut key = self.memo.key.borrow_mut();
+        key.clear();
         key.push(tag);
         key.extend(axes.iter().map(|&a| self.choice[a as usize] as u64));
         key.extend_from_slice(extra);
-        key.into_boxed_slice()
+        key
     }
 
     /// Each owner's groups from the cache or evaluated on their own; `None`
@@ -227,7 +231,7 @@ impl<'a> Ctx<'a> {
         for (owner, chain) in owners {
             let k = OWNERS.iter().position(|(o, _)| o == owner).expect("a known owner");
             let key = self.key(100 + k as u64, &self.memo.plan.owners[k], &extra);
-            let cached = self.memo.caches.borrow().owners.get(&key).cloned();
+            let cached = self.memo.caches.borrow().owners.get(key.as_slice()).cloned();
             let groups = match cached {
                 Some(g) => {
                     self.memo.caches.borrow_mut().stats.owner_hits += 1;
@@ -241,7 +245,7 @@ impl<'a> Ctx<'a> {
                     }));
                     let mut c = self.memo.caches.borrow_mut();
                     c.stats.owner_misses += 1;
-                    c.owners.insert(key, g.clone());
+                    c.owners.insert(key.as_slice().into(), g.clone());
                     g
                 }
             };
@@ -325,13 +329,14 @@ impl<'a> Checker<'a> {
         let key = ctx.key(k as u64, &ctx.memo.plan.units[k], extra);
         {
             let mut c = ctx.memo.caches.borrow_mut();
-            if let Some((value, diags)) = c.units.get(&key) {
+            if let Some((value, diags)) = c.units.get(key.as_slice()) {
                 let v = value.downcast_ref::<Option<T>>().expect("one type per unit").clone();
                 self.diags.borrow_mut().extend(diags.iter().cloned());
                 c.stats.unit_hits += 1;
                 return v;
             }
         }
+        let key: Box<[u64]> = key.as_slice().into();
         let before = self.diags.borrow().len();
         let v = f();
         let diags = self.diags.borrow()[before..].to_vec();

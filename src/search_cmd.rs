@@ -1,0 +1,369 @@
+//! `ecarc search FILE` and `ecarc search merge SHARDS... -o merged.json`: a thin
+//! layer over `ecarc_compiler::search` (see docs/search.md).
+//!
+//! - stdout: the front as a table (or, with `--json`, the whole result as JSON);
+//! - stderr: the broken designs by problem (rendered as `ecarc check` shows
+//!   them, with counts and examples), a progress bar on a terminal, and the
+//!   speed of the run;
+//! - exit 0 when the search ran (broken designs are results, not failures),
+//!   1 when the file does not load or a setting is wrong, 2 for usage errors.
+
+use clap::{Args, Subcommand};
+use ecarc_compiler::search::{
+    self, emit, measure, merge, objective::parse_objectives, plot, Options, SearchResult, Selection, Shard, Space,
+};
+use ecarc_compiler::session::Override;
+use ecarc_compiler::ModelSpec;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// Spaces larger than this need `--samples`.
+const MAX_ENUMERATED: u128 = 50_000_000;
+
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct SearchArgs {
+    #[command(subcommand)]
+    merge: Option<SearchSub>,
+    /// The search space: a model file whose fields have alternatives
+    /// (`depth in 16..=32 step 8`), with `where` constraints.
+    #[arg(required = true)]
+    file: Option<PathBuf>,
+    /// The model to search when the file defines several.
+    #[arg(long)]
+    model: Option<String>,
+    /// Metrics to minimise, comma-separated; `max:METRIC` maximises. Metrics: params,
+    /// forward_macs, sample_macs, peak_activation_bytes (lowers every design: slow),
+    /// stages, tokens.
+    #[arg(long, default_value = "sample_macs,params", value_name = "METRICS")]
+    objective: String,
+    /// Measure the seconds per image of the first `--top` designs of the front on a
+    /// backend (`reference`), with random weights.
+    #[arg(long, value_name = "BACKEND")]
+    measure: Option<String>,
+    /// Designs of the front to show, emit and measure (the front is sorted by the
+    /// first objective); the result files hold the whole front.
+    #[arg(long, default_value_t = 20, value_name = "N")]
+    top: usize,
+    /// Search only shard I of N (0-based), e.g. `--shard $SLURM_ARRAY_TASK_ID/4`;
+    /// `ecarc search merge` combines the shards' JSON results.
+    #[arg(long, value_name = "I/N")]
+    shard: Option<Shard>,
+    /// Visit N designs drawn at random (distinct, reproducible with `--seed`)
+    /// instead of every design.
+    #[arg(long, value_name = "N")]
+    samples: Option<u128>,
+    /// The seed of `--samples`.
+    #[arg(long, default_value_t = 0, value_name = "S")]
+    seed: u64,
+    /// Write the result: `.json` (everything, mergeable) or `.csv` (the front).
+    #[arg(short = 'o', long, value_name = "FILE")]
+    output: Option<PathBuf>,
+    /// Plot the front (first two objectives): `.svg` or `.png`.
+    #[arg(long, value_name = "FILE")]
+    plot: Option<PathBuf>,
+    /// Write the first `--top` designs of the front as concrete model files into DIR.
+    #[arg(long, value_name = "DIR")]
+    emit: Option<PathBuf>,
+    /// Print the result as JSON on stdout (no table, no progress bar).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum SearchSub {
+    /// Combine the JSON results of the shards of one search (`--shard I/N`) into
+    /// the result a single run gives.
+    Merge(MergeArgs),
+}
+
+#[derive(Args)]
+struct MergeArgs {
+    /// The shards' results (`ecarc search ... --shard I/N -o shard_I.json`).
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+    /// The merged result: `.json` or `.csv`.
+    #[arg(short = 'o', long, value_name = "FILE", required = true)]
+    output: PathBuf,
+    /// Accept a set that misses shards (the front of the shards given).
+    #[arg(long)]
+    allow_partial: bool,
+    /// Plot the merged front: `.svg` or `.png`.
+    #[arg(long, value_name = "FILE")]
+    plot: Option<PathBuf>,
+    /// Designs of the front to show.
+    #[arg(long, default_value_t = 20, value_name = "N")]
+    top: usize,
+    /// Print the merged result as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: SearchArgs, sets: &[Override], color: bool) -> Result<ExitCode, String> {
+    if let Some(SearchSub::Merge(m)) = args.merge {
+        return run_merge(m);
+    }
+    let file = args.file.clone().ok_or("give the search space's file")?;
+    let objectives = parse_objectives(&args.objective)?;
+    let loaded = ecarc_compiler::session::load_models(&[&file], sets);
+    crate::print_diag_list(&loaded.diags, &loaded.program.sources, color);
+    if loaded.diags.iter().any(|d| d.is_error()) {
+        return Ok(ExitCode::from(1));
+    }
+    let names = || loaded.models.iter().map(|(n, _)| format!("`{}`", n.name)).collect::<Vec<_>>().join(", ");
+    let (name, body) = match &args.model {
+        Some(m) => loaded
+            .models
+            .iter()
+            .find(|(n, _)| &n.name == m)
+            .ok_or_else(|| format!("`{}` defines no model `{m}`; it defines {}", file.display(), names()))?,
+        None => match loaded.models.as_slice() {
+            [one] => one,
+            [] => return Err(format!("`{}` defines no model", file.display())),
+            _ => {
+                return Err(format!(
+                    "`{}` defines several models ({}); choose one with --model",
+                    file.display(),
+                    names()
+                ))
+            }
+        },
+    };
+    let space = match Space::new(name.clone(), body.clone(), &loaded.program.sources) {
+        Ok(s) => s,
+        Err(d) => {
+            crate::print_diag_list(&d, &loaded.program.sources, color);
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let selection = match args.samples {
+        Some(0) => return Err("--samples must be at least 1".into()),
+        Some(n) => Selection::Sample { count: n, seed: args.seed },
+        None if space.total > MAX_ENUMERATED => {
+            return Err(format!(
+                "the space has {} designs; visit a sample of them with `--samples N` (e.g. --samples 1000000)",
+                space.total
+            ))
+        }
+        None => Selection::All,
+    };
+    let backend = match &args.measure {
+        Some(b) => Some(RuntimeMeasure::new(b)?),
+        None => None,
+    };
+    let opts = Options { objectives, selection, shard: args.shard.unwrap_or(Shard::ALL) };
+    let designs = search::design::Designs::new(space.total, selection, opts.shard).len();
+    let bar = ProgressBar::with_draw_target(
+        Some(designs.min(u64::MAX as u128) as u64),
+        if args.json || !std::io::stderr().is_terminal() {
+            ProgressDrawTarget::hidden()
+        } else {
+            ProgressDrawTarget::stderr()
+        },
+    );
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} designs ({per_sec}, {eta} left)")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let file_name = file.display().to_string();
+    let (mut result, stats) = search::run(&space, &file_name, &opts, &loaded.program.sources, &|n| bar.inc(n))?;
+    bar.finish_and_clear();
+    if let Some(m) = &backend {
+        for (index, e) in measure::measure_front(&space, &mut result, args.top, m) {
+            eprintln!("warning: design {index} was not measured: {e}");
+        }
+    }
+    if let Some(out) = &args.output {
+        write_result(&result, out)?;
+    }
+    if let Some(p) = &args.plot {
+        plot::plot(&result, p)?;
+    }
+    if let Some(dir) = &args.emit {
+        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create `{}`: {e}", dir.display()))?;
+        let root = loaded.program.roots.first().copied().ok_or("no root file")?;
+        for r in result.front.iter().take(args.top) {
+            let text = emit::emit(&space, r.index, root, &loaded.program.sources, dir)?;
+            let path = dir.join(format!("{}.ecar", emit::design_name(&space.name.name, r.index)));
+            crate::write_atomically(&path, text.as_bytes(), true)
+                .map_err(|e| format!("cannot write `{}`: {e}", path.display()))?;
+            if !args.json {
+                eprintln!("wrote {}", path.display());
+            }
+        }
+    }
+    report_invalid(&result);
+    if args.json {
+        println!("{}", result.to_json());
+    } else {
+        print_table(&result, args.top);
+    }
+    eprintln!(
+        "{} designs in {:.2} s: {:.0} designs/s on {} threads{}",
+        stats.designs,
+        stats.seconds,
+        stats.designs_per_second(),
+        rayon_threads(),
+        if stats.eval.lowered > 0 {
+            format!(" ({} lowered through the IR)", stats.eval.lowered)
+        } else {
+            String::new()
+        }
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn rayon_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get()).min(
+        std::env::var("RAYON_NUM_THREADS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|&n: &usize| n > 0)
+            .unwrap_or(usize::MAX),
+    )
+}
+
+fn run_merge(m: MergeArgs) -> Result<ExitCode, String> {
+    let mut results = Vec::new();
+    for f in &m.files {
+        let text = std::fs::read_to_string(f).map_err(|e| format!("cannot read `{}`: {e}", f.display()))?;
+        results.push(SearchResult::from_json(&text).map_err(|e| format!("`{}`: {e}", f.display()))?);
+    }
+    let merged = merge::merge(results, m.allow_partial)?;
+    write_result(&merged, &m.output)?;
+    if let Some(p) = &m.plot {
+        plot::plot(&merged, p)?;
+    }
+    if m.json {
+        println!("{}", merged.to_json());
+    } else {
+        print_table(&merged, m.top);
+        eprintln!("merged {} shard results into {}", m.files.len(), m.output.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn write_result(r: &SearchResult, path: &Path) -> Result<(), String> {
+    let text = match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
+        Some("json") => r.to_json(),
+        Some("csv") => r.to_csv(),
+        _ => return Err(format!("`{}`: results are written as .json or .csv", path.display())),
+    };
+    crate::write_atomically(path, text.as_bytes(), false).map_err(|e| format!("cannot write `{}`: {e}", path.display()))
+}
+
+/// Broken designs, by problem, on stderr.
+fn report_invalid(r: &SearchResult) {
+    const SHOWN: usize = 10;
+    for g in r.invalid.iter().take(SHOWN) {
+        eprint!("{}", g.rendered);
+        let examples: Vec<String> = g
+            .examples
+            .iter()
+            .map(|e| {
+                let d: Vec<String> = e.design.iter().map(|(k, v)| format!("{k} = {v}")).collect();
+                format!("#{}: {}", e.index, d.join(", "))
+            })
+            .collect();
+        eprintln!("  = {} of {} designs break this, e.g. {}\n", g.count, r.counts.designs, examples.join("; "));
+    }
+    if r.invalid.len() > SHOWN {
+        eprintln!("... and {} more problems (all in the JSON result)", r.invalid.len() - SHOWN);
+    }
+}
+
+fn print_table(r: &SearchResult, top: usize) {
+    let shards = if r.shard_count > 1 {
+        format!(" (shards {} of {})", r.shards.iter().map(u32::to_string).collect::<Vec<_>>().join(","), r.shard_count)
+    } else {
+        String::new()
+    };
+    println!(
+        "search {}: {} of {} designs visited{shards}; {} valid, {} outside the constraints, {} broken",
+        r.model, r.counts.designs, r.total, r.counts.valid, r.counts.rejected, r.counts.invalid
+    );
+    for c in &r.rejected {
+        println!("  {} designs fail `where {}`", c.count, c.constraint);
+    }
+    let objectives: Vec<String> = r.objectives.iter().map(|o| o.to_string()).collect();
+    println!(
+        "Pareto front ({}): {} designs{}",
+        objectives.join(", "),
+        r.front.len(),
+        if r.front.len() > top { format!(", the first {top}") } else { String::new() }
+    );
+    if r.front.is_empty() {
+        return;
+    }
+    let mut header: Vec<String> = vec!["design".into()];
+    header.extend(r.axes.iter().map(|a| a.path.clone()));
+    header.extend(["params", "sample_macs", "forward_macs"].map(String::from));
+    let measured = r.front.iter().any(|x| x.seconds_per_image.is_some());
+    if measured {
+        header.push("s/image".into());
+    }
+    header.push("ties".into());
+    let mut rows = vec![header];
+    for x in r.front.iter().take(top) {
+        let mut row = vec![format!("#{}", x.index)];
+        row.extend(x.design.iter().map(|(_, v)| v.clone()));
+        row.extend([human(x.params), human(x.sample_macs), human(x.forward_macs)]);
+        if measured {
+            row.push(x.seconds_per_image.map_or("-".into(), |s| format!("{s:.3}")));
+        }
+        row.push(x.ties.to_string());
+        rows.push(row);
+    }
+    let widths: Vec<usize> =
+        (0..rows[0].len()).map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0)).collect();
+    for row in rows {
+        let cells: Vec<String> = row.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        println!("{}", cells.join("  ").trim_end());
+    }
+}
+
+fn human(v: i128) -> String {
+    let f = v as f64;
+    if f >= 1e12 {
+        format!("{:.2}T", f / 1e12)
+    } else if f >= 1e9 {
+        format!("{:.2}G", f / 1e9)
+    } else if f >= 1e6 {
+        format!("{:.1}M", f / 1e6)
+    } else if f >= 1e3 {
+        format!("{:.1}K", f / 1e3)
+    } else {
+        v.to_string()
+    }
+}
+
+/// `--measure BACKEND`: one image sampled on an `ecarc_runtime` backend with
+/// random weights (the time does not depend on the weights' values).
+struct RuntimeMeasure {
+    name: String,
+    backend: Box<dyn ecarc_runtime::Backend>,
+}
+
+impl RuntimeMeasure {
+    fn new(name: &str) -> Result<RuntimeMeasure, String> {
+        let backend = ecarc_runtime::backend_by_name(name).map_err(|e| format!("--measure {name}: {e}"))?;
+        Ok(RuntimeMeasure { name: name.to_string(), backend })
+    }
+}
+
+impl measure::Measure for RuntimeMeasure {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn seconds_per_image(&self, spec: &ModelSpec) -> Result<f64, String> {
+        use ecarc_runtime::driver::{Generator, Quiet, SampleOptions};
+        let weights = ecarc_runtime::weights::Weights::random(spec, 0);
+        let g = Generator::from_spec(spec.clone(), self.backend.as_ref(), &weights).map_err(|e| e.to_string())?;
+        let opts = SampleOptions { labels: vec![0], seed: 0, flow_map: false, record: false };
+        let t0 = std::time::Instant::now();
+        g.sample(&opts, &Quiet).map_err(|e| e.to_string())?;
+        Ok(t0.elapsed().as_secs_f64())
+    }
+}
