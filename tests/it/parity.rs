@@ -172,7 +172,12 @@ fn var_greedy_generation_matches_the_official_code() {
 /// The model `NAME.ecar` with `sets`, the official generator state dict and the tiny
 /// official tokenizer (`TOKENIZER.tokenizer.safetensors`, f16), through the real loader.
 fn load_generator(name: &str, tokenizer: &str, sets: &[&str]) -> (ModelSpec, Weights) {
-    let spec = spec_of(&root().join(format!("tests/parity/{name}.ecar")), sets);
+    load_model(name, name, tokenizer, sets)
+}
+
+/// As [`load_generator`] with the model file `MODEL.ecar` apart from the weights' name.
+fn load_model(model: &str, name: &str, tokenizer: &str, sets: &[&str]) -> (ModelSpec, Weights) {
+    let spec = spec_of(&root().join(format!("tests/parity/{model}.ecar")), sets);
     let w =
         Weights::load_files(&[fixture(name, "weights").as_path(), fixture(tokenizer, "tokenizer").as_path()], &spec)
             .unwrap_or_else(|e| panic!("{name}: the official generator and tokenizer state dicts do not load: {e}"));
@@ -371,4 +376,25 @@ fn llamagen_dd_two_step_sampling_with_a_longer_greedy_prefix_matches_the_officia
         &["distill.steps=2", "distill.split=5", "distill.greedy_prefix=8"],
         "llamagen",
     );
+}
+
+/// DiT DDIM (eta 0) sampling with CFG 4 on the first 3 channels from the fixture's initial
+/// latent: the official `ddim_sample_loop(forward_with_cfg, clip_denoised=False)` of
+/// `create_diffusion("7")` (respaced timesteps [0, 166, 333, 500, 666, 832, 999], the model fed
+/// the original index), then the tiny diffusers AutoencoderKL decoder (dit.tokenizer.safetensors):
+/// `decode(latent / 0.18215)` clamped to [-1, 1], (x + 1) / 2.
+#[test]
+fn dit_ddim_sampling_matches_the_official_code() {
+    use ecarc_runtime::driver::{Quiet, SampleOptions};
+    let (spec, w) = load_model("dit_sample", "dit", "dit", &[]);
+    let inputs = read_tensors(&fixture("dit_sample", "inputs")).expect("inputs");
+    let expected = read_tensors(&fixture("dit_sample", "outputs")).expect("outputs");
+    let labels = inputs["labels"].as_i64().expect("i64 labels").to_vec();
+    let backend = Reference::new();
+    let g = Generator::from_spec(spec, &backend, &w).expect("generator");
+    let opts = SampleOptions { labels, seed: 0, flow_map: false, record: true };
+    let out = g.sample_from(&opts, Some(&inputs["latent"]), &Quiet).expect("sample");
+    assert_eq!(out.latent.0, "latent");
+    assert_close("dit_sample: latent", &out.latent.1, &expected["latent"]);
+    assert_close("dit_sample: image", &out.image, &expected["image"]);
 }

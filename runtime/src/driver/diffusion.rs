@@ -12,6 +12,13 @@ pub struct StepCoefficients {
     pub sqrt_recipm1_abar: f64,
     pub posterior_coef1: f64,
     pub posterior_coef2: f64,
+    /// DDIM (eta 0) in the same form `c1 x0 + c2 x_t`: the reference's
+    /// `sqrt(abar_prev) x0 + sqrt(1 - abar_prev) eps` with `eps` re-derived from x0,
+    /// `(x_t / sqrt(abar) - x0) / sqrt(1 / abar - 1)`, i.e. `c1 = sqrt(abar_prev) -
+    /// sqrt((1 - abar_prev) abar / (1 - abar))`, `c2 = sqrt((1 - abar_prev) / (1 - abar))`.
+    /// (The DDPM posterior mean without noise is a different update.)
+    pub ddim_coef1: f64,
+    pub ddim_coef2: f64,
     /// `log beta_t` (the learned-variance upper bound).
     pub log_beta: f64,
     /// Clipped log posterior variance (the lower bound).
@@ -22,14 +29,22 @@ pub struct StepCoefficients {
     pub add_noise: bool,
 }
 
-/// Timesteps kept when respacing `train_steps` to `steps` in one section:
-/// `round(i * (T - 1) / (N - 1))`, as the reference's `space_timesteps`.
+/// Timesteps kept when respacing `train_steps` to `steps` in one section, as the
+/// reference's `space_timesteps(T, "N")` computes them: `cur += (T - 1) / (N - 1)`
+/// accumulated in f64 and Python's `round`, which takes exact halves to the even
+/// integer (N = 7 of 1000 keeps 166 and 832 for 166.5 and 832.5, not 167 and 833;
+/// tests/it/parity.rs `dit_ddim_sampling_matches_the_official_code`).
 pub fn respaced_timesteps(train_steps: u64, steps: u64) -> Vec<u64> {
     if steps <= 1 {
         return vec![0];
     }
     let stride = (train_steps - 1) as f64 / (steps - 1) as f64;
-    let mut out: Vec<u64> = (0..steps).map(|i| (i as f64 * stride).round() as u64).collect();
+    let mut cur = 0.0f64;
+    let mut out = Vec::with_capacity(steps as usize);
+    for _ in 0..steps {
+        out.push(cur.round_ties_even() as u64);
+        cur += stride;
+    }
     out.dedup();
     out
 }
@@ -79,6 +94,8 @@ pub fn schedule(beta: [f64; 2], train_steps: u64, steps: u64) -> Vec<StepCoeffic
                 sqrt_recipm1_abar: (1.0 / abar[i] - 1.0).sqrt(),
                 posterior_coef1: b * prev.sqrt() / (1.0 - abar[i]),
                 posterior_coef2: (1.0 - prev) * (1.0 - b).sqrt() / (1.0 - abar[i]),
+                ddim_coef1: prev.sqrt() - ((1.0 - prev) * abar[i] / (1.0 - abar[i])).sqrt(),
+                ddim_coef2: ((1.0 - prev) / (1.0 - abar[i])).sqrt(),
                 log_beta: b.ln(),
                 log_posterior_var: clipped.ln(),
                 sigma: post_var[i].sqrt(),
@@ -101,6 +118,31 @@ mod tests {
         assert_eq!(&t[..4], &[0, 4, 8, 12]);
         assert_eq!(*t.last().unwrap(), 999);
         assert_eq!(respaced_timesteps(1000, 1000), (0..1000).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn respacing_rounds_exact_halves_to_even_as_python_does() {
+        // 999 / 6 = 166.5: Python's round gives 166, 500 (499.5) and 832 (832.5).
+        assert_eq!(respaced_timesteps(1000, 7), vec![0, 166, 333, 500, 666, 832, 999]);
+        assert_eq!(respaced_timesteps(1000, 5), vec![0, 250, 500, 749, 999]);
+    }
+
+    #[test]
+    fn ddim_coefficients_give_the_ddim_update() {
+        // x_prev = c1 x0 + c2 x_t must equal sqrt(abar_prev) x0 + sqrt(1 - abar_prev) eps
+        // for x_t = sqrt(abar) x0 + sqrt(1 - abar) eps.
+        let s = schedule([1e-4, 0.02], 1000, 7);
+        let (x0, eps) = (0.7f64, -1.3f64);
+        let mut prev_abar = 1.0f64;
+        let abars: Vec<f64> = s.iter().rev().map(|c| 1.0 / (c.sqrt_recip_abar * c.sqrt_recip_abar)).collect();
+        for (i, c) in s.iter().rev().enumerate() {
+            let abar = abars[i];
+            let xt = abar.sqrt() * x0 + (1.0 - abar).sqrt() * eps;
+            let want = prev_abar.sqrt() * x0 + (1.0 - prev_abar).sqrt() * eps;
+            let got = c.ddim_coef1 * x0 + c.ddim_coef2 * xt;
+            assert!((got - want).abs() <= 1e-9, "step {i}: {got} vs {want}");
+            prev_abar = abar;
+        }
     }
 
     #[test]

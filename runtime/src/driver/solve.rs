@@ -102,14 +102,17 @@ impl Generator<'_> {
                         self.upload(&HostTensor::zeros(DType::F32, shape.clone()))?
                     };
                     let sigma = if ddim { 0.0 } else { c.sigma };
+                    // DDIM (eta 0) uses the same `c1 x0 + c2 x` slots with its own coefficients.
+                    let (c1, c2) =
+                        if ddim { (c.ddim_coef1, c.ddim_coef2) } else { (c.posterior_coef1, c.posterior_coef2) };
                     x = solver(
                         &out,
                         &x,
                         &[
                             ("sqrt_recip_abar", c.sqrt_recip_abar),
                             ("sqrt_recipm1_abar", c.sqrt_recipm1_abar),
-                            ("posterior_coef1", c.posterior_coef1),
-                            ("posterior_coef2", c.posterior_coef2),
+                            ("posterior_coef1", c1),
+                            ("posterior_coef2", c2),
                             ("log_beta", c.log_beta),
                             ("log_posterior_var", c.log_posterior_var),
                             ("sigma", sigma),
