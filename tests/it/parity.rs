@@ -12,6 +12,13 @@
 //! - `NAME.outputs.safetensors`: the official outputs by reference name.
 //!
 //! Every output element must satisfy |a - e| <= 1e-4 + 1e-5 |e|.
+//!
+//! Generation and sampling fixtures (`NAME_gen`, `NAME_sample`) hold the official run's
+//! inputs (labels, fixed noise or initial latent) and outputs (tokens, every DD step's
+//! sequence, f_hat or the final latent, the float image in [0, 1]); the tiny official
+//! tokenizers they decode through are `NAME.tokenizer.safetensors` (decoder, quantizer and
+//! convs only, f16). Greedy decisions clear a tie by more than 1e-3, asserted both in the
+//! export and here. The same runs go through `ecarc sample --save-tensors` and `ecarc decode`.
 
 use crate::common::{root, spec_of};
 use ecarc_compiler::ModelSpec;
@@ -397,4 +404,123 @@ fn dit_ddim_sampling_matches_the_official_code() {
     assert_eq!(out.latent.0, "latent");
     assert_close("dit_sample: latent", &out.latent.1, &expected["latent"]);
     assert_close("dit_sample: image", &out.image, &expected["image"]);
+}
+
+// ---- the same through the CLI: `ecarc sample --save-tensors`, `ecarc decode` -------------
+
+fn ecarc(args: &[&str]) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ecarc"))
+        .arg("--color")
+        .arg("never")
+        .args(args)
+        .output()
+        .expect("run ecarc");
+    assert!(out.status.success(), "ecarc {} failed:\n{}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+}
+
+/// A fresh directory for one CLI parity test.
+fn cli_dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("ecarc-parity-cli-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
+
+fn path_str(p: &std::path::Path) -> String {
+    p.to_str().expect("utf-8 path").to_string()
+}
+
+/// `ecarc sample --save-tensors` on a greedy generation fixture, then `ecarc decode` on the
+/// saved decoder input: tokens and both float images against the official ones.
+fn check_cli_generation(model: &str, fixture_name: &str, classes: &str, flags: &[&str], latent: &str) {
+    let d = cli_dir(fixture_name);
+    let ecar = path_str(&root().join(format!("tests/parity/{model}.ecar")));
+    let (w, t) = (path_str(&fixture(model, "weights")), path_str(&fixture(model, "tokenizer")));
+    let (png, saved, decoded) = (d.join("out.png"), d.join("sample.safetensors"), d.join("decoded.safetensors"));
+    let mut args = vec!["sample", &ecar, "--weights", &w, "--weights", &t, "--class", classes, "--seed", "0"];
+    args.extend_from_slice(flags);
+    let (png_s, saved_s, decoded_s) = (path_str(&png), path_str(&saved), path_str(&decoded));
+    args.extend_from_slice(&["-o", &png_s, "--save-tensors", &saved_s]);
+    ecarc(&args);
+    let expected = read_tensors(&fixture(fixture_name, "outputs")).expect("outputs");
+    let got = read_tensors(&saved).expect("ecarc sample --save-tensors output");
+    let images = expected["image"].shape[0];
+    // The file's order is lexicographic: put `stage.K.*` in numeric order of K.
+    let mut stages: Vec<(usize, (String, HostTensor))> = got
+        .iter()
+        .filter_map(|(k, v)| {
+            let stage = k.strip_prefix("stage.")?.split('.').next()?.parse::<usize>().ok()?;
+            Some((stage, (k.clone(), v.clone())))
+        })
+        .collect();
+    stages.sort_by_key(|(k, _)| *k);
+    let stages: Vec<(String, HostTensor)> = stages.into_iter().map(|(_, s)| s).collect();
+    // The official tokens: `tokens [N, L]` (LlamaGen) or `stage.K.tokens` per scale (VAR).
+    let want: Vec<i64> = match expected.get("tokens") {
+        Some(t) => t.as_i64().expect("i64 tokens").to_vec(),
+        None => {
+            let named: Vec<(String, HostTensor)> = (0..)
+                .map(|k| format!("stage.{k}.tokens"))
+                .map_while(|n| expected.get(&n).map(|t| (n.clone(), t.clone())))
+                .collect();
+            chosen_tokens(&named, images)
+        }
+    };
+    assert_eq!(chosen_tokens(&stages, images), want, "{fixture_name}: `ecarc sample` chose other tokens");
+    assert_close(&format!("{fixture_name}: `ecarc sample` image"), &got["image"], &expected["image"]);
+    assert!(got.contains_key(&format!("latent.{latent}")), "{fixture_name}: no `latent.{latent}` saved");
+    ecarc(&["decode", &ecar, "--weights", &w, "--weights", &t, "--tokens", &saved_s, "-o", &decoded_s]);
+    let image = &read_tensors(&decoded).expect("ecarc decode output")["image"];
+    assert_close(&format!("{fixture_name}: `ecarc decode` image"), image, &expected["image"]);
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+/// LlamaGen greedy CFG generation through `ecarc sample --top-k 1 --cfg 4 --save-tensors`,
+/// then `ecarc decode` of the saved `latent.tokens` through the tiny official VQ-16 decoder.
+#[test]
+fn cli_llamagen_sample_and_decode_match_the_official_code() {
+    check_cli_generation("llamagen", "llamagen_gen", "3,7", &["--top-k", "1", "--cfg", "4"], "tokens");
+}
+
+/// VAR greedy CFG generation (cfg 1.5, the model's linear schedule) through `ecarc sample
+/// --top-k 1 --save-tensors`, then `ecarc decode` of the saved `latent.f_hat`.
+#[test]
+fn cli_var_sample_and_decode_match_the_official_code() {
+    check_cli_generation("var", "var_gen", "1,8", &["--top-k", "1"], "f_hat");
+}
+
+/// `ecarc decode` on the official decoder inputs of the sampling fixtures (DiT's final latent,
+/// VAR-DD's f_hat, LlamaGen-DD's continuous codes) against the official images.
+#[test]
+fn cli_decode_matches_the_official_decoders() {
+    let d = cli_dir("decode");
+    let cases = [
+        ("dit_sample", "dit", "dit", "dit_sample", "latent", "latent"),
+        ("var_dd", "var_dd", "var", "var_dd_sample", "2step.f_hat", "f_hat"),
+        ("llamagen_dd", "llamagen_dd", "llamagen", "llamagen_dd_sample", "2step.step.1.x", "codes"),
+    ];
+    for (model, weights, tokenizer, fixture_name, key, input) in cases {
+        let expected = read_tensors(&fixture(fixture_name, "outputs")).expect("outputs");
+        let given = d.join(format!("{fixture_name}.in.safetensors"));
+        write_tensors(&given, &[(input, &expected[key])]).expect("write the decoder input");
+        let out = d.join(format!("{fixture_name}.image.safetensors"));
+        let ecar = path_str(&root().join(format!("tests/parity/{model}.ecar")));
+        let (w, t) = (path_str(&fixture(weights, "weights")), path_str(&fixture(tokenizer, "tokenizer")));
+        ecarc(&[
+            "decode",
+            &ecar,
+            "--weights",
+            &w,
+            "--weights",
+            &t,
+            "--tokens",
+            &path_str(&given),
+            "-o",
+            &path_str(&out),
+        ]);
+        let image = &read_tensors(&out).expect("ecarc decode output")["image"];
+        let want = expected.get("image").or_else(|| expected.get("2step.image")).expect("official image");
+        assert_close(&format!("{fixture_name}: `ecarc decode` of the official `{key}`"), image, want);
+    }
+    let _ = std::fs::remove_dir_all(&d);
 }
