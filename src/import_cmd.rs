@@ -37,6 +37,10 @@ pub struct ImportArgs {
     /// declared keys present.
     #[arg(long, value_enum)]
     part: Option<Part>,
+    /// Leave out every tensor whose key starts with PREFIX (repeatable), e.g. `encoder.`:
+    /// the tokenizers declare their decoders, not their encoders.
+    #[arg(long, value_name = "PREFIX")]
+    ignore: Vec<String>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -94,11 +98,17 @@ pub fn run(args: ImportArgs, sets: &[Override], color: bool) -> Result<ExitCode,
     };
     let mut read = Vec::new();
     for (path, key) in args.checkpoints.iter().zip(keys) {
-        let ck = match checkpoint::open(path, key) {
+        let mut ck = match checkpoint::open(path, key) {
             Ok(c) => c,
             Err(e) => return fail(e.to_string()),
         };
         eprintln!("{}", describe(&ck));
+        let before = ck.tensors.len();
+        ck.tensors.retain(|k, _| !args.ignore.iter().any(|p| k.starts_with(p.as_str())));
+        if ck.tensors.len() < before {
+            let prefixes: Vec<String> = args.ignore.iter().map(|p| format!("`{p}`")).collect();
+            eprintln!("ignored {} tensor(s) under {}", before - ck.tensors.len(), prefixes.join(", "));
+        }
         read.push(ck);
     }
     let (part, why) = match args.part {

@@ -234,6 +234,24 @@ fn one_tensor_removed_renamed_or_reshaped_is_one_precise_error() {
         messages.push(format!("--- {name}\n{stderr}"));
     }
     insta::assert_snapshot!("one_error_each", messages.join(""));
+    // An extra tensor the model does not declare (an encoder): one error, or left out with --ignore.
+    let mut extra = base.clone();
+    extra.insert("encoder.conv_in.weight".into(), HostTensor::f32(vec![2], vec![0.0, 1.0]));
+    let named: Vec<(&str, &HostTensor)> = extra.iter().map(|(k, t)| (k.as_str(), t)).collect();
+    write_tensors(&dir.0.join("extra.safetensors"), &named).unwrap();
+    let (code, _, stderr) = import(dir.0.as_path(), &["extra.safetensors", "-o", "out.safetensors"]);
+    assert_eq!(code, Some(1));
+    assert!(
+        stderr.contains("1 problem(s)")
+            && stderr.contains("unexpected `encoder.conv_in.weight` [2]: the model declares no such tensor"),
+        "{stderr}"
+    );
+    assert!(!dir.0.join("out.safetensors").exists());
+    let (code, _, stderr) =
+        import(dir.0.as_path(), &["extra.safetensors", "--ignore", "encoder.", "-o", "out.safetensors"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("ignored 1 tensor(s) under `encoder.`"), "{stderr}");
+    std::fs::remove_file(dir.0.join("out.safetensors")).unwrap();
     // A generator file imported as the tokenizer: every tokenizer tensor is missing.
     std::fs::copy(fixture("var_gen_model_f32.pth"), dir.0.as_path().join("g.pth")).unwrap();
     let (code, _, stderr) = import(dir.0.as_path(), &["g.pth", "--part", "tokenizer", "-o", "out.safetensors"]);
