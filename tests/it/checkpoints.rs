@@ -336,7 +336,7 @@ fn mutated_and_truncated_checkpoints_never_panic_overallocate_or_write_partially
             read_ok.set(read_ok.get() + 1);
             prop_assert!(tensor_bytes(&ck) <= 32 * bytes.len(), "{} bytes of tensors", tensor_bytes(&ck));
             let matched = Weights::from_tensors(&[("f".into(), ck.tensors)], &spec);
-            if count.get() % 50 == 0 {
+            if count.get().is_multiple_of(50) {
                 match matched {
                     Ok(w) => {
                         w.save(&out).unwrap();

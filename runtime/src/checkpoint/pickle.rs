@@ -612,7 +612,7 @@ impl<'a> Machine<'a> {
 }
 
 fn pairs(items: Vec<Value>) -> Result<Vec<(Value, Value)>, String> {
-    if items.len() % 2 != 0 {
+    if !items.len().is_multiple_of(2) {
         return Err("an odd number of dict items".into());
     }
     let mut it = items.into_iter();

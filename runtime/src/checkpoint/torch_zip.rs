@@ -101,10 +101,13 @@ fn top_keys(p: &Pickle) -> String {
 }
 
 /// Materialise the tensors of `found`, reading each storage once.
+/// Reads one archive entry by storage key: its bytes, or `None` when absent.
+type EntryReader<'e, 'b> = dyn FnMut(&str) -> Result<Option<&'b [u8]>, String> + 'e;
+
 fn tensors_of<'b>(
     p: &Pickle,
     found: &Found<'_>,
-    entry: &mut dyn FnMut(&str) -> Result<Option<&'b [u8]>, String>,
+    entry: &mut EntryReader<'_, 'b>,
 ) -> Result<Vec<(String, HostTensor)>, String> {
     let mut storages: HashMap<usize, &'b [u8]> = HashMap::new();
     let mut storage_elements = 0usize;
