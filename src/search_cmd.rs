@@ -54,7 +54,7 @@ pub struct SearchArgs {
     /// Visit N designs drawn at random (distinct, reproducible with `--seed`)
     /// instead of every design.
     #[arg(long, value_name = "N")]
-    samples: Option<u128>,
+    samples: Option<u64>,
     /// The seed of `--samples`.
     #[arg(long, default_value_t = 0, value_name = "S")]
     seed: u64,

@@ -1,12 +1,23 @@
 //! `ecarc search` and the pieces under it: memoised point checks equal full
-//! checks.
+//! checks; the front is exact (against brute force through the IR); sharded
+//! and merged runs equal single runs; broken designs are counted and
+//! explained; emitted designs check and cost the same; the command line.
 
 use crate::common::root;
+use crate::robustness::{cases, runner};
+use ecarc_compiler::artifact::compile;
 use ecarc_compiler::check::check_model;
 use ecarc_compiler::check::memo::{check_point, Memo};
-use ecarc_compiler::session::{check_source, Outcome};
+use ecarc_compiler::lower::SpecSpans;
+use ecarc_compiler::search::objective::{parse_objectives, Constraint, Metric};
+use ecarc_compiler::search::pareto::{brute_force, Front};
+use ecarc_compiler::search::{self, emit, merge, Options, SearchResult, Selection, Shard, Space};
+use ecarc_compiler::session::{check_paths, check_source, load_models, Outcome};
 use ecarc_compiler::space;
 use ecarc_grammar::ast::Ident;
+use proptest::prelude::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 /// Spaces with valid and broken points of many kinds: component, schedule and
 /// sampler axes; points failing unit rules, cross-field rules, group rules
@@ -123,4 +134,447 @@ fn memoised_point_checks_equal_full_checks() {
     assert!(codes.contains("E0434") && codes.contains("E0430"), "{codes:?}");
     assert!(memo.stats().one_pass > 0);
     let _ = root();
+}
+
+/// A loaded space and its sources.
+struct Loaded {
+    space: Space,
+    sources: ecarc_grammar::SourceMap,
+    root: ecarc_grammar::FileId,
+}
+
+fn load(path: &Path) -> Loaded {
+    let l = load_models(&[path], &[]);
+    assert!(
+        l.diags.iter().all(|d| !d.is_error()),
+        "{}",
+        ecarc_grammar::diag::render_all_plain(&l.diags, &l.program.sources)
+    );
+    let (name, body) = l.models.into_iter().next().expect("one model");
+    let space = Space::new(name, body, &l.program.sources).expect("valid axes");
+    Loaded { space, sources: l.program.sources, root: l.program.roots[0] }
+}
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("ecarc-search-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn opts(objectives: &str, selection: Selection, shard: Shard) -> Options {
+    Options { objectives: parse_objectives(objectives).unwrap(), selection, shard }
+}
+
+fn run(l: &Loaded, o: &Options) -> SearchResult {
+    search::run(&l.space, "space.ecar", o, &l.sources, &|_| {}).expect("the search runs").0
+}
+
+/// A small space with free and structural axes, broken designs and a
+/// constraint that rejects some: 3 x 2 x 2 x 2 x 4 x 2 x 2 = 384 designs.
+const SMALL: &str = r#"import "std/ecar.ecar"
+model small extends ecar_base {
+  backbone { depth in 2..=6 step 2  width in { 64, 96 }  heads in { 4, 5 } }
+  head flow_mlp { depth in { 1, 3 }  width 64 }
+  schedule { scales in { [1, 2, 4, 8, 16], [1, 4, 16], [16], [4, 8] }  segments uniform  steps in { 2, 5 } }
+  sample { solver in { euler, heun } }
+  where params <= 300K
+}
+"#;
+
+#[test]
+fn the_front_is_exact_against_brute_force_through_the_ir() {
+    let dir = temp_dir("exact");
+    let l = load(&write(&dir, "small.ecar", SMALL));
+    assert_eq!(l.space.total, 384);
+    // Brute force: every design checked on its own, lowered and costed through the IR.
+    let mut figures: Vec<Option<(u128, i128, i128, i128, bool)>> = Vec::new();
+    for i in 0..l.space.total {
+        let body = l.space.point(i);
+        figures.push(check_model(&l.space.name, &body).ok().map(|spec| {
+            let r = compile(&spec, &SpecSpans::from_body(&body), vec![]).expect("lowers").report;
+            let within = spec.constraints.iter().all(|c| Constraint::from_spec(c).unwrap().holds(r.params as i128));
+            (i, r.params as i128, r.forward_macs as i128, r.sample_macs as i128, within)
+        }));
+    }
+    for objectives in ["sample_macs,params", "sample_macs,max:params", "forward_macs,max:sample_macs,params", "params"]
+    {
+        let o = opts(objectives, Selection::All, Shard::ALL);
+        let result = run(&l, &o);
+        let valid: Vec<_> = figures.iter().flatten().filter(|f| f.4).collect();
+        assert_eq!(result.counts.valid as usize, valid.len(), "{objectives}");
+        assert_eq!(result.counts.invalid as usize, figures.iter().filter(|f| f.is_none()).count());
+        assert_eq!(result.counts.rejected as usize, figures.iter().flatten().filter(|f| !f.4).count());
+        let key = |f: &(u128, i128, i128, i128, bool)| -> Vec<i128> {
+            o.objectives
+                .iter()
+                .map(|ob| {
+                    ob.key(match ob.metric {
+                        Metric::Params => f.1,
+                        Metric::ForwardMacs => f.2,
+                        Metric::SampleMacs => f.3,
+                        m => panic!("{m}"),
+                    })
+                })
+                .collect()
+        };
+        let want = brute_force(&valid.iter().map(|f| (key(f), f.0)).collect::<Vec<_>>());
+        let got: Vec<(Vec<i128>, u128, u64)> = result
+            .front
+            .iter()
+            .map(|r| {
+                let f = figures[r.index as usize].expect("valid");
+                assert_eq!((r.params, r.forward_macs, r.sample_macs), (f.1, f.2, f.3), "design {}", r.index);
+                (key(&f), r.index, r.ties)
+            })
+            .collect();
+        assert_eq!(got, want, "{objectives}");
+        assert!(!got.is_empty());
+        println!("{objectives}: {} designs on the front", got.len());
+    }
+}
+
+#[test]
+fn pareto_front_equals_brute_force_on_random_sets() {
+    let mut r = runner(cases(2_000));
+    let strategy = (1usize..=4)
+        .prop_flat_map(|k| proptest::collection::vec((proptest::collection::vec(0i128..6, k), 0u128..40), 0..40));
+    r.run(&strategy, |designs| {
+        // Distinct indices, as in a space.
+        let mut seen = std::collections::BTreeSet::new();
+        let designs: Vec<(Vec<i128>, u128)> = designs.into_iter().filter(|d| seen.insert(d.1)).collect();
+        let mut f: Front<()> = Front::new();
+        for (o, i) in &designs {
+            f.offer(o.clone(), *i, ());
+        }
+        let got: Vec<_> = f.into_sorted().into_iter().map(|p| (p.objectives, p.index, p.ties)).collect();
+        prop_assert_eq!(&got, &brute_force(&designs));
+        // Merging fronts of any split of the designs gives the same front.
+        let mid = designs.len() / 2;
+        let (mut a, mut b): (Front<()>, Front<()>) = (Front::new(), Front::new());
+        for (k, (o, i)) in designs.iter().enumerate() {
+            if k < mid { &mut a } else { &mut b }.offer(o.clone(), *i, ());
+        }
+        b.merge(a);
+        let merged: Vec<_> = b.into_sorted().into_iter().map(|p| (p.objectives, p.index, p.ties)).collect();
+        prop_assert_eq!(&merged, &got);
+        Ok(())
+    })
+    .unwrap();
+}
+
+/// The parts of a result that a sharded run must reproduce.
+fn essence(r: &SearchResult) -> serde_json::Value {
+    let mut v = serde_json::to_value(r).unwrap();
+    let o = v.as_object_mut().unwrap();
+    o.remove("shards");
+    o.remove("shard_count");
+    v
+}
+
+#[test]
+fn sharded_and_merged_runs_equal_a_single_run() {
+    let l = load(&root().join("examples/ecar_search.ecar"));
+    for selection in [Selection::All, Selection::Sample { count: 5_000, seed: 3 }] {
+        let single = run(&l, &opts("sample_macs,max:params", selection, Shard::ALL));
+        let shards: Vec<SearchResult> = (0..3)
+            .map(|i| {
+                let r = run(&l, &opts("sample_macs,max:params", selection, Shard { index: i, count: 3 }));
+                // Through the file format, as `ecarc search merge` reads them.
+                SearchResult::from_json(&r.to_json()).unwrap()
+            })
+            .rev()
+            .collect();
+        assert!(shards.iter().all(|s| s.counts.designs > 0));
+        let merged = merge::merge(shards.clone(), false).unwrap();
+        assert_eq!(merged.shards, vec![0, 1, 2]);
+        assert_eq!(essence(&merged), essence(&single), "{selection:?}");
+        // Missing or repeated shards are refused.
+        let err = merge::merge(shards[..2].to_vec(), false).unwrap_err();
+        assert!(err.contains("shards missing: 0/3"), "{err}");
+        let err = merge::merge(vec![shards[0].clone(), shards[0].clone()], false).unwrap_err();
+        assert!(err.contains("given twice"), "{err}");
+        let other = run(&l, &opts("sample_macs,params", selection, Shard { index: 1, count: 3 }));
+        assert!(merge::merge(vec![shards[0].clone(), other], true).unwrap_err().contains("different searches"));
+    }
+}
+
+#[test]
+fn broken_designs_are_counted_and_explained() {
+    let l = load(&root().join("examples/ecar_search.ecar"));
+    let r = run(&l, &opts("sample_macs,max:params", Selection::All, Shard::ALL));
+    assert_eq!(r.counts.designs, 134_784);
+    // The boundary list fits the two four-stage schedules of the nine: half the
+    // designs choose it, 7/9 of those break E0422.
+    assert_eq!(r.counts.invalid, 134_784 / 2 * 7 / 9);
+    assert_eq!(r.counts.valid + r.counts.rejected + r.counts.invalid, r.counts.designs);
+    assert_eq!(r.invalid.len(), 1, "{:#?}", r.invalid);
+    let g = &r.invalid[0];
+    assert_eq!((g.code.as_str(), g.message.as_str()), ("E0422", "segment boundaries do not match the scales"));
+    assert_eq!(g.count, r.counts.invalid);
+    assert!(g.location.ends_with("ecar_search.ecar:25:28"), "{}", g.location);
+    assert!(g.rendered.contains("E0422") && g.rendered.contains("5 boundaries"), "{}", g.rendered);
+    // The examples are the smallest broken design indices.
+    let smallest: Vec<u128> =
+        (0..l.space.total).filter(|&i| check_model(&l.space.name, &l.space.point(i)).is_err()).take(3).collect();
+    assert_eq!(g.examples.iter().map(|e| e.index).collect::<Vec<_>>(), smallest);
+    assert_eq!(g.examples[0].design, l.space.assignment(smallest[0]));
+    // A space whose designs break in several ways: each problem counted apart.
+    let dir = temp_dir("broken");
+    let l = load(&write(&dir, "b.ecar", SMALL));
+    let r = run(&l, &opts("sample_macs", Selection::All, Shard::ALL));
+    let codes: Vec<(&str, u128)> = r.invalid.iter().map(|g| (g.code.as_str(), g.count)).collect();
+    // heads 5 divides neither 64 nor 96 (E0401, half the designs); [4, 8] does not
+    // reach the 16x16 grid (E0405, a quarter); E0401 stops the backbone's check, so
+    // E0405 is reported where the heads divide.
+    assert_eq!(codes, vec![("E0401", 192), ("E0405", 48)], "{:#?}", r.invalid);
+    assert_eq!(r.counts.invalid, 192 + 48);
+    assert_eq!(r.rejected.len(), 1);
+    assert_eq!(r.rejected[0].constraint, "params <= 300000");
+    assert!(r.counts.rejected > 0 && r.counts.valid > 0, "{:?}", r.counts);
+}
+
+#[test]
+fn emitted_designs_check_and_cost_the_same() {
+    let dir = temp_dir("emit");
+    let l = load(&root().join("examples/ecar_search.ecar"));
+    let r = run(&l, &opts("sample_macs,max:params", Selection::Sample { count: 3_000, seed: 5 }, Shard::ALL));
+    let out = dir.join("designs");
+    std::fs::create_dir_all(&out).unwrap();
+    for rec in r.front.iter().take(6) {
+        let text = emit::emit(&l.space, rec.index, l.root, &l.sources, &out).unwrap();
+        assert_eq!(ecarc_grammar::fmt::format_source(&text).unwrap(), text, "emitted files are formatted");
+        assert!(!text.contains(" in {") && !text.contains(".."), "concrete:\n{text}");
+        let path = write(&out, &format!("{}.ecar", emit::design_name("ecar_search", rec.index)), &text);
+        assert_costs(&path, rec);
+    }
+    // A space whose axes are written in an imported file: the emitted file imports
+    // the space's file and overrides the axes on its model.
+    let base = write(&dir, "base.ecar", SMALL);
+    let child = write(
+        &dir,
+        "child.ecar",
+        "import \"base.ecar\"\n\nmodel child extends small {\n  head flow_mlp { depth in { 1, 2 }  width 64 }\n}\n",
+    );
+    let l = load(&child);
+    let r = run(&l, &opts("sample_macs,max:params", Selection::All, Shard::ALL));
+    assert!(l.space.axes.iter().any(|a| a.span.file != l.root));
+    for rec in r.front.iter().take(4) {
+        let text = emit::emit(&l.space, rec.index, l.root, &l.sources, &out).unwrap();
+        assert!(text.contains("import \"../child.ecar\"") && text.contains("model child_d"), "{text}");
+        assert!(text.contains("extends child {"), "{text}");
+        let path = write(&out, &format!("{}.ecar", emit::design_name("child", rec.index)), &text);
+        assert_costs(&path, rec);
+    }
+    let _ = base;
+}
+
+/// The file checks to one concrete model whose IR figures are the record's.
+fn assert_costs(path: &Path, rec: &search::record::Record) {
+    let s = check_paths(&[path], &[]);
+    assert!(!s.has_errors(), "{}:\n{}", path.display(), s.render_diags());
+    let spec = match &s.models[..] {
+        [m] => match &m.outcome {
+            Outcome::Model(spec) => spec.clone(),
+            o => panic!("{}: not one concrete model: {o:?}", path.display()),
+        },
+        _ => panic!("{}: one model", path.display()),
+    };
+    let body = s.models[0].body.as_ref().unwrap();
+    let rep = compile(&spec, &SpecSpans::from_body(body), vec![]).unwrap().report;
+    assert_eq!(
+        (rep.params as i128, rep.forward_macs as i128, rep.sample_macs as i128),
+        (rec.params, rec.forward_macs, rec.sample_macs),
+        "{}",
+        path.display()
+    );
+}
+
+#[test]
+fn ecar_search_front() {
+    // The example's front (ECAR stage designs under DiT-XL/2's sample MACs):
+    // the most parameters for the sample compute.
+    let l = load(&root().join("examples/ecar_search.ecar"));
+    let r = run(&l, &opts("sample_macs,max:params", Selection::All, Shard::ALL));
+    let mut text = format!(
+        "{} designs: {} valid, {} rejected, {} broken; {} on the front\n",
+        r.counts.designs,
+        r.counts.valid,
+        r.counts.rejected,
+        r.counts.invalid,
+        r.front.len()
+    );
+    for rec in &r.front {
+        let d: Vec<String> = rec.design.iter().map(|(_, v)| v.clone()).collect();
+        text.push_str(&format!(
+            "#{:<6} {:<70} params {:>13} sample {:>17} ties {}\n",
+            rec.index,
+            d.join(" | "),
+            rec.params,
+            rec.sample_macs,
+            rec.ties
+        ));
+    }
+    insta::assert_snapshot!(text);
+}
+
+// ---------------------------------------------------------------------------
+// The command line
+// ---------------------------------------------------------------------------
+
+fn ecarc() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_ecarc"));
+    c.arg("--color").arg("never");
+    c
+}
+
+fn example() -> PathBuf {
+    root().join("examples/ecar_search.ecar")
+}
+
+#[test]
+fn cli_search_writes_results_plots_and_designs() {
+    let dir = temp_dir("cli");
+    let out = ecarc()
+        .arg("search")
+        .arg(example())
+        .args(["--objective", "sample_macs,max:params", "--samples", "3000", "--seed", "1", "--top", "3"])
+        .arg("-o")
+        .arg(dir.join("r.json"))
+        .arg("--plot")
+        .arg(dir.join("front.svg"))
+        .arg("--emit")
+        .arg(dir.join("designs"))
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("search ecar_search: 3000 of 134784 designs visited"), "{stdout}");
+    assert!(stdout.contains("Pareto front (sample_macs, max:params)"), "{stdout}");
+    assert!(stderr.contains("E0422") && stderr.contains("designs break this"), "{stderr}");
+    assert!(stderr.contains("designs/s"), "{stderr}");
+    assert!(!stderr.contains('\u{1b}'), "no progress bar or colour when not a terminal");
+    let r = SearchResult::from_json(&std::fs::read_to_string(dir.join("r.json")).unwrap()).unwrap();
+    assert_eq!(r.counts.designs, 3000);
+    let svg = std::fs::read_to_string(dir.join("front.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("sample_macs"), "{}", &svg[..200.min(svg.len())]);
+    let emitted: Vec<_> = std::fs::read_dir(dir.join("designs")).unwrap().collect();
+    assert_eq!(emitted.len(), 3);
+    for rec in r.front.iter().take(3) {
+        assert_costs(&dir.join(format!("designs/ecar_search_d{}.ecar", rec.index)), rec);
+    }
+    // CSV and PNG, and --json on stdout.
+    let out = ecarc()
+        .arg("search")
+        .arg(example())
+        .args(["--samples", "500", "--json"])
+        .arg("-o")
+        .arg(dir.join("r.csv"))
+        .arg("--plot")
+        .arg(dir.join("front.png"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r = SearchResult::from_json(&String::from_utf8_lossy(&out.stdout)).unwrap();
+    let csv = std::fs::read_to_string(dir.join("r.csv")).unwrap();
+    assert!(csv.starts_with("index,backbone.depth,backbone.width,head.depth,head.width,schedule.scales,"), "{csv}");
+    assert_eq!(csv.lines().count(), r.front.len() + 1);
+    let png = std::fs::read(dir.join("front.png")).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+}
+
+#[test]
+fn cli_shards_merge_into_the_single_run() {
+    let dir = temp_dir("merge");
+    let search = |extra: &[&str], out: &Path| {
+        let o = ecarc()
+            .arg("search")
+            .arg(example())
+            .args(["--samples", "4000", "--seed", "9"])
+            .args(extra)
+            .arg("-o")
+            .arg(out)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    search(&[], &dir.join("single.json"));
+    let mut files = Vec::new();
+    for i in 0..4 {
+        let f = dir.join(format!("shard{i}.json"));
+        search(&["--shard", &format!("{i}/4")], &f);
+        files.push(f);
+    }
+    let o = ecarc().args(["search", "merge"]).args(&files).arg("-o").arg(dir.join("merged.json")).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let read = |p: &str| SearchResult::from_json(&std::fs::read_to_string(dir.join(p)).unwrap()).unwrap();
+    assert_eq!(essence(&read("merged.json")), essence(&read("single.json")));
+    // A missing shard is an error.
+    let o = ecarc().args(["search", "merge"]).args(&files[1..]).arg("-o").arg(dir.join("m2.json")).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("shards missing: 0/4"));
+}
+
+#[test]
+fn cli_search_rejects_bad_settings() {
+    let run = |args: &[&str]| {
+        let o = ecarc().arg("search").arg(example()).args(args).output().unwrap();
+        (o.status.code(), String::from_utf8_lossy(&o.stderr).to_string())
+    };
+    let (code, err) = run(&["--shard", "4/4"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("0 <= I < N"), "{err}");
+    let (code, err) = run(&["--objective", "latency"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("unknown objective `latency`"), "{err}");
+    let (code, err) = run(&["--samples", "10", "--measure", "tpu"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("--measure tpu"), "{err}");
+    let (code, err) = run(&["--samples", "10", "--plot", "front.pdf"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains(".svg or .png"), "{err}");
+    // A file that does not check reports its diagnostics (exit 1).
+    let dir = temp_dir("bad");
+    let bad =
+        write(&dir, "bad.ecar", "import \"std/ecar.ecar\"\nmodel m extends ecar_base { backbone { depth in 4..2 } }\n");
+    let o = ecarc().arg("search").arg(&bad).output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("E0503"));
+}
+
+#[test]
+fn cli_measures_the_best_designs_on_the_reference_backend() {
+    let dir = temp_dir("measure");
+    // A tiny ECAR space (examples/tiny/ecar.ecar with alternatives): the reference
+    // interpreter samples a design in a moment.
+    let tiny = root().join("examples/tiny/ecar.ecar");
+    let space = write(
+        &dir,
+        "tiny.ecar",
+        &format!(
+            "import {:?}\nmodel tiny extends tiny_ecar {{\n  backbone {{ depth in {{ 1, 2 }} }}\n}}\n",
+            tiny.display().to_string()
+        ),
+    );
+    let o = ecarc()
+        .arg("search")
+        .arg(&space)
+        .args(["--objective", "sample_macs,max:params", "--measure", "reference", "--top", "1"])
+        .arg("-o")
+        .arg(dir.join("r.json"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    let r = SearchResult::from_json(&std::fs::read_to_string(dir.join("r.json")).unwrap()).unwrap();
+    assert_eq!(r.measured_on.as_deref(), Some("reference"));
+    let s = r.front[0].seconds_per_image;
+    assert!(s.is_some_and(|s| s > 0.0), "{:?}\n{stderr}", r.front);
+    assert!(r.front[1..].iter().all(|x| x.seconds_per_image.is_none()), "only --top designs");
 }

@@ -19,7 +19,7 @@ pub enum Selection {
     /// Every design.
     All,
     /// `count` distinct designs drawn with `seed`.
-    Sample { count: u128, seed: u64 },
+    Sample { count: u64, seed: u64 },
 }
 
 /// The designs one run (one shard) visits, in order.
@@ -37,7 +37,7 @@ impl Designs {
         match selection {
             Selection::All => Designs { total, n: total, shard, perm: None },
             Selection::Sample { count, seed } => {
-                Designs { total, n: count.min(total), shard, perm: Some(Permutation::new(total, seed)) }
+                Designs { total, n: (count as u128).min(total), shard, perm: Some(Permutation::new(total, seed)) }
             }
         }
     }

@@ -116,13 +116,18 @@ impl SearchResult {
     }
 
     pub fn from_json(text: &str) -> Result<SearchResult, String> {
-        let v: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
-        match v.get("format").and_then(|f| f.as_str()) {
+        #[derive(Deserialize)]
+        struct Head {
+            format: Option<String>,
+        }
+        let head: Head = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
+        match head.format.as_deref() {
             Some(FORMAT) => {}
             Some(other) => return Err(format!("format `{other}`, this ecarc reads `{FORMAT}`")),
             None => return Err("not an `ecarc search` result (no `format`)".into()),
         }
-        serde_json::from_value(v).map_err(|e| format!("malformed search result: {e}"))
+        // Straight from the text: `serde_json::Value` cannot hold 128-bit integers.
+        serde_json::from_str(text).map_err(|e| format!("malformed search result: {e}"))
     }
 
     /// Whether every shard of the run is in this result.
