@@ -138,6 +138,11 @@ pub struct SampleArgs {
     /// and the labels (`labels`) as safetensors.
     #[arg(long = "save-tensors", value_name = "OUT.safetensors")]
     save_tensors: Option<PathBuf>,
+    /// Start from this noise instead of drawing it (parity with other code): a
+    /// safetensors file whose only tensor (or the one named `noise`) is DD's noise
+    /// tokens [N, L, D], the first flow stage's x, or a denoiser's initial latent.
+    #[arg(long, value_name = "IN.safetensors")]
+    noise: Option<PathBuf>,
     /// Print the timings per stage, image path, seed and labels as JSON on stdout (no progress bars).
     #[arg(long)]
     json: bool,
@@ -514,13 +519,26 @@ fn sample(a: SampleArgs, sets: &[Override], color: bool) -> Result<(), Fail> {
         check_output(p, "--save-tensors")?;
         distinct_outputs(&[("-o", &a.out), ("--save-tensors", p)])?;
     }
+    let noise = match &a.noise {
+        Some(p) => {
+            let mut t = read_tensors(p)?;
+            let one = if t.len() == 1 { t.pop_first().map(|(_, v)| v) } else { t.remove("noise") };
+            Some(one.ok_or_else(|| {
+                Fail::Msg(
+                    format!("{}: give one tensor, or one named `noise` (the file holds {})", p.display(), t.len()),
+                    vec![],
+                )
+            })?)
+        }
+        None => None,
+    };
     let weights = load_weights(&spec, &a.model.weights)?;
     let g = generator(art, spec, relower, backend.as_ref(), &weights)?;
 
     let progress = Progress::new(!a.json && std::io::stderr().is_terminal());
     let started = Instant::now();
     let opts = SampleOptions { labels: labels.clone(), seed: a.labels.seed, flow_map: false, record: false };
-    let result = g.sample(&opts, &progress);
+    let result = g.sample_from(&opts, noise.as_ref(), &progress);
     progress.finish();
     let out = result?;
     let wall = started.elapsed().as_secs_f64();

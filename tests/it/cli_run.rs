@@ -599,3 +599,59 @@ fn dd_pairs_writes_noise_tokens_and_labels() {
     assert!(err.contains("teacher"), "{err}");
     assert!(!dir.join("x.safetensors").exists());
 }
+
+#[test]
+fn given_noise_replaces_the_drawn_noise() {
+    let dir = temp_dir("noise");
+    let noise = dir.join("noise.safetensors");
+    // The tiny DiT's latent is [1, 4, 8, 8]; DDIM adds no noise of its own, so the
+    // seed no longer matters once the start is given.
+    let mut rng = ecarc_runtime::rng::SeededRng::new(42);
+    let t = HostTensor::f32(vec![1, 4, 8, 8], rng.normal(256));
+    ecarc_runtime::weights::write_tensors(&noise, &[("noise", &t)]).unwrap();
+    let run = |seed: &str, out: &str| {
+        let save = dir.join(format!("{out}.safetensors"));
+        ok([
+            "sample",
+            model("dit"),
+            "--set",
+            "sample.solver=ddim",
+            "--class",
+            "2",
+            "--seed",
+            seed,
+            "--noise",
+            p(&noise),
+            "-o",
+            p(&dir.join(format!("{out}.png"))),
+            "--save-tensors",
+            p(&save),
+        ]);
+        tensors(&save).remove("image").unwrap()
+    };
+    let (a, b) = (run("1", "a"), run("2", "b"));
+    assert_eq!(a, b);
+    let drawn = dir.join("c.safetensors");
+    ok([
+        "sample",
+        model("dit"),
+        "--set",
+        "sample.solver=ddim",
+        "--class",
+        "2",
+        "--seed",
+        "1",
+        "-o",
+        p(&dir.join("c.png")),
+        "--save-tensors",
+        p(&drawn),
+    ]);
+    assert_ne!(tensors(&drawn).remove("image").unwrap(), a);
+    // A start of the wrong shape is refused with the shape the model wants.
+    let bad = dir.join("bad.safetensors");
+    ecarc_runtime::weights::write_tensors(&bad, &[("noise", &HostTensor::f32(vec![1, 4, 4, 4], vec![0.0; 64]))])
+        .unwrap();
+    let err = fails(["sample", model("dit"), "--class", "2", "--noise", p(&bad), "-o", p(&dir.join("d.png"))]);
+    assert!(err.contains("[1, 4, 8, 8]"), "{err}");
+    assert!(!dir.join("d.png").exists());
+}
