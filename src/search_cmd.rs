@@ -19,6 +19,9 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+/// The most MACs (sample and decode) `--measure reference` runs for one design.
+const MAX_REFERENCE_MACS: u128 = 5_000_000_000;
+
 /// Spaces larger than this need `--samples`.
 const MAX_ENUMERATED: u128 = 50_000_000;
 
@@ -107,6 +110,13 @@ pub fn run(args: SearchArgs, sets: &[Override], color: bool) -> Result<ExitCode,
     }
     let file = args.file.clone().ok_or("give the search space's file")?;
     let objectives = parse_objectives(&args.objective)?;
+    // Settings that would only fail after the search fail now.
+    if let Some(p) = &args.plot {
+        plot::check_path(p)?;
+    }
+    if let Some(o) = &args.output {
+        check_output_path(o)?;
+    }
     let loaded = ecarc_compiler::session::load_models(&[&file], sets);
     crate::print_diag_list(&loaded.diags, &loaded.program.sources, color);
     if loaded.diags.iter().any(|d| d.is_error()) {
@@ -245,6 +255,13 @@ fn run_merge(m: MergeArgs) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn check_output_path(path: &Path) -> Result<(), String> {
+    match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
+        Some("json" | "csv") => Ok(()),
+        _ => Err(format!("`{}`: results are written as .json or .csv", path.display())),
+    }
+}
+
 fn write_result(r: &SearchResult, path: &Path) -> Result<(), String> {
     let text = match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
         Some("json") => r.to_json(),
@@ -359,6 +376,20 @@ impl measure::Measure for RuntimeMeasure {
     }
     fn seconds_per_image(&self, spec: &ModelSpec) -> Result<f64, String> {
         use ecarc_runtime::driver::{Generator, Quiet, SampleOptions};
+        if self.name == "reference" {
+            // The plain interpreter is an oracle, not a fast backend: full-size
+            // designs would take hours.
+            let report =
+                ecarc_compiler::artifact::compile(spec, &Default::default(), vec![]).map_err(|d| d.message)?.report;
+            let macs = report.sample_macs + report.decode_macs;
+            if macs > MAX_REFERENCE_MACS {
+                return Err(format!(
+                    "{:.1} GMAC per image is too much for the reference interpreter (at most {} GMAC); measure small designs (examples/tiny/) with it",
+                    macs as f64 / 1e9,
+                    MAX_REFERENCE_MACS / 1_000_000_000
+                ));
+            }
+        }
         let weights = ecarc_runtime::weights::Weights::random(spec, 0);
         let g = Generator::from_spec(spec.clone(), self.backend.as_ref(), &weights).map_err(|e| e.to_string())?;
         let opts = SampleOptions { labels: vec![0], seed: 0, flow_map: false, record: false };

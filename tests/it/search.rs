@@ -136,6 +136,98 @@ fn memoised_point_checks_equal_full_checks() {
     let _ = root();
 }
 
+/// Random spaces: each field fixed or given two options, valid or not; every
+/// point checked both ways.
+#[test]
+fn memoised_checks_equal_full_checks_on_random_spaces() {
+    // (component, field, options): the first option is valid for the others' first.
+    const FIELDS: &[(&str, &str, &[&str])] = &[
+        ("backbone", "depth", &["2", "3", "0"]),
+        ("backbone", "width", &["64", "96", "60"]),
+        ("backbone", "heads", &["4", "5", "8"]),
+        ("backbone", "qk_norm", &["l2", "none", "max"]),
+        ("head", "depth", &["1", "2"]),
+        ("head", "width", &["64", "32", "-1"]),
+        ("schedule", "scales", &["[1, 2, 4, 8, 16]", "[4, 16]", "[2, 1, 16]", "[16]"]),
+        ("schedule", "steps", &["2", "[1, 2, 3, 4, 5]", "3"]),
+        ("sample", "cfg", &["3.0", "1.0", "-1"]),
+        ("sample", "solver", &["euler", "heun", "ddpm"]),
+    ];
+    let mut r = runner(cases(64));
+    let strategy = proptest::collection::vec((0usize..3, 0usize..4, 0usize..4), FIELDS.len());
+    r.run(&strategy, |picks| {
+        let mut by_component: Vec<(&str, Vec<String>)> = Vec::new();
+        let mut axes = 0;
+        for ((component, field, options), (mode, a, b)) in FIELDS.iter().zip(&picks) {
+            let (a, b) = (options[a % options.len()], options[b % options.len()]);
+            let entry = match mode {
+                0 => continue,
+                1 => format!("{field} {a}"),
+                _ if a == b => format!("{field} {a}"),
+                _ => {
+                    axes += 1;
+                    if axes > 4 {
+                        format!("{field} {a}")
+                    } else {
+                        format!("{field} in {{ {a}, {b} }}")
+                    }
+                }
+            };
+            match by_component.iter_mut().find(|(c, _)| c == component) {
+                Some((_, v)) => v.push(entry),
+                None => by_component.push((component, vec![entry])),
+            }
+        }
+        let mut src = String::from("import \"std/ecar.ecar\"\nmodel r extends ecar_base {\n");
+        for (c, entries) in &by_component {
+            let head = if *c == "schedule" && !entries.iter().any(|e| e.starts_with("scales")) {
+                // Rows and `steps` do not mix: give scales when only steps vary.
+                "scales [1, 2, 4, 8, 16]  segments uniform  ".to_string()
+            } else if *c == "schedule" {
+                "segments uniform  ".to_string()
+            } else {
+                String::new()
+            };
+            src.push_str(&format!("  {c} {{ {head}{} }}\n", entries.join("  ")));
+        }
+        src.push_str("}\n");
+        let s = check_source("random.ecar", &src, &[]);
+        let Some(m) = s.models.into_iter().next() else { return Ok(()) };
+        let Some(body) = m.body else { return Ok(()) };
+        let Ok(axes) = space::axes(&body, &s.program.sources) else { return Ok(()) };
+        let name = Ident { name: m.name, span: m.span };
+        let memo = Memo::new(&axes);
+        let mut patched = body.clone();
+        for round in 0..2 {
+            for i in 0..space::size(&axes) {
+                let (point, _) = space::point(&body, &axes, i);
+                let choice = space::choice(&axes, i);
+                for (a, &c) in axes.iter().zip(&choice) {
+                    space::apply(&mut patched, a, c as usize);
+                }
+                let full = check_model(&name, &point);
+                let fast = check_point(&name, &patched, &choice, &memo);
+                match (full, fast) {
+                    (Ok(spec), Ok(p)) => {
+                        prop_assert_eq!(
+                            (&p.backbone, &p.head, &p.schedule),
+                            (&spec.backbone, &spec.head, &spec.schedule)
+                        );
+                        prop_assert_eq!(&p.sampler, &spec.sampler);
+                        prop_assert_eq!(p.params, spec.param_count());
+                    }
+                    (Err(a), Err(b)) => prop_assert_eq!(a, b, "{}\npoint {} round {}", src, i, round),
+                    (a, b) => {
+                        prop_assert!(false, "{}\npoint {}: full {:?}, memoised {:?}", src, i, a.is_ok(), b.is_ok())
+                    }
+                }
+            }
+        }
+        Ok(())
+    })
+    .unwrap();
+}
+
 /// A loaded space and its sources.
 struct Loaded {
     space: Space,
@@ -318,7 +410,7 @@ fn broken_designs_are_counted_and_explained() {
     let g = &r.invalid[0];
     assert_eq!((g.code.as_str(), g.message.as_str()), ("E0422", "segment boundaries do not match the scales"));
     assert_eq!(g.count, r.counts.invalid);
-    assert!(g.location.ends_with("ecar_search.ecar:25:28"), "{}", g.location);
+    assert!(g.location.ends_with("ecar_search.ecar:26:28"), "{}", g.location);
     assert!(g.rendered.contains("E0422") && g.rendered.contains("5 boundaries"), "{}", g.rendered);
     // The examples are the smallest broken design indices.
     let smallest: Vec<u128> =

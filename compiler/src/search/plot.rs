@@ -23,6 +23,15 @@ fn register_font() -> Result<(), String> {
     result
 }
 
+/// Whether `path` names a plot this module writes (`.svg` or `.png`): check it
+/// before a long search.
+pub fn check_path(path: &Path) -> Result<(), String> {
+    match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
+        Some("svg" | "png") => Ok(()),
+        _ => Err(format!("`{}`: plots are .svg or .png", path.display())),
+    }
+}
+
 /// Write the front of `result` to `path` (`.svg` or `.png`).
 pub fn plot(result: &SearchResult, path: &Path) -> Result<(), String> {
     let (x, y) = match result.objectives.as_slice() {
