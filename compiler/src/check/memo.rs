@@ -141,6 +141,13 @@ type Map<K, V> = std::collections::HashMap<K, V, FxBuild>;
 
 type UnitEntry = (Box<dyn Any + Send>, Vec<Diag>);
 
+/// Cached results kept at most (each kind); a full cache is emptied and
+/// refilled, so that spaces whose every design differs (a million depths)
+/// stay within memory. Only speed depends on it.
+const MAX_UNITS: usize = 200_000;
+const MAX_OWNERS: usize = 8_192;
+const MAX_PAIRS: usize = 1_000_000;
+
 #[derive(Default)]
 struct Caches {
     units: Map<Box<[u64]>, UnitEntry>,
@@ -245,6 +252,9 @@ impl<'a> Ctx<'a> {
                     }));
                     let mut c = self.memo.caches.borrow_mut();
                     c.stats.owner_misses += 1;
+                    if c.owners.len() >= MAX_OWNERS {
+                        c.owners.clear();
+                    }
                     c.owners.insert(key.as_slice().into(), g.clone());
                     g
                 }
@@ -272,7 +282,11 @@ impl<'a> Ctx<'a> {
                     None => {
                         let (small, large) = if a.keys.len() <= b.keys.len() { (a, b) } else { (b, a) };
                         let s = small.keys.iter().any(|k| large.keys.contains(k));
-                        self.memo.caches.borrow_mut().pairs.insert(pair, s);
+                        let mut c = self.memo.caches.borrow_mut();
+                        if c.pairs.len() >= MAX_PAIRS {
+                            c.pairs.clear();
+                        }
+                        c.pairs.insert(pair, s);
                         s
                     }
                 };
@@ -342,6 +356,9 @@ impl<'a> Checker<'a> {
         let diags = self.diags.borrow()[before..].to_vec();
         let mut c = ctx.memo.caches.borrow_mut();
         c.stats.unit_misses += 1;
+        if c.units.len() >= MAX_UNITS {
+            c.units.clear();
+        }
         c.units.insert(key, (Box::new(v.clone()), diags));
         v
     }

@@ -118,6 +118,9 @@ pub struct EvalStats {
     pub lowered: u64,
 }
 
+/// Formula classes kept at most (per level).
+const MAX_CLASSES: usize = 4_096;
+
 /// Where a derived symbol's value comes from.
 #[derive(Clone, Copy, Debug)]
 enum Derived {
@@ -297,6 +300,10 @@ impl<'s> Evaluator<'s> {
         }
         digest(p, &mut level1);
         if !self.classes.contains_key(&level1) {
+            if self.classes.len() >= MAX_CLASSES {
+                // Bounded memory for spaces with very many classes; only speed depends on it.
+                self.classes.clear();
+            }
             let (costing, free) = self.build(p)?;
             let mut l = Level1 { free, classes: HashMap::default() };
             let key = self.level2(&l.free);
@@ -306,7 +313,11 @@ impl<'s> Evaluator<'s> {
         let key = self.level2(&self.classes[&level1].free);
         if !self.classes[&level1].classes.contains_key(&key) {
             let (costing, _) = self.build(p)?;
-            self.classes.get_mut(&level1).expect("inserted").classes.insert(key.clone(), costing);
+            let l = self.classes.get_mut(&level1).expect("inserted");
+            if l.classes.len() >= MAX_CLASSES {
+                l.classes.clear();
+            }
+            l.classes.insert(key.clone(), costing);
         }
         let f = match &self.classes[&level1].classes[&key] {
             Costing::Formula(f) => f.clone(),
