@@ -146,6 +146,8 @@ type UnitEntry = (Box<dyn Any + Send>, Vec<Diag>);
 /// stay within memory. Only speed depends on it.
 const MAX_UNITS: usize = 200_000;
 const MAX_OWNERS: usize = 8_192;
+/// Tensors (keys) held by the cached owner results at most.
+const MAX_OWNER_TENSORS: u64 = 2_000_000;
 const MAX_PAIRS: usize = 1_000_000;
 
 #[derive(Default)]
@@ -154,6 +156,8 @@ struct Caches {
     owners: Map<Box<[u64]>, Arc<OwnerGroups>>,
     /// Whether two owner results declare a common key.
     pairs: Map<(u32, u32), bool>,
+    /// Tensors held by `owners`.
+    owner_tensors: u64,
     next_id: u32,
     stats: MemoStats,
 }
@@ -252,9 +256,11 @@ impl<'a> Ctx<'a> {
                     }));
                     let mut c = self.memo.caches.borrow_mut();
                     c.stats.owner_misses += 1;
-                    if c.owners.len() >= MAX_OWNERS {
+                    if c.owners.len() >= MAX_OWNERS || c.owner_tensors + g.count > MAX_OWNER_TENSORS {
                         c.owners.clear();
+                        c.owner_tensors = 0;
                     }
+                    c.owner_tensors += g.count;
                     c.owners.insert(key.as_slice().into(), g.clone());
                     g
                 }

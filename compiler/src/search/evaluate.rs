@@ -47,6 +47,7 @@ use std::sync::Arc;
 #[derive(Clone, Debug)]
 pub struct Space {
     pub name: Ident,
+    /// The model's body with every axis at its first option (design 0).
     pub body: MBody,
     pub axes: Vec<Axis>,
     pub total: u128,
@@ -77,6 +78,12 @@ impl Space {
                     .collect::<Option<Vec<i128>>>()
             })
             .collect();
+        // The body with each axis at its first option: what workers clone and
+        // change in place (a long range's options are not copied with it).
+        let mut body = body;
+        for a in &axes {
+            space::apply(&mut body, a, 0);
+        }
         let via_spec =
             axes.iter().map(|a| matches!(a.path[0].as_str(), "schedule" | "sample") && a.path.len() > 1).collect();
         Ok(Space { name, body, axes, total, numeric, via_spec })
