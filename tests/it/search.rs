@@ -280,13 +280,16 @@ model small extends ecar_base {
 }
 "#;
 
+/// A design's (index, params, forward MACs, sample MACs, within the constraints).
+type Figures = (u128, i128, i128, i128, bool);
+
 #[test]
 fn the_front_is_exact_against_brute_force_through_the_ir() {
     let dir = temp_dir("exact");
     let l = load(&write(&dir, "small.ecar", SMALL));
     assert_eq!(l.space.total, 384);
     // Brute force: every design checked on its own, lowered and costed through the IR.
-    let mut figures: Vec<Option<(u128, i128, i128, i128, bool)>> = Vec::new();
+    let mut figures: Vec<Option<Figures>> = Vec::new();
     for i in 0..l.space.total {
         let body = l.space.point(i);
         figures.push(check_model(&l.space.name, &body).ok().map(|spec| {
@@ -303,7 +306,7 @@ fn the_front_is_exact_against_brute_force_through_the_ir() {
         assert_eq!(result.counts.valid as usize, valid.len(), "{objectives}");
         assert_eq!(result.counts.invalid as usize, figures.iter().filter(|f| f.is_none()).count());
         assert_eq!(result.counts.rejected as usize, figures.iter().flatten().filter(|f| !f.4).count());
-        let key = |f: &(u128, i128, i128, i128, bool)| -> Vec<i128> {
+        let key = |f: &Figures| -> Vec<i128> {
             o.objectives
                 .iter()
                 .map(|ob| {
