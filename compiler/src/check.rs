@@ -470,6 +470,9 @@ impl<'a> Checker<'a> {
                     pc.groups(chain[0], chain.clone(), owner, out, &mut buffers);
                 }
                 let tensors = pc.count.into_inner();
+                if let Some(m) = self.memo {
+                    m.evaluated(tensors);
+                }
                 (GroupsOut::Sequential { params, buffers, tok_params }, tensors)
             }
         };
@@ -1731,6 +1734,7 @@ impl<'c, 'a> ParamCtx<'c, 'a> {
             };
             loops.push((r.var.name.clone(), lo, hi));
         }
+        // No loops (a guard alone): one copy. An empty loop (`j in 0..0`): none.
         let copies: u64 = loops.iter().map(|(_, lo, hi)| (hi - lo) as u64).product();
         let n = copies.saturating_mul(g.decls.len() as u64);
         if self.count.borrow().saturating_add(n) > MAX_TENSORS {
@@ -1746,7 +1750,7 @@ impl<'c, 'a> ParamCtx<'c, 'a> {
         }
         let mut out = Vec::new();
         let mut assignment: Vec<i64> = loops.iter().map(|l| l.1).collect();
-        'copies: for _ in 0..copies.max(1) {
+        'copies: for _ in 0..copies {
             let mut sc = scope.clone();
             sc.locals = loops.iter().zip(&assignment).map(|((v, _, _), &x)| (v.clone(), N::Int(x))).collect();
             // advance the odometer for the next round (last loop fastest)

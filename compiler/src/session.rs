@@ -2,7 +2,8 @@
 //! overrides, resolve every model, expand search spaces and check each point.
 //! The CLI, tests and later commands (build, search) all start here.
 
-use crate::check::{check_model, check_model_counted};
+use crate::check::check_model;
+use crate::check::memo::{check_point, Memo};
 use crate::space;
 use crate::spec::ModelSpec;
 use ecarc_grammar::ast::Definition;
@@ -16,9 +17,9 @@ pub const MAX_CHECKED_POINTS: u128 = 100_000;
 /// the points checked, each point also counting [`POINT_WORK`]): about two
 /// seconds of checking on the reference machine.
 pub const WORK_BUDGET: u128 = 2_000_000;
-/// The work of checking one point besides its tensors (reading its fields and
-/// components, building it), in tensor-equivalents.
-pub const POINT_WORK: u128 = 200;
+/// The work of checking one point besides the tensors it evaluates afresh
+/// (its own fields, cross-field rules, reused parts), in tensor-equivalents.
+pub const POINT_WORK: u128 = 10;
 /// An axis with more options is shown abbreviated (first and last options).
 pub const MAX_AXIS_LABELS: usize = 12;
 
@@ -281,20 +282,36 @@ fn check_body(program: &Program, name: &ecarc_grammar::ast::Ident, body: &MBody,
     let mut first_valid = None;
     let mut work = 0u128;
     let mut checked = 0u128;
+    // Every point is checked by the checker's rules, with the parts of the check
+    // whose inputs did not change reused (`check::memo`: the same results and
+    // diagnostics as checking each point afresh); one body changed in place.
+    let memo = Memo::new(&axes);
+    let mut point = body.clone();
+    let mut current = vec![u32::MAX; axes.len()];
     for k in coarse_to_fine(planned) {
         if work >= WORK_BUDGET {
             break;
         }
         let index = if total > planned { k * total / planned } else { k };
-        let (point, assignment) = space::point(body, &axes, index);
-        let (result, tensors) = check_model_counted(name, &point);
-        work += POINT_WORK + tensors as u128;
+        let choice = space::choice(&axes, index);
+        for (i, a) in axes.iter().enumerate() {
+            if current[i] != choice[i] {
+                space::apply(&mut point, a, choice[i] as usize);
+                current[i] = choice[i];
+            }
+        }
+        let before = memo.stats().tensors;
+        let result = check_point(name, &point, &choice, &memo);
+        work += POINT_WORK + (memo.stats().tensors - before) as u128;
         checked += 1;
+        let assignment = || -> Assignment {
+            axes.iter().zip(&choice).map(|(a, &c)| (a.path.join("."), a.labels[c as usize].clone())).collect()
+        };
         match result {
-            Ok(spec) => {
+            Ok(_) => {
                 valid += 1;
                 if first_valid.is_none() {
-                    first_valid = Some(Box::new(spec));
+                    first_valid = check_model(name, &point).ok().map(Box::new);
                 }
             }
             Err(ds) => {
@@ -304,11 +321,14 @@ fn check_body(program: &Program, name: &ecarc_grammar::ast::Ident, body: &MBody,
                     match groups.iter_mut().find(|g| same(&g.0)) {
                         Some(g) => {
                             g.1 += 1;
-                            if g.2.len() < 3 && !g.2.contains(&assignment) {
-                                g.2.push(assignment.clone());
+                            if g.2.len() < 3 {
+                                let a = assignment();
+                                if !g.2.contains(&a) {
+                                    g.2.push(a);
+                                }
                             }
                         }
-                        None => groups.push((d, 1, vec![assignment.clone()])),
+                        None => groups.push((d, 1, vec![assignment()])),
                     }
                 }
             }

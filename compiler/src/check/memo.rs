@@ -172,6 +172,8 @@ pub struct MemoStats {
     /// Points whose groups were evaluated in one pass (something was reported,
     /// a key was declared twice, or there are too many tensors).
     pub one_pass: u64,
+    /// Declared tensors evaluated (not reused): the work done.
+    pub tensors: u64,
 }
 
 /// The reusable results for one search space. Not shared between threads:
@@ -217,6 +219,11 @@ pub(super) fn derived_key(map: &BTreeMap<String, N>) -> Vec<u64> {
 }
 
 impl<'a> Ctx<'a> {
+    /// Count tensors evaluated afresh.
+    pub(super) fn evaluated(&self, tensors: u64) {
+        self.memo.caches.borrow_mut().stats.tensors += tensors;
+    }
+
     /// A unit's cache key, in the memo's reused buffer.
     fn key(&self, tag: u64, axes: &[u32], extra: &[u64]) -> std::cell::RefMut<'a, Vec<u64>> {
         let mut key = self.memo.key.borrow_mut();
@@ -256,6 +263,7 @@ impl<'a> Ctx<'a> {
                     }));
                     let mut c = self.memo.caches.borrow_mut();
                     c.stats.owner_misses += 1;
+                    c.stats.tensors += g.count;
                     if c.owners.len() >= MAX_OWNERS || c.owner_tensors + g.count > MAX_OWNER_TENSORS {
                         c.owners.clear();
                         c.owner_tensors = 0;

@@ -158,6 +158,7 @@ pub fn run(
             s.1.owner_hits += m.owner_hits;
             s.1.owner_misses += m.owner_misses;
             s.1.one_pass += m.one_pass;
+            s.1.tensors += m.tensors;
         }
     }
     let (eval, memo) = *stats.lock().unwrap_or_else(|e| e.into_inner());
