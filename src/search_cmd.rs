@@ -317,6 +317,10 @@ fn print_table(r: &SearchResult, top: usize) {
     let mut header: Vec<String> = vec!["design".into()];
     header.extend(r.axes.iter().map(|a| a.path.clone()));
     header.extend(["params", "sample_macs", "forward_macs"].map(String::from));
+    let peak = r.front.iter().any(|x| x.peak_activation_bytes.is_some());
+    if peak {
+        header.push("peak_bytes".into());
+    }
     let measured = r.front.iter().any(|x| x.seconds_per_image.is_some());
     if measured {
         header.push("s/image".into());
@@ -327,6 +331,9 @@ fn print_table(r: &SearchResult, top: usize) {
         let mut row = vec![format!("#{}", x.index)];
         row.extend(x.design.iter().map(|(_, v)| v.clone()));
         row.extend([human(x.params), human(x.sample_macs), human(x.forward_macs)]);
+        if peak {
+            row.push(x.peak_activation_bytes.map_or("-".into(), human));
+        }
         if measured {
             row.push(x.seconds_per_image.map_or("-".into(), |s| format!("{s:.3}")));
         }
