@@ -280,13 +280,22 @@ model small extends ecar_base {
 }
 "#;
 
-/// A design's (index, params, forward MACs, sample MACs, within the constraints).
-type Figures = (u128, i128, i128, i128, bool);
+/// A design's (index, params, forward MACs, sample MACs, within the constraints,
+/// peak activation bytes).
+type Figures = (u128, i128, i128, i128, bool, i128);
 
 #[test]
 fn the_front_is_exact_against_brute_force_through_the_ir() {
     let dir = temp_dir("exact");
-    let l = load(&write(&dir, "small.ecar", SMALL));
+    // With the constraint, and without it (larger fronts).
+    let unconstrained = SMALL.replace("  where params <= 300K\n", "");
+    assert_ne!(unconstrained, SMALL);
+    for (k, text) in [SMALL, unconstrained.as_str()].into_iter().enumerate() {
+        exact_on(&load(&write(&dir, &format!("small{k}.ecar"), text)));
+    }
+}
+
+fn exact_on(l: &Loaded) {
     assert_eq!(l.space.total, 384);
     // Brute force: every design checked on its own, lowered and costed through the IR.
     let mut figures: Vec<Option<Figures>> = Vec::new();
@@ -295,13 +304,25 @@ fn the_front_is_exact_against_brute_force_through_the_ir() {
         figures.push(check_model(&l.space.name, &body).ok().map(|spec| {
             let r = compile(&spec, &SpecSpans::from_body(&body), vec![]).expect("lowers").report;
             let within = spec.constraints.iter().all(|c| Constraint::from_spec(c).unwrap().holds(r.params as i128));
-            (i, r.params as i128, r.forward_macs as i128, r.sample_macs as i128, within)
+            (
+                i,
+                r.params as i128,
+                r.forward_macs as i128,
+                r.sample_macs as i128,
+                within,
+                r.peak_activation_bytes as i128,
+            )
         }));
     }
-    for objectives in ["sample_macs,params", "sample_macs,max:params", "forward_macs,max:sample_macs,params", "params"]
-    {
+    for objectives in [
+        "sample_macs,params",
+        "sample_macs,max:params",
+        "forward_macs,max:sample_macs,params",
+        "params",
+        "peak_activation_bytes,max:params",
+    ] {
         let o = opts(objectives, Selection::All, Shard::ALL);
-        let result = run(&l, &o);
+        let result = run(l, &o);
         let valid: Vec<_> = figures.iter().flatten().filter(|f| f.4).collect();
         assert_eq!(result.counts.valid as usize, valid.len(), "{objectives}");
         assert_eq!(result.counts.invalid as usize, figures.iter().filter(|f| f.is_none()).count());
@@ -314,6 +335,7 @@ fn the_front_is_exact_against_brute_force_through_the_ir() {
                         Metric::Params => f.1,
                         Metric::ForwardMacs => f.2,
                         Metric::SampleMacs => f.3,
+                        Metric::PeakActivationBytes => f.5,
                         m => panic!("{m}"),
                     })
                 })
