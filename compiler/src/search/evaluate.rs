@@ -20,7 +20,8 @@
 //! - the class of a design is the options of every axis that is not free,
 //!   with a digest of what the formula's structure depends on (kinds, the
 //!   start-token branch, CFG, solver, stage layout). A formula with a
-//!   non-polynomial leaf makes no axis free (its value could depend on any).
+//!   non-polynomial leaf makes every axis part of the class (its value could
+//!   depend on any, the schedule's included).
 //!   Axes under `schedule` and `sample` are never part of the class: the
 //!   formulas read those components only through the checked spec (the
 //!   schedule aggregates, set per design, and the digest);
@@ -189,7 +190,8 @@ enum Costing {
 
 /// Free axes of a group of classes (decided by the first formula built).
 struct Level1 {
-    free: Vec<bool>,
+    /// `None`: every axis is part of the class (a non-polynomial leaf).
+    free: Option<Vec<bool>>,
     classes: HashMap<Vec<u64>, Costing, FxBuild>,
 }
 
@@ -313,11 +315,11 @@ impl<'s> Evaluator<'s> {
             }
             let (costing, free) = self.build(p)?;
             let mut l = Level1 { free, classes: HashMap::default() };
-            let key = self.level2(&l.free);
+            let key = self.level2(l.free.as_deref());
             l.classes.insert(key, costing);
             self.classes.insert(level1.clone(), l);
         }
-        let key = self.level2(&self.classes[&level1].free);
+        let key = self.level2(self.classes[&level1].free.as_deref());
         if !self.classes[&level1].classes.contains_key(&key) {
             let (costing, _) = self.build(p)?;
             let l = self.classes.get_mut(&level1).expect("inserted");
@@ -356,7 +358,10 @@ impl<'s> Evaluator<'s> {
         }
     }
 
-    fn level2(&self, free: &[bool]) -> Vec<u64> {
+    /// The options of the axes that are part of a class besides those of
+    /// level 1: the numeric axes that are not free, or every axis.
+    fn level2(&self, free: Option<&[bool]>) -> Vec<u64> {
+        let Some(free) = free else { return self.choice.iter().map(|&c| c as u64).collect() };
         self.space
             .numeric
             .iter()
@@ -375,16 +380,15 @@ impl<'s> Evaluator<'s> {
     }
 
     /// A formula for the current design's class, and which axes are free in it.
-    fn build(&mut self, p: &CheckedPoint) -> Result<(Costing, Vec<bool>), Diag> {
+    fn build(&mut self, p: &CheckedPoint) -> Result<(Costing, Option<Vec<bool>>), Diag> {
         let spec = self.spec()?;
-        let none_free = vec![false; self.space.axes.len()];
         let f: Formula = match formula(&spec, &self.body) {
             Ok(f) => f,
             Err(_) => {
                 // Not covered by the formulas: the lowering decides (an E06xx
                 // error for a design that cannot be built, else IR figures).
                 crate::artifact::compile(&spec, &crate::lower::SpecSpans::from_body(&self.body), vec![])?;
-                return Ok((Costing::Lowered, none_free));
+                return Ok((Costing::Lowered, None));
             }
         };
         self.stats.formulas_built += 1;
@@ -421,6 +425,8 @@ impl<'s> Evaluator<'s> {
                 format!("internal: the cost formula counts {} parameters, the checker {}", own.params, p.params),
             ));
         }
+        // A non-polynomial leaf's value may depend on any axis (the schedule's too).
+        let free_axes = if opaque { None } else { Some(free_axes) };
         Ok((Costing::Formula(Arc::new(ClassFormula { compiled, base, free, derived })), free_axes))
     }
 }
