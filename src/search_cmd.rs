@@ -314,6 +314,9 @@ fn print_table(r: &SearchResult, top: usize) {
     if r.front.is_empty() {
         return;
     }
+    if r.front.len() == 1 && r.counts.valid > 1 && r.objectives.len() > 1 && r.objectives.iter().all(|o| !o.maximise) {
+        println!("(one design is the cheapest in every objective; e.g. `--objective sample_macs,max:params` trades compute for capacity)");
+    }
     let mut header: Vec<String> = vec!["design".into()];
     header.extend(r.axes.iter().map(|a| a.path.clone()));
     header.extend(["params", "sample_macs", "forward_macs"].map(String::from));

@@ -117,13 +117,25 @@ pub fn run(
         .map(|c| {
             let w = rayon::current_thread_index().unwrap_or(0) % workers.len();
             let mut slot = workers[w].lock().unwrap_or_else(|e| e.into_inner());
-            let ev = slot.get_or_insert_with(|| Evaluator::new(space, need_peak));
             let mut p = Partial::default();
             let end = ((c + 1) * CHUNK).min(n);
             for k in c * CHUNK..end {
                 let index = designs.index(k);
                 p.counts.designs += 1;
-                match ev.eval(index) {
+                let ev = slot.get_or_insert_with(|| Evaluator::new(space, need_peak));
+                // A bug must not end the run: the design is reported broken and
+                // the worker starts afresh (its caches may be half-updated).
+                let outcome = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ev.eval(index))) {
+                    Ok(o) => o,
+                    Err(_) => {
+                        *slot = None;
+                        Outcome::Invalid(vec![ecarc_grammar::Diag::error(
+                            "E0699",
+                            "internal: checking or costing this design panicked (a bug in ecarc)",
+                        )])
+                    }
+                };
+                match outcome {
                     Outcome::Valid(v) => {
                         p.counts.valid += 1;
                         let objectives =
