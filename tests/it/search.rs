@@ -647,6 +647,20 @@ fn cli_shards_merge_into_the_single_run() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let read = |p: &str| SearchResult::from_json(&std::fs::read_to_string(dir.join(p)).unwrap()).unwrap();
     assert_eq!(essence(&read("merged.json")), essence(&read("single.json")));
+    // A shard of another model (here: --set on one shard only) is refused.
+    let other = dir.join("other.json");
+    search(&["--shard", "1/4", "--set", "backbone.heads=8"], &other);
+    let o = ecarc()
+        .args(["search", "merge"])
+        .arg(&files[0])
+        .arg(&other)
+        .args(&files[2..])
+        .arg("-o")
+        .arg(dir.join("m3.json"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("different searches"));
     // A missing shard is an error.
     let o = ecarc().args(["search", "merge"]).args(&files[1..]).arg("-o").arg(dir.join("m2.json")).output().unwrap();
     assert_eq!(o.status.code(), Some(2));

@@ -70,7 +70,9 @@ impl Partial {
 
 /// The fingerprint of a space and the settings that decide its front.
 pub fn space_fingerprint(space: &Space, opts: &Options, constraints: &[String]) -> String {
-    let mut parts: Vec<String> = vec![space.name.name.clone(), space.total.to_string()];
+    // The whole resolved model (imports, `extends`, `--set` applied), not only its axes.
+    let body = serde_json::to_string(&space.body).unwrap_or_default();
+    let mut parts: Vec<String> = vec![space.name.name.clone(), space.total.to_string(), body];
     for a in &space.axes {
         parts.push(a.path.join("."));
         parts.extend(a.labels.iter().cloned());
