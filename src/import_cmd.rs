@@ -37,8 +37,8 @@ pub struct ImportArgs {
     /// declared keys present.
     #[arg(long, value_enum)]
     part: Option<Part>,
-    /// Leave out every tensor whose key starts with PREFIX (repeatable), e.g. `encoder.`:
-    /// the tokenizers declare their decoders, not their encoders.
+    /// Leave out every tensor whose key starts with PREFIX (repeatable), e.g. a training
+    /// statistic the model does not declare (`quantize.ema_vocab_hit_SV`).
     #[arg(long, value_name = "PREFIX")]
     ignore: Vec<String>,
 }
@@ -132,6 +132,12 @@ pub fn run(args: ImportArgs, sets: &[Override], color: bool) -> Result<ExitCode,
     };
     if let Err(e) = weights.save(&args.output) {
         return fail(e.to_string());
+    }
+    let absent = weights.absent_encoder().len();
+    if absent > 0 {
+        eprintln!(
+            "note: no tokenizer encoder in the checkpoint(s): its {absent} declared tensors are left out (generation does not read them)"
+        );
     }
     let buffers = weights.buffers_in_file().count();
     let buffer_note =

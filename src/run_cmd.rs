@@ -291,7 +291,14 @@ fn load_weights(spec: &ModelSpec, paths: &[PathBuf]) -> Result<Weights, Fail> {
         return Ok(Weights::random(spec, RANDOM_WEIGHTS_SEED));
     }
     let refs: Vec<&Path> = paths.iter().map(PathBuf::as_path).collect();
-    Ok(Weights::load_files(&refs, spec)?)
+    let weights = Weights::load_files(&refs, spec)?;
+    let absent = weights.absent_encoder().len();
+    if absent > 0 {
+        eprintln!(
+            "note: the weights hold no tokenizer encoder (its {absent} declared tensors are absent); nothing here reads it"
+        );
+    }
+    Ok(weights)
 }
 
 /// A generator for `art` on `backend`: the artifact's own programs, or the

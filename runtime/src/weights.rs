@@ -10,6 +10,12 @@
 //! zero biases) are allowed in a file but not required and never loaded: the
 //! lowering computes them and the driver passes them as inputs.
 //!
+//! The tokenizer's encoder (the roles `enc_*`) is declared so that a released
+//! tokenizer checkpoint is checked whole, but no program reads it yet (there is
+//! no encode program): a checkpoint may leave the encoder out *as a whole*
+//! ([`Weights::absent_encoder`] lists it, for a note). Once any encoder tensor
+//! is in the file(s), every one is required, as any other parameter.
+//!
 //! # Random initialisation
 //! [`Weights::random`] draws every declared parameter (generator and
 //! tokenizer) so that a tiny random model gives varied, finite,
@@ -20,9 +26,9 @@
 //!
 //! | roles | values | why |
 //! |---|---|---|
-//! | norm gains: `attn_norm`, `ffn_norm`, `final_norm`, `dec_norm1`, `dec_norm2`, `dec_attn_norm`, `dec_norm_out` | 1 + 0.1·N(0,1) | near the identity (PyTorch's ones), yet not all equal |
+//! | norm gains: `attn_norm`, `ffn_norm`, `final_norm`, `dec_norm1`, `dec_norm2`, `dec_attn_norm`, `dec_norm_out`, and the encoder's `enc_norm1`, `enc_norm2`, `enc_attn_norm`, `enc_norm_out` | 1 + 0.1·N(0,1) | near the identity (PyTorch's ones), yet not all equal |
 //! | biases: every `*_bias` role, `q_bias`, `v_bias`, `k_bias` | 0.02·N(0,1) | small (PyTorch's zeros), yet visible in differential tests |
-//! | linear and conv weights: `qkv`, `attn_out`, `ffn_up`, `ffn_gate`, `ffn_down`, `ada`, `head_ada`, `final_ada`, `out`, `final_out`, `time_in`, `time_out`, `cond_in`, `x_in`, `token_in`, `patch_embed`, `nd_proj`, `dd_out`, `quant_conv`, `post_quant_conv`, `phi_conv`, every `dec_*` conv and attention projection | N(0, 1/fan_in), fan_in = product of all dims but the first (in features × kernel) | keeps activations at unit scale layer after layer (LeCun normal) |
+//! | linear and conv weights: `qkv`, `attn_out`, `ffn_up`, `ffn_gate`, `ffn_down`, `ada`, `head_ada`, `final_ada`, `out`, `final_out`, `time_in`, `time_out`, `cond_in`, `x_in`, `token_in`, `patch_embed`, `nd_proj`, `dd_out`, `quant_conv`, `post_quant_conv`, `phi_conv`, every `dec_*` and `enc_*` conv and attention projection | N(0, 1/fan_in), fan_in = product of all dims but the first (in features × kernel) | keeps activations at unit scale layer after layer (LeCun normal) |
 //! | tables: `token_table`, `class_table`, `level_table`, `pos_start`, `pos_table`, `codebook`, `nd_table` | N(0,1) | unit-scale inputs; distinct classes, tokens and positions give clearly different activations (adaLN reads SiLU(class row)) |
 //! | `qk_scale` (VAR `scale_mul_1H11`) | ln 4 + 0.1·N(0,1) | VAR initialises the log-scale to ln 4; the noise varies the heads |
 //! | `dd_scale_shift` (DD's `scale_shift_table`) | N(0, 1/width), width = last dim | DD's (DiT's) `randn(2, C) / sqrt(C)` |
@@ -79,6 +85,14 @@ impl TensorKind {
     }
 }
 
+impl Declared {
+    /// A parameter of the tokenizer's encoder (a role `enc_*`): declared, imported
+    /// and counted, but read by no program yet, so optional as a whole when loading.
+    pub fn is_encoder(&self) -> bool {
+        self.kind == TensorKind::TokenizerParam && self.role.starts_with("enc_")
+    }
+}
+
 /// One tensor a model declares, loops expanded.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Declared {
@@ -125,8 +139,19 @@ pub struct Init {
     pub std: f32,
 }
 
-const NORM_GAINS: &[&str] =
-    &["attn_norm", "ffn_norm", "final_norm", "dec_norm1", "dec_norm2", "dec_attn_norm", "dec_norm_out"];
+const NORM_GAINS: &[&str] = &[
+    "attn_norm",
+    "ffn_norm",
+    "final_norm",
+    "dec_norm1",
+    "dec_norm2",
+    "dec_attn_norm",
+    "dec_norm_out",
+    "enc_norm1",
+    "enc_norm2",
+    "enc_attn_norm",
+    "enc_norm_out",
+];
 const TABLES: &[&str] =
     &["token_table", "class_table", "level_table", "pos_start", "pos_table", "codebook", "nd_table"];
 const LINEARS: &[&str] = &[
@@ -162,6 +187,17 @@ const LINEARS: &[&str] = &[
     "dec_attn_out",
     "dec_upsample",
     "dec_conv_out",
+    "enc_conv_in",
+    "enc_conv1",
+    "enc_conv2",
+    "enc_shortcut",
+    "enc_attn_qkv",
+    "enc_attn_q",
+    "enc_attn_k",
+    "enc_attn_v",
+    "enc_attn_out",
+    "enc_downsample",
+    "enc_conv_out",
 ];
 const BIAS_STD: f32 = 0.02;
 
@@ -207,6 +243,7 @@ fn init_or_fallback(role: &str, shape: &[usize]) -> Init {
 pub struct Weights {
     tensors: BTreeMap<String, HostTensor>,
     buffers_in_file: BTreeSet<String>,
+    absent_encoder: Vec<String>,
     source: String,
 }
 
@@ -245,7 +282,12 @@ impl Weights {
                 (d.key.clone(), HostTensor::f32(d.shape.clone(), data))
             })
             .collect();
-        Weights { tensors, buffers_in_file: BTreeSet::new(), source: format!("random (seed {seed})") }
+        Weights {
+            tensors,
+            buffers_in_file: BTreeSet::new(),
+            absent_encoder: Vec::new(),
+            source: format!("random (seed {seed})"),
+        }
     }
 
     /// Load `path` (safetensors) and match it against `spec`'s declared
@@ -257,8 +299,10 @@ impl Weights {
     /// Load several safetensors files as one checkpoint (e.g. a generator
     /// and its tokenizer, released separately). Every declared parameter
     /// must be in exactly one file with its declared shape and a float dtype
-    /// and finite values; declared buffers may be present (with their
-    /// declared shape) or absent; any other key is unexpected. All problems
+    /// and finite values, except that the tokenizer's encoder (roles `enc_*`)
+    /// may be absent as a whole ([`Weights::absent_encoder`]); declared
+    /// buffers may be present (with their declared shape) or absent; any
+    /// other key is unexpected. All problems
     /// come back together in one [`RuntimeError::Weights`]; an unreadable or
     /// malformed file gives [`RuntimeError::File`].
     pub fn load_files(paths: &[&Path], spec: &ModelSpec) -> Result<Weights> {
@@ -312,6 +356,8 @@ impl Weights {
         }
         let declared = declared_tensors(spec);
         let by_key: HashMap<&str, &Declared> = declared.iter().map(|d| (d.key.as_str(), d)).collect();
+        // The encoder is optional as a whole: absent when none of its tensors is stored.
+        let encoder_absent = !declared.iter().any(|d| d.is_encoder() && found.contains_key(&d.key));
         let mut missing: Vec<&Declared> =
             declared.iter().filter(|d| d.kind.is_param() && !found.contains_key(&d.key)).collect();
         let mut unexpected: Vec<&str> = found.keys().map(String::as_str).filter(|k| !by_key.contains_key(k)).collect();
@@ -328,11 +374,16 @@ impl Weights {
 
         let mut loadable = Vec::new();
         let mut buffers_in_file = BTreeSet::new();
+        let mut absent_encoder = Vec::new();
         for d in &declared {
             let key = d.key.as_str();
             let Some((_, view)) = found.get(key) else {
                 if !missing_keys.contains(key) {
                     continue; // an absent buffer, or part of a collapsed prefix group
+                }
+                if encoder_absent && d.is_encoder() && !renamed.contains_key(key) {
+                    absent_encoder.push(d.key.clone());
+                    continue;
                 }
                 problems.push(match renamed.get(key) {
                     Some(u) => format!(
@@ -408,7 +459,7 @@ impl Weights {
         if !problems.is_empty() {
             return Err(RuntimeError::Weights { file: label, problems });
         }
-        Ok(Weights { tensors, buffers_in_file, source: label })
+        Ok(Weights { tensors, buffers_in_file, absent_encoder, source: label })
     }
 
     /// Write every tensor as F32 safetensors, keys sorted, atomically.
@@ -448,6 +499,14 @@ impl Weights {
     /// Declared buffers that the loaded file(s) held (checked, not loaded).
     pub fn buffers_in_file(&self) -> impl Iterator<Item = &str> {
         self.buffers_in_file.iter().map(String::as_str)
+    }
+    /// The tokenizer encoder's declared tensors (roles `enc_*`), in
+    /// declaration order, when the loaded file(s) held none of them: no
+    /// program reads the encoder, so a checkpoint of the decoder alone loads
+    /// (callers say so in a note). Empty when the encoder was loaded, for
+    /// random weights, and for a model that declares no encoder.
+    pub fn absent_encoder(&self) -> &[String] {
+        &self.absent_encoder
     }
     /// `random (seed S)` or the file name(s) the weights were loaded from.
     pub fn source(&self) -> &str {
@@ -929,6 +988,9 @@ mod tests {
         let shape = [6144, 1024];
         assert_eq!(init_for("ada", &shape), Some(Init { mean: 0.0, std: 1.0 / 32.0 }));
         assert_eq!(init_for("dec_conv1", &[128, 64, 3, 3]), Some(Init { mean: 0.0, std: 1.0 / 24.0 }));
+        assert_eq!(init_for("enc_downsample", &[64, 64, 3, 3]), Some(Init { mean: 0.0, std: 1.0 / 24.0 }));
+        assert_eq!(init_for("enc_attn_norm", &[64]), Some(Init { mean: 1.0, std: 0.1 }));
+        assert_eq!(init_for("enc_conv_out_bias", &[32]), Some(Init { mean: 0.0, std: 0.02 }));
         assert_eq!(init_for("ffn_norm", &[64]), Some(Init { mean: 1.0, std: 0.1 }));
         assert_eq!(init_for("q_bias", &[64]), Some(Init { mean: 0.0, std: 0.02 }));
         assert_eq!(init_for("class_table", &[1001, 64]), Some(Init { mean: 0.0, std: 1.0 }));
@@ -1132,8 +1194,10 @@ mod tests {
         let both = Weights::from_bytes(&[("gen".into(), &gb), ("tok".into(), &tb)], &spec).unwrap();
         assert_same(&both, &w);
         assert_eq!(both.source(), "gen + tok");
-        // Only the generator: every tokenizer tensor is missing.
-        assert_eq!(problems(load_bytes(&gb, &spec)).len(), tok.len());
+        // Only the generator: every tokenizer tensor is missing, but the encoder (optional as a whole).
+        let encoder = declared_tensors(&spec).iter().filter(|d| d.is_encoder()).count();
+        assert!(encoder > 0);
+        assert_eq!(problems(load_bytes(&gb, &spec)).len(), tok.len() - encoder);
         // A tensor in both files.
         let mut t2 = t.clone();
         t2.push(g[0]);
@@ -1145,6 +1209,58 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn the_tokenizer_encoder_is_optional_as_a_whole() {
+        let spec = tiny_var();
+        let w = Weights::random(&spec, 3);
+        assert!(w.absent_encoder().is_empty());
+        let encoder: Vec<String> =
+            declared_tensors(&spec).into_iter().filter(|d| d.is_encoder()).map(|d| d.key).collect();
+        // The reference VQVAE's encoder: conv_in, 5 levels, the middle, norm_out and conv_out.
+        assert_eq!(encoder.len(), 132);
+        assert!(encoder.iter().all(|k| k.starts_with("encoder.")));
+        let without = |keep: &[&str]| {
+            let mut v = w.clone();
+            encoder.iter().filter(|k| !keep.contains(&k.as_str())).for_each(|k| drop(v.remove(k)));
+            v
+        };
+        // Complete: loaded, nothing absent.
+        let all = load_bytes(&bytes_of_weights(&w), &spec).unwrap();
+        assert_same(&all, &w);
+        assert!(all.absent_encoder().is_empty());
+        // No encoder at all (a decoder-only tokenizer file): loads, and says which tensors are absent.
+        let decoder_only = without(&[]);
+        let loaded = load_bytes(&bytes_of_weights(&decoder_only), &spec).unwrap();
+        assert_same(&loaded, &decoder_only);
+        assert_eq!(loaded.absent_encoder(), encoder.as_slice());
+        assert_eq!(loaded.len() + encoder.len(), w.len());
+        // Once any encoder tensor is stored, all are required, as every other parameter.
+        let mut one_missing = w.clone();
+        one_missing.remove("encoder.conv_in.weight");
+        assert_eq!(
+            problems(load_bytes(&bytes_of_weights(&one_missing), &spec)),
+            ["missing `encoder.conv_in.weight` [32, 3, 3, 3] (enc_conv_in of tokenizer)"]
+        );
+        let one_present = without(&["encoder.norm_out.bias"]);
+        let p = problems(load_bytes(&bytes_of_weights(&one_present), &spec));
+        assert_eq!(p.len(), encoder.len() - 1);
+        assert!(p.iter().all(|m| m.starts_with("missing `encoder.")), "{p:?}");
+        // An encoder tensor under a near-miss name is a rename, not an absent encoder.
+        let mut renamed = without(&[]);
+        renamed.insert("encoder.conv_in.weigth", w.get("encoder.conv_in.weight").unwrap().clone());
+        assert_eq!(
+            problems(load_bytes(&bytes_of_weights(&renamed), &spec)),
+            ["unexpected `encoder.conv_in.weigth` [32, 3, 3, 3]: did you mean `encoder.conv_in.weight` [32, 3, 3, 3], which is missing?"]
+        );
+        // A decoder tensor is never optional.
+        let mut no_decoder_in = decoder_only.clone();
+        no_decoder_in.remove("decoder.conv_in.weight");
+        assert_eq!(
+            problems(load_bytes(&bytes_of_weights(&no_decoder_in), &spec)),
+            ["missing `decoder.conv_in.weight` [128, 8, 3, 3] (dec_conv_in of tokenizer)"]
+        );
     }
 
     #[test]

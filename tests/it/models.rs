@@ -109,17 +109,68 @@ fn set_overrides_apply_after_extends() {
     assert_eq!((s.sampler.cfg, s.sampler.top_k), (3.5, 1));
 }
 
-/// The tokenizers declare their quantisers and decoders with the reference keys;
-/// the totals are those of the reference modules without their encoders.
+/// The tokenizers declare every parameter of the reference modules with its key: the
+/// totals are those of the reference modules, instantiated, encoder included (VAR's
+/// VQVAE, LlamaGen's VQ-16, MAR's KL-16, diffusers' AutoencoderKL with the SD-1 VAE config).
 #[test]
-fn tokenizer_decoder_parameter_counts() {
-    let tok = |m: &str| spec_of(&root().join(format!("models/{m}.ecar")), &[]).tokenizer_param_count();
-    // VAR VQVAE: decoder 64,653,923 + quantize 168,064 + quant_conv 9,248 + post_quant_conv 9,248.
-    assert_eq!(tok("var_d16"), 64_840_483);
-    // VQ-16: decoder 42,449,795 + quantize 131,072 + 2,056 + 2,304.
-    assert_eq!(tok("llamagen_b"), 42_585_227);
-    // KL-16: decoder 38,188,931 + 1,056 + 272.
-    assert_eq!(tok("ecar_l"), 38_190_259);
-    // SD VAE: decoder 49,490,179 + 72 + 20.
-    assert_eq!(tok("dit_xl2"), 49_490_271);
+fn tokenizer_parameter_counts() {
+    use ecarc_runtime::weights::declared_tensors;
+    let spec = |m: &str| spec_of(&root().join(format!("models/{m}.ecar")), &[]);
+    // (model, total, encoder total, encoder tensors)
+    let cases = [
+        // VAR VQVAE: encoder 44,107,872 + decoder 64,653,923 + quantize 168,064 + quant_conv 9,248
+        // + post_quant_conv 9,248.
+        ("var_d16", 108_948_355u128, 44_107_872u128, 132),
+        // VQ-16: encoder 29,298,176 + decoder 42,449,795 + quantize 131,072 + 2,056 + 2,304.
+        ("llamagen_b", 71_883_403, 29_298_176, 144),
+        // KL-16: encoder 28,265,760 + decoder 38,188,931 + 1,056 + 272.
+        ("ecar_l", 66_456_019, 28_265_760, 144),
+        // SD VAE: encoder 34,163,592 + decoder 49,490,179 + 72 + 20.
+        ("dit_xl2", 83_653_863, 34_163_592, 106),
+    ];
+    for (m, total, encoder, tensors) in cases {
+        let s = spec(m);
+        assert_eq!(s.tokenizer_param_count(), total, "{m}");
+        let enc: Vec<_> = declared_tensors(&s).into_iter().filter(|d| d.is_encoder()).collect();
+        let numel: u128 = enc.iter().map(|d| d.shape.iter().product::<usize>() as u128).sum();
+        assert_eq!((numel, enc.len()), (encoder, tensors), "{m}: encoder");
+        assert!(enc.iter().all(|d| d.key.starts_with("encoder.")), "{m}");
+    }
+    // The other members of each family share the tokenizer.
+    for (m, total) in
+        [("var_d30", 108_948_355u128), ("llamagen_3b", 71_883_403), ("ecar_b", 66_456_019), ("dit_s2", 83_653_863)]
+    {
+        assert_eq!(spec(m).tokenizer_param_count(), total, "{m}");
+    }
+}
+
+/// The encoders follow the reference modules' widths at any configuration: with
+/// `res_blocks 0` (the tiny models) a level has no blocks (an empty loop declares
+/// nothing) and keeps the width it reads; with blocks, the widths follow `ch_mult`
+/// and a 1x1 shortcut appears where they change.
+#[test]
+fn tokenizer_encoders_at_small_configurations() {
+    use ecarc_runtime::weights::declared_tensors;
+    use std::collections::BTreeMap;
+    let encoder = |sets: &[&str]| -> BTreeMap<String, Vec<usize>> {
+        declared_tensors(&spec_of(&root().join("examples/tiny/var.ecar"), sets))
+            .into_iter()
+            .filter(|d| d.is_encoder())
+            .map(|d| (d.key, d.shape))
+            .collect()
+    };
+    // ch_mult [1, 1, 1, 2], 32 channels, z_channels 32.
+    let none = encoder(&[]);
+    assert!(!none.keys().any(|k| k.contains(".block.") || k.contains(".attn.0.")), "{:?}", none.keys());
+    assert_eq!(none["encoder.down.2.downsample.conv.weight"], [32, 32, 3, 3]);
+    assert_eq!(none["encoder.mid.block_1.conv1.weight"], [32, 32, 3, 3]);
+    assert_eq!(none["encoder.conv_out.weight"], [32, 32, 3, 3]);
+    assert_eq!(none.len(), 34);
+    let one = encoder(&["tokenizer.res_blocks=1"]);
+    assert_eq!(one["encoder.down.3.block.0.conv1.weight"], [64, 32, 3, 3]);
+    assert_eq!(one["encoder.down.3.block.0.nin_shortcut.weight"], [64, 32, 1, 1]);
+    assert!(!one.contains_key("encoder.down.2.block.0.nin_shortcut.weight"));
+    assert_eq!(one["encoder.down.3.attn.0.qkv.weight"], [192, 64, 1, 1]);
+    assert_eq!(one["encoder.mid.block_1.conv1.weight"], [64, 64, 3, 3]);
+    assert_eq!(one["encoder.conv_out.weight"], [32, 64, 3, 3]);
 }
