@@ -12,7 +12,7 @@ mod formula;
 mod models;
 mod parity;
 mod robustness;
-mod search;
 mod runtime;
+mod search;
 mod tiny;
 mod variants;
