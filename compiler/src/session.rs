@@ -285,7 +285,7 @@ fn check_body(program: &Program, name: &ecarc_grammar::ast::Ident, body: &MBody,
     // Every point is checked by the checker's rules, with the parts of the check
     // whose inputs did not change reused (`check::memo`: the same results and
     // diagnostics as checking each point afresh); one body changed in place.
-    let memo = Memo::new(&axes);
+    let memo = Memo::for_space(body, &axes);
     let mut point = body.clone();
     let mut current = vec![u32::MAX; axes.len()];
     for k in coarse_to_fine(planned) {

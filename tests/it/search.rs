@@ -79,7 +79,7 @@ fn memoised_point_checks_equal_full_checks() {
     for src in SPACES {
         let (name, body, axes) = space_of(src);
         let total = space::size(&axes);
-        let memo = Memo::new(&axes);
+        let memo = Memo::for_space(&body, &axes);
         let mut patched = body.clone();
         let (mut valid, mut invalid) = (0, 0);
         // Twice over: the second round is served from the caches.
@@ -123,7 +123,7 @@ fn memoised_point_checks_equal_full_checks() {
     }
     // The spaces do exercise broken points and the one-pass fallback.
     let (name, body, axes) = space_of(SPACES[4]);
-    let memo = Memo::new(&axes);
+    let memo = Memo::for_space(&body, &axes);
     let mut codes = std::collections::BTreeSet::new();
     for i in 0..space::size(&axes) {
         let (point, _) = space::point(&body, &axes, i);
@@ -196,7 +196,7 @@ fn memoised_checks_equal_full_checks_on_random_spaces() {
         let Some(body) = m.body else { return Ok(()) };
         let Ok(axes) = space::axes(&body, &s.program.sources) else { return Ok(()) };
         let name = Ident { name: m.name, span: m.span };
-        let memo = Memo::new(&axes);
+        let memo = Memo::for_space(&body, &axes);
         let mut patched = body.clone();
         for round in 0..2 {
             for i in 0..space::size(&axes) {

@@ -16,7 +16,9 @@
 //! is therefore: the chosen options of every axis inside its component or at
 //! the model's top level (the backbone's top level too, for the block's
 //! groups, which the backbone's component contains), and the values of the
-//! derived map it was given. Equal keys, equal inputs, equal result: a reused
+//! derived map it was given (for an owner's groups, with [`Memo::for_space`]:
+//! only the derived values it can name; a name found in a body is evaluated
+//! in the same bodies, whose names are all collected). Equal keys, equal inputs, equal result: a reused
 //! result is exactly what checking again would give, diagnostics included
 //! (they are replayed in order).
 //!
@@ -79,6 +81,9 @@ const OWNERS: [(&str, &str); 6] = [
 struct Plan {
     units: [Vec<u32>; 6],
     owners: [Vec<u32>; 6],
+    /// Per owner, the names its groups can look up (so the derived values that
+    /// are part of its key); `None`: all derived values.
+    owner_names: [Option<std::collections::BTreeSet<String>>; 6],
 }
 
 impl Plan {
@@ -92,7 +97,150 @@ impl Plan {
                 .map(|(i, _)| i as u32)
                 .collect()
         };
-        Plan { units: Unit::ALL.map(|u| visible(u.key())), owners: OWNERS.map(|(_, c)| visible(c)) }
+        Plan {
+            units: Unit::ALL.map(|u| visible(u.key())),
+            owners: OWNERS.map(|(_, c)| visible(c)),
+            owner_names: [None, None, None, None, None, None],
+        }
+    }
+
+    /// [`Plan::new`], with each owner's groups keyed only by the derived values
+    /// it can name. What an owner's groups can look up: names in its component
+    /// (every option of a choice; a name found there is evaluated in the same
+    /// bodies) and in the model's top-level fields (the model owner: only
+    /// those). A computed key placeholder that does not parse names everything.
+    fn owner_names(body: &MBody) -> [Option<std::collections::BTreeSet<String>>; 6] {
+        let mut out = [None, None, None, None, None, None];
+        let mut top = Names::default();
+        for f in body.fields() {
+            if !matches!(f.value, MValue::Component(_)) {
+                top.value(&f.value);
+            }
+        }
+        for g in body.param_groups() {
+            top.group(g);
+        }
+        for c in body.constraints() {
+            top.expr(&c.bound);
+        }
+        for (k, (_, component)) in OWNERS.iter().enumerate() {
+            let mut n = top.clone();
+            if !component.is_empty() {
+                match body.field(component) {
+                    Some(f) => n.value(&f.value),
+                    None => continue,
+                }
+            }
+            out[k] = if n.all { None } else { Some(n.names) };
+        }
+        out
+    }
+}
+
+/// What each owner's groups can name in a space (see [`Memo::names_for_space`]).
+#[derive(Clone, Debug, Default)]
+pub struct OwnerNames([Option<std::collections::BTreeSet<String>>; 6]);
+
+/// Names an expression, value or body can look up.
+#[derive(Clone, Default)]
+struct Names {
+    names: std::collections::BTreeSet<String>,
+    /// Something could name anything (an unparsed placeholder).
+    all: bool,
+}
+
+impl Names {
+    fn expr(&mut self, e: &ecarc_grammar::ast::Expr) {
+        use ecarc_grammar::ast::ExprKind as K;
+        match &e.kind {
+            K::Name(n) => {
+                self.names.insert(n.clone());
+            }
+            K::Index { name, index } => {
+                self.names.insert(name.name.clone());
+                self.expr(index);
+            }
+            K::Call { args, .. } => args.iter().for_each(|a| self.expr(&a.value)),
+            K::List(items) => items.iter().for_each(|i| self.expr(i)),
+            K::Neg(x) | K::Paren(x) => self.expr(x),
+            K::Binary { lhs, rhs, .. } => {
+                self.expr(lhs);
+                self.expr(rhs);
+            }
+            K::Number { .. } | K::Size { .. } | K::Str(_) => {}
+        }
+    }
+    fn value(&mut self, v: &MValue) {
+        match v {
+            MValue::Expr(e) => self.expr(e),
+            MValue::Segment { from, to, .. } => {
+                self.expr(from);
+                self.expr(to);
+            }
+            MValue::Component(c) => self.body(&c.body),
+            MValue::Choice(ecarc_grammar::merged::Choice::Set { items, .. }) => {
+                items.iter().for_each(|i| self.value(i))
+            }
+            MValue::Choice(ecarc_grammar::merged::Choice::Range { lo, hi, step, .. }) => {
+                self.expr(lo);
+                self.expr(hi);
+                if let Some(s) = step {
+                    self.expr(s);
+                }
+            }
+        }
+    }
+    fn body(&mut self, b: &MBody) {
+        for e in &b.entries {
+            match e {
+                ecarc_grammar::merged::MEntry::Field(f) => self.value(&f.value),
+                ecarc_grammar::merged::MEntry::Stage(r) => {
+                    self.expr(&r.grid);
+                    if let Some((a, b, _)) = &r.segment {
+                        self.expr(a);
+                        self.expr(b);
+                    }
+                    if let Some(s) = &r.steps {
+                        self.expr(s);
+                    }
+                }
+                ecarc_grammar::merged::MEntry::Params(g) => self.group(g),
+                ecarc_grammar::merged::MEntry::Constraint(c) => self.expr(&c.bound),
+            }
+        }
+    }
+    fn group(&mut self, g: &ParamGroup) {
+        for r in g.repeat.iter().chain(g.inner.iter()) {
+            self.expr(&r.lo);
+            self.expr(&r.hi);
+        }
+        if let Some(c) = &g.condition {
+            self.names.insert(c.flag.name.clone());
+        }
+        if let Some(gd) = &g.guard {
+            self.expr(&gd.lhs);
+            self.expr(&gd.rhs);
+        }
+        for d in &g.decls {
+            d.shape.iter().for_each(|e| self.expr(e));
+            self.placeholders(&d.key.value);
+        }
+        if let Some(p) = &g.prefix {
+            self.placeholders(&p.value);
+        }
+    }
+    /// Names in `{...}` placeholders of a checkpoint key.
+    fn placeholders(&mut self, template: &str) {
+        let mut rest = template;
+        while let Some(open) = rest.find('{') {
+            let Some(close) = rest[open..].find('}') else { return };
+            let inner = &rest[open + 1..open + close];
+            match ecarc_grammar::parser::parse_set_value(ecarc_grammar::FileId(u32::MAX), inner) {
+                Ok(ecarc_grammar::ast::FieldValue::Value(ecarc_grammar::ast::Value::Expr(e))) => self.expr(&e),
+                _ => self.all = true,
+            }
+            rest = &rest[open + close + 1..];
+        }
     }
 }
 
@@ -190,6 +338,26 @@ impl Memo {
     pub fn new(axes: &[Axis]) -> Memo {
         Memo { plan: Plan::new(axes), caches: RefCell::default(), key: RefCell::default() }
     }
+
+    /// [`Memo::new`] for the space `body` (the model with its alternatives):
+    /// each owner's groups are keyed only by the derived values they can name,
+    /// so that (say) the tokenizer's are not evaluated again for every schedule.
+    pub fn for_space(body: &MBody, axes: &[Axis]) -> Memo {
+        Memo::with_names(axes, Memo::names_for_space(body))
+    }
+
+    /// What each owner's groups can name in the space `body` (the model with
+    /// its alternatives, not a point of it).
+    pub fn names_for_space(body: &MBody) -> OwnerNames {
+        OwnerNames(Plan::owner_names(body))
+    }
+
+    /// [`Memo::for_space`] with the names computed beforehand.
+    pub fn with_names(axes: &[Axis], names: OwnerNames) -> Memo {
+        let mut plan = Plan::new(axes);
+        plan.owner_names = names.0;
+        Memo { plan, caches: RefCell::default(), key: RefCell::default() }
+    }
     pub fn stats(&self) -> MemoStats {
         self.caches.borrow().stats
     }
@@ -243,11 +411,35 @@ impl<'a> Ctx<'a> {
         derived: &BTreeMap<String, N>,
         flags: &BTreeMap<&'static str, bool>,
     ) -> Option<(Vec<Arc<OwnerGroups>>, u64)> {
-        let mut extra = derived_key(derived);
-        extra.extend(flags.values().map(|&b| b as u64));
+        // Each derived value once: (hash of its name, kind, bits), and a hash of
+        // which names exist.
+        let entries: Vec<(&str, [u64; 3])> = derived
+            .iter()
+            .map(|(k, v)| {
+                let mut h = FxHasher::default();
+                h.write(k.as_bytes());
+                let (tag, bits) = match *v {
+                    N::Int(i) => (0, i as u64),
+                    N::Float(f) => (1, f.to_bits()),
+                };
+                (k.as_str(), [h.finish(), tag, bits])
+            })
+            .collect();
+        let present = entries.iter().fold(0u64, |a, (_, e)| a.rotate_left(7) ^ e[0]);
+        let flag_key: Vec<u64> = flags.values().map(|&b| b as u64).collect();
         let mut out = Vec::with_capacity(owners.len());
+        let mut extra: Vec<u64> = Vec::with_capacity(entries.len() * 3 + 4);
         for (owner, chain) in owners {
             let k = OWNERS.iter().position(|(o, _)| o == owner).expect("a known owner");
+            extra.clear();
+            let names = &self.memo.plan.owner_names[k];
+            for (name, e) in &entries {
+                if names.as_ref().is_none_or(|n| n.contains(*name)) {
+                    extra.extend_from_slice(e);
+                }
+            }
+            extra.push(present);
+            extra.extend_from_slice(&flag_key);
             let key = self.key(100 + k as u64, &self.memo.plan.owners[k], &extra);
             let cached = self.memo.caches.borrow().owners.get(key.as_slice()).cloned();
             let groups = match cached {

@@ -54,6 +54,8 @@ pub struct Space {
     pub total: u128,
     /// Per axis: the integer value of each option, when every option is an integer literal.
     numeric: Vec<Option<Vec<i128>>>,
+    /// What each owner's groups can name (for the memo's keys).
+    names: crate::check::memo::OwnerNames,
     /// Per axis: whether it is under `schedule` or `sample`. The formulas never
     /// read those bodies: they see them through the checked spec only (the
     /// schedule aggregates, set per design, and the [`digest`]).
@@ -79,6 +81,9 @@ impl Space {
                     .collect::<Option<Vec<i128>>>()
             })
             .collect();
+        // Which derived values each owner's groups can name, from the space's
+        // body with every option (see `check::memo`).
+        let names = Memo::names_for_space(&body);
         // The body with each axis at its first option: what workers clone and
         // change in place (a long range's options are not copied with it).
         let mut body = body;
@@ -87,7 +92,7 @@ impl Space {
         }
         let via_spec =
             axes.iter().map(|a| matches!(a.path[0].as_str(), "schedule" | "sample") && a.path.len() > 1).collect();
-        Ok(Space { name, body, axes, total, numeric, via_spec })
+        Ok(Space { name, body, axes, total, numeric, via_spec, names })
     }
 
     /// `(axis path, option label)` of a design.
@@ -212,7 +217,7 @@ impl<'s> Evaluator<'s> {
     pub fn new(space: &'s Space, need_peak: bool) -> Evaluator<'s> {
         Evaluator {
             space,
-            memo: Memo::new(&space.axes),
+            memo: Memo::with_names(&space.axes, space.names.clone()),
             body: space.body.clone(),
             current: vec![u32::MAX; space.axes.len()],
             choice: vec![0; space.axes.len()],
