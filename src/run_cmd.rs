@@ -221,7 +221,13 @@ enum Fail {
 
 impl From<RuntimeError> for Fail {
     fn from(e: RuntimeError) -> Self {
-        Fail::Msg(e.to_string(), Vec::new())
+        // A multi-line error (every problem with a weights file) lists its lines
+        // indented under the `error:` line.
+        let text = e.to_string();
+        let mut lines = text.lines();
+        let first = lines.next().unwrap_or_default().to_string();
+        let rest: Vec<String> = lines.map(|l| format!("  {l}")).collect();
+        Fail::Msg(if rest.is_empty() { first } else { format!("{first}\n{}", rest.join("\n")) }, Vec::new())
     }
 }
 
