@@ -72,29 +72,21 @@ fn the_seed_and_the_class_matter() {
 fn cat1(parts: &[&HostTensor]) -> HostTensor {
     let b = parts[0].shape[0];
     let inner: usize = parts[0].shape[2..].iter().product();
-    let len: usize = parts.iter().map(|p| p.shape[1]).sum();
     let mut shape = parts[0].shape.clone();
-    shape[1] = len;
-    match &parts[0].data {
-        ecarc_runtime::tensor::Data::F32(_) => {
-            let mut v = Vec::new();
-            for i in 0..b {
-                for p in parts {
-                    let n = p.shape[1] * inner;
-                    v.extend_from_slice(&p.as_f32().unwrap()[i * n..(i + 1) * n]);
-                }
-            }
-            HostTensor::f32(shape, v)
+    shape[1] = parts.iter().map(|p| p.shape[1]).sum();
+    // Image i's rows of every part, in order.
+    fn rows<T: Copy>(parts: &[(&[T], usize)], b: usize) -> Vec<T> {
+        (0..b).flat_map(|i| parts.iter().flat_map(move |(v, n)| v[i * n..(i + 1) * n].iter().copied())).collect()
+    }
+    let per = |p: &HostTensor| p.shape[1] * inner;
+    match parts[0].as_f32() {
+        Some(_) => {
+            let v: Vec<(&[f32], usize)> = parts.iter().map(|p| (p.as_f32().unwrap(), per(p))).collect();
+            HostTensor::f32(shape, rows(&v, b))
         }
-        ecarc_runtime::tensor::Data::I64(_) => {
-            let mut v = Vec::new();
-            for i in 0..b {
-                for p in parts {
-                    let n = p.shape[1] * inner;
-                    v.extend_from_slice(&p.as_i64().unwrap()[i * n..(i + 1) * n]);
-                }
-            }
-            HostTensor::i64(shape, v)
+        None => {
+            let v: Vec<(&[i64], usize)> = parts.iter().map(|p| (p.as_i64().unwrap(), per(p))).collect();
+            HostTensor::i64(shape, rows(&v, b))
         }
     }
 }
