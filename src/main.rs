@@ -14,6 +14,7 @@ use std::process::ExitCode;
 mod import_cmd;
 mod run_cmd;
 mod search_cmd;
+mod units;
 
 #[derive(clap::Parser)]
 #[command(
@@ -162,7 +163,7 @@ fn cmd_check(files: &[PathBuf], sets: &[Override], json: bool, color: bool) -> R
                         out,
                         "ok     {:<16} {} params, {} stages, {} tokens",
                         m.name,
-                        human(spec.param_count()),
+                        units::short(spec.param_count() as i128, "B"),
                         spec.schedule.num_stages(),
                         spec.schedule.total_tokens()
                     );
@@ -193,19 +194,6 @@ fn cmd_check(files: &[PathBuf], sets: &[Override], json: bool, color: bool) -> R
         Ok(ExitCode::from(1))
     } else {
         Ok(ExitCode::SUCCESS)
-    }
-}
-
-fn human(n: u128) -> String {
-    let f = n as f64;
-    if f >= 1e9 {
-        format!("{:.2}B", f / 1e9)
-    } else if f >= 1e6 {
-        format!("{:.1}M", f / 1e6)
-    } else if f >= 1e3 {
-        format!("{:.1}K", f / 1e3)
-    } else {
-        n.to_string()
     }
 }
 

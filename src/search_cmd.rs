@@ -8,6 +8,7 @@
 //! - exit 0 when the search ran (broken designs are results, not failures),
 //!   1 when the file does not load or a setting is wrong, 2 for usage errors.
 
+use crate::units::short;
 use clap::{Args, Subcommand};
 use ecarc_compiler::search::{
     self, emit, measure, merge, objective::parse_objectives, plot, Options, SearchResult, Selection, Shard, Space,
@@ -333,9 +334,9 @@ fn print_table(r: &SearchResult, top: usize) {
     for x in r.front.iter().take(top) {
         let mut row = vec![format!("#{}", x.index)];
         row.extend(x.design.iter().map(|(_, v)| v.clone()));
-        row.extend([human(x.params), human(x.sample_macs), human(x.forward_macs)]);
+        row.extend([short(x.params, "B"), short(x.sample_macs, "G"), short(x.forward_macs, "G")]);
         if peak {
-            row.push(x.peak_activation_bytes.map_or("-".into(), human));
+            row.push(x.peak_activation_bytes.map_or("-".into(), |v| short(v, "G")));
         }
         if measured {
             row.push(x.seconds_per_image.map_or("-".into(), |s| format!("{s:.3}")));
@@ -348,21 +349,6 @@ fn print_table(r: &SearchResult, top: usize) {
     for row in rows {
         let cells: Vec<String> = row.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
         println!("{}", cells.join("  ").trim_end());
-    }
-}
-
-fn human(v: i128) -> String {
-    let f = v as f64;
-    if f >= 1e12 {
-        format!("{:.2}T", f / 1e12)
-    } else if f >= 1e9 {
-        format!("{:.2}G", f / 1e9)
-    } else if f >= 1e6 {
-        format!("{:.1}M", f / 1e6)
-    } else if f >= 1e3 {
-        format!("{:.1}K", f / 1e3)
-    } else {
-        v.to_string()
     }
 }
 
