@@ -29,25 +29,9 @@ fn spec() -> ModelSpec {
     spec_of(&root().join("examples/tiny/var.ecar"), &SETS)
 }
 
-/// Writes the declared tensors as JSON for the script that makes the fixtures:
-/// `ECARC_DUMP_DECLARED=/tmp/declared.json cargo test --profile ci --test it dump_declared -- --ignored`.
-#[test]
-#[ignore]
-fn dump_declared() {
-    let out = std::env::var("ECARC_DUMP_DECLARED").expect("ECARC_DUMP_DECLARED names the output file");
-    let list: Vec<serde_json::Value> = declared_tensors(&spec())
-        .into_iter()
-        .map(|d| {
-            let part = match d.kind {
-                TensorKind::Param => "generator",
-                TensorKind::TokenizerParam => "tokenizer",
-                TensorKind::Buffer => "buffer",
-            };
-            serde_json::json!({"key": d.key, "shape": d.shape, "part": part})
-        })
-        .collect();
-    std::fs::write(out, serde_json::to_string_pretty(&list).unwrap()).unwrap();
-}
+// The fixtures' keys and shapes are the model's declared tensors: the script that makes
+// them reads them from `ecarc init-weights examples/tiny/var.ecar --set ... -o W.safetensors`
+// (every declared parameter, by checkpoint key and shape).
 
 fn fixture(name: &str) -> PathBuf {
     root().join("tests/checkpoints").join(name)
