@@ -1345,47 +1345,10 @@ mod tests {
         }
     }
 
-    /// A backend that keeps uploads on the host, to see what `upload` sends.
-    struct HostBackend;
-    struct Held(HostTensor);
-    impl crate::backend::Storage for Held {
-        fn as_any(&self) -> &dyn std::any::Any {
-            self
-        }
-    }
-    impl Backend for HostBackend {
-        fn name(&self) -> &'static str {
-            "host"
-        }
-        fn capabilities(&self) -> crate::Capabilities {
-            crate::Capabilities { all_ops: false, memory_bytes: None, device: "host".into() }
-        }
-        fn upload(&self, t: &HostTensor) -> Result<Buffer> {
-            Ok(Buffer { dtype: t.dtype(), shape: t.shape.clone(), storage: std::sync::Arc::new(Held(t.clone())) })
-        }
-        fn download(&self, b: &Buffer) -> Result<HostTensor> {
-            Ok(b.storage.as_any().downcast_ref::<Held>().unwrap().0.clone())
-        }
-        fn prepare(&self, _: &ecarc_compiler::ir::Graph) -> Result<crate::Executable> {
-            unimplemented!()
-        }
-        fn run(
-            &self,
-            _: &crate::Executable,
-            _: &ecarc_compiler::ir::Bindings,
-            _: &crate::Args,
-        ) -> Result<Vec<(String, Buffer)>> {
-            unimplemented!()
-        }
-        fn synchronize(&self) -> Result<()> {
-            Ok(())
-        }
-    }
-
     #[test]
     fn upload_sends_every_tensor_by_key() {
         let w = Weights::random(&tiny_var(), 0);
-        let backend = HostBackend;
+        let backend = crate::reference::Reference::new();
         let up = w.upload(&backend).unwrap();
         assert_eq!(up.len(), w.len());
         for (k, t) in w.iter() {
