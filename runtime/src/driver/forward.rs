@@ -79,10 +79,9 @@ impl Generator<'_> {
     }
 
     fn forward_run(&self) -> Result<u64> {
-        let g = self.graph("forward")?;
-        // The number of positions is fixed by the program's attention bias or
-        // levels input when it has one; otherwise any run of `forward` in the plan.
-        let _ = g;
+        // Positions of one forward: its run in the plan (DD), or the teacher-forced
+        // sequence (every token but the last, after the start tokens).
+        self.graph("forward")?;
         if let Some(r) = self.program.plan.iter().find(|r| r.graph == "forward") {
             return Ok(r.tokens);
         }

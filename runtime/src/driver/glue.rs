@@ -5,7 +5,7 @@
 
 use crate::backend::{Args, Backend, Buffer, Executable};
 use crate::error::Result;
-use ecarc_compiler::ir::op::{Binary, DType};
+use ecarc_compiler::ir::op::Binary;
 use ecarc_compiler::ir::{Bindings, Dim, Graph, Op, TensorType, F};
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -198,9 +198,4 @@ impl<'b> Glue<'b> {
         let tail = self.slice(noise, 1, from, len - from)?;
         self.concat(&[&head, &tail], 1)
     }
-}
-
-/// dtype check helper for callers that build host tensors.
-pub fn is_f32(b: &Buffer) -> bool {
-    b.dtype == DType::F32
 }

@@ -174,29 +174,38 @@ impl<'b> Generator<'b> {
         let g = self.graph(name)?;
         let exe = &self.exes[name];
         let bind = Bindings::new(step.images, step.tokens, step.past);
+        let mut args = Args { params: Some(&self.params), ..Default::default() };
         let mut owned: Vec<(String, Buffer)> = Vec::new();
         let mut owned_states: Vec<(String, Buffer)> = Vec::new();
+        let mut rope = None;
         for n in g.g.node_indices() {
             let node = &g.g[n];
             let shape: Vec<usize> = node.ty.shape.iter().map(|d| d.eval(&bind) as usize).collect();
             match &node.op {
                 Op::Input { name: input } => {
-                    if given.iter().any(|(k, _)| k == input) {
+                    // Given inputs the program does not declare are left out.
+                    if let Some((k, v)) = given.iter().find(|(k, _)| k == input) {
+                        args.inputs.insert(k, v);
                         continue;
                     }
-                    let t = self.standard_input(name, input, &shape, step)?;
+                    let t = match input.as_str() {
+                        // Both RoPE tables come from one pass over the positions.
+                        "rope_cos" | "rope_sin" => {
+                            let (cos, sin) = rope.get_or_insert_with(|| self.positions.rope(step.past, step.tokens));
+                            if input == "rope_cos" {
+                                cos.clone()
+                            } else {
+                                sin.clone()
+                            }
+                        }
+                        _ => self.standard_input(name, input, &shape, step)?,
+                    };
                     owned.push((input.clone(), self.upload(&t)?));
                 }
                 Op::State { name: state } if !states.contains_key(state) => {
                     owned_states.push((state.clone(), self.upload(&HostTensor::zeros(node.ty.dtype, shape))?));
                 }
                 _ => {}
-            }
-        }
-        let mut args = Args { params: Some(&self.params), ..Default::default() };
-        for (k, v) in given {
-            if self.has_input(name, k) {
-                args.inputs.insert(k, v);
             }
         }
         for (k, v) in &owned {
@@ -221,8 +230,7 @@ impl<'b> Generator<'b> {
             }
             "levels" => p.levels(step.past, step.tokens),
             "attn_bias" => p.attn_bias(step.past, step.tokens),
-            "rope_cos" => p.rope(step.past, step.tokens).0,
-            "rope_sin" => p.rope(step.past, step.tokens).1,
+
             "cfg_scale" => HostTensor::scalar(step.cfg_scale),
             "uniform" | "noise" => {
                 let n = shape.iter().product();

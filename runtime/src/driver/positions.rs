@@ -3,7 +3,7 @@
 //! and guided labels. Positions count the whole sequence, start tokens first.
 
 use crate::tensor::HostTensor;
-use ecarc_compiler::spec::{AttnMask, Layout, ModelSpec};
+use ecarc_compiler::spec::{AttnMask, ModelSpec};
 
 /// The token layout of one model's sequence.
 #[derive(Clone, Debug)]
@@ -29,10 +29,7 @@ impl Positions {
             // A raster schedule's stage k is token k, which sits after the start tokens.
             stage.extend(std::iter::repeat_n(k as u64 + u64::from(extra_prefix > 0), s.tokens as usize));
         }
-        let grid_w = match spec.schedule.layout {
-            Layout::Raster { .. } => spec.schedule.final_grid()[1],
-            _ => spec.schedule.final_grid()[1],
-        };
+        let grid_w = spec.schedule.final_grid()[1];
         Positions {
             stage,
             extra_prefix,

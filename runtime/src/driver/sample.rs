@@ -55,6 +55,8 @@ impl Generator<'_> {
         let mut next_input: Option<(&'static str, Buffer)> = None;
         let mut x_flow: Option<Buffer> = None;
         let mut tokens_all: Vec<HostTensor> = Vec::new();
+        // The teacher's codebook on the host, read once (dd-pairs only).
+        let mut flow_book: Option<(Vec<f32>, usize)> = None;
 
         for (k, s) in stages.iter().enumerate() {
             let started = Instant::now();
@@ -103,7 +105,11 @@ impl Generator<'_> {
                 if let Some(tokens) = out.remove("tokens") {
                     let tokens = match (opts.flow_map, out.get("logits")) {
                         (true, Some(logits)) => {
-                            let (noise, chosen) = self.flow_map_tokens(logits, &tokens, &mut srng)?;
+                            let book = match &flow_book {
+                                Some(b) => b,
+                                None => flow_book.insert(self.host_codebook()?),
+                            };
+                            let (noise, chosen) = self.flow_map_tokens(logits, &tokens, book, &mut srng)?;
                             out_stages.push((format!("stage.{k}.noise"), noise));
                             self.upload(&chosen)?
                         }
@@ -198,17 +204,10 @@ impl Generator<'_> {
         &self,
         logits: &Buffer,
         like: &Buffer,
+        book: &(Vec<f32>, usize),
         rng: &mut SeededRng,
     ) -> Result<(HostTensor, HostTensor)> {
-        let book = self.backend.download(&dd::codebook(self)?)?;
-        let mut book_v = book.as_f32().unwrap_or(&[]).to_vec();
-        let dim = *book.shape.last().unwrap_or(&1);
-        if self.spec.tokenizer.l2_norm {
-            for row in book_v.chunks_mut(dim) {
-                let n = row.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
-                row.iter_mut().for_each(|v| *v /= n);
-            }
-        }
+        let (book_v, dim) = (&book.0, book.1);
         let l = self.backend.download(logits)?;
         let vocab = *l.shape.last().unwrap_or(&1);
         let rows = l.numel() / vocab.max(1);
@@ -218,12 +217,27 @@ impl Generator<'_> {
         let chosen: Vec<i64> = (0..rows)
             .map(|r| {
                 let p = dd::filtered_probs(&lv[r * vocab..(r + 1) * vocab], sm.temperature, sm.top_k, sm.top_p);
-                dd::flow_map(&p, &book_v, dim, &noise[r * dim..(r + 1) * dim], 64) as i64
+                dd::flow_map(&p, book_v, dim, &noise[r * dim..(r + 1) * dim], 64) as i64
             })
             .collect();
         let mut nshape = like.shape.clone();
         nshape.push(dim);
         Ok((HostTensor::f32(nshape, noise), HostTensor::i64(like.shape.clone(), chosen)))
+    }
+
+    /// The codebook rows the teacher flow map sends noise to (L2-normalised
+    /// where the tokenizer is), on the host, and their dimension.
+    fn host_codebook(&self) -> Result<(Vec<f32>, usize)> {
+        let book = self.backend.download(&dd::codebook(self)?)?;
+        let mut rows = book.as_f32().unwrap_or(&[]).to_vec();
+        let dim = *book.shape.last().unwrap_or(&1);
+        if self.spec.tokenizer.l2_norm {
+            for row in rows.chunks_mut(dim) {
+                let n = row.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+                row.iter_mut().for_each(|v| *v /= n);
+            }
+        }
+        Ok((rows, dim))
     }
 
     /// Run the tokenizer decoder on `value` (its input `name`).
