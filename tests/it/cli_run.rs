@@ -654,4 +654,7 @@ fn given_noise_replaces_the_drawn_noise() {
     let err = fails(["sample", model("dit"), "--class", "2", "--noise", p(&bad), "-o", p(&dir.join("d.png"))]);
     assert!(err.contains("[1, 4, 8, 8]"), "{err}");
     assert!(!dir.join("d.png").exists());
+    // A categorical model has no initial noise: refused, not ignored.
+    let err = fails(["sample", model("var"), "--class", "2", "--noise", p(&noise), "-o", p(&dir.join("e.png"))]);
+    assert!(err.contains("does not start from noise"), "{err}");
 }

@@ -44,6 +44,17 @@ impl Generator<'_> {
         if self.spec.distill.is_some() {
             return dd::sample(self, opts, initial, observer);
         }
+        // Only a flow head or a denoiser starts from noise; a categorical model
+        // has nowhere to put it, and ignoring it silently would mislead.
+        let starts_from_noise =
+            self.program.graph("head.step").is_some() || self.program.graph("solver.step").is_some();
+        if initial.is_some() && !starts_from_noise {
+            return Err(RuntimeError::Invalid(format!(
+                "`{}` does not start from noise (its tokens are sampled from logits): initial noise applies to \
+                 flow heads, denoisers and Distilled Decoding",
+                self.spec.name
+            )));
+        }
         let rng = SeededRng::new(opts.seed);
         let images = opts.labels.len() as u64;
         let stages = self.spec.schedule.stages();
