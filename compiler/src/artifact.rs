@@ -58,11 +58,17 @@ impl Artifact {
         serde_json::from_str(text).map_err(|e| format!("corrupt artifact: {e}"))
     }
 
+    /// Read an artifact file: a regular file of at most [`MAX_ARTIFACT_BYTES`].
     pub fn load(path: &Path) -> Result<Artifact, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
+        let bytes = ecarc_grammar::resolve::read_capped(path, MAX_ARTIFACT_BYTES)
+            .map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
+        let text = String::from_utf8(bytes).map_err(|_| format!("`{}` is not valid UTF-8", path.display()))?;
         Artifact::from_json(&text)
     }
 }
+
+/// The largest artifact [`Artifact::load`] reads (the largest reference model's is a few MB).
+pub const MAX_ARTIFACT_BYTES: u64 = 256 << 20;
 
 /// Whether a path names an artifact rather than a model file.
 pub fn is_artifact(path: &Path) -> bool {

@@ -45,6 +45,10 @@ pub fn format_file(file: &File, text: &str) -> String {
         }
         p.leading_comments(u32::MAX);
     }
+    // A byte order mark stays where it was.
+    if text.starts_with('\u{FEFF}') {
+        p.out.insert(0, '\u{FEFF}');
+    }
     p.out
 }
 

@@ -283,6 +283,47 @@ impl Program {
     }
 }
 
+/// Read a whole input file of at most `max` bytes: a regular file only (a
+/// directory, named pipe, device or socket is refused before it is opened, so
+/// a FIFO never blocks and `/dev/zero` is never slurped), and a larger file is
+/// refused after reading `max + 1` bytes. Every input ecarc reads as a whole
+/// (model files, artifacts, search results, files to format) goes through here.
+pub fn read_capped(path: &Path, max: u64) -> Result<Vec<u8>, String> {
+    let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err(format!("it is {}, not a regular file", file_kind(&meta)));
+    }
+    let f = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let mut bytes = Vec::new();
+    f.take(max + 1).read_to_end(&mut bytes).map_err(|e| e.to_string())?;
+    if bytes.len() as u64 > max {
+        return Err(format!("it is larger than {} MiB", max >> 20));
+    }
+    Ok(bytes)
+}
+
+/// What kind of file a non-regular `meta` is.
+fn file_kind(meta: &std::fs::Metadata) -> &'static str {
+    if meta.is_dir() {
+        return "a directory";
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        let t = meta.file_type();
+        if t.is_fifo() {
+            return "a named pipe (FIFO)";
+        }
+        if t.is_char_device() || t.is_block_device() {
+            return "a device";
+        }
+        if t.is_socket() {
+            return "a socket";
+        }
+    }
+    "something else"
+}
+
 struct ReadText {
     text: String,
     invalid_utf8_at: Option<usize>,
@@ -290,16 +331,7 @@ struct ReadText {
 
 /// Read at most [`MAX_FILE_BYTES`]: `/dev/zero` or a huge file is refused, not slurped.
 fn read_bounded(path: &Path) -> Result<ReadText, String> {
-    let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
-    if meta.is_dir() {
-        return Err("it is a directory".into());
-    }
-    let f = std::fs::File::open(path).map_err(|e| e.to_string())?;
-    let mut bytes = Vec::new();
-    f.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes).map_err(|e| e.to_string())?;
-    if bytes.len() as u64 > MAX_FILE_BYTES {
-        return Err(format!("it is larger than {} MiB", MAX_FILE_BYTES >> 20));
-    }
+    let bytes = read_capped(path, MAX_FILE_BYTES)?;
     Ok(match String::from_utf8(bytes) {
         Ok(text) => ReadText { text, invalid_utf8_at: None },
         Err(e) => {
