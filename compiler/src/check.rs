@@ -111,6 +111,116 @@ impl Parts {
     }
 }
 
+/// The bounds of the sampler's numbers, one rule each for the checker (which
+/// reports a broken rule at the field's span) and for the CLI's `--cfg`,
+/// `--top-p` and `--temperature` overrides (which report it for the flag), so
+/// that a setting the checker refuses is refused on the command line too.
+pub mod sampler_rules {
+    /// The largest guidance scale: published models use 1.5 to 10; far larger
+    /// scales push logits and latents toward f32 overflow.
+    pub const MAX_CFG: f64 = 100.0;
+    /// The smallest temperature: logits are divided by it in f32 (1e-39 is a
+    /// subnormal, 1e-300 is 0 there), and below 1e-4 sampling is greedy anyway.
+    pub const MIN_TEMPERATURE: f64 = 1e-4;
+    /// The largest temperature (all tokens equally likely long before).
+    pub const MAX_TEMPERATURE: f64 = 1e6;
+
+    /// A broken rule: a code, a message, the label at the value and a help line.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Broken {
+        pub code: &'static str,
+        pub message: String,
+        pub label: String,
+        pub help: String,
+    }
+
+    impl Broken {
+        /// As a diagnostic at the value's span.
+        pub fn at(&self, span: ecarc_grammar::Span) -> ecarc_grammar::Diag {
+            ecarc_grammar::Diag::error(self.code, self.message.clone())
+                .label(span, self.label.clone())
+                .help(self.help.clone())
+        }
+    }
+
+    /// A number as a reader writes it: `1e-39`, not forty digits.
+    pub fn shown(v: f64) -> String {
+        if v != 0.0 && v.is_finite() && !(1e-4..1e16).contains(&v.abs()) {
+            format!("{v:e}")
+        } else {
+            format!("{v}")
+        }
+    }
+
+    fn broken(code: &'static str, message: String, label: String, help: String) -> Result<(), Broken> {
+        Err(Broken { code, message, label, help })
+    }
+
+    /// `cfg`: at least 0 (1 turns guidance off), at most [`MAX_CFG`].
+    pub fn cfg(x: f64) -> Result<(), Broken> {
+        if !(x.is_finite() && x >= 0.0) {
+            return broken(
+                "E0304",
+                "`cfg` is out of range".into(),
+                format!("{} is not allowed here", shown(x)),
+                "`cfg` must be at least 0 (1 turns guidance off)".into(),
+            );
+        }
+        if x > MAX_CFG {
+            return broken(
+                "E0438",
+                "the guidance scale is too large".into(),
+                format!("cfg {} amplifies the conditional logits {}-fold", shown(x), shown(x)),
+                format!("use a scale of at most {MAX_CFG} (published models use 1.5 to 10); 1 turns guidance off"),
+            );
+        }
+        Ok(())
+    }
+
+    /// `top_p`: in (0, 1].
+    pub fn top_p(p: f64) -> Result<(), Broken> {
+        if !(p > 0.0 && p <= 1.0) {
+            let (message, label) = if p <= 0.0 {
+                ("`top_p` must be above 0".to_string(), format!("top_p {} keeps no token", shown(p)))
+            } else {
+                ("`top_p` is out of range".to_string(), format!("{} is not allowed here", shown(p)))
+            };
+            return broken("E0304", message, label, "top_p lies in (0, 1]; 1 turns nucleus sampling off".into());
+        }
+        Ok(())
+    }
+
+    /// `temperature`: in [[`MIN_TEMPERATURE`], [`MAX_TEMPERATURE`]].
+    pub fn temperature(t: f64) -> Result<(), Broken> {
+        let greedy = "for greedy decoding use `top_k 1` (with the default temperature 1)";
+        if !(t.is_finite() && t > 0.0) {
+            return broken(
+                "E0304",
+                "`temperature` must be above 0".into(),
+                "logits are divided by the temperature".into(),
+                greedy.into(),
+            );
+        }
+        if t < MIN_TEMPERATURE {
+            return broken(
+                "E0419",
+                "the temperature is too small".into(),
+                format!("logits / {} overflow f32 or collapse onto one token", shown(t)),
+                format!("use a temperature of at least {MIN_TEMPERATURE}; {greedy}"),
+            );
+        }
+        if t > MAX_TEMPERATURE {
+            return broken(
+                "E0304",
+                "`temperature` is out of range".into(),
+                format!("{} is not allowed here", shown(t)),
+                format!("`temperature` must be at most {MAX_TEMPERATURE}"),
+            );
+        }
+        Ok(())
+    }
+}
+
 fn base_name(c: &Component) -> Option<String> {
     c.bases.first().map(|b| b.name.clone())
 }
@@ -1404,7 +1514,13 @@ impl<'a> Checker<'a> {
             cfg_channels: body.field("cfg_channels").map(|f| f.span),
             train_steps: body.field("train_steps").map(|f| f.span),
         };
-        let cfg = r.float("cfg", Some(1.0), 0.0, 1e6, "1.5");
+        let mut cfg = r.float("cfg", Some(1.0), 0.0, 1e6, "1.5");
+        if let (Some(x), Some(f)) = (cfg, r.field("cfg")) {
+            if let Err(b) = sampler_rules::cfg(x) {
+                r.error(b.at(f.value.span()));
+                cfg = None;
+            }
+        }
         let cfg_schedule = r.word(
             "cfg_schedule",
             &[("constant", CfgSchedule::Constant), ("linear", CfgSchedule::Linear)],
@@ -1442,24 +1558,16 @@ impl<'a> Checker<'a> {
         };
         let top_k = r.int("top_k", Some(0), 0, i64::MAX, "900");
         let mut top_p = r.float("top_p", Some(1.0), 0.0, 1.0, "0.96");
-        if let (Some(p), Some(f)) = (top_p, body.field("top_p")) {
-            if p <= 0.0 {
-                r.error(
-                    Diag::error("E0304", "`top_p` must be above 0")
-                        .label(f.value.span(), "top_p 0 keeps no token")
-                        .help("top_p lies in (0, 1]; 1 turns nucleus sampling off"),
-                );
+        if let (Some(p), Some(f)) = (top_p, r.field("top_p")) {
+            if let Err(b) = sampler_rules::top_p(p) {
+                r.error(b.at(f.value.span()));
                 top_p = None;
             }
         }
-        let mut temperature = r.float("temperature", Some(1.0), 0.0, 1e6, "1.0");
-        if let (Some(t), Some(f)) = (temperature, body.field("temperature")) {
-            if t == 0.0 {
-                r.error(
-                    Diag::error("E0304", "`temperature` must be above 0")
-                        .label(f.value.span(), "logits are divided by the temperature")
-                        .help("for greedy decoding use `top_k 1` (with the default temperature 1)"),
-                );
+        let mut temperature = r.float("temperature", Some(1.0), 0.0, sampler_rules::MAX_TEMPERATURE, "1.0");
+        if let (Some(t), Some(f)) = (temperature, r.field("temperature")) {
+            if let Err(b) = sampler_rules::temperature(t) {
+                r.error(b.at(f.value.span()));
                 temperature = None;
             }
         }

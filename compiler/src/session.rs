@@ -20,6 +20,18 @@ pub const WORK_BUDGET: u128 = 2_000_000;
 /// The work of checking one point besides the tensors it evaluates afresh
 /// (its own fields, cross-field rules, reused parts), in tensor-equivalents.
 pub const POINT_WORK: u128 = 10;
+/// The work one run (`check`, `build`, a run command) may do over all the
+/// models of its files: tensors evaluated, search-space points included
+/// (three spaces at their [`WORK_BUDGET`]).
+pub const RUN_WORK_BUDGET: u128 = 3 * WORK_BUDGET;
+/// The declared tensors of the checked models one run keeps (each model also
+/// counting [`MODEL_WORK`]): about half a GB of specs, a few seconds of checking.
+/// Together with [`RUN_WORK_BUDGET`] this bounds what any input file, up to its
+/// 16 MiB, makes `check` do: a file of 168,000 small models is refused in
+/// seconds (E0210) instead of exhausting memory.
+pub const MAX_KEPT_TENSORS: u128 = 200_000;
+/// What checking and keeping one model costs besides its tensors.
+pub const MODEL_WORK: u128 = 100;
 /// An axis with more options is shown abbreviated (first and last options).
 pub const MAX_AXIS_LABELS: usize = 12;
 
@@ -45,6 +57,52 @@ impl std::str::FromStr for Override {
         }
         Ok(Override { path, value: v.trim().to_string() })
     }
+}
+
+impl std::fmt::Display for Override {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}={}", self.path.join("."), self.value)
+    }
+}
+
+/// The longest variant name before it is shortened with a hash.
+const MAX_VARIANT_NAME: usize = 120;
+
+/// The name of model `base` with `--set` overrides applied, used in reports
+/// and as the artifact's file name: `base` itself without overrides, else
+/// `base+KEY=VALUE+...` in the order given, where each value keeps only
+/// `[A-Za-z0-9.-]` (any other run of characters becomes one `_`, e.g.
+/// `schedule.scales=[1, 2, 4]` -> `+schedule.scales=1_2_4`). A name longer
+/// than 120 bytes keeps its first 103 and ends in `+` and 16 hex digits of a
+/// hash of the overrides, so that distinct variants keep distinct names.
+pub fn variant_name(base: &str, sets: &[Override]) -> String {
+    let mut name = base.to_string();
+    for o in sets {
+        let mut value = String::new();
+        for c in o.value.chars() {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                value.push(c);
+            } else if !value.ends_with('_') {
+                value.push('_');
+            }
+        }
+        name.push_str(&format!("+{}={}", o.path.join("."), value.trim_matches('_')));
+    }
+    if name.len() <= MAX_VARIANT_NAME {
+        return name;
+    }
+    // FNV-1a over the overrides as written: stable across runs and platforms.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for o in sets {
+        for b in o.to_string().bytes().chain([0]) {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    let mut cut = MAX_VARIANT_NAME - 17;
+    while !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}+{h:016x}", &name[..cut])
 }
 
 /// What checking one model gave.
@@ -187,7 +245,19 @@ pub fn finish(mut program: Program, mut diags: Vec<Diag>, sets: &[Override]) -> 
     // Parse override values once, into their own source file.
     let set_values = parse_sets(&mut program, sets, &mut diags);
     let defs: Vec<Definition> = program.root_definitions().into_iter().cloned().collect();
-    for def in &defs {
+    let (mut work, mut kept) = (0u128, 0u128);
+    for (i, def) in defs.iter().enumerate() {
+        if def.kind.name == "model" && (work > RUN_WORK_BUDGET || kept > MAX_KEPT_TENSORS) {
+            let left = defs[i..].iter().filter(|d| d.kind.name == "model").count();
+            diags.push(
+                Diag::error("E0210", "too much to check in one run")
+                    .label(def.name.span, format!("checking stops here: {left} more model(s) are not checked"))
+                    .help(format!(
+                        "the models before it declare {kept} tensors and took {work} tensor evaluations (one run checks at most {MAX_KEPT_TENSORS} and {RUN_WORK_BUDGET}); split the models over several files"
+                    )),
+            );
+            break;
+        }
         let body = match program.resolve(def) {
             Ok(b) => b,
             Err(d) => {
@@ -218,7 +288,13 @@ pub fn finish(mut program: Program, mut diags: Vec<Diag>, sets: &[Override]) -> 
         if !apply_sets(&program, &mut body, &set_values, &mut diags) {
             continue;
         }
-        let outcome = check_body(&program, &def.name, &body, &mut diags);
+        let outcome = check_body(&program, &def.name, &body, &mut diags, &mut work);
+        kept += MODEL_WORK
+            + match &outcome {
+                Outcome::Model(spec) => declared_tensors(spec),
+                Outcome::Space(s) => s.first_valid.as_deref().map_or(0, declared_tensors),
+                Outcome::Failed => 0,
+            };
         models.push(CheckedModel { name: def.name.name.clone(), span: def.name.span, body: Some(body), outcome });
     }
     // A mistake in a shared definition shows up once, not once per model using it.
@@ -249,7 +325,20 @@ fn primary_in_roots(mut d: Diag, roots: &[ecarc_grammar::FileId]) -> Diag {
 /// The definition kinds the language has.
 pub const KINDS: &[&str] = &["model", "tokenizer", "backbone", "block", "head", "sampler", "schedule", "distill"];
 
-fn check_body(program: &Program, name: &ecarc_grammar::ast::Ident, body: &MBody, diags: &mut Vec<Diag>) -> Outcome {
+/// The tensors a checked model declares (parameters and buffers, loops expanded).
+fn declared_tensors(spec: &ModelSpec) -> u128 {
+    let groups = spec.params.iter().chain(&spec.buffers).chain(&spec.tokenizer.params);
+    groups.map(|g| g.tensors.len() as u128 * g.repeat.as_ref().map_or(1, |r| u128::from(r.count))).sum()
+}
+
+/// Check one model or search space, adding the tensors it evaluated to `spent`.
+fn check_body(
+    program: &Program,
+    name: &ecarc_grammar::ast::Ident,
+    body: &MBody,
+    diags: &mut Vec<Diag>,
+    spent: &mut u128,
+) -> Outcome {
     let axes = match space::axes(body, &program.sources) {
         Ok(a) => a,
         Err(d) => {
@@ -258,7 +347,9 @@ fn check_body(program: &Program, name: &ecarc_grammar::ast::Ident, body: &MBody,
         }
     };
     if axes.is_empty() {
-        return match check_model(name, body) {
+        let (result, tensors) = crate::check::check_model_counted(name, body);
+        *spent += u128::from(tensors) + MODEL_WORK;
+        return match result {
             Ok(spec) => Outcome::Model(Box::new(spec)),
             Err(d) => {
                 diags.extend(d);
@@ -361,6 +452,7 @@ fn check_body(program: &Program, name: &ecarc_grammar::ast::Ident, body: &MBody,
             .help("`ecarc search` enumerates or samples the whole space"),
         );
     }
+    *spent += work;
     Outcome::Space(SpaceSummary {
         axes: axes.iter().map(|a| (a.path.join("."), abbreviate(&a.labels))).collect(),
         total,
@@ -413,5 +505,33 @@ pub fn set_path(body: &mut MBody, path: &[String], value: MValue, span: Span) {
     }
     if let Some(MField { value: MValue::Component(c), .. }) = body.field_mut(&path[0]) {
         set_path(&mut c.body, &path[1..], value, span);
+    }
+}
+
+#[cfg(test)]
+mod variant_name_tests {
+    use super::*;
+
+    fn sets(list: &[&str]) -> Vec<Override> {
+        list.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn variant_names_are_file_name_safe_and_distinct() {
+        assert_eq!(variant_name("var_d16", &[]), "var_d16");
+        assert_eq!(variant_name("var_d16", &sets(&["backbone.depth=20"])), "var_d16+backbone.depth=20");
+        assert_eq!(
+            variant_name("m", &sets(&["schedule.scales=[1, 2, 4, 8, 16]", "sample.cfg=1e-3"])),
+            "m+schedule.scales=1_2_4_8_16+sample.cfg=1e-3"
+        );
+        let long: Vec<Override> = sets(&["schedule.scales=[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32]"]);
+        let mut other = long.clone();
+        other[0].value.push_str(", 33");
+        let (a, b) = (variant_name("m", &long), variant_name("m", &other));
+        assert!(a.len() <= MAX_VARIANT_NAME && b.len() <= MAX_VARIANT_NAME, "{a} {b}");
+        assert_ne!(a, b);
+        for n in [&a, &b] {
+            assert!(n.chars().all(|c| c.is_ascii_alphanumeric() || "._-+=".contains(c)), "{n}");
+        }
     }
 }

@@ -129,20 +129,45 @@ pub fn render(r: &CostReport) -> String {
     s
 }
 
-/// One line comparing two models: whole-sample MACs (baseline / model), forward
-/// MACs, and the sequential network passes that bound latency.
+/// One line comparing two models: whole-sample MACs and which side is
+/// cheaper by what factor, forward MACs, and the sequential network passes
+/// that bound latency.
 pub fn compare(model: &CostReport, baseline: &CostReport) -> String {
-    let ratio = |a: u128, b: u128| if a == 0 { f64::INFINITY } else { b as f64 / a as f64 };
     format!(
-        "{} vs {}: whole-sample MACs {} vs {} (ratio {:.2}); forward {} vs {}; sequential passes {} vs {}",
+        "{} vs {}: whole-sample MACs {} vs {}: {}; forward {} vs {}; sequential passes {} vs {}",
         model.model,
         baseline.model,
         macs(model.sample_macs),
         macs(baseline.sample_macs),
-        ratio(model.sample_macs, baseline.sample_macs),
+        cheaper(&model.model, model.sample_macs, &baseline.model, baseline.sample_macs),
         macs(model.forward_macs),
         macs(baseline.forward_macs),
         model.sequential_passes,
         baseline.sequential_passes,
     )
+}
+
+/// `a is 18.46x cheaper than b (94.6% fewer MACs)`, or `the same`.
+fn cheaper(a: &str, a_macs: u128, b: &str, b_macs: u128) -> String {
+    let ((lo, lo_macs), (hi, hi_macs)) =
+        if a_macs <= b_macs { ((a, a_macs), (b, b_macs)) } else { ((b, b_macs), (a, a_macs)) };
+    if lo_macs == hi_macs {
+        return "the same whole-sample MACs".into();
+    }
+    let fewer = 100.0 * (hi_macs - lo_macs) as f64 / hi_macs as f64;
+    if lo_macs == 0 {
+        return format!("{lo} needs no MACs, {hi} {}", macs(hi_macs));
+    }
+    format!("{lo} is {:.2}x cheaper than {hi} ({fewer:.1}% fewer MACs)", hi_macs as f64 / lo_macs as f64)
+}
+
+#[cfg(test)]
+mod compare_tests {
+    #[test]
+    fn the_cheaper_side_is_named_with_its_factor() {
+        assert_eq!(super::cheaper("a", 100, "b", 400), "a is 4.00x cheaper than b (75.0% fewer MACs)");
+        assert_eq!(super::cheaper("a", 400, "b", 100), "b is 4.00x cheaper than a (75.0% fewer MACs)");
+        assert_eq!(super::cheaper("a", 7, "b", 7), "the same whole-sample MACs");
+        assert_eq!(super::cheaper("a", 0, "b", 2_000_000), "a needs no MACs, b 2.00 MMAC");
+    }
 }
