@@ -85,6 +85,14 @@ pub fn run(args: ImportArgs, sets: &[Override], color: bool) -> Result<ExitCode,
         ));
     }
     let spec = specs.remove(0);
+    // The output is checked (not one of the checkpoints, a writable regular
+    // `.safetensors` file) before anything is read.
+    let mut outs = ecarc_runtime::output::Outputs::new();
+    outs.input(&args.model).inputs(args.checkpoints.iter().map(PathBuf::as_path));
+    let slot = match outs.add("-o", &args.output, &["safetensors"]) {
+        Ok(s) => s,
+        Err(e) => return fail(e.to_string()),
+    };
     let keys: Vec<Option<&str>> = match args.key.len() {
         0 => vec![None; args.checkpoints.len()],
         1 => vec![Some(args.key[0].as_str()); args.checkpoints.len()],
@@ -130,7 +138,7 @@ pub fn run(args: ImportArgs, sets: &[Override], color: bool) -> Result<ExitCode,
         }
         Err(e) => return fail(e.to_string()),
     };
-    if let Err(e) = weights.save(&args.output) {
+    if let Err(e) = outs.write_with(slot, |tmp| weights.save_to(tmp)).and_then(|_| outs.commit()) {
         return fail(e.to_string());
     }
     let absent = weights.absent_encoder().len();

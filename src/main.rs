@@ -8,9 +8,68 @@ use ecarc_compiler::session::{check_paths, Outcome, Override, Session};
 use ecarc_grammar::diag::Diag;
 use miette::{GraphicalReportHandler, GraphicalTheme};
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+// Every `println!`, `print!`, `eprintln!` and `eprint!` of this crate is one of
+// these (they shadow std's): a closed stdout (`ecarc build --snapshot | head`)
+// ends the command quietly with exit status 141 (what a shell reports for a
+// command ended by SIGPIPE) after removing any pending temporary output file,
+// instead of panicking; another stdout error (a full disk) is one `error:` line
+// and exit status 1; a stderr that cannot be written is ignored.
+macro_rules! println {
+    () => { $crate::stdout_write(format_args!("\n")) };
+    ($($arg:tt)*) => { $crate::stdout_write(format_args!("{}\n", format_args!($($arg)*))) };
+}
+#[allow(unused_macros)]
+macro_rules! print {
+    ($($arg:tt)*) => { $crate::stdout_write(format_args!($($arg)*)) };
+}
+macro_rules! eprintln {
+    () => { $crate::stderr_write(format_args!("\n")) };
+    ($($arg:tt)*) => { $crate::stderr_write(format_args!("{}\n", format_args!($($arg)*))) };
+}
+macro_rules! eprint {
+    ($($arg:tt)*) => { $crate::stderr_write(format_args!($($arg)*)) };
+}
+
+/// Exit statuses: 0 success, 1 every usage and runtime error (clap's argument
+/// errors included), 130 / 143 after SIGINT / SIGTERM (129 after SIGHUP), 141
+/// on a closed stdout. See README.md and docs/runtime.md.
+const EXIT_CLOSED_STDOUT: i32 = 141;
+
+fn stdout_write(args: std::fmt::Arguments) {
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args).and_then(|_| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            ecarc_runtime::output::abandon_and_exit(EXIT_CLOSED_STDOUT);
+        }
+        stderr_write(format_args!("error: cannot write to stdout: {e}\n"));
+        ecarc_runtime::output::abandon_and_exit(1);
+    }
+}
+
+fn stderr_write(args: std::fmt::Arguments) {
+    let _ = std::io::stderr().lock().write_fmt(args);
+}
+
+/// On SIGINT, SIGTERM or SIGHUP: remove the temporary files of outputs not yet
+/// written, then exit 128 + the signal's number (130, 143, 129).
+fn remove_temporary_files_on_signals() {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    match signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) {
+        Ok(mut signals) => {
+            std::thread::spawn(move || {
+                if let Some(sig) = signals.forever().next() {
+                    ecarc_runtime::output::abandon_and_exit(128 + sig);
+                }
+            });
+        }
+        Err(e) => eprintln!("warning: cannot handle Ctrl-C ({e}): an interrupted run may leave a temporary file"),
+    }
+}
+
+mod dot_doc;
 mod import_cmd;
 mod run_cmd;
 mod search_cmd;
@@ -108,7 +167,16 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // `--help` and `--version` print to stdout and succeed; every
+            // argument error is exit status 1, as every other error.
+            let _ = e.print();
+            return if e.use_stderr() { ExitCode::from(1) } else { ExitCode::SUCCESS };
+        }
+    };
+    remove_temporary_files_on_signals();
     let color = match cli.color {
         Color::Always => true,
         Color::Never => false,
@@ -129,7 +197,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e}");
-            ExitCode::from(2)
+            ExitCode::from(1)
         }
     }
 }
@@ -149,20 +217,51 @@ fn print_diag_list(diags: &[Diag], sources: &ecarc_grammar::SourceMap, color: bo
     }
 }
 
+/// The files named on the command line, with each directory replaced by the
+/// `.ecar` files under it (recursively, sorted): `ecarc check examples/`.
+fn expand_dirs(paths: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), String> {
+        let entries = std::fs::read_dir(dir).map_err(|e| format!("cannot read `{}`: {e}", dir.display()))?;
+        let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        paths.sort();
+        for p in paths {
+            if p.is_dir() {
+                walk(&p, out)?;
+            } else if p.extension().is_some_and(|x| x == "ecar") {
+                out.push(p);
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            let before = out.len();
+            walk(p, &mut out)?;
+            if out.len() == before {
+                return Err(format!("`{}` holds no .ecar file", p.display()));
+            }
+        } else {
+            out.push(p.clone());
+        }
+    }
+    Ok(out)
+}
+
 fn cmd_check(files: &[PathBuf], sets: &[Override], json: bool, color: bool) -> Result<ExitCode, String> {
-    let session = check_paths(files, sets);
+    let files = expand_dirs(files)?;
+    let session = check_paths(&files, sets);
     print_diags(&session, color);
-    let mut out = std::io::stdout().lock();
     for m in &session.models {
+        let name = ecarc_compiler::session::variant_name(&m.name, sets);
         match &m.outcome {
             Outcome::Model(spec) => {
                 if json {
-                    let _ = writeln!(out, "{}", serde_json::to_string_pretty(spec).map_err(|e| e.to_string())?);
+                    println!("{}", serde_json::to_string_pretty(spec).map_err(|e| e.to_string())?);
                 } else {
-                    let _ = writeln!(
-                        out,
+                    println!(
                         "ok     {:<16} {} params, {} stages, {} tokens",
-                        m.name,
+                        name,
                         units::short(spec.param_count() as i128, "B"),
                         spec.schedule.num_stages(),
                         spec.schedule.total_tokens()
@@ -170,21 +269,20 @@ fn cmd_check(files: &[PathBuf], sets: &[Override], json: bool, color: bool) -> R
                 }
             }
             Outcome::Space(s) => {
-                let _ = writeln!(
-                    out,
+                println!(
                     "space  {:<16} {} points over {} axes; {} of {} checked are valid",
-                    m.name,
+                    name,
                     s.total,
                     s.axes.len(),
                     s.valid,
                     s.checked
                 );
                 for (path, labels) in &s.axes {
-                    let _ = writeln!(out, "         {path} in {{{}}}", labels.join(", "));
+                    println!("         {path} in {{{}}}", labels.join(", "));
                 }
             }
             Outcome::Failed => {
-                let _ = writeln!(out, "error  {}", m.name);
+                println!("error  {name}");
             }
         }
     }
@@ -199,9 +297,11 @@ fn cmd_check(files: &[PathBuf], sets: &[Override], json: bool, color: bool) -> R
 
 fn cmd_fmt(files: &[PathBuf], check: bool, color: bool) -> Result<ExitCode, String> {
     let mut failed = false;
-    for path in files {
+    for path in &expand_dirs(files)? {
         let mut program = ecarc_grammar::Program::new();
-        let text = match std::fs::read_to_string(path) {
+        let read = ecarc_grammar::resolve::read_capped(path, ecarc_grammar::resolve::MAX_FILE_BYTES)
+            .and_then(|b| String::from_utf8(b).map_err(|_| "it is not valid UTF-8".to_string()));
+        let text = match read {
             Ok(t) => t,
             Err(e) => {
                 eprintln!("error: cannot read `{}`: {e}", path.display());
@@ -226,39 +326,20 @@ fn cmd_fmt(files: &[PathBuf], check: bool, color: bool) -> Result<ExitCode, Stri
             println!("{} is not formatted", path.display());
             failed = true;
         } else {
-            write_atomically(path, formatted.as_bytes(), true)
-                .map_err(|e| format!("cannot write `{}`: {e}", path.display()))?;
+            // In place: the file is its own input, written through the one writer.
+            ecarc_runtime::output::write_file(path, |tmp| {
+                std::fs::write(tmp, formatted.as_bytes()).map_err(|e| format!("cannot write: {e}"))
+            })
+            .map_err(|e| e.to_string())?;
             println!("formatted {}", path.display());
         }
     }
     Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }
 
-/// Write to a temporary file beside `path`, then rename over it: a crash never
-/// leaves a half-written file. `durable` also syncs the data before the rename
-/// (model files); build artifacts can be rebuilt, so they skip the fsync.
-fn write_atomically(path: &std::path::Path, bytes: &[u8], durable: bool) -> std::io::Result<()> {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.ecarc-tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        if durable {
-            f.sync_all()?;
-        }
-        if let Ok(meta) = std::fs::metadata(path) {
-            let _ = std::fs::set_permissions(&tmp, meta.permissions());
-        }
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
-}
-
-/// Check and compile every model of a file (or load an artifact).
+/// Check and compile every model of a file (or load an artifact). With `--set`
+/// overrides each model is named as its variant
+/// ([`ecarc_compiler::session::variant_name`]), in reports and file names.
 fn compile_all(file: &std::path::Path, sets: &[Override], color: bool) -> Result<Vec<Artifact>, ExitCode> {
     if is_artifact(file) {
         return Artifact::load(file).map(|a| vec![a]).map_err(|e| {
@@ -268,20 +349,26 @@ fn compile_all(file: &std::path::Path, sets: &[Override], color: bool) -> Result
     }
     let session = check_paths(&[file], sets);
     print_diags(&session, color);
-    if session.has_errors() {
+    let errors = session.diags.iter().filter(|d| d.is_error()).count();
+    if errors > 0 {
+        eprintln!("error: `{}` does not check ({errors} error{})", file.display(), if errors == 1 { "" } else { "s" });
         return Err(ExitCode::from(1));
     }
     let sources: Vec<String> = session.program.sources.files().map(|(_, f)| f.name.clone()).collect();
     let mut out = Vec::new();
     for m in &session.models {
         match (&m.outcome, &m.body) {
-            (Outcome::Model(spec), Some(body)) => match compile(spec, &SpecSpans::from_body(body), sources.clone()) {
-                Ok(a) => out.push(a),
-                Err(d) => {
-                    print_diag_list(&[d], &session.program.sources, color);
-                    return Err(ExitCode::from(1));
+            (Outcome::Model(spec), Some(body)) => {
+                let mut spec = spec.as_ref().clone();
+                spec.name = ecarc_compiler::session::variant_name(&spec.name, sets);
+                match compile(&spec, &SpecSpans::from_body(body), sources.clone()) {
+                    Ok(a) => out.push(a),
+                    Err(d) => {
+                        print_diag_list(&[d], &session.program.sources, color);
+                        return Err(ExitCode::from(1));
+                    }
                 }
-            },
+            }
             (Outcome::Space(s), _) => {
                 eprintln!(
                     "error: `{}` is a search space ({} points); build one design with --set, or use `ecarc search`",
@@ -318,10 +405,21 @@ fn cmd_build(
         Some(Err(code)) => return Ok(code),
     };
     std::fs::create_dir_all(out_dir).map_err(|e| format!("cannot create `{}`: {e}", out_dir.display()))?;
+    // Every artifact of the file is written, or none.
+    let mut outputs = ecarc_runtime::output::Outputs::new();
+    outputs.input(file);
+    if let Some(c) = compare {
+        outputs.input(c);
+    }
+    let mut paths = Vec::new();
     for a in &artifacts {
         let path = out_dir.join(format!("{}.ecarc.json", a.spec.name));
-        write_atomically(&path, a.to_json().as_bytes(), false)
-            .map_err(|e| format!("cannot write `{}`: {e}", path.display()))?;
+        let slot = outputs.add("the artifact", &path, &[]).map_err(|e| e.to_string())?;
+        outputs.write_bytes(slot, a.to_json().as_bytes()).map_err(|e| e.to_string())?;
+        paths.push(path);
+    }
+    outputs.commit().map_err(|e| e.to_string())?;
+    for (a, path) in artifacts.iter().zip(&paths) {
         if json {
             println!("{}", serde_json::to_string_pretty(&a.report).map_err(|e| e.to_string())?);
         } else if snapshot {
@@ -349,6 +447,8 @@ fn cmd_graph(
         Ok(a) => a,
         Err(code) => return Ok(code),
     };
+    // DOT: one document for everything printed (a cluster per program).
+    let mut dot_parts: Vec<(String, String)> = Vec::new();
     for a in &artifacts {
         let mut names: Vec<String> = a.program.graphs.iter().map(|g| g.name.clone()).collect();
         if let Some(s) = stage {
@@ -375,9 +475,16 @@ fn cmd_graph(
             let g = a.program.graph(&name).expect("named graph exists");
             match format {
                 GraphFormat::Text => println!("{}", ecarc_compiler::ir::text::print(g, None)),
-                GraphFormat::Dot => println!("{}", ecarc_compiler::ir::dot::to_dot(g)),
+                GraphFormat::Dot => {
+                    let label = if artifacts.len() > 1 { format!("{}: {name}", a.spec.name) } else { name.clone() };
+                    dot_parts.push((label, ecarc_compiler::ir::dot::to_dot(g)));
+                }
             }
         }
+    }
+    if !dot_parts.is_empty() {
+        let title = artifacts.iter().map(|a| a.spec.name.as_str()).collect::<Vec<_>>().join(", ");
+        print!("{}", dot_doc::combine(&title, &dot_parts));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -7,8 +7,14 @@
 //! - Every failure is one `error: ...` line on stderr (plus `help:` lines
 //!   where there is a fix to suggest) and exit status 1; model diagnostics are
 //!   rendered as by `ecarc check`.
-//! - Output files are written atomically (temporary file, then rename), and
-//!   only after the run succeeded; a run that fails leaves no output behind.
+//! - Output files go through `ecarc_runtime::output`: checked before any
+//!   compute (not an input of the run, a regular writable file, the right
+//!   extension), written to temporary files and renamed together only after
+//!   the run succeeded; a run that fails or is interrupted leaves no output
+//!   and no temporary file behind.
+//! - Input tensors (`--tokens`, `--inputs`, `--noise`) must be finite.
+//! - The run's memory is estimated and checked against the machine's before
+//!   any weight is loaded or drawn (`ecarc_runtime::memory`).
 //! - Without `--weights` a model runs on seeded random weights (seed 0), and
 //!   says so on stderr.
 //! - Labels (`sample`, `dd-pairs`): `--class A B ...` gives `-n` images of each
@@ -21,8 +27,9 @@ use ecarc_compiler::ir::{DType, Op};
 use ecarc_compiler::session::Override;
 use ecarc_compiler::ModelSpec;
 use ecarc_runtime::driver::{dd, Generator, Observer, SampleOptions};
+use ecarc_runtime::output::{Outputs, Slot};
 use ecarc_runtime::rng::SeededRng;
-use ecarc_runtime::weights::{read_tensors, write_tensors, Weights};
+use ecarc_runtime::weights::{read_input_tensors, save_tensors, Weights};
 use ecarc_runtime::{image_out, Backend, HostTensor, RuntimeError};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::cell::RefCell;
@@ -271,7 +278,8 @@ fn load_model(file: &Path, model: Option<&str>, sets: &[Override], color: bool) 
     let mut all = crate::compile_all(file, sets, color).map_err(Fail::Reported)?;
     let names = || all.iter().map(|a| format!("`{}`", a.spec.name)).collect::<Vec<_>>().join(", ");
     match model {
-        Some(m) => match all.iter().position(|a| a.spec.name == m) {
+        // With `--set`, models are named as variants (`NAME+KEY=VALUE`).
+        Some(m) => match all.iter().position(|a| a.spec.name == m || a.spec.name.starts_with(&format!("{m}+"))) {
             Some(i) => Ok(all.swap_remove(i)),
             None => fail(format!("`{}` defines no model `{m}`; it defines {}", file.display(), names())),
         },
@@ -324,46 +332,33 @@ fn generator<'b>(
     }
 }
 
-/// Fail early (before minutes of sampling) when `path` cannot be written.
-fn check_output(path: &Path, flag: &str) -> Result<(), Fail> {
-    if path.is_dir() {
-        return fail(format!("{flag} `{}` is a directory; give a file name", path.display()));
-    }
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    if !dir.is_dir() {
-        return fail(format!(
-            "cannot write {flag} `{}`: the directory `{}` does not exist",
-            path.display(),
-            dir.display()
-        ));
-    }
-    Ok(())
+/// The outputs of a run, planned before any compute: the model's files, its
+/// weights and `inputs` are the run's inputs, which no output may be.
+fn plan_outputs(art: &Artifact, model: &ModelArgs, inputs: &[&Path]) -> Outputs {
+    let mut outs = Outputs::new();
+    outs.input(&model.file).inputs(model.weights.iter().map(PathBuf::as_path)).inputs(inputs.iter().copied());
+    outs.inputs(art.sources.iter().map(Path::new));
+    outs
 }
 
-fn distinct_outputs(paths: &[(&str, &Path)]) -> Result<(), Fail> {
-    for (i, (fa, a)) in paths.iter().enumerate() {
-        for (fb, b) in &paths[i + 1..] {
-            if a == b {
-                return fail(format!("{fa} and {fb} name the same file `{}`", a.display()));
-            }
-        }
-    }
-    Ok(())
+/// Plan one output of `outs` (see [`Outputs::add`]).
+fn add_output(outs: &mut Outputs, flag: &str, path: &Path, extensions: &[&str]) -> Result<Slot, Fail> {
+    Ok(outs.add(flag, path, extensions)?)
 }
 
-/// Write every output, or none: a later failure removes the files already written.
-fn write_all(writes: Vec<(&Path, Box<dyn FnOnce() -> ecarc_runtime::Result<()> + '_>)>) -> Result<(), Fail> {
-    let mut done: Vec<&Path> = Vec::new();
-    for (path, write) in writes {
-        if let Err(e) = write() {
-            for p in done {
-                let _ = std::fs::remove_file(p);
-            }
-            return Err(e.into());
-        }
-        done.push(path);
-    }
-    Ok(())
+/// Refuse a run of `art` on `images` images that needs more memory than the machine has.
+fn check_memory(art: &Artifact, images: u64) -> Result<(), Fail> {
+    ecarc_runtime::memory::check_run(art, images).map_err(|e| {
+        Fail::Msg(
+            e.to_string(),
+            vec!["fewer images (-n), a smaller model, or ECARC_MEMORY_LIMIT=BYTES where the machine's total is not what the run may use".into()],
+        )
+    })
+}
+
+/// The first dimension of the first tensor (the batch) of an input file.
+fn batch_of(tensors: &BTreeMap<String, HostTensor>) -> u64 {
+    tensors.values().filter_map(|t| t.shape.first()).copied().max().unwrap_or(1) as u64
 }
 
 // ---- labels and sampler options -------------------------------------------------
@@ -401,14 +396,20 @@ fn labels_for(spec: &ModelSpec, a: &LabelArgs) -> Result<Vec<i64>, Fail> {
 /// Apply `--cfg/--top-k/--top-p/--temperature` to the spec with the checker's
 /// rules; true when anything changed (the model must be lowered again).
 fn apply_sampler(spec: &mut ModelSpec, a: &SampleArgs) -> Result<bool, Fail> {
+    use ecarc_compiler::check::sampler_rules;
+    // The checker's own rule for each value, reported for the flag.
+    let rule = |flag: &str, v: f64, r: Result<(), sampler_rules::Broken>| {
+        r.map_err(|b| {
+            let v = sampler_rules::shown(v);
+            Fail::Msg(format!("{flag} {v} is out of range: {} ({})", b.message, b.code), vec![b.help])
+        })
+    };
     let name = spec.name.clone();
     let vocab = spec.tokenizer.vocab;
     let s = &mut spec.sampler;
     let mut changed = false;
     if let Some(x) = a.cfg {
-        if !(x.is_finite() && (0.0..=1e6).contains(&x)) {
-            return fail(format!("--cfg {x} is out of range: a guidance scale is in [0, 1e6] (1 turns guidance off)"));
-        }
+        rule("--cfg", x, sampler_rules::cfg(x))?;
         if spec.distill.is_some() {
             eprintln!("warning: --cfg has no effect on `{name}`: Distilled Decoding samples without guidance");
         }
@@ -435,12 +436,7 @@ fn apply_sampler(spec: &mut ModelSpec, a: &SampleArgs) -> Result<bool, Fail> {
         s.top_k = k;
     }
     if let Some(p) = a.top_p {
-        if !(p > 0.0 && p <= 1.0) {
-            return Err(Fail::Msg(
-                format!("--top-p {p} is out of range"),
-                vec!["top-p lies in (0, 1]; 1 turns nucleus sampling off".into()],
-            ));
-        }
+        rule("--top-p", p, sampler_rules::top_p(p))?;
         if vocab.is_none() && p < 1.0 {
             return fail(format!("--top-p needs discrete tokens; `{name}`'s tokens are continuous"));
         }
@@ -448,12 +444,7 @@ fn apply_sampler(spec: &mut ModelSpec, a: &SampleArgs) -> Result<bool, Fail> {
         s.top_p = p;
     }
     if let Some(t) = a.temperature {
-        if !(t.is_finite() && t > 0.0 && t <= 1e6) {
-            return Err(Fail::Msg(
-                format!("--temperature {t} is out of range: it must be above 0 (and at most 1e6)"),
-                vec!["for greedy decoding use `--top-k 1`".into()],
-            ));
-        }
+        rule("--temperature", t, sampler_rules::temperature(t))?;
         changed |= s.temperature != t;
         s.temperature = t;
     }
@@ -527,14 +518,16 @@ fn sample(a: SampleArgs, sets: &[Override], color: bool) -> Result<(), Fail> {
     let relower = apply_sampler(&mut spec, &a)?;
     let labels = labels_for(&spec, &a.labels)?;
     let backend = backend(a.model.backend)?;
-    check_output(&a.out, "-o")?;
-    if let Some(p) = &a.save_tensors {
-        check_output(p, "--save-tensors")?;
-        distinct_outputs(&[("-o", &a.out), ("--save-tensors", p)])?;
-    }
+    let noise_path: Vec<&Path> = a.noise.iter().map(PathBuf::as_path).collect();
+    let mut outs = plan_outputs(&art, &a.model, &noise_path);
+    let png_slot = add_output(&mut outs, "-o", &a.out, &["png"])?;
+    let tensors_slot = match &a.save_tensors {
+        Some(p) => Some(add_output(&mut outs, "--save-tensors", p, &["safetensors"])?),
+        None => None,
+    };
     let noise = match &a.noise {
         Some(p) => {
-            let mut t = read_tensors(p)?;
+            let mut t = read_input_tensors(p)?;
             let one = if t.len() == 1 { t.pop_first().map(|(_, v)| v) } else { t.remove("noise") };
             Some(one.ok_or_else(|| {
                 Fail::Msg(
@@ -545,6 +538,7 @@ fn sample(a: SampleArgs, sets: &[Override], color: bool) -> Result<(), Fail> {
         }
         None => None,
     };
+    check_memory(&art, labels.len() as u64)?;
     let weights = load_weights(&spec, &a.model.weights)?;
     let g = generator(art, spec, relower, backend.as_ref(), &weights)?;
 
@@ -558,16 +552,16 @@ fn sample(a: SampleArgs, sets: &[Override], color: bool) -> Result<(), Fail> {
 
     let labels_t = HostTensor::i64(vec![labels.len()], labels.clone());
     let latent_name = format!("latent.{}", out.latent.0);
-    let mut writes: Vec<(&Path, Box<dyn FnOnce() -> ecarc_runtime::Result<()> + '_>)> = Vec::new();
-    if let Some(p) = &a.save_tensors {
+    if let Some(slot) = tensors_slot {
         let mut named: Vec<(&str, &HostTensor)> = out.stages.iter().map(|(n, t)| (n.as_str(), t)).collect();
         named.push((latent_name.as_str(), &out.latent.1));
         named.push(("image", &out.image));
         named.push(("labels", &labels_t));
-        writes.push((p, Box::new(move || write_tensors(p, &named))));
+        outs.write_with(slot, |tmp| save_tensors(tmp, &named))?;
     }
-    writes.push((&a.out, Box::new(|| image_out::write_png(&a.out, &out.image))));
-    write_all(writes)?;
+    let grid = image_out::to_grid(&out.image)?;
+    outs.write_with(png_slot, |tmp| image_out::save_png(tmp, &grid))?;
+    outs.commit()?;
 
     let size = [out.image.shape.get(2).copied().unwrap_or(0), out.image.shape.get(3).copied().unwrap_or(0)];
     if a.json {
@@ -638,12 +632,14 @@ fn decode(a: DecodeArgs, sets: &[Override], color: bool) -> Result<(), Fail> {
     let art = load_model(&a.model.file, a.model.model.as_deref(), sets, color)?;
     let spec = art.spec.clone();
     let backend = backend(a.model.backend)?;
-    check_output(&a.out, "-o")?;
-    if let Some(p) = &a.png {
-        check_output(p, "--png")?;
-        distinct_outputs(&[("-o", &a.out), ("--png", p)])?;
-    }
-    let tensors = read_tensors(&a.tokens)?;
+    let mut outs = plan_outputs(&art, &a.model, &[&a.tokens]);
+    let out_slot = add_output(&mut outs, "-o", &a.out, &["safetensors"])?;
+    let png_slot = match &a.png {
+        Some(p) => Some(add_output(&mut outs, "--png", p, &["png"])?),
+        None => None,
+    };
+    let tensors = read_input_tensors(&a.tokens)?;
+    check_memory(&art, batch_of(&tensors))?;
     let weights = load_weights(&spec, &a.model.weights)?;
     let g = generator(art, spec, false, backend.as_ref(), &weights)?;
     let Some((want, dtype, shape)) = decoder_input(&g) else {
@@ -674,12 +670,12 @@ fn decode(a: DecodeArgs, sets: &[Override], color: bool) -> Result<(), Fail> {
         ));
     };
     let image = g.decode(input)?;
-    let mut writes: Vec<(&Path, Box<dyn FnOnce() -> ecarc_runtime::Result<()> + '_>)> =
-        vec![(&a.out, Box::new(|| write_tensors(&a.out, &[("image", &image)])))];
-    if let Some(p) = &a.png {
-        writes.push((p, Box::new(|| image_out::write_png(p, &image))));
+    outs.write_with(out_slot, |tmp| save_tensors(tmp, &[("image", &image)]))?;
+    if let Some(slot) = png_slot {
+        let grid = image_out::to_grid(&image)?;
+        outs.write_with(slot, |tmp| image_out::save_png(tmp, &grid))?;
     }
-    write_all(writes)?;
+    outs.commit()?;
     eprintln!("wrote {} (`image` {:?})", a.out.display(), image.shape);
     Ok(())
 }
@@ -723,8 +719,10 @@ fn forward(a: ForwardArgs, sets: &[Override], color: bool) -> Result<(), Fail> {
     let (Some(inputs_path), Some(out_path)) = (&a.inputs, &a.out) else {
         return fail("give --inputs IN.safetensors and -o OUT.safetensors (or --signature)");
     };
-    check_output(out_path, "-o")?;
-    let inputs: BTreeMap<String, HostTensor> = read_tensors(inputs_path)?;
+    let mut outs = plan_outputs(&art, &a.model, &[inputs_path]);
+    let out_slot = add_output(&mut outs, "-o", out_path, &["safetensors"])?;
+    let inputs: BTreeMap<String, HostTensor> = read_input_tensors(inputs_path)?;
+    check_memory(&art, batch_of(&inputs))?;
     let weights = load_weights(&spec, &a.model.weights)?;
     let g = generator(art, spec, false, backend.as_ref(), &weights)?;
     let outputs = match g.forward(&inputs, a.cfg) {
@@ -745,7 +743,8 @@ fn forward(a: ForwardArgs, sets: &[Override], color: bool) -> Result<(), Fail> {
         }
     };
     let named: Vec<(&str, &HostTensor)> = outputs.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    write_tensors(out_path, &named)?;
+    outs.write_with(out_slot, |tmp| save_tensors(tmp, &named))?;
+    outs.commit()?;
     let summary: Vec<String> = outputs.iter().map(|(n, t)| format!("`{n}` {:?}", t.shape)).collect();
     eprintln!("wrote {} ({})", out_path.display(), summary.join(", "));
     Ok(())
@@ -758,12 +757,17 @@ fn dd_pairs(a: DdPairsArgs, sets: &[Override], color: bool) -> Result<(), Fail> 
     let spec = art.spec.clone();
     let labels = labels_for(&spec, &a.labels)?;
     let backend = backend(a.model.backend)?;
-    check_output(&a.out, "-o")?;
+    let mut outs = plan_outputs(&art, &a.model, &[]);
+    let out_slot = add_output(&mut outs, "-o", &a.out, &["safetensors"])?;
+    check_memory(&art, labels.len() as u64)?;
     let weights = load_weights(&spec, &a.model.weights)?;
     let g = generator(art, spec, false, backend.as_ref(), &weights)?;
     let (noise, tokens) = dd::pairs(&g, &labels, a.labels.seed)?;
     let labels_t = HostTensor::i64(vec![labels.len()], labels);
-    write_tensors(&a.out, &[("noise", &noise), ("tokens", &tokens), ("labels", &labels_t)])?;
+    outs.write_with(out_slot, |tmp| {
+        save_tensors(tmp, &[("noise", &noise), ("tokens", &tokens), ("labels", &labels_t)])
+    })?;
+    outs.commit()?;
     eprintln!(
         "wrote {} (`noise` {:?}, `tokens` {:?}, `labels` {:?})",
         a.out.display(),
@@ -778,9 +782,13 @@ fn dd_pairs(a: DdPairsArgs, sets: &[Override], color: bool) -> Result<(), Fail> 
 
 fn init_weights(a: InitWeightsArgs, sets: &[Override], color: bool) -> Result<(), Fail> {
     let art = load_model(&a.file, a.model.as_deref(), sets, color)?;
-    check_output(&a.out, "-o")?;
+    let mut outs = Outputs::new();
+    outs.input(&a.file).inputs(art.sources.iter().map(Path::new));
+    let out_slot = add_output(&mut outs, "-o", &a.out, &["safetensors"])?;
+    check_memory(&art, 0)?;
     let w = Weights::random(&art.spec, a.seed);
-    w.save(&a.out)?;
+    outs.write_with(out_slot, |tmp| w.save_to(tmp))?;
+    outs.commit()?;
     eprintln!(
         "wrote {} ({} tensors, {} values, random seed {}, for `{}`)",
         a.out.display(),

@@ -6,7 +6,10 @@
 //!   them, with counts and examples), a progress bar on a terminal, and the
 //!   speed of the run;
 //! - exit 0 when the search ran (broken designs are results, not failures),
-//!   1 when the file does not load or a setting is wrong, 2 for usage errors.
+//!   1 when the file does not load, a setting is wrong or an argument is;
+//! - the result (`-o`), the plot (`--plot`) and the emitted designs (`--emit`)
+//!   are checked before the search and written together at its end, all or
+//!   none (`ecarc_runtime::output`).
 
 use crate::units::short;
 use clap::{Args, Subcommand};
@@ -15,16 +18,21 @@ use ecarc_compiler::search::{
 };
 use ecarc_compiler::session::Override;
 use ecarc_compiler::ModelSpec;
+use ecarc_runtime::output::{Outputs, Slot};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// The most MACs (sample and decode) `--measure reference` runs for one design.
 const MAX_REFERENCE_MACS: u128 = 5_000_000_000;
 
-/// Spaces larger than this need `--samples`.
+/// Spaces larger than this need `--samples`, and `--samples` visits at most
+/// this many designs (about three minutes at 300,000 designs a second).
 const MAX_ENUMERATED: u128 = 50_000_000;
+
+/// The largest search result `search merge` reads (a front of a million designs).
+const MAX_RESULT_BYTES: u64 = 256 << 20;
 
 #[derive(Args)]
 #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
@@ -111,12 +119,20 @@ pub fn run(args: SearchArgs, sets: &[Override], color: bool) -> Result<ExitCode,
     }
     let file = args.file.clone().ok_or("give the search space's file")?;
     let objectives = parse_objectives(&args.objective)?;
-    // Settings that would only fail after the search fail now.
-    if let Some(p) = &args.plot {
-        plot::check_path(p)?;
-    }
-    if let Some(o) = &args.output {
-        check_output_path(o)?;
+    // Settings that would only fail after the search fail now, outputs included.
+    let mut outs = Outputs::new();
+    outs.input(&file);
+    let result_slot = match &args.output {
+        Some(o) => Some(outs.add("-o", o, &["json", "csv"]).map_err(|e| e.to_string())?),
+        None => None,
+    };
+    let plot_slot = match &args.plot {
+        Some(p) => Some(outs.add("--plot", p, &["svg", "png"]).map_err(|e| e.to_string())?),
+        None => None,
+    };
+    if let Some(dir) = &args.emit {
+        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create `{}`: {e}", dir.display()))?;
+        ecarc_runtime::output::check_directory("--emit", dir).map_err(|e| e.to_string())?;
     }
     let loaded = ecarc_compiler::session::load_models(&[&file], sets);
     crate::print_diag_list(&loaded.diags, &loaded.program.sources, color);
@@ -151,6 +167,11 @@ pub fn run(args: SearchArgs, sets: &[Override], color: bool) -> Result<ExitCode,
     };
     let selection = match args.samples {
         Some(0) => return Err("--samples must be at least 1".into()),
+        Some(n) if u128::from(n) > MAX_ENUMERATED => {
+            return Err(format!(
+                "--samples {n} is more than the {MAX_ENUMERATED} designs one search visits; split it with --shard I/N and `ecarc search merge`"
+            ))
+        }
         Some(n) => Selection::Sample { count: n, seed: args.seed },
         None if space.total > MAX_ENUMERATED => {
             return Err(format!(
@@ -186,23 +207,21 @@ pub fn run(args: SearchArgs, sets: &[Override], color: bool) -> Result<ExitCode,
             eprintln!("warning: design {index} was not measured: {e}");
         }
     }
-    if let Some(out) = &args.output {
-        write_result(&result, out)?;
-    }
-    if let Some(p) = &args.plot {
-        plot::plot(&result, p)?;
-    }
+    let mut emitted = Vec::new();
     if let Some(dir) = &args.emit {
-        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create `{}`: {e}", dir.display()))?;
         let root = loaded.program.roots.first().copied().ok_or("no root file")?;
         for r in result.front.iter().take(args.top) {
             let text = emit::emit(&space, r.index, root, &loaded.program.sources, dir)?;
             let path = dir.join(format!("{}.ecar", emit::design_name(&space.name.name, r.index)));
-            crate::write_atomically(&path, text.as_bytes(), true)
-                .map_err(|e| format!("cannot write `{}`: {e}", path.display()))?;
-            if !args.json {
-                eprintln!("wrote {}", path.display());
-            }
+            let slot = outs.add("--emit", &path, &[]).map_err(|e| e.to_string())?;
+            outs.write_bytes(slot, text.as_bytes()).map_err(|e| e.to_string())?;
+            emitted.push(path);
+        }
+    }
+    write_results(outs, &result, result_slot, plot_slot)?;
+    if !args.json {
+        for path in &emitted {
+            eprintln!("wrote {}", path.display());
         }
     }
     report_invalid(&result);
@@ -237,16 +256,23 @@ fn rayon_threads() -> usize {
 }
 
 fn run_merge(m: MergeArgs) -> Result<ExitCode, String> {
+    let mut outs = Outputs::new();
+    outs.inputs(m.files.iter().map(PathBuf::as_path));
+    let result_slot = outs.add("-o", &m.output, &["json", "csv"]).map_err(|e| e.to_string())?;
+    let plot_slot = match &m.plot {
+        Some(p) => Some(outs.add("--plot", p, &["svg", "png"]).map_err(|e| e.to_string())?),
+        None => None,
+    };
     let mut results = Vec::new();
     for f in &m.files {
-        let text = std::fs::read_to_string(f).map_err(|e| format!("cannot read `{}`: {e}", f.display()))?;
+        // Bounded, and regular files only: a FIFO or `/dev/zero` is refused, not read forever.
+        let bytes = ecarc_grammar::resolve::read_capped(f, MAX_RESULT_BYTES)
+            .map_err(|e| format!("cannot read `{}`: {e}", f.display()))?;
+        let text = String::from_utf8(bytes).map_err(|_| format!("`{}` is not valid UTF-8", f.display()))?;
         results.push(SearchResult::from_json(&text).map_err(|e| format!("`{}`: {e}", f.display()))?);
     }
     let merged = merge::merge(results, m.allow_partial)?;
-    write_result(&merged, &m.output)?;
-    if let Some(p) = &m.plot {
-        plot::plot(&merged, p)?;
-    }
+    write_results(outs, &merged, Some(result_slot), plot_slot)?;
     if m.json {
         println!("{}", merged.to_json());
     } else {
@@ -256,20 +282,19 @@ fn run_merge(m: MergeArgs) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn check_output_path(path: &Path) -> Result<(), String> {
-    match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
-        Some("json" | "csv") => Ok(()),
-        _ => Err(format!("`{}`: results are written as .json or .csv", path.display())),
+/// Write the result (`.json` or `.csv`) and the plot into their planned
+/// outputs, then every output of the run together.
+fn write_results(mut outs: Outputs, r: &SearchResult, result: Option<Slot>, plot: Option<Slot>) -> Result<(), String> {
+    if let Some(slot) = result {
+        let csv = outs.path(slot).extension().is_some_and(|e| e.eq_ignore_ascii_case("csv"));
+        let text = if csv { r.to_csv() } else { r.to_json() };
+        outs.write_bytes(slot, text.as_bytes()).map_err(|e| e.to_string())?;
     }
-}
-
-fn write_result(r: &SearchResult, path: &Path) -> Result<(), String> {
-    let text = match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
-        Some("json") => r.to_json(),
-        Some("csv") => r.to_csv(),
-        _ => return Err(format!("`{}`: results are written as .json or .csv", path.display())),
-    };
-    crate::write_atomically(path, text.as_bytes(), false).map_err(|e| format!("cannot write `{}`: {e}", path.display()))
+    if let Some(slot) = plot {
+        let bytes = plot::render(r, outs.path(slot))?;
+        outs.write_bytes(slot, &bytes).map_err(|e| e.to_string())?;
+    }
+    outs.commit().map_err(|e| e.to_string())
 }
 
 /// Broken designs, by problem, on stderr.

@@ -14,7 +14,6 @@
 
 use crate::error::{Result, RuntimeError};
 use crate::tensor::HostTensor;
-use crate::weights::write_atomically;
 use image::{ImageEncoder, RgbImage};
 use std::io::Write;
 use std::path::Path;
@@ -93,15 +92,19 @@ pub fn encode_png(img: &RgbImage) -> Result<Vec<u8>> {
 }
 
 /// Write the images of a `[N, 3, H, W]` tensor in `[0, 1]` to `path` as one
-/// PNG grid, atomically.
+/// PNG grid, atomically (through [`crate::output`]).
 pub fn write_png(path: &Path, images: &HostTensor) -> Result<()> {
     let img = to_grid(images)?;
-    write_atomically(path, |tmp| {
-        let file = std::fs::File::create(tmp).map_err(|e| format!("cannot write: {e}"))?;
-        let mut w = std::io::BufWriter::new(file);
-        write_png_to(&mut w, &img)?;
-        w.flush().map_err(|e| format!("cannot write: {e}"))
-    })
+    crate::output::write_file(path, |tmp| save_png(tmp, &img))
+}
+
+/// Write an image as PNG to `tmp`, a temporary file of an
+/// [`crate::output::Outputs`] plan.
+pub fn save_png(tmp: &Path, img: &RgbImage) -> std::result::Result<(), String> {
+    let file = std::fs::File::create(tmp).map_err(|e| format!("cannot write: {e}"))?;
+    let mut w = std::io::BufWriter::new(file);
+    write_png_to(&mut w, img)?;
+    w.flush().map_err(|e| format!("cannot write: {e}"))
 }
 
 fn write_png_to(w: &mut impl Write, img: &RgbImage) -> std::result::Result<(), String> {

@@ -8,6 +8,8 @@ pub mod checkpoint;
 pub mod driver;
 pub mod error;
 pub mod image_out;
+pub mod memory;
+pub mod output;
 pub mod reference;
 pub mod rng;
 pub mod tensor;

@@ -464,8 +464,13 @@ impl Weights {
 
     /// Write every tensor as F32 safetensors, keys sorted, atomically.
     pub fn save(&self, path: &Path) -> Result<()> {
+        crate::output::write_file(path, |tmp| self.save_to(tmp))
+    }
+
+    /// [`Weights::save`] into the temporary file of an [`crate::output::Outputs`] plan.
+    pub fn save_to(&self, tmp: &Path) -> std::result::Result<(), String> {
         let named: Vec<(&str, &HostTensor)> = self.tensors.iter().map(|(k, t)| (k.as_str(), t)).collect();
-        write_tensors(path, &named)
+        save_tensors(tmp, &named)
     }
 
     /// Upload every tensor to `backend`, by key (what [`crate::Args::params`] takes).
@@ -524,24 +529,25 @@ impl Weights {
     }
 }
 
-/// Write named tensors to a safetensors file atomically: f32 as F32, i64 as
-/// I64 (the CLI's `--save-tensors`, `forward -o`, `dd-pairs`). Names must be
-/// distinct.
+/// Write named tensors to a safetensors file atomically (through
+/// [`crate::output`]): f32 as F32, i64 as I64. Names must be distinct.
 pub fn write_tensors(path: &Path, tensors: &[(&str, &HostTensor)]) -> Result<()> {
+    crate::output::write_file(path, |tmp| save_tensors(tmp, tensors))
+}
+
+/// Write named tensors as safetensors to `tmp`, a temporary file of an
+/// [`crate::output::Outputs`] plan (the CLI's `--save-tensors`, `forward -o`,
+/// `dd-pairs`, `init-weights`). Names must be distinct.
+pub fn save_tensors(tmp: &Path, tensors: &[(&str, &HostTensor)]) -> std::result::Result<(), String> {
     let mut seen = BTreeSet::new();
     for (name, _) in tensors {
         if !seen.insert(*name) {
-            return Err(RuntimeError::File {
-                path: path.display().to_string(),
-                why: format!("tensor `{name}` is given twice"),
-            });
+            return Err(format!("tensor `{name}` is given twice"));
         }
     }
     let views = tensors.iter().map(|(name, t)| (*name, TensorRef(t)));
     let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
-    write_atomically(path, |tmp| {
-        safetensors::serialize_to_file(views, Some(meta), tmp).map_err(|e| format!("cannot write safetensors: {e}"))
-    })
+    safetensors::serialize_to_file(views, Some(meta), tmp).map_err(|e| format!("cannot write safetensors: {e}"))
 }
 
 /// Read every tensor of a safetensors file (`--inputs`, `--tokens`): float
@@ -551,6 +557,36 @@ pub fn write_tensors(path: &Path, tensors: &[(&str, &HostTensor)]) -> Result<()>
 pub fn read_tensors(path: &Path) -> Result<BTreeMap<String, HostTensor>> {
     let map = map_file(path)?;
     read_tensors_from_bytes(&path.display().to_string(), &map)
+}
+
+/// [`read_tensors`] for a run's input file (`decode --tokens`, `forward
+/// --inputs`, `sample --noise`): a float tensor holding NaN or an infinity is
+/// refused, naming the tensor, how many values and the first one's index.
+pub fn read_input_tensors(path: &Path) -> Result<BTreeMap<String, HostTensor>> {
+    let tensors = read_tensors(path)?;
+    for (key, t) in &tensors {
+        if let Some(why) = non_finite(t) {
+            return Err(RuntimeError::File { path: path.display().to_string(), why: format!("tensor `{key}` {why}") });
+        }
+    }
+    Ok(tensors)
+}
+
+/// `None` when every value of `t` is finite, else what is wrong:
+/// `has 3 non-finite value(s) (the first, NaN, at index [0, 1, 2])`.
+pub fn non_finite(t: &HostTensor) -> Option<String> {
+    let v = t.as_f32()?;
+    let first = v.iter().position(|x| !x.is_finite())?;
+    let count = v.iter().filter(|x| !x.is_finite()).count();
+    let mut index = vec![0usize; t.shape.len()];
+    let mut rest = first;
+    for (i, &d) in t.shape.iter().enumerate().rev() {
+        if d > 0 {
+            index[i] = rest % d;
+            rest /= d;
+        }
+    }
+    Some(format!("has {count} non-finite value(s) (the first, {}, at index {index:?})", v[first]))
 }
 
 /// [`read_tensors`] on a file already in memory (`name` is for messages).
@@ -576,31 +612,6 @@ pub fn read_tensors_from_bytes(name: &str, bytes: &[u8]) -> Result<BTreeMap<Stri
         out.insert(key.to_string(), t);
     }
     Ok(out)
-}
-
-/// Write through a temporary file beside `path`, renamed over it when
-/// `write` succeeds; on any failure the temporary file is removed and `path`
-/// is untouched. `write` gets the temporary file's path (it is created, empty).
-pub(crate) fn write_atomically(
-    path: &Path,
-    write: impl FnOnce(&Path) -> std::result::Result<(), String>,
-) -> Result<()> {
-    let err = |why: String| RuntimeError::File { path: path.display().to_string(), why };
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().ok_or_else(|| err("not a file name".into()))?;
-    let prefix = format!(".{}.", name.to_string_lossy());
-    let mut builder = tempfile::Builder::new();
-    builder.prefix(&prefix).suffix(".ecarc-tmp");
-    #[cfg(unix)]
-    {
-        // The umask applies, as for a file created directly (tempfile's default is 0600).
-        use std::os::unix::fs::PermissionsExt;
-        builder.permissions(std::fs::Permissions::from_mode(0o666));
-    }
-    let tmp = builder.tempfile_in(dir).map_err(|e| err(format!("cannot create a file in {}: {e}", dir.display())))?;
-    write(tmp.path()).map_err(err)?;
-    tmp.persist(path).map_err(|e| err(format!("cannot write: {}", e.error)))?;
-    Ok(())
 }
 
 fn map_file(path: &Path) -> Result<memmap2::Mmap> {

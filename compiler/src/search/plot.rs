@@ -23,17 +23,9 @@ fn register_font() -> Result<(), String> {
     result
 }
 
-/// Whether `path` names a plot this module writes (`.svg` or `.png`): check it
-/// before a long search.
-pub fn check_path(path: &Path) -> Result<(), String> {
-    match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
-        Some("svg" | "png") => Ok(()),
-        _ => Err(format!("`{}`: plots are .svg or .png", path.display())),
-    }
-}
-
-/// Write the front of `result` to `path` (`.svg` or `.png`).
-pub fn plot(result: &SearchResult, path: &Path) -> Result<(), String> {
+/// The front of `result` as the bytes of a `.svg` or `.png` file (by the
+/// extension of `path`); the caller writes them (the CLI's one output writer).
+pub fn render(result: &SearchResult, path: &Path) -> Result<Vec<u8>, String> {
     let (x, y) = match result.objectives.as_slice() {
         [x, y, ..] => (*x, *y),
         _ => return Err("a plot needs two objectives (e.g. `--objective sample_macs,params`)".into()),
@@ -44,13 +36,18 @@ pub fn plot(result: &SearchResult, path: &Path) -> Result<(), String> {
     register_font()?;
     let size = (960, 640);
     match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
-        Some("svg") => draw(SVGBackend::new(path, size).into_drawing_area(), result, x, y),
+        Some("svg") => {
+            let mut svg = String::new();
+            draw(SVGBackend::with_string(&mut svg, size).into_drawing_area(), result, x, y)?;
+            Ok(svg.into_bytes())
+        }
         Some("png") => {
             let mut rgb = vec![0u8; (size.0 * size.1 * 3) as usize];
             draw(BitMapBackend::with_buffer(&mut rgb, size).into_drawing_area(), result, x, y)?;
             let img = image::RgbImage::from_raw(size.0, size.1, rgb).ok_or("the plot's buffer has the wrong size")?;
-            img.save_with_format(path, image::ImageFormat::Png)
-                .map_err(|e| format!("cannot write `{}`: {e}", path.display()))
+            let mut out = std::io::Cursor::new(Vec::new());
+            img.write_to(&mut out, image::ImageFormat::Png).map_err(|e| format!("cannot encode the plot: {e}"))?;
+            Ok(out.into_inner())
         }
         _ => Err(format!("`{}`: plots are .svg or .png", path.display())),
     }
