@@ -1,5 +1,5 @@
 //! `ecarc search` speed: designs checked, costed and kept on the front per
-//! second, on the 134,784 ECAR stage designs of `examples/ecar_search.ecar`.
+//! second, on the 134,784 ECAR stage designs of `tests/search/ecar_search.ecar`.
 //! Goal: at least 100,000 designs a second on the 2-core reference machine.
 //! The throughput line of `search/ecar_search_all` is that figure (every
 //! design: memoised checks, formula costs, constraints, Pareto front, broken
@@ -12,7 +12,7 @@ use ecarc_compiler::session::load_models;
 use std::path::PathBuf;
 
 fn bench(c: &mut Criterion) {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/ecar_search.ecar");
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/search/ecar_search.ecar");
     let l = load_models(&[&path], &[]);
     assert!(l.diags.iter().all(|d| !d.is_error()));
     let (name, body) = l.models.into_iter().next().expect("one model");

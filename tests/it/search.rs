@@ -412,7 +412,7 @@ fn essence(r: &SearchResult) -> serde_json::Value {
 
 #[test]
 fn sharded_and_merged_runs_equal_a_single_run() {
-    let l = load(&root().join("examples/ecar_search.ecar"));
+    let l = load(&root().join("tests/search/ecar_search.ecar"));
     for selection in [Selection::All, Selection::Sample { count: 5_000, seed: 3 }] {
         let single = run(&l, &opts("sample_macs,max:params", selection, Shard::ALL));
         let shards: Vec<SearchResult> = (0..3)
@@ -439,7 +439,7 @@ fn sharded_and_merged_runs_equal_a_single_run() {
 
 #[test]
 fn broken_designs_are_counted_and_explained() {
-    let l = load(&root().join("examples/ecar_search.ecar"));
+    let l = load(&root().join("tests/search/ecar_search.ecar"));
     let r = run(&l, &opts("sample_macs,max:params", Selection::All, Shard::ALL));
     assert_eq!(r.counts.designs, 134_784);
     // The boundary list fits the two four-stage schedules of the nine: half the
@@ -475,7 +475,7 @@ fn broken_designs_are_counted_and_explained() {
 #[test]
 fn emitted_designs_check_and_cost_the_same() {
     let dir = temp_dir("emit");
-    let l = load(&root().join("examples/ecar_search.ecar"));
+    let l = load(&root().join("tests/search/ecar_search.ecar"));
     let r = run(&l, &opts("sample_macs,max:params", Selection::Sample { count: 3_000, seed: 5 }, Shard::ALL));
     let out = dir.join("designs");
     std::fs::create_dir_all(&out).unwrap();
@@ -532,7 +532,7 @@ fn assert_costs(path: &Path, rec: &search::record::Record) {
 fn ecar_search_front() {
     // The example's front (ECAR stage designs under DiT-XL/2's sample MACs):
     // the most parameters for the sample compute.
-    let l = load(&root().join("examples/ecar_search.ecar"));
+    let l = load(&root().join("tests/search/ecar_search.ecar"));
     let r = run(&l, &opts("sample_macs,max:params", Selection::All, Shard::ALL));
     let mut text = format!(
         "{} designs: {} valid, {} rejected, {} broken; {} on the front\n",
@@ -567,7 +567,7 @@ fn ecarc() -> Command {
 }
 
 fn example() -> PathBuf {
-    root().join("examples/ecar_search.ecar")
+    root().join("tests/search/ecar_search.ecar")
 }
 
 #[test]
@@ -659,11 +659,11 @@ fn cli_shards_merge_into_the_single_run() {
         .arg(dir.join("m3.json"))
         .output()
         .unwrap();
-    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("different searches"));
     // A missing shard is an error.
     let o = ecarc().args(["search", "merge"]).args(&files[1..]).arg("-o").arg(dir.join("m2.json")).output().unwrap();
-    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("shards missing: 0/4"));
 }
 
@@ -674,16 +674,16 @@ fn cli_search_rejects_bad_settings() {
         (o.status.code(), String::from_utf8_lossy(&o.stderr).to_string())
     };
     let (code, err) = run(&["--shard", "4/4"]);
-    assert_eq!(code, Some(2), "{err}");
+    assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("0 <= I < N"), "{err}");
     let (code, err) = run(&["--objective", "latency"]);
-    assert_eq!(code, Some(2));
+    assert_eq!(code, Some(1));
     assert!(err.contains("unknown objective `latency`"), "{err}");
     let (code, err) = run(&["--samples", "10", "--measure", "tpu"]);
-    assert_eq!(code, Some(2));
+    assert_eq!(code, Some(1));
     assert!(err.contains("--measure tpu"), "{err}");
     let (code, err) = run(&["--samples", "10", "--plot", "front.pdf"]);
-    assert_eq!(code, Some(2));
+    assert_eq!(code, Some(1));
     assert!(err.contains(".svg or .png"), "{err}");
     // A file that does not check reports its diagnostics (exit 1).
     let dir = temp_dir("bad");
