@@ -111,6 +111,7 @@ enum Command {
     /// Check model files: parse, resolve imports and `extends`, type-check every
     /// model and every point of a search space. Exit 0 when clean, 1 with errors.
     Check {
+        /// Model files, or directories (their `.ecar` files, recursively).
         #[arg(required = true)]
         files: Vec<PathBuf>,
         /// Print each checked model's ModelSpec as JSON.
@@ -150,6 +151,7 @@ enum Command {
     },
     /// Format model files canonically (in place, atomically), keeping comments.
     Fmt {
+        /// Model files, or directories (their `.ecar` files, recursively).
         #[arg(required = true)]
         files: Vec<PathBuf>,
         /// Do not write: exit 1 if any file is not formatted, listing it.

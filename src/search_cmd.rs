@@ -397,11 +397,12 @@ impl measure::Measure for RuntimeMeasure {
     }
     fn seconds_per_image(&self, spec: &ModelSpec) -> Result<f64, String> {
         use ecarc_runtime::driver::{Generator, Quiet, SampleOptions};
+        let artifact = ecarc_compiler::artifact::compile(spec, &Default::default(), vec![]).map_err(|d| d.message)?;
+        ecarc_runtime::memory::check_run(&artifact, 1).map_err(|e| e.to_string())?;
         if self.name == "reference" {
             // The plain interpreter is an oracle, not a fast backend: full-size
             // designs would take hours.
-            let report =
-                ecarc_compiler::artifact::compile(spec, &Default::default(), vec![]).map_err(|d| d.message)?.report;
+            let report = &artifact.report;
             let macs = report.sample_macs + report.decode_macs;
             if macs > MAX_REFERENCE_MACS {
                 return Err(format!(
