@@ -48,9 +48,9 @@ fn set_override_errors_point_into_the_override() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("--set backbone.depth"), "{stderr}");
-    // A malformed --set is a usage error (exit 2), not a model error.
+    // A malformed --set is a usage error: exit 1, as every error.
     let out = ecarc().args(["check", "--set", "nonsense"]).arg(root().join("models/var_d16.ecar")).output().unwrap();
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(1));
 }
 
 #[test]
