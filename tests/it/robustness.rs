@@ -13,9 +13,13 @@
 //! - each case runs the whole `check_source` pipeline and the formatter.
 //!
 //! Case counts ([`budget`]): the defaults add up to more than 100,000 cases in an
-//! optimised build (the CI runs `cargo test --profile ci`); an unoptimised debug
-//! build runs a tenth of them. `PROPTEST_CASES=N` sets every property test to N
-//! cases instead; `ECARC_FUZZ_RANDOM=1` draws new cases instead of the fixed seed's.
+//! optimised build; an unoptimised debug build runs a tenth of them.
+//! `PROPTEST_CASES=N` sets every property test to N cases instead (the two that
+//! take tens of milliseconds a case, `format::generated_models_...` and
+//! `search::memoised_checks_...`, only go down); `.ci/run` sets
+//! `PROPTEST_CASES=10000`: about 80,000 cases, in about the time of the defaults
+//! (more of the costly mutated-file cases, fewer of the cheap token soup).
+//! `ECARC_FUZZ_RANDOM=1` draws new cases instead of the fixed seed's.
 
 use crate::common::root;
 use ecarc_compiler::session::{check_paths, check_source, Outcome, Override, Session};
