@@ -302,8 +302,9 @@ pub fn read_capped(path: &Path, max: u64) -> Result<Vec<u8>, String> {
     Ok(bytes)
 }
 
-/// What kind of file a non-regular `meta` is.
-fn file_kind(meta: &std::fs::Metadata) -> &'static str {
+/// What kind of file a non-regular `meta` is, for messages ("it is a named
+/// pipe (FIFO)"); the output writer says the same.
+pub fn file_kind(meta: &std::fs::Metadata) -> &'static str {
     if meta.is_dir() {
         return "a directory";
     }
@@ -314,14 +315,17 @@ fn file_kind(meta: &std::fs::Metadata) -> &'static str {
         if t.is_fifo() {
             return "a named pipe (FIFO)";
         }
-        if t.is_char_device() || t.is_block_device() {
-            return "a device";
+        if t.is_char_device() {
+            return "a character device";
+        }
+        if t.is_block_device() {
+            return "a block device";
         }
         if t.is_socket() {
             return "a socket";
         }
     }
-    "something else"
+    "a special file"
 }
 
 struct ReadText {

@@ -96,31 +96,6 @@ pub struct Outputs {
     planned: Vec<Planned>,
 }
 
-/// What kind of file `meta` is, for a message about a non-regular file.
-fn kind_of(meta: &Metadata) -> &'static str {
-    if meta.is_dir() {
-        return "a directory";
-    }
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::FileTypeExt;
-        let t = meta.file_type();
-        if t.is_fifo() {
-            return "a named pipe (FIFO)";
-        }
-        if t.is_char_device() {
-            return "a character device";
-        }
-        if t.is_block_device() {
-            return "a block device";
-        }
-        if t.is_socket() {
-            return "a socket";
-        }
-    }
-    "not a regular file"
-}
-
 /// `path` with symlinks followed to the file they name (which need not exist).
 fn resolve_links(path: &Path) -> std::result::Result<PathBuf, String> {
     let mut p = path.to_path_buf();
@@ -205,7 +180,7 @@ impl Outputs {
                 if !meta.is_file() {
                     return Err(err(format!(
                         "{what} names {}{via}; ecarc writes only regular files and never replaces anything else",
-                        kind_of(&meta)
+                        ecarc_grammar::resolve::file_kind(&meta)
                     )));
                 }
                 if meta.permissions().readonly() {
