@@ -21,7 +21,6 @@ macro_rules! println {
     () => { $crate::stdout_write(format_args!("\n")) };
     ($($arg:tt)*) => { $crate::stdout_write(format_args!("{}\n", format_args!($($arg)*))) };
 }
-#[allow(unused_macros)]
 macro_rules! print {
     ($($arg:tt)*) => { $crate::stdout_write(format_args!($($arg)*)) };
 }

@@ -27,7 +27,7 @@ use ecarc_compiler::ir::{DType, Op};
 use ecarc_compiler::session::Override;
 use ecarc_compiler::ModelSpec;
 use ecarc_runtime::driver::{dd, Generator, Observer, SampleOptions};
-use ecarc_runtime::output::{Outputs, Slot};
+use ecarc_runtime::output::Outputs;
 use ecarc_runtime::rng::SeededRng;
 use ecarc_runtime::weights::{read_input_tensors, save_tensors, Weights};
 use ecarc_runtime::{image_out, Backend, HostTensor, RuntimeError};
@@ -341,11 +341,6 @@ fn plan_outputs(art: &Artifact, model: &ModelArgs, inputs: &[&Path]) -> Outputs 
     outs
 }
 
-/// Plan one output of `outs` (see [`Outputs::add`]).
-fn add_output(outs: &mut Outputs, flag: &str, path: &Path, extensions: &[&str]) -> Result<Slot, Fail> {
-    Ok(outs.add(flag, path, extensions)?)
-}
-
 /// Refuse a run of `art` on `images` images that needs more memory than the machine has.
 fn check_memory(art: &Artifact, images: u64) -> Result<(), Fail> {
     ecarc_runtime::memory::check_run(art, images).map_err(|e| {
@@ -520,9 +515,9 @@ fn sample(a: SampleArgs, sets: &[Override], color: bool) -> Result<(), Fail> {
     let backend = backend(a.model.backend)?;
     let noise_path: Vec<&Path> = a.noise.iter().map(PathBuf::as_path).collect();
     let mut outs = plan_outputs(&art, &a.model, &noise_path);
-    let png_slot = add_output(&mut outs, "-o", &a.out, &["png"])?;
+    let png_slot = outs.add("-o", &a.out, &["png"])?;
     let tensors_slot = match &a.save_tensors {
-        Some(p) => Some(add_output(&mut outs, "--save-tensors", p, &["safetensors"])?),
+        Some(p) => Some(outs.add("--save-tensors", p, &["safetensors"])?),
         None => None,
     };
     let noise = match &a.noise {
@@ -633,9 +628,9 @@ fn decode(a: DecodeArgs, sets: &[Override], color: bool) -> Result<(), Fail> {
     let spec = art.spec.clone();
     let backend = backend(a.model.backend)?;
     let mut outs = plan_outputs(&art, &a.model, &[&a.tokens]);
-    let out_slot = add_output(&mut outs, "-o", &a.out, &["safetensors"])?;
+    let out_slot = outs.add("-o", &a.out, &["safetensors"])?;
     let png_slot = match &a.png {
-        Some(p) => Some(add_output(&mut outs, "--png", p, &["png"])?),
+        Some(p) => Some(outs.add("--png", p, &["png"])?),
         None => None,
     };
     let tensors = read_input_tensors(&a.tokens)?;
@@ -720,7 +715,7 @@ fn forward(a: ForwardArgs, sets: &[Override], color: bool) -> Result<(), Fail> {
         return fail("give --inputs IN.safetensors and -o OUT.safetensors (or --signature)");
     };
     let mut outs = plan_outputs(&art, &a.model, &[inputs_path]);
-    let out_slot = add_output(&mut outs, "-o", out_path, &["safetensors"])?;
+    let out_slot = outs.add("-o", out_path, &["safetensors"])?;
     let inputs: BTreeMap<String, HostTensor> = read_input_tensors(inputs_path)?;
     check_memory(&art, batch_of(&inputs))?;
     let weights = load_weights(&spec, &a.model.weights)?;
@@ -758,7 +753,7 @@ fn dd_pairs(a: DdPairsArgs, sets: &[Override], color: bool) -> Result<(), Fail> 
     let labels = labels_for(&spec, &a.labels)?;
     let backend = backend(a.model.backend)?;
     let mut outs = plan_outputs(&art, &a.model, &[]);
-    let out_slot = add_output(&mut outs, "-o", &a.out, &["safetensors"])?;
+    let out_slot = outs.add("-o", &a.out, &["safetensors"])?;
     check_memory(&art, labels.len() as u64)?;
     let weights = load_weights(&spec, &a.model.weights)?;
     let g = generator(art, spec, false, backend.as_ref(), &weights)?;
@@ -784,7 +779,7 @@ fn init_weights(a: InitWeightsArgs, sets: &[Override], color: bool) -> Result<()
     let art = load_model(&a.file, a.model.as_deref(), sets, color)?;
     let mut outs = Outputs::new();
     outs.input(&a.file).inputs(art.sources.iter().map(Path::new));
-    let out_slot = add_output(&mut outs, "-o", &a.out, &["safetensors"])?;
+    let out_slot = outs.add("-o", &a.out, &["safetensors"])?;
     check_memory(&art, 0)?;
     let w = Weights::random(&art.spec, a.seed);
     outs.write_with(out_slot, |tmp| w.save_to(tmp))?;
