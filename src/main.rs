@@ -70,6 +70,7 @@ fn remove_temporary_files_on_signals() {
 
 mod dot_doc;
 mod import_cmd;
+mod progress;
 mod run_cmd;
 mod search_cmd;
 mod units;
@@ -139,9 +140,13 @@ enum Command {
     Graph {
         /// A `.ecar` file or an artifact from `ecarc build`.
         file: PathBuf,
-        /// Only the program that runs stage N (0-based).
+        /// Only the programs that run stage N (1-based, as progress counts).
         #[arg(long)]
         stage: Option<usize>,
+        /// Print the execution plans instead (`sample`, `forward`, `decode`, ...),
+        /// or only the one named (`--plan=decode`).
+        #[arg(long, value_name = "NAME", num_args = 0..=1, require_equals = true, default_missing_value = "")]
+        plan: Option<String>,
         /// Only the program with this name (`forward`, `step.next`, ...).
         #[arg(long)]
         program: Option<String>,
@@ -189,7 +194,9 @@ fn main() -> ExitCode {
         Command::Build { file, out_dir, json, snapshot, compare } => {
             cmd_build(&file, &cli.sets, &out_dir, json, snapshot, compare.as_deref(), color)
         }
-        Command::Graph { file, stage, program, format } => cmd_graph(&file, &cli.sets, stage, program, format, color),
+        Command::Graph { file, stage, program, plan, format } => {
+            cmd_graph(&file, &cli.sets, stage, program, plan, format, color)
+        }
         Command::Run(cmd) => run_cmd::run(cmd, &cli.sets, color),
         Command::Import(args) => import_cmd::run(args, &cli.sets, color),
         Command::Search(args) => search_cmd::run(args, &cli.sets, color),
@@ -441,6 +448,7 @@ fn cmd_graph(
     sets: &[Override],
     stage: Option<usize>,
     program: Option<String>,
+    plan: Option<String>,
     format: GraphFormat,
     color: bool,
 ) -> Result<ExitCode, String> {
@@ -448,22 +456,33 @@ fn cmd_graph(
         Ok(a) => a,
         Err(code) => return Ok(code),
     };
+    if let Some(want) = plan {
+        for a in &artifacts {
+            let plans: Vec<&ecarc_compiler::plan::Plan> =
+                a.program.plans.iter().filter(|p| want.is_empty() || p.name == want).collect();
+            if plans.is_empty() {
+                let names: Vec<&str> = a.program.plans.iter().map(|p| p.name.as_str()).collect();
+                eprintln!("error: `{}` has no plan `{want}`; it has: {}", a.spec.name, names.join(", "));
+                return Ok(ExitCode::from(1));
+            }
+            for p in plans {
+                println!("{}", ecarc_compiler::plan::text::print(p));
+            }
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     // DOT: one document for everything printed (a cluster per program).
     let mut dot_parts: Vec<(String, String)> = Vec::new();
     for a in &artifacts {
         let mut names: Vec<String> = a.program.graphs.iter().map(|g| g.name.clone()).collect();
         if let Some(s) = stage {
             let n = a.spec.schedule.num_stages() as usize;
-            if s >= n {
-                eprintln!(
-                    "error: `{}` has {n} stages (0..{}); there is no stage {s}",
-                    a.spec.name,
-                    n.saturating_sub(1)
-                );
+            if s == 0 || s > n {
+                eprintln!("error: `{}` has {n} stages (1..={n}); there is no stage {s}", a.spec.name);
                 return Ok(ExitCode::from(1));
             }
-            names = a.program.plan.iter().filter(|r| r.stage == s).map(|r| r.graph.clone()).collect();
-            names.dedup();
+            let plan = a.program.sample_plan();
+            names = plan.map(|p| p.programs_of_stage(s as u64 - 1)).unwrap_or_default().into_iter().map(String::from).collect();
         }
         if let Some(p) = &program {
             if !names.contains(p) {

@@ -23,21 +23,20 @@
 
 use clap::{Args, Subcommand, ValueEnum};
 use ecarc_compiler::artifact::Artifact;
-use ecarc_compiler::ir::{DType, Op};
 use ecarc_compiler::session::Override;
 use ecarc_compiler::ModelSpec;
-use ecarc_runtime::driver::{dd, Generator, Observer, SampleOptions};
+use crate::progress::Progress;
+use ecarc_compiler::plan::Keep;
+use ecarc_runtime::driver::{Generator, SampleOptions};
 use ecarc_runtime::output::Outputs;
 use ecarc_runtime::rng::SeededRng;
 use ecarc_runtime::weights::{read_input_tensors, save_tensors, Weights};
 use ecarc_runtime::{image_out, Backend, HostTensor, RuntimeError};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// The most images one command makes (a guard against typos such as `-n 1e9`).
 const MAX_IMAGES: u64 = 1 << 16;
@@ -295,8 +294,9 @@ fn backend(name: BackendName) -> Result<Box<dyn Backend>, Fail> {
     Ok(ecarc_runtime::backend_by_name(name.name())?)
 }
 
-/// The checkpoint files, or random weights (said on stderr).
-fn load_weights(spec: &ModelSpec, paths: &[PathBuf]) -> Result<Weights, Fail> {
+/// The checkpoint files, or random weights (said on stderr). `needed`: the
+/// parameters the command's plans read; the files may leave out the others.
+fn load_weights(spec: &ModelSpec, paths: &[PathBuf], needed: &BTreeSet<String>) -> Result<Weights, Fail> {
     if paths.is_empty() {
         eprintln!(
             "note: no --weights given: `{}` runs on random weights (seed {RANDOM_WEIGHTS_SEED}); its images are noise",
@@ -305,12 +305,16 @@ fn load_weights(spec: &ModelSpec, paths: &[PathBuf]) -> Result<Weights, Fail> {
         return Ok(Weights::random(spec, RANDOM_WEIGHTS_SEED));
     }
     let refs: Vec<&Path> = paths.iter().map(PathBuf::as_path).collect();
-    let weights = Weights::load_files(&refs, spec)?;
+    let weights = Weights::load_files_for(&refs, spec, Some(needed))?;
     let absent = weights.absent_encoder().len();
     if absent > 0 {
         eprintln!(
             "note: the weights hold no tokenizer encoder (its {absent} declared tensors are absent); nothing here reads it"
         );
+    }
+    let unused = weights.absent_unused().len();
+    if unused > 0 {
+        eprintln!("note: the weights leave out {unused} declared tensor(s) that this command does not read");
     }
     Ok(weights)
 }
@@ -446,65 +450,6 @@ fn apply_sampler(spec: &mut ModelSpec, a: &SampleArgs) -> Result<bool, Fail> {
     Ok(changed)
 }
 
-// ---- progress -------------------------------------------------------------------
-
-/// One progress bar per stage on stderr (nothing when `on` is false).
-struct Progress {
-    on: bool,
-    bar: RefCell<Option<ProgressBar>>,
-}
-
-impl Progress {
-    fn new(on: bool) -> Self {
-        Progress { on, bar: RefCell::new(None) }
-    }
-
-    fn finish(&self) {
-        if let Some(b) = self.bar.borrow_mut().take() {
-            b.finish();
-        }
-    }
-
-    fn start(&self, bar: ProgressBar) {
-        self.finish();
-        *self.bar.borrow_mut() = Some(bar);
-    }
-}
-
-impl Observer for Progress {
-    fn stage(&self, stage: usize, stages: usize, steps: u64) {
-        if !self.on {
-            return;
-        }
-        let bar = ProgressBar::with_draw_target(Some(steps), ProgressDrawTarget::stderr());
-        let style = ProgressStyle::with_template("{prefix:>12} [{bar:32}] {pos:>4}/{len:<4} {elapsed_precise}")
-            .expect("a valid template")
-            .progress_chars("=> ");
-        bar.set_style(style);
-        bar.set_prefix(format!("stage {stage}/{}", stages.saturating_sub(1)));
-        self.start(bar);
-    }
-
-    fn step(&self) {
-        if let Some(b) = self.bar.borrow().as_ref() {
-            b.inc(1);
-        }
-    }
-
-    fn decoding(&self) {
-        if !self.on {
-            return;
-        }
-        let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
-        bar.set_style(
-            ProgressStyle::with_template("{prefix:>12} {spinner} {elapsed_precise}").expect("a valid template"),
-        );
-        bar.set_prefix("decode");
-        bar.enable_steady_tick(Duration::from_millis(100));
-        self.start(bar);
-    }
-}
-
 // ---- sample -------------------------------------------------------------------------
 
 fn sample(a: SampleArgs, sets: &[Override], color: bool) -> Result<(), Fail> {
@@ -534,22 +479,26 @@ fn sample(a: SampleArgs, sets: &[Override], color: bool) -> Result<(), Fail> {
         None => None,
     };
     check_memory(&art, labels.len() as u64)?;
-    let weights = load_weights(&spec, &a.model.weights)?;
+    let needed = Generator::params_read(&art.program, Some(&["sample"]));
+    let weights = load_weights(&spec, &a.model.weights, &needed)?;
     let g = generator(art, spec, relower, backend.as_ref(), &weights)?;
 
-    let progress = Progress::new(!a.json && std::io::stderr().is_terminal());
+    let progress = Progress::new(!a.json, std::io::stderr().is_terminal());
     let started = Instant::now();
-    let opts = SampleOptions { labels: labels.clone(), seed: a.labels.seed, flow_map: false, record: false };
+    let keep = if a.save_tensors.is_some() { Keep::Stages } else { Keep::Nothing };
+    let opts = SampleOptions { labels: labels.clone(), seed: a.labels.seed, keep };
     let result = g.sample_from(&opts, noise.as_ref(), &progress);
     progress.finish();
     let out = result?;
     let wall = started.elapsed().as_secs_f64();
 
     let labels_t = HostTensor::i64(vec![labels.len()], labels.clone());
-    let latent_name = format!("latent.{}", out.latent.0);
+    let latent_name = out.latent.as_ref().map(|(n, _)| format!("latent.{n}"));
     if let Some(slot) = tensors_slot {
         let mut named: Vec<(&str, &HostTensor)> = out.stages.iter().map(|(n, t)| (n.as_str(), t)).collect();
-        named.push((latent_name.as_str(), &out.latent.1));
+        if let (Some(n), Some((_, t))) = (&latent_name, &out.latent) {
+            named.push((n.as_str(), t));
+        }
         named.push(("image", &out.image));
         named.push(("labels", &labels_t));
         outs.write_with(slot, |tmp| save_tensors(tmp, &named))?;
@@ -604,25 +553,6 @@ fn sample(a: SampleArgs, sets: &[Override], color: bool) -> Result<(), Fail> {
 
 // ---- decode ---------------------------------------------------------------------------
 
-/// The decoder's input, as `Generator::decode` chooses it, with its declared type.
-fn decoder_input(g: &Generator) -> Option<(String, DType, String)> {
-    let graph = g.program.graph("decode")?;
-    let inputs: Vec<(&str, DType, String)> = graph
-        .g
-        .node_weights()
-        .filter_map(|n| match &n.op {
-            Op::Input { name } => {
-                let dims: Vec<String> = n.ty.shape.iter().map(|d| d.to_string()).collect();
-                Some((name.as_str(), n.ty.dtype, format!("[{}]", dims.join(", "))))
-            }
-            _ => None,
-        })
-        .collect();
-    ["tokens", "codes", "f_hat", "latent"]
-        .into_iter()
-        .find_map(|want| inputs.iter().find(|(n, _, _)| *n == want).map(|(n, d, s)| (n.to_string(), *d, s.clone())))
-}
-
 fn decode(a: DecodeArgs, sets: &[Override], color: bool) -> Result<(), Fail> {
     let art = load_model(&a.model.file, a.model.model.as_deref(), sets, color)?;
     let spec = art.spec.clone();
@@ -635,36 +565,16 @@ fn decode(a: DecodeArgs, sets: &[Override], color: bool) -> Result<(), Fail> {
     };
     let tensors = read_input_tensors(&a.tokens)?;
     check_memory(&art, batch_of(&tensors))?;
-    let weights = load_weights(&spec, &a.model.weights)?;
+    let plans: Vec<&str> = art.program.decode_plans().map(|p| p.name.as_str()).collect();
+    let needed = Generator::params_read(&art.program, Some(&plans));
+    let weights = load_weights(&spec, &a.model.weights, &needed)?;
     let g = generator(art, spec, false, backend.as_ref(), &weights)?;
-    let Some((want, dtype, shape)) = decoder_input(&g) else {
-        return fail(format!("`{}` has no tokenizer decoder to run", g.spec.name));
-    };
-    let prefixed = format!("latent.{want}");
-    let input = tensors.get(&want).or_else(|| tensors.get(&prefixed)).or_else(|| {
-        if tensors.len() == 1 {
-            tensors.values().next()
-        } else {
-            None
-        }
-    });
-    let Some(input) = input else {
-        let held: Vec<String> =
-            tensors.iter().map(|(k, t)| format!("`{k}` {}{:?}", t.dtype().name(), t.shape)).collect();
-        return Err(Fail::Msg(
-            format!(
-                "`{}` holds no input for the decoder of `{}`, which takes `{want}` {}{shape} (B = images)",
-                a.tokens.display(),
-                g.spec.name,
-                dtype.name()
-            ),
-            vec![
-                format!("the file holds {}", if held.is_empty() { "no tensors".to_string() } else { held.join(", ") }),
-                format!("name the tensor `{want}` (or `{prefixed}`, as `ecarc sample --save-tensors` writes it)"),
-            ],
-        ));
-    };
-    let image = g.decode(input)?;
+    let (image, _) = g.decode(&tensors).map_err(|e| {
+        Fail::Msg(
+            format!("{}: {e}", a.tokens.display()),
+            vec!["`ecarc sample --save-tensors` writes a file `ecarc decode` takes".into()],
+        )
+    })?;
     outs.write_with(out_slot, |tmp| save_tensors(tmp, &[("image", &image)]))?;
     if let Some(slot) = png_slot {
         let grid = image_out::to_grid(&image)?;
@@ -677,10 +587,10 @@ fn decode(a: DecodeArgs, sets: &[Override], color: bool) -> Result<(), Fail> {
 
 // ---- forward --------------------------------------------------------------------------
 
-fn signature_lines(g: &Generator, n: u64, prefix: &str) -> Result<Vec<String>, Fail> {
-    Ok(g.forward_signature(n)?
+fn signature_lines(g: &Generator, n: u64, guided: bool) -> Result<Vec<String>, Fail> {
+    Ok(g.forward_signature(n, guided)?
         .into_iter()
-        .map(|(name, dtype, shape)| format!("{prefix}{name}: {}{shape:?}", dtype.name()))
+        .map(|(name, dtype, shape)| format!("{name}: {}{shape:?}", dtype.name()))
         .collect())
 }
 
@@ -688,17 +598,16 @@ fn forward(a: ForwardArgs, sets: &[Override], color: bool) -> Result<(), Fail> {
     let art = load_model(&a.model.file, a.model.model.as_deref(), sets, color)?;
     let spec = art.spec.clone();
     let backend = backend(a.model.backend)?;
-    let prefix = if a.cfg.is_some() { "cfg_" } else { "" };
+    let guided = a.cfg.is_some();
+    let plan = if guided { "forward.guided" } else { "forward" };
     if a.signature {
         // The signature depends on the programs only: no need for real weights.
         let weights = if a.model.weights.is_empty() {
             Weights::random(&spec, RANDOM_WEIGHTS_SEED)
         } else {
-            load_weights(&spec, &a.model.weights)?
+            load_weights(&spec, &a.model.weights, &Generator::params_read(&art.program, Some(&[plan])))?
         };
         let g = generator(art, spec, false, backend.as_ref(), &weights)?;
-        // DiT's guided forward takes the conditional and the null-class halves: 2B rows.
-        let rows = if a.cfg.is_some() { 2 * a.n } else { a.n };
         println!("forward of `{}` for B = {} image(s), inputs:", g.spec.name, a.n);
         if a.cfg.is_some() {
             println!(
@@ -706,7 +615,7 @@ fn forward(a: ForwardArgs, sets: &[Override], color: bool) -> Result<(), Fail> {
                 g.spec.classes
             );
         }
-        for l in signature_lines(&g, rows, prefix)? {
+        for l in signature_lines(&g, a.n, guided)? {
             println!("  {l}");
         }
         return Ok(());
@@ -718,18 +627,18 @@ fn forward(a: ForwardArgs, sets: &[Override], color: bool) -> Result<(), Fail> {
     let out_slot = outs.add("-o", out_path, &["safetensors"])?;
     let inputs: BTreeMap<String, HostTensor> = read_input_tensors(inputs_path)?;
     check_memory(&art, batch_of(&inputs))?;
-    let weights = load_weights(&spec, &a.model.weights)?;
+    let needed = Generator::params_read(&art.program, Some(&[plan]));
+    let weights = load_weights(&spec, &a.model.weights, &needed)?;
     let g = generator(art, spec, false, backend.as_ref(), &weights)?;
     let outputs = match g.forward(&inputs, a.cfg) {
         Ok(o) => o,
         Err(e) => {
             // The images the file meant, from its labels, for the expected signature.
-            let n = ["label_B", "cond_idx", "y", "labels", "cfg_y"]
-                .iter()
-                .find_map(|k| inputs.get(*k).and_then(|t| t.shape.first().copied()))
-                .unwrap_or(1) as u64;
+            let label = g.forward_signature(1, guided)?.first().map(|(n, ..)| n.clone()).unwrap_or_default();
+            let rows = inputs.get(&label).and_then(|t| t.shape.first().copied()).unwrap_or(1) as u64;
+            let n = if guided { (rows / 2).max(1) } else { rows };
             let mut sig = format!("`{}` takes, for B = {n}:", g.spec.name);
-            for l in signature_lines(&g, n, prefix)? {
+            for l in signature_lines(&g, n, guided)? {
                 sig.push_str(&format!("\n  {l}"));
             }
             let cfg = if a.cfg.is_some() { " --cfg S" } else { "" };
@@ -755,9 +664,10 @@ fn dd_pairs(a: DdPairsArgs, sets: &[Override], color: bool) -> Result<(), Fail> 
     let mut outs = plan_outputs(&art, &a.model, &[]);
     let out_slot = outs.add("-o", &a.out, &["safetensors"])?;
     check_memory(&art, labels.len() as u64)?;
-    let weights = load_weights(&spec, &a.model.weights)?;
-    let g = generator(art, spec, false, backend.as_ref(), &weights)?;
-    let (noise, tokens) = dd::pairs(&g, &labels, a.labels.seed)?;
+    // The teacher's steps and transitions with the flow map's token choice; its decoder is not read.
+    let program = ecarc_runtime::driver::pairs_program(&spec)?;
+    let weights = load_weights(&spec, &a.model.weights, &Generator::params_read(&program, Some(&["pairs"])))?;
+    let (noise, tokens) = ecarc_runtime::driver::pairs(spec, program, backend.as_ref(), &weights, &labels, a.labels.seed)?;
     let labels_t = HostTensor::i64(vec![labels.len()], labels);
     outs.write_with(out_slot, |tmp| {
         save_tensors(tmp, &[("noise", &noise), ("tokens", &tokens), ("labels", &labels_t)])

@@ -414,7 +414,7 @@ impl measure::Measure for RuntimeMeasure {
         }
         let weights = ecarc_runtime::weights::Weights::random(spec, 0);
         let g = Generator::from_spec(spec.clone(), self.backend.as_ref(), &weights).map_err(|e| e.to_string())?;
-        let opts = SampleOptions { labels: vec![0], seed: 0, flow_map: false, record: false };
+        let opts = SampleOptions { labels: vec![0], seed: 0, keep: ecarc_compiler::plan::Keep::Nothing };
         let t0 = std::time::Instant::now();
         g.sample(&opts, &Quiet).map_err(|e| e.to_string())?;
         Ok(t0.elapsed().as_secs_f64())

@@ -107,6 +107,7 @@ impl Parts {
             params,
             buffers,
             constraints: self.constraints,
+            entry_names: Default::default(),
         }
     }
 }

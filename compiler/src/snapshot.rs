@@ -11,9 +11,8 @@ use crate::ir::text;
 pub fn snapshot(a: &Artifact) -> String {
     let mut out = render(&a.report);
     out.push('\n');
-    let last = a.spec.schedule.num_stages().saturating_sub(1) as usize;
-    let mut names: Vec<&str> = a.program.plan.iter().filter(|r| r.stage == last).map(|r| r.graph.as_str()).collect();
-    names.dedup();
+    let last = a.spec.schedule.num_stages().saturating_sub(1);
+    let names = a.program.sample_plan().map(|p| p.programs_of_stage(last)).unwrap_or_default();
     for name in names {
         if let Some(g) = a.program.graph(name) {
             out.push('\n');

@@ -19,6 +19,12 @@ pub struct ModelSpec {
     pub params: Vec<ParamGroupSpec>,
     pub buffers: Vec<ParamGroupSpec>,
     pub constraints: Vec<ConstraintSpec>,
+    /// The reference implementation's tensor names of the entry points, by
+    /// plan (`forward`, `forward.guided`) and port (`labels`, `x`, `logits`,
+    /// ...); a port not named keeps its own name. Declared in the model file
+    /// (`forward { labels "label_B" }`), as checkpoint keys are.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub entry_names: std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

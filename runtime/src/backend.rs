@@ -74,6 +74,15 @@ pub trait Backend {
     fn run(&self, exe: &Executable, bindings: &Bindings, args: &Args) -> Result<Vec<(String, Buffer)>>;
     /// Wait until all submitted work is done.
     fn synchronize(&self) -> Result<()>;
+    /// `None` when every value of `b` is finite (or it holds integers), else
+    /// what is wrong (see [`HostTensor::non_finite`]). The default reads the
+    /// buffer back; a backend may check on the device.
+    fn non_finite(&self, b: &Buffer) -> Result<Option<String>> {
+        if b.dtype != ecarc_compiler::ir::DType::F32 {
+            return Ok(None);
+        }
+        Ok(self.download(b)?.non_finite())
+    }
 }
 
 /// The backends `--backend` accepts, in the order they are tried.

@@ -66,6 +66,23 @@ impl HostTensor {
             Data::I64(_) => None,
         }
     }
+    /// `None` when every value is finite (or the tensor holds integers), else
+    /// what is wrong: `has 3 non-finite value(s) (the first, NaN, at index [0, 1, 2])`.
+    pub fn non_finite(&self) -> Option<String> {
+        let v = self.as_f32()?;
+        let first = v.iter().position(|x| !x.is_finite())?;
+        let count = v.iter().filter(|x| !x.is_finite()).count();
+        let mut index = vec![0usize; self.shape.len()];
+        let mut rest = first;
+        for (i, &d) in self.shape.iter().enumerate().rev() {
+            if d > 0 {
+                index[i] = rest % d;
+                rest /= d;
+            }
+        }
+        Some(format!("has {count} non-finite value(s) (the first, {}, at index {index:?})", v[first]))
+    }
+
     /// Size in bytes of the elements.
     pub fn bytes(&self) -> usize {
         self.numel() * self.dtype().bytes() as usize

@@ -244,6 +244,8 @@ pub struct Weights {
     tensors: BTreeMap<String, HostTensor>,
     buffers_in_file: BTreeSet<String>,
     absent_encoder: Vec<String>,
+    /// Declared parameters absent because no program of the run reads them.
+    absent_unused: Vec<String>,
     source: String,
 }
 
@@ -286,6 +288,7 @@ impl Weights {
             tensors,
             buffers_in_file: BTreeSet::new(),
             absent_encoder: Vec::new(),
+            absent_unused: Vec::new(),
             source: format!("random (seed {seed})"),
         }
     }
@@ -306,14 +309,26 @@ impl Weights {
     /// come back together in one [`RuntimeError::Weights`]; an unreadable or
     /// malformed file gives [`RuntimeError::File`].
     pub fn load_files(paths: &[&Path], spec: &ModelSpec) -> Result<Weights> {
+        Weights::load_files_for(paths, spec, None)
+    }
+
+    /// [`Weights::load_files`] for a run that reads only the parameters in
+    /// `needed` (the programs of its plans): any other declared parameter may
+    /// be absent (listed by [`Weights::absent_unused`]), so a generator
+    /// checkpoint alone runs a forward, and a tokenizer alone decodes.
+    pub fn load_files_for(paths: &[&Path], spec: &ModelSpec, needed: Option<&BTreeSet<String>>) -> Result<Weights> {
         let maps: Vec<memmap2::Mmap> = paths.iter().map(|p| map_file(p)).collect::<Result<_>>()?;
         let files: Vec<(String, &[u8])> =
             paths.iter().zip(&maps).map(|(p, m)| (p.display().to_string(), &m[..])).collect();
-        Weights::from_bytes(&files, spec)
+        Weights::from_bytes_for(&files, spec, needed)
     }
 
     /// [`Weights::load_files`] on files already in memory: `(name, bytes)`.
     pub fn from_bytes(files: &[(String, &[u8])], spec: &ModelSpec) -> Result<Weights> {
+        Weights::from_bytes_for(files, spec, None)
+    }
+
+    fn from_bytes_for(files: &[(String, &[u8])], spec: &ModelSpec, needed: Option<&BTreeSet<String>>) -> Result<Weights> {
         let label = files.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(" + ");
         let mut parsed = Vec::with_capacity(files.len());
         for (name, bytes) in files {
@@ -321,7 +336,7 @@ impl Weights {
         }
         let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
         let stored = parsed.iter().map(|st| st.iter().map(|(k, v)| (k.to_string(), Stored::View(v))));
-        Weights::from_stored(label, &names, stored, spec)
+        Weights::from_stored(label, &names, stored, spec, needed)
     }
 
     /// Match named tensors from any source (a PyTorch checkpoint read by
@@ -333,11 +348,17 @@ impl Weights {
         let label = sources.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(" + ");
         let names: Vec<&str> = sources.iter().map(|(n, _)| n.as_str()).collect();
         let stored = sources.iter().map(|(_, m)| m.iter().map(|(k, t)| (k.clone(), Stored::Host(t))));
-        Weights::from_stored(label, &names, stored, spec)
+        Weights::from_stored(label, &names, stored, spec, None)
     }
 
     /// The matching behind [`Weights::from_bytes`] and [`Weights::from_tensors`].
-    fn from_stored<'a, S, I>(label: String, names: &[&str], sources: S, spec: &ModelSpec) -> Result<Weights>
+    fn from_stored<'a, S, I>(
+        label: String,
+        names: &[&str],
+        sources: S,
+        spec: &ModelSpec,
+        needed: Option<&BTreeSet<String>>,
+    ) -> Result<Weights>
     where
         S: Iterator<Item = I>,
         I: Iterator<Item = (String, Stored<'a>)>,
@@ -358,8 +379,10 @@ impl Weights {
         let by_key: HashMap<&str, &Declared> = declared.iter().map(|d| (d.key.as_str(), d)).collect();
         // The encoder is optional as a whole: absent when none of its tensors is stored.
         let encoder_absent = !declared.iter().any(|d| d.is_encoder() && found.contains_key(&d.key));
+        // A parameter no program of the run reads may be absent.
+        let unused = |d: &Declared| needed.is_some_and(|n| !n.contains(&d.key));
         let mut missing: Vec<&Declared> =
-            declared.iter().filter(|d| d.kind.is_param() && !found.contains_key(&d.key)).collect();
+            declared.iter().filter(|d| d.kind.is_param() && !found.contains_key(&d.key) && !unused(d)).collect();
         let mut unexpected: Vec<&str> = found.keys().map(String::as_str).filter(|k| !by_key.contains_key(k)).collect();
         let shape_of = |k: &str| found[k].1.shape().to_vec();
         let in_file = |k: &str| if names.len() > 1 { format!(" (in {})", names[found[k].0]) } else { String::new() };
@@ -375,9 +398,14 @@ impl Weights {
         let mut loadable = Vec::new();
         let mut buffers_in_file = BTreeSet::new();
         let mut absent_encoder = Vec::new();
+        let mut absent_unused = Vec::new();
         for d in &declared {
             let key = d.key.as_str();
             let Some((_, view)) = found.get(key) else {
+                if d.kind.is_param() && unused(d) {
+                    absent_unused.push(d.key.clone());
+                    continue;
+                }
                 if !missing_keys.contains(key) {
                     continue; // an absent buffer, or part of a collapsed prefix group
                 }
@@ -459,7 +487,7 @@ impl Weights {
         if !problems.is_empty() {
             return Err(RuntimeError::Weights { file: label, problems });
         }
-        Ok(Weights { tensors, buffers_in_file, absent_encoder, source: label })
+        Ok(Weights { tensors, buffers_in_file, absent_encoder, absent_unused, source: label })
     }
 
     /// Write every tensor as F32 safetensors, keys sorted, atomically.
@@ -510,6 +538,10 @@ impl Weights {
     /// program reads the encoder, so a checkpoint of the decoder alone loads
     /// (callers say so in a note). Empty when the encoder was loaded, for
     /// random weights, and for a model that declares no encoder.
+    /// Declared parameters the checkpoint leaves out that the run does not read.
+    pub fn absent_unused(&self) -> &[String] {
+        &self.absent_unused
+    }
     pub fn absent_encoder(&self) -> &[String] {
         &self.absent_encoder
     }
@@ -565,28 +597,11 @@ pub fn read_tensors(path: &Path) -> Result<BTreeMap<String, HostTensor>> {
 pub fn read_input_tensors(path: &Path) -> Result<BTreeMap<String, HostTensor>> {
     let tensors = read_tensors(path)?;
     for (key, t) in &tensors {
-        if let Some(why) = non_finite(t) {
+        if let Some(why) = t.non_finite() {
             return Err(RuntimeError::File { path: path.display().to_string(), why: format!("tensor `{key}` {why}") });
         }
     }
     Ok(tensors)
-}
-
-/// `None` when every value of `t` is finite, else what is wrong:
-/// `has 3 non-finite value(s) (the first, NaN, at index [0, 1, 2])`.
-pub fn non_finite(t: &HostTensor) -> Option<String> {
-    let v = t.as_f32()?;
-    let first = v.iter().position(|x| !x.is_finite())?;
-    let count = v.iter().filter(|x| !x.is_finite()).count();
-    let mut index = vec![0usize; t.shape.len()];
-    let mut rest = first;
-    for (i, &d) in t.shape.iter().enumerate().rev() {
-        if d > 0 {
-            index[i] = rest % d;
-            rest /= d;
-        }
-    }
-    Some(format!("has {count} non-finite value(s) (the first, {}, at index {index:?})", v[first]))
 }
 
 /// [`read_tensors`] on a file already in memory (`name` is for messages).

@@ -102,7 +102,8 @@ fn raster_models_have_one_decode_program() {
     let next: Vec<_> =
         a.program.graphs.iter().filter(|g| g.name.starts_with("step.")).map(|g| g.name.clone()).collect();
     assert_eq!(next, ["step.first", "step.next"]);
-    assert_eq!(a.program.plan.iter().filter(|r| r.graph == "step.next").count(), 255);
+    let plan = a.program.sample_plan().expect("a sample plan");
+    assert_eq!(plan.runs().filter(|(e, _)| e.program == "step.next").count(), 255);
 }
 
 /// A model that does not declare a tensor its architecture needs is refused by

@@ -156,7 +156,9 @@ fn graph_prints_dot_and_rejects_a_bad_stage() {
         .unwrap();
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("digraph"));
-    let out = ecarc().args(["graph", "--stage", "10"]).arg(root().join("models/var_d16.ecar")).output().unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("has 10 stages"));
+    for bad in ["0", "11"] {
+        let out = ecarc().args(["graph", "--stage", bad]).arg(root().join("models/var_d16.ecar")).output().unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("has 10 stages (1..=10)"));
+    }
 }

@@ -22,6 +22,7 @@
 
 use crate::common::{root, spec_of};
 use ecarc_compiler::ModelSpec;
+use ecarc_compiler::plan::Keep;
 use ecarc_runtime::driver::Generator;
 use ecarc_runtime::reference::Reference;
 use ecarc_runtime::tensor::HostTensor;
@@ -160,7 +161,7 @@ fn var_greedy_generation_matches_the_official_code() {
     let labels = inputs["labels"].as_i64().expect("i64 labels").to_vec();
     let backend = Reference::new();
     let g = Generator::from_spec(spec, &backend, &w).expect("generator");
-    let out = g.sample(&SampleOptions { labels, seed: 0, flow_map: false, record: true }, &Quiet).expect("sample");
+    let out = g.sample(&SampleOptions { labels, seed: 0, keep: Keep::Debug }, &Quiet).expect("sample");
     for k in 0..3 {
         let name = format!("stage.{k}.tokens");
         let got = &out.stages.iter().find(|(n, _)| *n == name).unwrap_or_else(|| panic!("no `{name}`")).1;
@@ -234,7 +235,7 @@ fn llamagen_greedy_generation_matches_the_official_code() {
     let backend = Reference::new();
     let g = Generator::from_spec(spec, &backend, &w).expect("generator");
     let out = g
-        .sample(&SampleOptions { labels: labels.clone(), seed: 0, flow_map: false, record: true }, &Quiet)
+        .sample(&SampleOptions { labels: labels.clone(), seed: 0, keep: Keep::Debug }, &Quiet)
         .expect("sample");
     // The margin the fixture claims, on our guided logits.
     let margin = out
@@ -281,7 +282,7 @@ fn argmax_margin(logits: &HostTensor, from: usize, to: usize) -> f32 {
 /// from the logits (positions before the greedy prefix that are not data) are re-checked on
 /// our forward: each clears a tie by more than 1e-3.
 fn check_dd_sample(name: &str, label_key: &str, case: &str, sets: &[&str], tokenizer: &str) {
-    use ecarc_runtime::driver::{dd, Quiet, SampleOptions};
+    use ecarc_runtime::driver::{Quiet, SampleOptions};
     let (spec, w) = load_generator(name, tokenizer, sets);
     let inputs = read_tensors(&fixture(&format!("{name}_sample"), "inputs")).expect("inputs");
     let expected = read_tensors(&fixture(&format!("{name}_sample"), "outputs")).expect("outputs");
@@ -290,16 +291,16 @@ fn check_dd_sample(name: &str, label_key: &str, case: &str, sets: &[&str], token
     let distill = spec.distill.clone().expect("a distilled model");
     let backend = Reference::new();
     let g = Generator::from_spec(spec, &backend, &w).expect("generator");
-    let opts = SampleOptions { labels: labels.clone(), seed: 0, flow_map: false, record: true };
+    let opts = SampleOptions { labels: labels.clone(), seed: 0, keep: Keep::Debug };
     let out = g.sample_from(&opts, Some(noise), &Quiet).unwrap_or_else(|e| panic!("{name} {case}: sample: {e}"));
 
     // Where the greedy decisions from the logits are, step by step.
-    let body = dd::body_stages(&g, noise.shape[1]);
-    let greedy = dd::data_len(&body, distill.greedy_prefix);
+    let layout = &g.program.layout;
+    let greedy = (layout.data_len(distill.greedy_prefix) as usize).min(noise.shape[1]);
     let t_list = if distill.steps == 1 { vec![0] } else { vec![0, distill.split] };
     let mut x = noise.clone();
     for (i, &t) in t_list.iter().enumerate() {
-        let data = dd::data_len(&body, t);
+        let data = (layout.data_len(t) as usize).min(noise.shape[1]);
         // The step's input: the data prefix of the previous result, then the noise.
         let (l, dim) = (noise.shape[1], noise.shape[2]);
         let (xv, nv) = (x.as_f32().unwrap(), noise.as_f32().unwrap());
@@ -324,8 +325,9 @@ fn check_dd_sample(name: &str, label_key: &str, case: &str, sets: &[&str], token
         x = got.clone();
     }
     if let Some(f) = expected.get(&format!("{case}.f_hat")) {
-        assert_eq!(out.latent.0, "f_hat");
-        assert_close(&format!("{name} {case}: f_hat"), &out.latent.1, f);
+        let (latent_name, latent) = out.latent.as_ref().expect("the decoder's input is kept");
+        assert_eq!(latent_name, "f_hat");
+        assert_close(&format!("{name} {case}: f_hat"), latent, f);
     }
     assert_close(&format!("{name} {case}: image"), &out.image, &expected[&format!("{case}.image")]);
 }
@@ -399,10 +401,11 @@ fn dit_ddim_sampling_matches_the_official_code() {
     let labels = inputs["labels"].as_i64().expect("i64 labels").to_vec();
     let backend = Reference::new();
     let g = Generator::from_spec(spec, &backend, &w).expect("generator");
-    let opts = SampleOptions { labels, seed: 0, flow_map: false, record: true };
+    let opts = SampleOptions { labels, seed: 0, keep: Keep::Debug };
     let out = g.sample_from(&opts, Some(&inputs["latent"]), &Quiet).expect("sample");
-    assert_eq!(out.latent.0, "latent");
-    assert_close("dit_sample: latent", &out.latent.1, &expected["latent"]);
+    let (latent_name, latent) = out.latent.as_ref().expect("the decoder's input is kept");
+    assert_eq!(latent_name, "latent");
+    assert_close("dit_sample: latent", latent, &expected["latent"]);
     assert_close("dit_sample: image", &out.image, &expected["image"]);
 }
 

@@ -4,6 +4,7 @@
 //! that only the right formula has).
 
 use crate::common::{root, spec_of};
+use ecarc_compiler::plan::Keep;
 use ecarc_compiler::ModelSpec;
 use ecarc_runtime::driver::{Generator, Quiet, SampleOptions, SampleOutput};
 use ecarc_runtime::reference::Reference;
@@ -26,7 +27,7 @@ fn run(spec: ModelSpec, weights: &Weights, opts: SampleOptions) -> SampleOutput 
 fn sample(name: &str, sets: &[&str], labels: Vec<i64>, seed: u64, record: bool) -> SampleOutput {
     let spec = tiny(name, sets);
     let w = Weights::random(&spec, 0);
-    run(spec, &w, SampleOptions { labels, seed, flow_map: false, record })
+    run(spec, &w, SampleOptions { labels, seed, keep: if record { Keep::Debug } else { Keep::Stages } })
 }
 
 /// |a - e| <= atol + rtol |e| everywhere.
@@ -104,7 +105,7 @@ fn kv_cached_steps_equal_the_teacher_forced_pass() {
         let w = Weights::random(&spec, 0);
         let labels = vec![4, 7];
         let out =
-            run(spec.clone(), &w, SampleOptions { labels: labels.clone(), seed: 3, flow_map: false, record: true });
+            run(spec.clone(), &w, SampleOptions { labels: labels.clone(), seed: 3, keep: Keep::Debug });
         let stages = spec.schedule.stages().len();
         let inputs: Vec<&HostTensor> =
             (1..stages).map(|k| stage(&out, &format!("stage.{k}.input.{input}")).expect("recorded input")).collect();
@@ -112,7 +113,7 @@ fn kv_cached_steps_equal_the_teacher_forced_pass() {
             (0..stages).map(|k| stage(&out, &format!("stage.{k}.{result}")).expect("recorded result")).collect();
         let backend = Reference::new();
         let g = Generator::from_spec(spec, &backend, &w).unwrap();
-        let label_name = g.forward_signature(2).unwrap()[0].0.clone();
+        let label_name = g.forward_signature(2, false).unwrap()[0].0.clone();
         let mut fin = BTreeMap::new();
         fin.insert(label_name, HostTensor::i64(vec![2], labels));
         // A raster model's last token is never fed back: the forward takes all but it.
@@ -158,7 +159,7 @@ fn key_of(spec: &ModelSpec, role: &str, nth: usize) -> String {
 fn forward(spec: &ModelSpec, w: &Weights, seed: u64) -> Vec<f32> {
     let backend = Reference::new();
     let g = Generator::from_spec(spec.clone(), &backend, w).unwrap();
-    let sig = g.forward_signature(2).unwrap();
+    let sig = g.forward_signature(2, false).unwrap();
     let mut rng = ecarc_runtime::rng::SeededRng::new(seed);
     let mut fin = BTreeMap::new();
     for (name, dtype, shape) in sig {
@@ -308,33 +309,53 @@ fn every_solver_runs_and_heun_differs_from_euler() {
     }
 }
 
+/// `ecarc decode` starts from any tensor set a decode plan reads: a VAR
+/// model's per-scale token maps (what `--save-tensors` writes), all tokens in
+/// one tensor, or f_hat; each gives the sampled image, and the f_hat it
+/// accumulates is the one the sample handed to the decoder.
 #[test]
-fn var_decodes_from_every_scales_tokens() {
-    for name in ["var", "var_dd"] {
+fn var_decodes_from_scale_tokens_as_from_f_hat() {
+    let spec = tiny("var", &[]);
+    let w = Weights::random(&spec, 0);
+    let out = run(spec.clone(), &w, SampleOptions { labels: vec![3, 8], seed: 2, keep: Keep::Stages });
+    let backend = Reference::new();
+    let g = Generator::from_spec(spec, &backend, &w).unwrap();
+    let (latent_name, f_hat) = out.latent.clone().expect("the decoder's input is kept");
+    assert_eq!(latent_name, "f_hat");
+    let scales: BTreeMap<String, HostTensor> =
+        out.stages.iter().filter(|(n, _)| n.ends_with(".tokens")).cloned().collect();
+    assert_eq!(scales.len(), 3, "one token map per scale: {:?}", scales.keys());
+    let parts: Vec<&HostTensor> = scales.values().collect();
+    let joined = BTreeMap::from([("tokens".to_string(), cat1(&parts))]);
+    let from_f_hat = BTreeMap::from([("f_hat".to_string(), f_hat.clone())]);
+    for (what, given) in [("scale tokens", &scales), ("all tokens", &joined), ("f_hat", &from_f_hat)] {
+        let (image, latent) = g.decode(given).unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(image, out.image, "decode from {what}");
+        assert_eq!(latent, Some(("f_hat".to_string(), f_hat.clone())), "decode from {what}");
+    }
+    // A scale short of tokens is refused with the forms the decoder takes.
+    let mut short = joined["tokens"].clone();
+    short.shape[1] -= 1;
+    let n: usize = short.shape.iter().product();
+    short.data = match &short.data {
+        ecarc_runtime::tensor::Data::I64(v) => ecarc_runtime::tensor::Data::I64(v[..n].to_vec()),
+        ecarc_runtime::tensor::Data::F32(v) => ecarc_runtime::tensor::Data::F32(v[..n].to_vec()),
+    };
+    let err = g.decode(&BTreeMap::from([("tokens".to_string(), short)])).unwrap_err().to_string();
+    assert!(err.contains("[N, 21]"), "{err}");
+}
+
+/// A DD student's final sequence decodes (through the nearest codes) to the sampled image.
+#[test]
+fn dd_students_decode_from_their_final_sequence() {
+    for name in ["var_dd", "llamagen_dd"] {
         let spec = tiny(name, &[]);
         let w = Weights::random(&spec, 0);
-        let out = run(spec.clone(), &w, SampleOptions { labels: vec![3, 8], seed: 2, flow_map: false, record: false });
+        let out = run(spec.clone(), &w, SampleOptions { labels: vec![3, 8], seed: 2, keep: Keep::Stages });
         let backend = Reference::new();
         let g = Generator::from_spec(spec, &backend, &w).unwrap();
-        let given = if name == "var" {
-            let parts: Vec<&HostTensor> =
-                out.stages.iter().filter(|(n, _)| n.ends_with(".tokens")).map(|(_, t)| t).collect();
-            cat1(&parts)
-        } else {
-            out.stages.last().unwrap().1.clone()
-        };
-        assert_eq!(g.decode(&given).unwrap(), out.image, "{name}");
-        // The accumulated f_hat is what the sample handed to the decoder.
-        assert_eq!(out.latent.0, "f_hat");
-        assert_eq!(g.backend().download(&g.accumulate_scales(&given).unwrap()).unwrap(), out.latent.1, "{name}");
-        let mut short = given.clone();
-        short.shape[1] -= 1;
-        let n: usize = short.shape.iter().product();
-        short.data = match &given.data {
-            ecarc_runtime::tensor::Data::I64(v) => ecarc_runtime::tensor::Data::I64(v[..n].to_vec()),
-            ecarc_runtime::tensor::Data::F32(v) => ecarc_runtime::tensor::Data::F32(v[..n].to_vec()),
-        };
-        let err = g.decode(&short).unwrap_err().to_string();
-        assert!(err.contains("every scale"), "{err}");
+        let last = out.stages.iter().rev().find(|(n, _)| n.starts_with("step.")).expect("a DD step").1.clone();
+        let (image, _) = g.decode(&BTreeMap::from([("codes".to_string(), last)])).unwrap();
+        assert_eq!(image, out.image, "{name}");
     }
 }

@@ -157,21 +157,38 @@ pub struct CostReport {
     pub estimates: Vec<Estimate>,
 }
 
+/// Whether a program is one network evaluation (what bounds latency when
+/// MACs do not): a backbone step, a flow head step, a whole forward.
+pub fn is_network(program: &str) -> bool {
+    program.starts_with("step.") || program == "head.step" || program == "forward"
+}
+
 pub fn report(spec: &ModelSpec, prog: &Program, devices: &[Device]) -> CostReport {
     let macs: HashMap<&str, Dim> = prog.graphs.iter().map(|g| (g.name.as_str(), graph_macs(g))).collect();
     let wbytes: HashMap<&str, u64> = prog.graphs.iter().map(|g| (g.name.as_str(), weight_bytes(g))).collect();
     let one = |tokens, past| Bindings::new(1, tokens, past);
     let forward_macs = macs.get("forward").map_or(0, |m| m.eval(&one(0, 0)) as u128);
+    // What a sample runs, as the plan runs it, except the tokenizer decoder
+    // (reported apart: tokenizers are not part of the generator).
+    let runs: Vec<(&str, u64, u64, u64)> = prog
+        .sample_plan()
+        .map(|p| {
+            p.runs()
+                .filter(|(e, _)| e.program != "decode")
+                .map(|(e, i)| (e.program.as_str(), e.stage.eval(i), e.tokens, e.past.eval(i)))
+                .collect()
+        })
+        .unwrap_or_default();
 
     // Activation sizes grow with T and P (shapes are polynomials with
     // non-negative coefficients), and T and P only grow along a schedule, so a
     // program's peak over its runs is its peak at the largest T and P it sees:
     // one liveness walk per program, not one per run.
     let mut largest: HashMap<&str, Bindings> = HashMap::new();
-    for run in &prog.plan {
-        let e = largest.entry(run.graph.as_str()).or_insert(one(0, 0));
-        e.t = e.t.max(run.tokens);
-        e.p = e.p.max(run.past);
+    for &(g, _, t, p) in &runs {
+        let e = largest.entry(g).or_insert(one(0, 0));
+        e.t = e.t.max(t);
+        e.p = e.p.max(p);
     }
     let peaks: HashMap<&str, u64> =
         largest.iter().map(|(name, b)| (*name, prog.graph(name).map_or(0, |g| peak_activation_bytes(g, b)))).collect();
@@ -179,16 +196,15 @@ pub fn report(spec: &ModelSpec, prog: &Program, devices: &[Device]) -> CostRepor
     let mut per_stage = vec![0u128; stage_list.len().max(1)];
     let mut peak = 0;
     let mut seconds = vec![(0.0f64, 0.0f64); devices.len()];
-    for run in &prog.plan {
-        let b = one(run.tokens, run.past);
-        let m = macs[run.graph.as_str()].eval(&b) as u128 * run.times as u128;
+    for &(g, stage, t, p) in &runs {
+        let m = macs[g].eval(&one(t, p)) as u128;
         let last = per_stage.len() - 1;
-        per_stage[run.stage.min(last)] += m;
-        let act = peaks[run.graph.as_str()];
+        per_stage[(stage as usize).min(last)] += m;
+        let act = peaks[g];
         peak = peak.max(act);
         for (dev, acc) in devices.iter().zip(seconds.iter_mut()) {
             let compute = 2.0 * m as f64 / dev.flops;
-            let memory = (wbytes[run.graph.as_str()] as f64 + act as f64) * run.times as f64 / dev.bandwidth;
+            let memory = (wbytes[g] as f64 + act as f64) / dev.bandwidth;
             acc.0 += compute.max(memory);
             if compute >= memory {
                 acc.1 += compute;
@@ -225,12 +241,7 @@ pub fn report(spec: &ModelSpec, prog: &Program, devices: &[Device]) -> CostRepor
         forward_macs,
         sample_macs,
         decode_macs: macs.get("decode").map_or(0, |m| m.eval(&one(0, 0)) as u128),
-        sequential_passes: prog
-            .plan
-            .iter()
-            .filter(|r| !r.graph.starts_with("transition") && r.graph != "solver.step")
-            .map(|r| r.times)
-            .sum(),
+        sequential_passes: runs.iter().filter(|(g, ..)| is_network(g)).count() as u64,
         cfg: prog.cfg,
         distill_steps: spec.distill.as_ref().map(|d| d.steps),
         stages,

@@ -252,6 +252,17 @@ pub fn infer(op: &Op, tys: &[&TensorType]) -> Result<TensorType, String> {
             want(tys[1].shape == s[..s.len() - 1], || "noise must have one value per sampled token".into())?;
             Ok(TensorType::i64(s[..s.len() - 1].to_vec()))
         }
+        FlowMapTokens { .. } => {
+            arity(tys, 3..=3)?;
+            f32s(tys)?;
+            let (l, n, c) = (&tys[0].shape, &tys[1].shape, tys[2]);
+            want(!l.is_empty() && !n.is_empty(), || "logits and noise need a last axis".into())?;
+            want(n[..n.len() - 1] == l[..l.len() - 1], || "noise must have one vector per token".into())?;
+            want(c.rank() == 2 && c.shape[0] == l[l.len() - 1] && c.shape[1] == n[n.len() - 1], || {
+                "codes must be [V, D]: V the logits' last axis, D the noise's".into()
+            })?;
+            Ok(TensorType::i64(l[..l.len() - 1].to_vec()))
+        }
         NearestCode => {
             arity(tys, 2..=2)?;
             f32s(tys)?;

@@ -202,6 +202,18 @@ pub enum Op {
     },
     /// Index of the nearest codebook row (L2): operands `x[..., D], codes[V, D]`.
     NearestCode,
+    /// Distilled Decoding's teacher flow map (docs/runtime.md): each token's
+    /// distribution (logits filtered by temperature, top-k, top-p as
+    /// `SampleTokens` does) is a mixture of point masses at the codes; the
+    /// straight-path flow from a Gaussian noise token lands on one code, the
+    /// chosen token. Integrated with `steps` Heun steps. Operands
+    /// `logits[..., V], noise[..., D], codes[V, D]`; result `i64[...]`.
+    FlowMapTokens {
+        temperature: F,
+        top_k: u32,
+        top_p: F,
+        steps: u32,
+    },
 }
 
 impl Op {
@@ -251,6 +263,7 @@ impl Op {
             Op::Guide { .. } => "guide",
             Op::SampleTokens { .. } => "sample_tokens",
             Op::NearestCode => "nearest_code",
+            Op::FlowMapTokens { .. } => "flow_map_tokens",
         }
     }
 

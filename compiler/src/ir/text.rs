@@ -118,6 +118,12 @@ pub fn attrs(op: &Op) -> Vec<(&'static str, String)> {
         SampleTokens { temperature, top_k, top_p } => {
             vec![("temperature", temperature.to_string()), ("top_k", top_k.to_string()), ("top_p", top_p.to_string())]
         }
+        FlowMapTokens { temperature, top_k, top_p, steps } => vec![
+            ("temperature", temperature.to_string()),
+            ("top_k", top_k.to_string()),
+            ("top_p", top_p.to_string()),
+            ("steps", steps.to_string()),
+        ],
     }
 }
 
@@ -390,6 +396,12 @@ fn build_op(name: &str, label: Option<String>, a: &mut Attrs) -> Result<Op, Stri
             Op::SampleTokens { temperature: a.f("temperature")?, top_k: a.num("top_k")?, top_p: a.f("top_p")? }
         }
         "nearest_code" => Op::NearestCode,
+        "flow_map_tokens" => Op::FlowMapTokens {
+            temperature: a.f("temperature")?,
+            top_k: a.num("top_k")?,
+            top_p: a.f("top_p")?,
+            steps: a.num("steps")?,
+        },
         _ => {
             if let Some(u) = UNARIES.into_iter().find(|&u| Op::Unary(u).name() == name) {
                 Op::Unary(u)
@@ -624,6 +636,8 @@ pub(crate) mod tests {
         let noise = g.source(Op::Input { name: "noise".into() }, f32t("B, T"), None);
         let t = g.source(Op::Input { name: "t".into() }, f32t("B"), None);
         let codes = g.source(Op::Param { key: "codes".into() }, f32t("512, 32"), None);
+        let flow_noise = g.source(Op::Input { name: "flow_noise".into() }, f32t("B, T, 8"), None);
+        let vocab_codes = g.source(Op::Param { key: "vocab_codes".into() }, f32t("64, 8"), None);
 
         let mut add = |op: Op, operands: &[NodeIndex]| g.try_add(op, operands, None).unwrap();
         let scale = add(Op::Const { value: F::new(7.5) }, &[]);
@@ -664,6 +678,11 @@ pub(crate) mod tests {
         add(Op::Guide { channels: None }, &[lin, lin2, scale]);
         let toks = add(Op::SampleTokens { temperature: F::new(1.0), top_k: 0, top_p: F::new(0.9) }, &[guided, noise]);
         let code = add(Op::NearestCode, &[last, codes]);
+        let chosen = add(
+            Op::FlowMapTokens { temperature: F::new(0.5), top_k: 3, top_p: F::new(0.75), steps: 16 },
+            &[guided, flow_noise, vocab_codes],
+        );
+        g.output("chosen", chosen);
         g.output("logits", guided);
         g.output("tokens", toks);
         g.output("code", code);
@@ -705,9 +724,10 @@ pub(crate) mod tests {
             SampleTokens { .. } => 25,
             NearestCode => 26,
             Sinusoid { .. } => 27,
+            FlowMapTokens { .. } => 28,
         }
     }
-    const VARIANTS: usize = 28;
+    const VARIANTS: usize = 29;
 
     /// Ops, types and operands in printed order, and outputs by position:
     /// what "structurally equal" means across a round trip.

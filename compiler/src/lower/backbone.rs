@@ -19,7 +19,26 @@ pub enum Seq {
     /// Only `T` embedded tokens: later steps.
     Body,
     /// The start token(s) then `body` embedded tokens: a whole teacher-forced pass.
-    PrefixAndBody { body: Dim },
+    ///
+    /// `skip`: the body input holds `skip` more tokens first, whose positions
+    /// the start tokens take. A first stage with more tokens than start tokens
+    /// feeds its own starting state there (position `j` takes token `j`, as
+    /// every later stage does), so the start tokens replace its first `skip`.
+    PrefixAndBody { body: Dim, skip: u64 },
+}
+
+/// How the per-image inputs (tokens, `x`, the latent, `t`) become the
+/// program's batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Doubling {
+    /// They are the batch.
+    None,
+    /// Classifier-free guidance: `B` images run twice (conditional half,
+    /// then the null class), doubled inside the program.
+    Guided,
+    /// DiT's `forward_with_cfg`: of a given `2B` batch only the first half's
+    /// sequence input is used, twice; `t` and the labels are taken whole.
+    FirstHalf,
 }
 
 /// Shape of one backbone step.
@@ -28,6 +47,7 @@ pub struct Step {
     pub seq: Seq,
     /// Batch of the program (`B`, or `2*B` under classifier-free guidance).
     pub batch: Dim,
+    pub doubling: Doubling,
     /// Tokens this step (`T`, or a constant).
     pub tokens: Dim,
     /// Positions already cached (`P`, or 0 for a pass without cache).
@@ -57,9 +77,35 @@ pub fn prefix_len(spec: &ModelSpec, has_pos_start: bool) -> u64 {
     }
 }
 
+/// A per-image input of `ty` (its first axis the images), as the program's batch.
+fn per_image(c: &mut Ctx, name: &str, ty: TensorType, doubling: Doubling) -> N {
+    match doubling {
+        Doubling::None => c.input(name, ty),
+        Doubling::Guided => {
+            let x = c.input(name, ty);
+            c.op(Op::Concat { axis: 0 }, &[x, x])
+        }
+        Doubling::FirstHalf => {
+            let b = ty.shape[0].clone();
+            let mut given = ty;
+            given.shape[0] = b.mul_c(2);
+            let x = c.input(name, given);
+            let half = c.slice(x, 0, d(0), b);
+            c.op(Op::Concat { axis: 0 }, &[half, half])
+        }
+    }
+}
+
+/// The batch of the per-image inputs of a step.
+fn image_batch(step: &Step) -> Dim {
+    match step.doubling {
+        Doubling::None => step.batch.clone(),
+        Doubling::Guided | Doubling::FirstHalf => step.batch.div_c(2).expect("a doubled batch is even"),
+    }
+}
+
 pub fn lower_backbone(c: &mut Ctx, spec: &ModelSpec, step: &Step) -> Res<BackboneOut> {
     let bb = &spec.backbone;
-    let width = d(bb.width);
     let bt = step.batch.clone();
     let t = step.tokens.clone();
 
@@ -71,7 +117,11 @@ pub fn lower_backbone(c: &mut Ctx, spec: &ModelSpec, step: &Step) -> Res<Backbon
         Conditioning::ClassToken => None,
         Conditioning::AdalnClass => Some(class_emb),
         Conditioning::AdalnTimeClass => {
-            let time = c.input("t", TensorType::f32(vec![bt.clone()]));
+            // `forward_with_cfg` takes every row's timestep as given.
+            let time = match step.doubling {
+                Doubling::FirstHalf => c.input("t", TensorType::f32(vec![bt.clone()])),
+                dbl => per_image(c, "t", TensorType::f32(vec![image_batch(step)]), dbl),
+            };
             let freqs = c.op(Op::Sinusoid { dim: bb.time_embed as u32, max_period: F::new(10000.0) }, &[time]);
             let h = c.linear(freqs, "time_in", None)?;
             let h = c.unary(Unary::Silu, h);
@@ -85,7 +135,7 @@ pub fn lower_backbone(c: &mut Ctx, spec: &ModelSpec, step: &Step) -> Res<Backbon
     let body_tokens = match &step.seq {
         Seq::Prefix => None,
         Seq::Body => Some(t.clone()),
-        Seq::PrefixAndBody { body } => Some(body.clone()),
+        Seq::PrefixAndBody { body, .. } => Some(body.clone()),
     };
     let mut parts = Vec::new();
     if step.seq != Seq::Body {
@@ -99,13 +149,14 @@ pub fn lower_backbone(c: &mut Ctx, spec: &ModelSpec, step: &Step) -> Res<Backbon
         parts.push(start);
     }
     if let Some(n) = body_tokens {
-        parts.push(embed_tokens(c, spec, &bt, &n)?);
+        parts.push(embed_tokens(c, spec, step, &n)?);
     }
     let mut x = if parts.len() == 1 { parts[0] } else { c.op(Op::Concat { axis: 1 }, &parts) };
 
     // Distilled Decoding: noise-vs-data marker per position.
     let nd_emb = if spec.distill.is_some() && c.has("nd_table", None) {
-        let nd = c.input("nd", TensorType::i64(vec![bt.clone(), t.clone()]));
+        // One marker per position, the same for every image.
+        let nd = c.input("nd", TensorType::i64(vec![t.clone()]));
         let table = c.p("nd_table", None)?;
         let e = c.op(Op::Embedding, &[table, nd]);
         x = c.add(x, e);
@@ -147,16 +198,16 @@ pub fn lower_backbone(c: &mut Ctx, spec: &ModelSpec, step: &Step) -> Res<Backbon
         let p = c.linear(e, "nd_proj", Some(bb.depth))?;
         x = c.add(x, p);
     }
-    let _ = width;
     Ok(BackboneOut { hidden: x, cond, class_emb })
 }
 
 /// Embed `n` body tokens: by table (discrete indices), by a linear map of
 /// continuous tokens / code vectors, or by patchifying a latent map.
-fn embed_tokens(c: &mut Ctx, spec: &ModelSpec, bt: &Dim, n: &Dim) -> Res<N> {
+fn embed_tokens(c: &mut Ctx, spec: &ModelSpec, step: &Step, n: &Dim) -> Res<N> {
     let bb = &spec.backbone;
+    let (bt, b) = (&step.batch, image_batch(step));
     if c.has("token_table", None) {
-        let tokens = c.input("tokens", TensorType::i64(vec![bt.clone(), n.clone()]));
+        let tokens = per_image(c, "tokens", TensorType::i64(vec![b, n.clone()]), step.doubling);
         let table = c.p("token_table", None)?;
         return Ok(c.op(Op::Embedding, &[table, tokens]));
     }
@@ -164,14 +215,23 @@ fn embed_tokens(c: &mut Ctx, spec: &ModelSpec, bt: &Dim, n: &Dim) -> Res<N> {
         let grid = spec.schedule.final_grid();
         let p = bb.patch;
         let ch = spec.tokenizer.token_channels;
-        let latent = c.input("latent", TensorType::f32(vec![bt.clone(), d(ch), d(grid[0] * p), d(grid[1] * p)]));
+        let ty = TensorType::f32(vec![b, d(ch), d(grid[0] * p), d(grid[1] * p)]);
+        let latent = per_image(c, "latent", ty, step.doubling);
         let w = c.p("patch_embed", None)?;
         let b = c.p("patch_embed_bias", None)?;
         let y = c.op(Op::Conv2d { stride: p as u32, pad: 0 }, &[latent, w, b]);
         let y = c.reshape(y, vec![bt.clone(), d(bb.width), d(grid[0] * grid[1])]);
         return Ok(c.permute(y, &[0, 2, 1]));
     }
-    let x = c.input("x", TensorType::f32(vec![bt.clone(), n.clone(), d(spec.tokenizer.token_channels)]));
+    let skip = match step.seq {
+        Seq::PrefixAndBody { skip, .. } => skip,
+        _ => 0,
+    };
+    let ty = TensorType::f32(vec![b, n.add(&d(skip)), d(spec.tokenizer.token_channels)]);
+    let mut x = per_image(c, "x", ty, step.doubling);
+    if skip > 0 {
+        x = c.slice(x, 1, d(skip), n.clone());
+    }
     c.linear(x, "token_in", None)
 }
 
@@ -327,6 +387,7 @@ pub fn cached_step(seq: Seq, cfg: bool) -> Step {
     Step {
         seq,
         batch: if cfg { b.mul_c(2) } else { b },
+        doubling: if cfg { Doubling::Guided } else { Doubling::None },
         tokens: Dim::sym(Sym::T),
         past: Dim::sym(Sym::P),
         teacher_forced: false,

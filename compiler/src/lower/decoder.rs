@@ -82,21 +82,14 @@ pub fn decode(c: &mut Ctx, spec: &ModelSpec) -> Res<()> {
     let grid = spec.schedule.final_grid();
     let (gh, gw) = (grid[0] * spec.backbone.patch, grid[1] * spec.backbone.patch);
     let ch = tk.token_channels;
-    // What the generator hands over: codes of the final grid (VQ), the
+    // What the generator hands over: code vectors of the final grid (VQ), the
     // accumulated f_hat (multi-scale VQ), or the latent map (VAE).
     let z = match tk.kind {
-        // A distilled model's tokens are continuous code vectors (LlamaGen-DD
-        // decodes them as they are, without snapping to the codebook).
-        TokenizerKind::Vq if spec.distill.is_some() => {
-            let codes = c.input("codes", TensorType::f32(vec![b.clone(), d(gh * gw), d(ch)]));
-            let m = c.reshape(codes, vec![b.clone(), d(gh), d(gw), d(ch)]);
-            c.permute(m, &[0, 3, 1, 2])
-        }
+        // Code vectors of the final grid: a teacher's tokens looked up first
+        // (`codes.from_tokens`), a distilled model's continuous codes as they
+        // are (LlamaGen-DD decodes them without snapping to the codebook).
         TokenizerKind::Vq => {
-            let tokens = c.input("tokens", TensorType::i64(vec![b.clone(), d(gh * gw)]));
-            let book = c.p("codebook", None)?;
-            let book = if tk.l2_norm { c.op(Op::L2Normalize { eps: F::new(1e-12) }, &[book]) } else { book };
-            let codes = c.op(Op::Embedding, &[book, tokens]);
+            let codes = c.input("codes", TensorType::f32(vec![b.clone(), d(gh * gw), d(ch)]));
             let m = c.reshape(codes, vec![b.clone(), d(gh), d(gw), d(ch)]);
             c.permute(m, &[0, 3, 1, 2])
         }

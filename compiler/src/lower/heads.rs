@@ -76,6 +76,48 @@ pub fn guide(c: &mut Ctx, x: N, channels: Option<u64>) -> N {
     c.op(Op::Guide { channels: channels.map(|v| v as u32) }, &[cond, uncond, scale])
 }
 
+/// How a categorical head turns logits into tokens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum TokenChoice {
+    /// Sample with one uniform number per token (input `uniform`).
+    #[default]
+    Sample,
+    /// Distilled Decoding's teacher flow map from one Gaussian noise token
+    /// per position (input `noise`, also an output so a plan can keep it).
+    FlowMap,
+}
+
+/// Heun steps of the teacher flow map (64 keeps the chosen code stable).
+pub const FLOW_MAP_STEPS: u32 = 64;
+
+/// Tokens chosen by the teacher flow map from (guided) logits `[B, T, V]`
+/// and one noise token per position against the tokenizer's codebook
+/// (L2-normalised where the tokenizer is).
+pub fn flow_map(c: &mut Ctx, spec: &ModelSpec, logits: N) -> Res<N> {
+    let s = c.shape(logits);
+    let scope = c.scope;
+    c.scope = crate::lower::params::Scope::Tokenizer;
+    let book = c.p("codebook", None);
+    c.scope = scope;
+    let mut book = book?;
+    if spec.tokenizer.l2_norm {
+        book = c.op(Op::L2Normalize { eps: F::new(1e-12) }, &[book]);
+    }
+    let dim = c.shape(book)[1].clone();
+    let mut ns = s[..s.len() - 1].to_vec();
+    ns.push(dim);
+    let noise = c.input("noise", TensorType::f32(ns));
+    c.output("noise", noise);
+    let sm = &spec.sampler;
+    let op = Op::FlowMapTokens {
+        temperature: F::new(sm.temperature),
+        top_k: sm.top_k as u32,
+        top_p: F::new(sm.top_p),
+        steps: FLOW_MAP_STEPS,
+    };
+    Ok(c.op(op, &[logits, noise, book]))
+}
+
 /// Sample token indices from (guided) logits `[B, T, V]`.
 pub fn sample(c: &mut Ctx, spec: &ModelSpec, logits: N) -> N {
     let s = c.shape(logits);
@@ -88,14 +130,23 @@ pub fn sample(c: &mut Ctx, spec: &ModelSpec, logits: N) -> N {
 }
 
 /// One ODE step of a flow head over a stage's tokens:
-/// `x <- x + dt * v(x, t, z)` with guidance on a doubled batch.
-pub fn flow_step(c: &mut Ctx, spec: &ModelSpec, batch: &Dim, tokens: &Dim, cfg: bool) -> Res<()> {
+/// `x <- x + dt * v(x, t, z)` with guidance on a doubled batch. `x` and `t`
+/// are per image (`B`); the condition `z` comes from the (doubled) backbone.
+pub fn flow_step(c: &mut Ctx, spec: &ModelSpec, tokens: &Dim, cfg: bool) -> Res<()> {
     let head = &spec.head;
+    let images = Dim::sym(crate::ir::Sym::B);
+    let batch = if cfg { images.mul_c(2) } else { images.clone() };
+    let batch = &batch;
     let width = d(head.width.unwrap_or(spec.backbone.width));
     let lat = d(spec.tokenizer.token_channels);
     let z = c.input("z", TensorType::f32(vec![batch.clone(), tokens.clone(), d(spec.backbone.width)]));
-    let x = c.input("x", TensorType::f32(vec![batch.clone(), tokens.clone(), lat.clone()]));
-    let t = c.input("t", TensorType::f32(vec![batch.clone()]));
+    let x_img = c.input("x", TensorType::f32(vec![images.clone(), tokens.clone(), lat.clone()]));
+    let t_img = c.input("t", TensorType::f32(vec![images]));
+    let (x, t) = if cfg {
+        (c.op(Op::Concat { axis: 0 }, &[x_img, x_img]), c.op(Op::Concat { axis: 0 }, &[t_img, t_img]))
+    } else {
+        (x_img, t_img)
+    };
     let freqs = c.op(Op::Sinusoid { dim: head.time_embed as u32, max_period: F::new(10000.0) }, &[t]);
     let h = c.linear(freqs, "time_in", None)?;
     let h = c.unary(Unary::Silu, h);
@@ -176,12 +227,6 @@ pub fn flow_step(c: &mut Ctx, spec: &ModelSpec, batch: &Dim, tokens: &Dim, cfg: 
         _ => unreachable!("flow_step is only lowered for flow heads"),
     };
     let v = if cfg { guide(c, v, spec.sampler.cfg_channels) } else { v };
-    let x_img = if cfg {
-        let half = batch.div_c(2).expect("even");
-        c.slice(x, 0, Dim::c(0), half)
-    } else {
-        x
-    };
     let dt = c.input("dt", TensorType::f32(vec![]));
     let step = c.op(Op::Binary(crate::ir::op::Binary::Mul), &[v, dt]);
     let next = c.add(x_img, step);

@@ -7,41 +7,39 @@
 pub mod backbone;
 pub mod ctx;
 pub mod decoder;
+pub mod diffusion;
+pub mod glue;
 pub mod heads;
 pub mod params;
+mod plans;
 pub mod solver;
 pub mod transition;
 
-use crate::ir::{Bindings, Dim, Graph, Sym};
+use crate::ir::{DType, Dim, Graph, Sym, TensorType};
+use crate::plan::{Plan, SeqLayout};
 use crate::spec::*;
-use backbone::{cached_step, lower_backbone, prefix_len, Seq, Step};
+use backbone::{cached_step, lower_backbone, prefix_len, Doubling, Seq, Step};
 use ctx::{d, Ctx, Missing};
 use ecarc_grammar::merged::{MBody, MValue};
 use ecarc_grammar::{Diag, Span};
+pub use heads::TokenChoice;
 use params::{ParamIndex, Scope};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
-/// One graph execution in the plan of a whole sample.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Run {
-    /// The stage this run belongs to.
-    pub stage: usize,
-    /// Which program (`step.first`, `step.next`, `head.step`, ...).
-    pub graph: String,
-    /// Values of `T` and `P` (the batch `B` is the number of images).
-    pub tokens: u64,
-    pub past: u64,
-    /// How many times it runs (solver steps).
-    pub times: u64,
-}
+/// Flow times (in [0, 1]) are fed to networks multiplied by this, the range
+/// of the diffusion timesteps their time embeddings are made for.
+pub const TIME_SCALE: f64 = 1000.0;
 
-/// A lowered model: its programs and the plan of one sample.
+/// A lowered model: its programs and the plans that run them.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Program {
     pub model: String,
     pub graphs: Vec<Graph>,
-    pub plan: Vec<Run>,
+    /// `sample` (or `pairs`), `forward`, `forward.guided`, `decode*`.
+    pub plans: Vec<Plan>,
+    /// The sequence layout the plans' position tables come from.
+    pub layout: SeqLayout,
     /// Whether the generation programs run on a doubled (guided) batch.
     pub cfg: bool,
 }
@@ -50,9 +48,25 @@ impl Program {
     pub fn graph(&self, name: &str) -> Option<&Graph> {
         self.graphs.iter().find(|g| g.name == name)
     }
-    pub fn bindings(&self, run: &Run, images: u64) -> Bindings {
-        Bindings::new(images, run.tokens, run.past)
+    pub fn plan(&self, name: &str) -> Option<&Plan> {
+        self.plans.iter().find(|p| p.name == name)
     }
+    /// The plan of one sample.
+    pub fn sample_plan(&self) -> Option<&Plan> {
+        self.plan("sample")
+    }
+    /// The decode plans, in the order they are tried.
+    pub fn decode_plans(&self) -> impl Iterator<Item = &Plan> {
+        self.plans.iter().filter(|p| p.name == "decode" || p.name.starts_with("decode."))
+    }
+}
+
+/// Choices that change what the lowering makes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Options {
+    /// How a categorical head chooses tokens (`FlowMap`: `ecarc dd-pairs`,
+    /// whose plan is called `pairs`).
+    pub choice: TokenChoice,
 }
 
 /// Spans to attach to nodes: the components and each declared tensor (by
@@ -106,14 +120,33 @@ fn backbone_per_solver_step(spec: &ModelSpec) -> bool {
 }
 
 pub fn lower(spec: &ModelSpec, spans: &SpecSpans) -> Result<Program, Diag> {
+    lower_with(spec, spans, Options::default())
+}
+
+/// One lowered program in a context of `scope`, spanned by `span`.
+fn program(
+    name: &str,
+    idx: &ParamIndex,
+    spans: &SpecSpans,
+    scope: Scope,
+    span: Option<Span>,
+    build: impl FnOnce(&mut Ctx) -> Result<(), Missing>,
+) -> Result<Graph, Diag> {
+    let mut c = Ctx::new(name, idx, scope, &spans.params);
+    c.span = span;
+    build(&mut c).map_err(|m| m.to_diag(span))?;
+    Ok(c.g)
+}
+
+pub fn lower_with(spec: &ModelSpec, spans: &SpecSpans, opts: Options) -> Result<Program, Diag> {
     let idx = ParamIndex::new(spec);
-    let miss = |m: Missing, span: Option<Span>| m.to_diag(span);
     let cfg = uses_cfg(spec);
     let stages = spec.schedule.stages();
     let has_pos_start = idx.get(Scope::Backbone, "pos_start", None).is_some();
     let prefix = prefix_len(spec, has_pos_start);
+    let b = Dim::sym(Sym::B);
     let mut graphs = Vec::new();
-    let mut plan = Vec::new();
+    let tk = &spec.tokenizer;
 
     // ---- the teacher-forced forward (cost convention; parity) --------------
     // Positions of one full pass. A teacher forward feeds every token but the
@@ -125,60 +158,155 @@ pub fn lower(spec: &ModelSpec, spans: &SpecSpans) -> Result<Program, Diag> {
     let raster = matches!(spec.schedule.layout, Layout::Raster { .. });
     let body = if spec.distill.is_some() && raster { total } else { total.saturating_sub(prefix) };
     let positions = body + prefix;
-    let fwd_seq = if prefix > 0 { Seq::PrefixAndBody { body: d(body) } } else { Seq::Body };
+    let fwd_seq = if prefix > 0 { Seq::PrefixAndBody { body: d(body), skip: 0 } } else { Seq::Body };
     let fwd = Step {
-        seq: fwd_seq,
-        batch: Dim::sym(Sym::B),
+        seq: fwd_seq.clone(),
+        batch: b.clone(),
+        doubling: Doubling::None,
         tokens: d(positions),
         past: d(0),
         teacher_forced: true,
         keeps_cache: false,
     };
-    graphs.push(step_graph("forward", spec, &idx, spans, &fwd, false).map_err(|m| miss(m, spans.backbone))?);
-
-    // The tokenizer decoder, when the tokenizer declares its tensors. It runs
-    // once after the plan; its cost is reported apart (tokenizers are not part
-    // of the generator by the counting conventions).
-    if idx.get(Scope::Tokenizer, "dec_conv_in", None).is_some() {
-        let mut c = Ctx::new("decode", &idx, Scope::Tokenizer, &spans.params);
-        c.span = spans.tokenizer;
-        decoder::decode(&mut c, spec).map_err(|m| miss(m, spans.tokenizer))?;
-        graphs.push(c.g);
+    let choice = opts.choice;
+    graphs.push(step_graph("forward", spec, &idx, spans, &fwd, false, choice).map_err(|m| m.to_diag(spans.backbone))?);
+    let denoiser = backbone_per_solver_step(spec);
+    if denoiser {
+        // DiT's `forward_with_cfg`: the first half's latent twice, guided.
+        let guided = Step { batch: b.mul_c(2), doubling: Doubling::FirstHalf, ..fwd.clone() };
+        graphs.push(step_graph("forward.guided", spec, &idx, spans, &guided, true, choice).map_err(|m| m.to_diag(spans.backbone))?);
     }
 
-    if spec.distill.is_some() {
-        // Distilled Decoding: each of its steps is one forward over every
-        // position; a multi-scale tokenizer then accumulates the continuous
-        // codes scale by scale (the class position, stage 0, has none).
-        let steps = spec.distill.as_ref().map_or(1, |d| d.steps);
-        plan.push(Run { stage: 0, graph: "forward".into(), tokens: positions, past: 0, times: steps });
-        if spec.tokenizer.kind == TokenizerKind::Msvq {
-            for (k, s) in stages.iter().enumerate().skip(prefix as usize) {
-                let name = format!("transition.{k}");
-                let mut c = Ctx::new(&name, &idx, Scope::Tokenizer, &spans.params);
-                c.span = spans.schedule;
-                transition::residual_vq(&mut c, spec, k, false).map_err(|m| miss(m, spans.schedule))?;
-                graphs.push(c.g);
-                plan.push(Run { stage: k, graph: name, tokens: s.tokens, past: 0, times: 1 });
-            }
+    // ---- the tokenizer: its decoder, and the glue around it ---------------
+    // The decoder runs once per image after the stages; its cost is reported
+    // apart (tokenizers are not part of the generator by the counting conventions).
+    let has_decoder = idx.get(Scope::Tokenizer, "dec_conv_in", None).is_some();
+    let has_codebook = idx.get(Scope::Tokenizer, "codebook", None).is_some();
+    let tok = |name: &str, build: &dyn Fn(&mut Ctx) -> Result<(), Missing>| {
+        program(name, &idx, spans, Scope::Tokenizer, spans.tokenizer, |c| build(c))
+    };
+    if has_decoder {
+        graphs.push(tok("decode", &|c| decoder::decode(c, spec))?);
+        if tk.kind == TokenizerKind::Vq && has_codebook {
+            graphs.push(tok("codes.from_tokens", &|c| glue::codes_from_tokens(c, spec))?);
         }
-        return Ok(Program { model: spec.name.clone(), graphs, plan, cfg: false });
+        if tk.kind == TokenizerKind::Vae && !denoiser {
+            graphs.push(tok("latent.from_tokens", &|c| {
+                glue::latent_from_tokens(c, spec);
+                Ok(())
+            })?);
+        }
+    }
+    let msvq = tk.kind == TokenizerKind::Msvq && !raster;
+    let first_scale = if spec.distill.is_some() { prefix as usize } else { 0 };
+    if msvq {
+        let (name, dtype, inner) = if spec.distill.is_some() {
+            ("codes", DType::F32, vec![tk.token_channels])
+        } else {
+            ("tokens", DType::I64, vec![])
+        };
+        graphs.push(tok(&format!("split.{name}"), &|c| {
+            glue::split(c, spec, name, dtype, &inner, first_scale);
+            Ok(())
+        })?);
+    }
+
+    // Between stages: one program per stage boundary (grids are fixed there).
+    let mut transitions = vec![None; stages.len()];
+    for k in 0..stages.len() {
+        let name = format!("transition.{k}");
+        let g = match (msvq, tk.kind) {
+            (true, _) if k >= first_scale => {
+                program(&name, &idx, spans, Scope::Tokenizer, spans.schedule, |c| transition::residual_vq(c, spec, k))?
+            }
+            (false, TokenizerKind::Vae) if !raster && spec.distill.is_none() && k + 1 < stages.len() => {
+                program(&name, &idx, spans, Scope::Tokenizer, spans.schedule, |c| {
+                    transition::upsample_renoise(c, spec, k);
+                    Ok(())
+                })?
+            }
+            _ => continue,
+        };
+        graphs.push(g);
+        transitions[k] = Some(name);
+    }
+
+    let layout = SeqLayout::new(spec, prefix);
+    fn shape_of<'a>(
+        spec: &'a ModelSpec,
+        graphs: &'a [Graph],
+        cfg: bool,
+        forward_positions: u64,
+        has_first: bool,
+        transitions: &[Option<String>],
+    ) -> plans::Shape<'a> {
+        plans::Shape { spec, graphs, cfg, forward_positions, has_first, transitions: transitions.to_vec() }
+    }
+
+    if let Some(dd) = &spec.distill {
+        // Distilled Decoding: each step is one forward over every position;
+        // the final sequence after each is a glue program of its own.
+        let steps: Vec<u64> = if dd.steps >= 2 { vec![0, dd.split] } else { vec![0] };
+        let fwd_g = graphs.iter().find(|g| g.name == "forward").expect("the forward");
+        let out_ty = |n: &str| fwd_g.outputs.iter().find(|(o, _)| o == n).map(|(_, i)| fwd_g.g[*i].ty.clone());
+        let (logits_ty, x_out_ty) = match (out_ty("logits"), out_ty("x_out")) {
+            (Some(l), Some(x)) => (l, x),
+            _ => return Err(Missing { role: "dd_out".into(), index: vec![], scope: Scope::Head }.to_diag(spans.head)),
+        };
+        let konst = |t: &TensorType, i: usize| t.shape[i].as_const().unwrap_or(0);
+        let (vocab, dim) = (konst(&logits_ty, 2), konst(&x_out_ty, 2));
+        let greedy = layout.data_len(dd.greedy_prefix);
+        for (i, &t) in steps.iter().enumerate() {
+            let data = layout.data_len(t);
+            if i > 0 {
+                graphs.push(tok(&format!("dd.renoise.{i}"), &|c| {
+                    glue::dd_renoise(c, body, dim, data);
+                    Ok(())
+                })?);
+            }
+            graphs.push(tok(&format!("dd.final.{i}"), &|c| glue::dd_final(c, spec, body, dim, vocab, prefix, data, greedy))?);
+        }
+        graphs.push(tok("dd.drop_start", &|c| {
+            glue::dd_drop_start(c, logits_ty.clone(), x_out_ty.clone(), prefix);
+            Ok(())
+        })?);
+        let shape = shape_of(spec, &graphs, false, positions, false, &transitions);
+        let mut plans = vec![plans::distilled_sample(&shape, &steps)];
+        plans.extend(plans::forwards(&shape));
+        plans.extend(plans::decodes(&shape));
+        return finish(spec, graphs, plans, layout, false);
     }
 
     // ---- generation programs ---------------------------------------------
     let first_tokens = stages.first().map_or(0, |s| s.tokens);
+    let starts_from_noise = matches!(spec.head.kind, HeadKind::FlowMlp | HeadKind::FlowTransformer);
+    if prefix > 0 && prefix != first_tokens && !starts_from_noise {
+        // Only a flow stage has a starting state (its noise) to stand at the stage's other positions.
+        let mut d = Diag::error(
+            "E0602",
+            format!(
+                "the first stage has {first_tokens} tokens but the sequence starts with {prefix} start token(s), \
+                 and a head that samples tokens leaves nothing to feed the stage's other positions (a flow head feeds \
+                 the stage's starting noise)"
+            ),
+        )
+        .help(format!("make the first stage hold exactly the start tokens ({prefix} token(s), e.g. `stage 1x1`)"));
+        if let Some(s) = spans.schedule {
+            d = d.label(s, "the schedule");
+        }
+        return Err(d);
+    }
     let first_seq = match prefix {
         0 => None,
         p if p == first_tokens => Some(Seq::Prefix),
-        p => Some(Seq::PrefixAndBody { body: d(first_tokens.saturating_sub(p)) }),
+        p => Some(Seq::PrefixAndBody { body: d(first_tokens.saturating_sub(p)), skip: p.min(first_tokens) }),
     };
-    let per_step = backbone_per_solver_step(spec);
     if let Some(seq) = first_seq.clone() {
         let mut st = cached_step(seq, cfg);
         st.tokens = d(first_tokens);
         st.past = d(0);
         st.keeps_cache = stages.len() > 1;
-        graphs.push(step_graph("step.first", spec, &idx, spans, &st, cfg).map_err(|m| miss(m, spans.backbone))?);
+        graphs.push(step_graph("step.first", spec, &idx, spans, &st, cfg, choice).map_err(|m| m.to_diag(spans.backbone))?);
     }
     let needs_next = stages.len() > 1 || first_seq.is_none();
     if needs_next {
@@ -189,68 +317,65 @@ pub fn lower(spec: &ModelSpec, spans: &SpecSpans) -> Result<Program, Diag> {
             st.tokens = d(first_tokens);
             st.keeps_cache = false;
         }
-        graphs.push(step_graph("step.next", spec, &idx, spans, &st, cfg).map_err(|m| miss(m, spans.backbone))?);
+        graphs.push(step_graph("step.next", spec, &idx, spans, &st, cfg, choice).map_err(|m| m.to_diag(spans.backbone))?);
     }
     let flow_head = matches!(spec.head.kind, HeadKind::FlowMlp | HeadKind::FlowTransformer);
     if flow_head {
-        let b = Dim::sym(Sym::B);
-        let batch = if cfg { b.mul_c(2) } else { b };
-        let mut c = Ctx::new("head.step", &idx, Scope::Head, &spans.params);
-        c.span = spans.head;
-        heads::flow_step(&mut c, spec, &batch, &Dim::sym(Sym::T), cfg).map_err(|m| miss(m, spans.head))?;
-        graphs.push(c.g);
+        graphs.push(program("head.step", &idx, spans, Scope::Head, spans.head, |c| {
+            heads::flow_step(c, spec, &Dim::sym(Sym::T), cfg)
+        })?);
     }
-
-    // Between stages: one program per stage boundary (grids are fixed there).
-    let transition_kind = match (spec.tokenizer.kind, &spec.schedule.layout) {
-        (_, Layout::Raster { .. }) => None,
-        (TokenizerKind::Msvq, _) => Some(TokenizerKind::Msvq),
-        (TokenizerKind::Vae, _) => Some(TokenizerKind::Vae),
-        (TokenizerKind::Vq, _) => None,
-    };
-    let mut transitions = vec![None; stages.len()];
-    for k in 0..stages.len() {
-        let name = format!("transition.{k}");
-        let mut c = Ctx::new(&name, &idx, Scope::Tokenizer, &spans.params);
-        c.span = spans.schedule;
-        match transition_kind {
-            Some(TokenizerKind::Msvq) => {
-                transition::residual_vq(&mut c, spec, k, cfg).map_err(|m| miss(m, spans.schedule))?;
-            }
-            Some(TokenizerKind::Vae) if k + 1 < stages.len() => transition::upsample_renoise(&mut c, spec, k, cfg),
-            _ => continue,
-        }
-        graphs.push(c.g);
-        transitions[k] = Some(name);
-    }
-
     // The solver update of a denoiser backbone (DiT).
-    if per_step {
-        let mut c = Ctx::new("solver.step", &idx, Scope::Head, &spans.params);
-        c.span = spans.head;
-        solver::solver_step(&mut c, spec).map_err(|m| miss(m, spans.head))?;
-        graphs.push(c.g);
+    if denoiser {
+        graphs.push(program("solver.step", &idx, spans, Scope::Head, spans.head, |c| solver::solver_step(c, spec))?);
     }
-    // Heun evaluates the network twice per step.
-    let evals = |steps: u64| if spec.sampler.solver == Solver::Heun { 2 * steps } else { steps };
+    // Heun's rule averages the start and two Euler steps of whatever integrates.
+    if spec.sampler.solver == Solver::Heun && (flow_head || denoiser) {
+        let x_ty = |g: &str| {
+            graphs.iter().find(|p| p.name == g).and_then(|p| {
+                p.g.node_weights().find(|n| matches!(&n.op, crate::ir::Op::Input { name } if name == "x")).map(|n| n.ty.clone())
+            })
+        };
+        let ty = x_ty(if denoiser { "solver.step" } else { "head.step" }).expect("a solver reads x");
+        graphs.push(tok("heun.mean", &|c| {
+            glue::heun_mean(c, ty.clone());
+            Ok(())
+        })?);
+    }
+    // A raster model's tokens (and, for Distilled Decoding's pairs, its noise)
+    // grow one stage at a time.
+    let pairs = choice == TokenChoice::FlowMap;
+    if raster || pairs {
+        graphs.push(tok("append.tokens", &|c| {
+            glue::append(c, DType::I64, &[]);
+            Ok(())
+        })?);
+    }
+    if pairs {
+        let dim = idx.get(Scope::Tokenizer, "codebook", None).map_or(tk.token_channels, |c| c.shape[1]);
+        graphs.push(tok("append.noise", &|c| {
+            glue::append(c, DType::F32, &[dim]);
+            Ok(())
+        })?);
+    }
+    let shape = shape_of(spec, &graphs, cfg, positions, first_seq.is_some(), &transitions);
+    let mut plans = vec![plans::sample(&shape, pairs)];
+    plans.extend(plans::forwards(&shape));
+    plans.extend(plans::decodes(&shape));
+    finish(spec, graphs, plans, layout, cfg)
+}
 
-    let mut past = 0;
-    for (i, s) in stages.iter().enumerate() {
-        let graph = if i == 0 && first_seq.is_some() { "step.first" } else { "step.next" };
-        let times = if per_step { evals(s.steps) } else { 1 };
-        plan.push(Run { stage: i, graph: graph.into(), tokens: s.tokens, past, times });
-        if per_step {
-            plan.push(Run { stage: i, graph: "solver.step".into(), tokens: s.tokens, past: 0, times: s.steps });
+/// The program, its plans verified in debug builds (a plan that does not
+/// verify is a lowering bug).
+fn finish(spec: &ModelSpec, graphs: Vec<Graph>, plans: Vec<Plan>, layout: SeqLayout, cfg: bool) -> Result<Program, Diag> {
+    if cfg!(debug_assertions) {
+        for p in &plans {
+            if let Err(e) = crate::plan::verify::verify(p, &graphs) {
+                panic!("lowering bug: the plan `{}` of `{}` does not verify:\n{}", p.name, spec.name, e.join("\n"));
+            }
         }
-        if flow_head {
-            plan.push(Run { stage: i, graph: "head.step".into(), tokens: s.tokens, past: 0, times: evals(s.steps) });
-        }
-        if let Some(t) = &transitions[i] {
-            plan.push(Run { stage: i, graph: t.clone(), tokens: s.tokens, past: 0, times: 1 });
-        }
-        past += s.tokens;
     }
-    Ok(Program { model: spec.name.clone(), graphs, plan, cfg })
+    Ok(Program { model: spec.name.clone(), graphs, plans, layout, cfg })
 }
 
 /// A backbone step with the head this model has.
@@ -261,13 +386,14 @@ fn step_graph(
     spans: &SpecSpans,
     step: &Step,
     cfg: bool,
+    choice: TokenChoice,
 ) -> Result<Graph, Missing> {
     let mut c = Ctx::new(name, idx, Scope::Backbone, &spans.params);
     c.span = spans.backbone;
     let out = lower_backbone(&mut c, spec, step)?;
     c.scope = Scope::Head;
     c.span = spans.head.or(spans.backbone);
-    let teacher_forced = name == "forward";
+    let teacher_forced = step.teacher_forced;
     match spec.head.kind {
         HeadKind::Categorical | HeadKind::DdContinuous => {
             let h = heads::output_norm(&mut c, spec, &out)?;
@@ -276,9 +402,12 @@ fn step_graph(
                 c.output("logits", logits);
             } else {
                 let l = if cfg { heads::guide(&mut c, logits, None) } else { logits };
-                let tokens = heads::sample(&mut c, spec, l);
+                let tokens = match choice {
+                    TokenChoice::Sample => heads::sample(&mut c, spec, l),
+                    TokenChoice::FlowMap => heads::flow_map(&mut c, spec, l)?,
+                };
                 c.output("tokens", tokens);
-                // The guided logits too: the DD teacher flow map reads the distribution.
+                // The guided logits too (checks read the distribution).
                 c.output("logits", l);
             }
             if spec.head.kind == HeadKind::DdContinuous {
@@ -292,10 +421,18 @@ fn step_graph(
         }
         HeadKind::Linear => {
             let o = heads::final_layer(&mut c, spec, &out)?;
-            let o = if cfg && !teacher_forced {
+            let p2 = spec.backbone.patch * spec.backbone.patch;
+            let o = if step.doubling == Doubling::FirstHalf {
+                // `forward_with_cfg`: both halves' first channels guided, the rest as computed.
+                let s = c.shape(o);
+                let per = s[2].div_c(p2).expect("p*p*C outputs per token");
+                let split = c.reshape(o, vec![s[0].clone(), s[1].clone(), d(p2), per.clone()]);
+                let channels = spec.sampler.cfg_channels.unwrap_or(per.as_const().unwrap_or(0));
+                let g = glue::guide_both_halves(&mut c, split, channels);
+                c.reshape(g, s)
+            } else if cfg && !teacher_forced {
                 // Guide per output channel: [2B, T, p*p, C] has the channel fastest.
                 let s = c.shape(o);
-                let p2 = spec.backbone.patch * spec.backbone.patch;
                 let per = s[2].div_c(p2).expect("p*p*C outputs per token");
                 let split = c.reshape(o, vec![s[0].clone(), s[1].clone(), d(p2), per]);
                 let g = heads::guide(&mut c, split, spec.sampler.cfg_channels);

@@ -4,6 +4,7 @@
 //!   phi conv -> accumulate into f_hat; the next input is f_hat area-downsampled;
 //! - continuous stages (ECAR): upsample the partially denoised map, renoise.
 //! Raster schedules need none: the sampled token is the next step's input.
+//! Outputs are per image; a guided step doubles its own input.
 
 use super::ctx::{d, Ctx, Missing, N};
 use crate::ir::op::{Binary, Resample};
@@ -32,20 +33,11 @@ fn resize(c: &mut Ctx, m: N, mode: Resample, grid: [u64; 2]) -> N {
     c.op(Op::Resize { mode, h: d(grid[0]), w: d(grid[1]) }, &[m])
 }
 
-/// Duplicate a batch for the guided programs (conditional half, then unconditional).
-fn doubled(c: &mut Ctx, x: N, cfg: bool) -> N {
-    if cfg {
-        c.op(Op::Concat { axis: 0 }, &[x, x])
-    } else {
-        x
-    }
-}
-
 /// After stage `k` of a residual multi-scale VQ schedule. A distilled model
 /// (VAR-DD) hands over continuous code vectors (`codes`) instead of token
 /// indices, and its schedule's leading stage is the class position, which has
 /// no code: teacher scale `k - 1` then.
-pub fn residual_vq(c: &mut Ctx, spec: &ModelSpec, k: usize, cfg: bool) -> Res<()> {
+pub fn residual_vq(c: &mut Ctx, spec: &ModelSpec, k: usize) -> Res<()> {
     let stages = spec.schedule.stages();
     let b = Dim::sym(Sym::B);
     let ch = spec.tokenizer.token_channels;
@@ -78,7 +70,6 @@ pub fn residual_vq(c: &mut Ctx, spec: &ModelSpec, k: usize, cfg: bool) -> Res<()
     if let (Some(next), false) = (stages.get(k + 1), distilled) {
         let down = resize(c, f_hat, Resample::Area, next.grid);
         let x = to_tokens(c, down, &b, next.grid, ch);
-        let x = doubled(c, x, cfg);
         c.output("x", x);
     }
     Ok(())
@@ -86,7 +77,7 @@ pub fn residual_vq(c: &mut Ctx, spec: &ModelSpec, k: usize, cfg: bool) -> Res<()
 
 /// After continuous stage `k`: upsample the partially denoised map to the next
 /// grid and renoise it (pyramidal flow: `a * up + b * noise`).
-pub fn upsample_renoise(c: &mut Ctx, spec: &ModelSpec, k: usize, cfg: bool) {
+pub fn upsample_renoise(c: &mut Ctx, spec: &ModelSpec, k: usize) {
     let stages = spec.schedule.stages();
     let b = Dim::sym(Sym::B);
     let ch = spec.tokenizer.token_channels;
@@ -112,8 +103,6 @@ pub fn upsample_renoise(c: &mut Ctx, spec: &ModelSpec, k: usize, cfg: bool) {
         }
     };
     c.output("x", out);
-    let cond_in = doubled(c, out, cfg);
-    c.output("x_cond", cond_in);
 }
 
 /// Pyramidal-flow renoise coefficients at the next stage's start time `sigma`:

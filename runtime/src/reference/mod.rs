@@ -16,6 +16,7 @@
 //! declared type, and every intermediate value is freed after its last use.
 
 mod elementwise;
+mod flow_map;
 mod generate;
 #[cfg(test)]
 mod golden;
@@ -287,6 +288,9 @@ impl Backend for Reference {
     fn download(&self, b: &Buffer) -> Result<HostTensor> {
         Ok(tensor_of(b)?.as_ref().clone())
     }
+    fn non_finite(&self, b: &Buffer) -> Result<Option<String>> {
+        Ok(tensor_of(b)?.non_finite())
+    }
     fn prepare(&self, g: &Graph) -> Result<Executable> {
         let p = Prepared::new(g)?;
         Ok(Executable { name: g.name.clone(), inner: Arc::new(p) })
@@ -484,6 +488,18 @@ fn eval(op: &Op, x: &[&HostTensor], b: &Bindings) -> KResult<HostTensor> {
         NearestCode => {
             arity(x, 2, 2)?;
             generate::nearest_code(x[0], x[1])
+        }
+        FlowMapTokens { temperature, top_k, top_p, steps } => {
+            arity(x, 3, 3)?;
+            flow_map::flow_map_tokens(
+                x[0],
+                x[1],
+                x[2],
+                temperature.get(),
+                *top_k as usize,
+                top_p.get(),
+                *steps as usize,
+            )
         }
     }
 }

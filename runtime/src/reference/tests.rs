@@ -491,12 +491,17 @@ fn every_program_of_the_tiny_models_runs() {
         let program = lower(spec, &spans).unwrap_or_else(|d| panic!("{}: {d:?}", m.name));
         for g in &program.graphs {
             let exe = r.prepare(g).unwrap_or_else(|e| panic!("{} {}: {e}", m.name, g.name));
-            let mut bindings: Vec<Bindings> =
-                program.plan.iter().filter(|run| run.graph == g.name).map(|run| program.bindings(run, 1)).collect();
-            bindings.dedup();
-            if bindings.is_empty() {
-                bindings.push(Bindings::new(1, 0, 0)); // `forward`, `decode`: batch only
+            // Every distinct binding the plans run this program with.
+            let mut bindings: Vec<Bindings> = Vec::new();
+            for plan in &program.plans {
+                for (e, i) in plan.runs().filter(|(e, _)| e.program == g.name) {
+                    let b = e.bindings(1, i);
+                    if !bindings.contains(&b) {
+                        bindings.push(b);
+                    }
+                }
             }
+            assert!(!bindings.is_empty(), "{}: no plan runs `{}`", m.name, g.name);
             for b in &bindings {
                 let sources = random_sources(g, b);
                 let outs = run_with_sources(&r, &exe, b, &sources)
