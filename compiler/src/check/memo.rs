@@ -35,6 +35,7 @@
 
 use super::*;
 use crate::space::Axis;
+use ecarc_grammar::ast::ParamGroup;
 use std::any::Any;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
