@@ -30,7 +30,8 @@ use params::ParamCtx;
 pub use sampler::sampler_rules;
 
 /// Metrics a `where` constraint may bound (computed by the cost model).
-pub const METRICS: &[&str] = &["params", "forward_macs", "sample_macs", "peak_activation_bytes", "stages", "tokens"];
+pub(crate) const METRICS: &[&str] =
+    &["params", "forward_macs", "sample_macs", "peak_activation_bytes", "stages", "tokens"];
 
 /// Token grids are at most this many tokens on a side (so counts never overflow).
 const MAX_GRID_SIDE: u64 = 1 << 16;
@@ -47,7 +48,7 @@ pub fn check_model(name: &Ident, body: &MBody) -> Result<ModelSpec, Vec<Diag>> {
 
 /// [`check_model`], and how many declared tensors the check evaluated (its
 /// work: a search space's check is budgeted by it).
-pub fn check_model_counted(name: &Ident, body: &MBody) -> (Result<ModelSpec, Vec<Diag>>, u64) {
+pub(crate) fn check_model_counted(name: &Ident, body: &MBody) -> (Result<ModelSpec, Vec<Diag>>, u64) {
     let diags = RefCell::new(Vec::new());
     let empty = BTreeMap::new();
     let parts = Checker { diags: &diags, empty: &empty, memo: None }.model(name, body);
@@ -424,12 +425,6 @@ impl<'a> Checker<'a> {
                         )),
                 );
             }
-        }
-        if backbone.positions == Positions::Rope2d
-            && schedule.tokens == TokenKind::Continuous
-            && backbone.condition == Conditioning::ClassToken
-        {
-            // fine: nothing to check; kept explicit for readers
         }
 
         // ---- derived values and declared tensors ---------------------------
