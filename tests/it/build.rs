@@ -30,7 +30,7 @@ fn gmac(v: u128) -> f64 {
 
 #[test]
 fn published_forward_macs() {
-    // spec/families.md: VAR-d16 155.0 GMAC over 680 tokens; DiT-XL/2 118.6 GMAC (the paper's "Gflops").
+    // docs/families.md: VAR-d16 155.0 GMAC over 680 tokens; DiT-XL/2 118.6 GMAC (the paper's "Gflops").
     let var = cost("var_d16", &[]);
     assert_eq!(var.forward_macs, 155_031_142_400);
     assert!((gmac(var.forward_macs) - 155.0).abs() < 0.05);
