@@ -1,10 +1,10 @@
 //! The checker: a merged model body -> [`ModelSpec`], with every rule of
 //! docs/language.md. Errors are collected so that one run reports them all.
 //!
-//! This module holds the entry points, the [`Checker`] and the model check
-//! with its cross-field rules; each component has its own module (tokenizer,
-//! backbone, head, schedule, sampler, distill), and `params` evaluates the
-//! declared tensors.
+//! This module holds the entry points, the [`Checker`] and the model check;
+//! each component has its own module (tokenizer, backbone, head, schedule,
+//! sampler, distill), `cross` the rules between components, and `params`
+//! evaluates the declared tensors.
 
 use crate::eval::{Scope, N};
 use crate::reader::Reader;
@@ -17,6 +17,7 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 
 mod backbone;
+mod cross;
 mod distill;
 mod head;
 pub mod memo;
@@ -25,6 +26,7 @@ mod sampler;
 mod schedule;
 mod tokenizer;
 
+use cross::Checked;
 pub(crate) use params::needs_expansion;
 use params::ParamCtx;
 pub use sampler::sampler_rules;
@@ -229,203 +231,22 @@ impl<'a> Checker<'a> {
         let image = image?;
         let classes = classes? as u64;
 
-        // ---- cross-field rules --------------------------------------------
-        let mut ok = true;
-        let mut fail = |d: Diag| {
-            self.error(d);
-            ok = false;
-        };
-        // What sets the token grid: the patch if the backbone gives one, else the image.
-        let image_span = body.field("image").map(|f| f.span).unwrap_or(name.span);
-        let token_grid_span = bb_body.field("patch").map(|f| f.span).unwrap_or(image_span);
-        for (axis, &px) in image.iter().enumerate() {
-            let cell = tokenizer.stride * backbone.patch;
-            if px % cell != 0 {
-                fail(
-                    Diag::error("E0404", "image size is not a multiple of stride x patch")
-                        .label(
-                            image_span,
-                            format!(
-                                "{px} px is not divisible by {} (stride {} x patch {})",
-                                cell, tokenizer.stride, backbone.patch
-                            ),
-                        )
-                        .help(match px / cell {
-                            0 => format!("use an image size that is a multiple of {cell}, e.g. {cell}"),
-                            k => format!(
-                                "use an image size that is a multiple of {cell}, e.g. {} or {}",
-                                k * cell,
-                                (k + 1) * cell
-                            ),
-                        }),
-                );
-                break;
-            }
-            let want = px / cell;
-            let got = schedule.final_grid()[axis];
-            if got != want && axis == 0 || (axis == 1 && got != want && schedule.final_grid()[0] == image[0] / cell) {
-                fail(
-                    Diag::error("E0405", "the last stage does not cover the token grid")
-                        .label(
-                            sched_spans.last,
-                            format!("the finest stage is {}x{}", schedule.final_grid()[0], schedule.final_grid()[1]),
-                        )
-                        .label(
-                            token_grid_span,
-                            format!(
-                                "image {}x{} / stride {} / patch {} gives {}x{} tokens",
-                                image[0],
-                                image[1],
-                                tokenizer.stride,
-                                backbone.patch,
-                                image[0] / cell,
-                                image[1] / cell
-                            ),
-                        )
-                        .help(format!(
-                            "make the last stage {}x{} (or change image, stride or patch)",
-                            image[0] / cell,
-                            image[1] / cell
-                        )),
-                );
-                break;
-            }
-        }
-        let head_kind_span = head_body.field("kind").map(|f| f.span).unwrap_or(head_body.span);
-        match (head.kind, schedule.tokens) {
-            (HeadKind::Categorical, TokenKind::Continuous)
-            | (HeadKind::FlowMlp | HeadKind::FlowTransformer | HeadKind::Linear, TokenKind::Discrete) => {
-                let want = if schedule.tokens == TokenKind::Continuous {
-                    "a flow head (flow_mlp, flow_transformer or linear)"
-                } else {
-                    "a categorical head"
-                };
-                fail(
-                    Diag::error("E0410", "head does not match the tokens")
-                        .label(
-                            head_kind_span,
-                            format!(
-                                "this head is {:?} but the tokenizer makes {:?} tokens",
-                                head.kind, schedule.tokens
-                            )
-                            .to_lowercase(),
-                        )
-                        .help(format!("{} tokens need {want}", format!("{:?}", schedule.tokens).to_lowercase())),
-                )
-            }
-            (HeadKind::DdContinuous, _) if distill.is_none() => fail(
-                Diag::error("E0411", "a dd_continuous head needs `distill`")
-                    .label(head_kind_span, "DD's continuous head, without `distill` in the model")
-                    .help("add `distill dd { steps 1 }` or use the teacher's head"),
-            ),
-            _ => {}
-        }
-        // VAR's phi map has one entry per scale (DD's leading class position aside).
-        if let Some(phi) = &tokenizer.phi {
-            let n = schedule.num_stages() as usize;
-            let fits = phi.map.len() == n || (distill.is_some() && phi.map.len() + 1 == n);
-            if !fits {
-                let map_span = tok_body
-                    .field("phi")
-                    .and_then(|f| match &f.value {
-                        MValue::Component(c) => c.body.field("map").map(|m| m.span),
-                        _ => None,
-                    })
-                    .unwrap_or(sched_spans.at);
-                fail(
-                    Diag::error("E0418", "the phi map does not match the scales")
-                        .label(map_span, format!("{} entries", phi.map.len()))
-                        .label(sched_spans.at, format!("{n} stages"))
-                        .help("give one phi conv index per scale (VAR's 10 scales: [0, 0, 1, 1, 1, 2, 2, 3, 3, 3])"),
-                );
-            }
-        }
-        if let Some(vocab) = tokenizer.vocab {
-            if sampler.top_k > vocab {
-                fail(
-                    Diag::error("E0412", "top_k is larger than the vocabulary")
-                        .label(
-                            sampler_span.top_k.unwrap_or(sampler_span.at),
-                            format!("top_k {} > vocab {vocab}", sampler.top_k),
-                        )
-                        .help(format!("use a top_k of at most {vocab}, or 0 to turn it off")),
-                );
-            }
-        } else if sampler.top_k > 0 || sampler.top_p < 1.0 {
-            fail(
-                Diag::error("E0413", "top_k / top_p need discrete tokens")
-                    .label(
-                        sampler_span.top_k.or(sampler_span.top_p).unwrap_or(sampler_span.at),
-                        "this model's tokens are continuous",
-                    )
-                    .help("remove top_k / top_p; continuous tokens are integrated by the flow solver"),
-            );
-        }
-        if matches!(sampler.solver, Solver::Ddpm | Solver::Ddim) && schedule.tokens == TokenKind::Discrete {
-            fail(
-                Diag::error("E0414", "a diffusion solver needs continuous tokens")
-                    .label(sampler_span.solver.unwrap_or(sampler_span.at), "ddpm/ddim integrate continuous latents")
-                    .help("remove `solver` for a discrete-token model"),
-            );
-        }
-        if matches!(sampler.solver, Solver::Ddpm | Solver::Ddim) {
-            for (i, s) in schedule.stages().iter().enumerate() {
-                if s.steps > sampler.train_steps {
-                    let mut d = Diag::error("E0415", "more sampling steps than diffusion training steps").label(
-                        sched_spans.steps.get(i).copied().unwrap_or(sched_spans.at),
-                        format!("{} steps > train_steps {}", s.steps, sampler.train_steps),
-                    );
-                    if let Some(t) = sampler_span.train_steps {
-                        d = d.label(t, "the diffusion's training steps");
-                    }
-                    fail(d.help(format!(
-                        "use at most {} sampling steps, or raise `train_steps` to what the model was trained with",
-                        sampler.train_steps
-                    )));
-                    break;
-                }
-            }
-        }
-        if let Some(ch) = sampler.cfg_channels {
-            let out = tokenizer.token_channels * backbone.patch * backbone.patch;
-            if ch > out {
-                fail(
-                    Diag::error("E0416", "cfg_channels exceeds the output channels")
-                        .label(sampler_span.cfg_channels.unwrap_or(sampler_span.at), format!("{ch} > {out}"))
-                        .help(format!("guide at most the {out} channels a token has")),
-                );
-            }
-        }
-        if let Some((d, dspan)) = &distill {
-            if schedule.tokens == TokenKind::Continuous {
-                fail(
-                    Diag::error("E0420", "Distilled Decoding needs a discrete-token teacher")
-                        .label(dspan.at, "distill on a continuous-token model")
-                        .help("DD distils VAR- or LlamaGen-style models; remove `distill`"),
-                );
-            }
-            let n = schedule.num_stages();
-            if d.greedy_prefix > n {
-                fail(
-                    Diag::error("E0417", "DD greedy prefix is longer than the schedule")
-                        .label(
-                            dspan.greedy.unwrap_or(dspan.at),
-                            format!("greedy_prefix {} with {n} stages", d.greedy_prefix),
-                        )
-                        .help(format!("greedy_prefix counts stages taken from the teacher head's argmax: at most {n}")),
-                );
-            }
-            if d.steps == 2 && (d.split == 0 || d.split >= n) {
-                fail(
-                    Diag::error("E0421", "DD split is outside the schedule")
-                        .label(dspan.split.unwrap_or(dspan.at), format!("split {} with {n} stages", d.split))
-                        .help(format!(
-                            "the split must be between 1 and {} (a stage index after which the second step re-noises)",
-                            n - 1
-                        )),
-                );
-            }
-        }
+        let ok = self.cross_field_rules(&Checked {
+            name,
+            body,
+            image,
+            tokenizer: &tokenizer,
+            tok_body,
+            backbone: &backbone,
+            bb_body,
+            head: &head,
+            head_body,
+            schedule: &schedule,
+            sched_spans: &sched_spans,
+            sampler: &sampler,
+            sampler_span: &sampler_span,
+            distill: distill.as_ref(),
+        });
 
         // ---- derived values and declared tensors ---------------------------
         let grid = schedule.final_grid();
