@@ -82,6 +82,33 @@ fn has_computed_placeholder(template: &str, vars: &[&str]) -> bool {
     false
 }
 
+/// E0435 unless `role` is one of [`crate::roles::ROLES`]; `examples` name a
+/// few roles in the help line.
+fn known_role(role: &Ident, examples: &str) -> Result<(), Diag> {
+    if crate::roles::is_role(&role.name) {
+        return Ok(());
+    }
+    let names = crate::roles::ROLES.iter().map(|(r, _)| *r);
+    let e = Diag::error("E0435", format!("unknown tensor role `{}`", role.name)).label(role.span, "not a role");
+    Err(match did_you_mean(&role.name, names) {
+        Some(r) => e.help(format!("did you mean `{r}`? roles are listed in docs/language.md")),
+        None => e.help(format!("a role says what the tensor is for ({examples}); see docs/language.md")),
+    })
+}
+
+/// Record that `key` is declared at `at`; E0430 if an earlier group of the
+/// model declared it already.
+fn declare_key(seen: &mut HashMap<String, Span>, key: String, at: Span) -> Result<(), Diag> {
+    if let Some(first) = seen.get(&key) {
+        return Err(Diag::error("E0430", format!("checkpoint key `{key}` is declared twice"))
+            .label(at, "declared again here")
+            .label(*first, "first declared here")
+            .help("each tensor of a checkpoint has one key; rename one or guard it with `when`"));
+    }
+    seen.insert(key, at);
+    Ok(())
+}
+
 /// Evaluates `params`/`buffers` groups with the derived values in scope.
 pub(super) struct ParamCtx<'c, 'a> {
     pub(super) checker: &'c Checker<'a>,
@@ -203,16 +230,8 @@ impl<'c, 'a> ParamCtx<'c, 'a> {
                         }
                     }
                 }
-                if !crate::roles::is_role(&d.role.name) {
-                    let names = crate::roles::ROLES.iter().map(|(r, _)| *r);
-                    let e = Diag::error("E0435", format!("unknown tensor role `{}`", d.role.name))
-                        .label(d.role.span, "not a role");
-                    err(match did_you_mean(&d.role.name, names) {
-                        Some(r) => e.help(format!("did you mean `{r}`? roles are listed in docs/language.md")),
-                        None => e.help(
-                            "a role says what the tensor is for (qkv, ffn_up, dec_conv1, ...); see docs/language.md",
-                        ),
-                    });
+                if let Err(e) = known_role(&d.role, "qkv, ffn_up, dec_conv1, ...") {
+                    err(e);
                     return vec![];
                 }
                 let Some(key) = fill_placeholders(&d.key.value, &sc, d.key.span, &err) else { return vec![] };
@@ -238,14 +257,10 @@ impl<'c, 'a> ParamCtx<'c, 'a> {
         for spec in &out {
             for (i, (key, _)) in spec.expand().into_iter().enumerate() {
                 let decl_span = g.decls.get(i).map(|d| d.key.span).unwrap_or(g.span);
-                if let Some(first) = seen.get(&key) {
-                    err(Diag::error("E0430", format!("checkpoint key `{key}` is declared twice"))
-                        .label(decl_span, "declared again here")
-                        .label(*first, "first declared here")
-                        .help("each tensor of a checkpoint has one key; rename one or guard it with `when`"));
+                if let Err(e) = declare_key(&mut seen, key, decl_span) {
+                    err(e);
                     return vec![];
                 }
-                seen.insert(key, decl_span);
             }
         }
         out
@@ -366,16 +381,8 @@ impl<'c, 'a> ParamCtx<'c, 'a> {
                     }
                 }
             }
-            if !crate::roles::is_role(&d.role.name) {
-                let names = crate::roles::ROLES.iter().map(|(r, _)| *r);
-                let e = Diag::error("E0435", format!("unknown tensor role `{}`", d.role.name))
-                    .label(d.role.span, "not a role");
-                err(match did_you_mean(&d.role.name, names) {
-                    Some(r) => e.help(format!("did you mean `{r}`? roles are listed in docs/language.md")),
-                    None => e.help(
-                        "a role says what the tensor is for (qkv, ffn_up, class_table, ...); see docs/language.md",
-                    ),
-                });
+            if let Err(e) = known_role(&d.role, "qkv, ffn_up, class_table, ...") {
+                err(e);
                 return None;
             }
             tensors.push(TensorSpec { role: d.role.name.clone(), key: d.key.value.clone(), shape });
@@ -408,14 +415,10 @@ impl<'c, 'a> ParamCtx<'c, 'a> {
         let mut seen = self.seen.borrow_mut();
         for (i, (key, _)) in spec.expand().into_iter().enumerate() {
             let decl_span = g.decls.get(i % g.decls.len().max(1)).map(|d| d.key.span).unwrap_or(g.span);
-            if let Some(first) = seen.get(&key) {
-                err(Diag::error("E0430", format!("checkpoint key `{key}` is declared twice"))
-                    .label(decl_span, "declared again here")
-                    .label(*first, "first declared here")
-                    .help("each tensor of a checkpoint has one key; rename one or guard it with `when`"));
+            if let Err(e) = declare_key(&mut seen, key, decl_span) {
+                err(e);
                 return None;
             }
-            seen.insert(key, decl_span);
         }
         Some(spec)
     }
