@@ -482,7 +482,12 @@ fn cmd_graph(
                 return Ok(ExitCode::from(1));
             }
             let plan = a.program.sample_plan();
-            names = plan.map(|p| p.programs_of_stage(s as u64 - 1)).unwrap_or_default().into_iter().map(String::from).collect();
+            names = plan
+                .map(|p| p.programs_of_stage(s as u64 - 1))
+                .unwrap_or_default()
+                .into_iter()
+                .map(String::from)
+                .collect();
         }
         if let Some(p) = &program {
             if !names.contains(p) {

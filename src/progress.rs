@@ -130,9 +130,10 @@ impl Observer for Progress {
         st.last_tenth = 0;
         if let Mode::Bar = self.mode {
             let bar = ProgressBar::with_draw_target(Some(outline.total_runs), ProgressDrawTarget::stderr());
-            let style = ProgressStyle::with_template("{prefix:>12} [{bar:32}] {pos:>5}/{len:<5} {elapsed_precise} ETA {eta}")
-                .expect("a valid template")
-                .progress_chars("=> ");
+            let style =
+                ProgressStyle::with_template("{prefix:>12} [{bar:32}] {pos:>5}/{len:<5} {elapsed_precise} ETA {eta}")
+                    .expect("a valid template")
+                    .progress_chars("=> ");
             bar.set_style(style);
             st.bar = Some(bar);
         }

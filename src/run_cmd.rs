@@ -21,12 +21,12 @@
 //!   class (in the order given); without `--class`, `-n` images in all, their
 //!   classes drawn uniformly from the seed (the same seed, the same classes).
 
+use crate::progress::Progress;
 use clap::{Args, Subcommand, ValueEnum};
 use ecarc_compiler::artifact::Artifact;
+use ecarc_compiler::plan::Keep;
 use ecarc_compiler::session::Override;
 use ecarc_compiler::ModelSpec;
-use crate::progress::Progress;
-use ecarc_compiler::plan::Keep;
 use ecarc_runtime::driver::{Generator, SampleOptions};
 use ecarc_runtime::output::Outputs;
 use ecarc_runtime::rng::SeededRng;
@@ -667,7 +667,8 @@ fn dd_pairs(a: DdPairsArgs, sets: &[Override], color: bool) -> Result<(), Fail> 
     // The teacher's steps and transitions with the flow map's token choice; its decoder is not read.
     let program = ecarc_runtime::driver::pairs_program(&spec)?;
     let weights = load_weights(&spec, &a.model.weights, &Generator::params_read(&program, Some(&["pairs"])))?;
-    let (noise, tokens) = ecarc_runtime::driver::pairs(spec, program, backend.as_ref(), &weights, &labels, a.labels.seed)?;
+    let (noise, tokens) =
+        ecarc_runtime::driver::pairs(spec, program, backend.as_ref(), &weights, &labels, a.labels.seed)?;
     let labels_t = HostTensor::i64(vec![labels.len()], labels);
     outs.write_with(out_slot, |tmp| {
         save_tensors(tmp, &[("noise", &noise), ("tokens", &tokens), ("labels", &labels_t)])

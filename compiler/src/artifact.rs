@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use std::path::Path;
 
 /// Bumped whenever the artifact's structure changes.
-pub const FORMAT: u32 = 1;
+pub(crate) const FORMAT: u32 = 1;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Artifact {
@@ -68,7 +68,7 @@ impl Artifact {
 }
 
 /// The largest artifact [`Artifact::load`] reads (the largest reference model's is a few MB).
-pub const MAX_ARTIFACT_BYTES: u64 = 256 << 20;
+pub(crate) const MAX_ARTIFACT_BYTES: u64 = 256 << 20;
 
 /// Whether a path names an artifact rather than a model file.
 pub fn is_artifact(path: &Path) -> bool {

@@ -9,17 +9,17 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 
 /// Fields may refer to fields at most this deep (evaluation recurses).
-pub const MAX_REFERENCE_DEPTH: usize = 64;
+pub(crate) const MAX_REFERENCE_DEPTH: usize = 64;
 
 /// A number: integers stay exact.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub enum N {
+pub(crate) enum N {
     Int(i64),
     Float(f64),
 }
 
 impl N {
-    pub fn as_f64(self) -> f64 {
+    pub(crate) fn as_f64(self) -> f64 {
         match self {
             N::Int(i) => i as f64,
             N::Float(f) => f,
@@ -41,7 +41,7 @@ type Active = (usize, String, Span, Span);
 
 /// Where names are looked up: bodies innermost first, then derived values.
 #[derive(Clone)]
-pub struct Scope<'a> {
+pub(crate) struct Scope<'a> {
     pub bodies: Vec<&'a MBody>,
     pub derived: &'a BTreeMap<String, N>,
     /// Loop variables of `params ... for i in ..` (bound for keys, not shapes).
@@ -56,7 +56,7 @@ impl<'a> Scope<'a> {
         Scope { bodies, derived, locals: vec![], active: Default::default() }
     }
     /// The same derived values with a different chain of bodies.
-    pub fn with_bodies(&self, bodies: Vec<&'a MBody>) -> Self {
+    pub(crate) fn with_bodies(&self, bodies: Vec<&'a MBody>) -> Self {
         Scope { bodies, derived: self.derived, locals: self.locals.clone(), active: self.active.clone() }
     }
 
@@ -298,7 +298,7 @@ impl<'a> Scope<'a> {
     }
 }
 
-pub const FUNCTIONS: &[&str] = &["ln", "exp", "sqrt", "min", "max"];
+pub(crate) const FUNCTIONS: &[&str] = &["ln", "exp", "sqrt", "min", "max"];
 
 fn finite(v: f64, span: Span) -> Result<N, Diag> {
     if v.is_finite() {
@@ -316,7 +316,7 @@ fn overflow(span: Span) -> Diag {
         .help("use smaller values; sizes and counts must fit in a signed 64-bit integer")
 }
 
-pub fn type_error(span: Span, expected: &str, found: &str) -> Diag {
+pub(crate) fn type_error(span: Span, expected: &str, found: &str) -> Diag {
     let numeric = expected.contains("number") || expected.contains("integer");
     let help = match found {
         "a string" if numeric => "write the number without quotes".to_string(),
@@ -335,7 +335,7 @@ pub fn type_error(span: Span, expected: &str, found: &str) -> Diag {
 }
 
 /// A decimal as people write it: at most 6 decimals, no trailing zeros.
-pub fn fmt_f64(x: f64) -> String {
+pub(crate) fn fmt_f64(x: f64) -> String {
     if x.is_finite() && x.fract() != 0.0 {
         let s = format!("{x:.6}");
         s.trim_end_matches('0').trim_end_matches('.').to_string()

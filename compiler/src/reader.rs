@@ -12,7 +12,7 @@ use std::cell::RefCell;
 /// Unknown keys reported one by one per body; the rest are summarised.
 const MAX_UNKNOWN_REPORTED: usize = 5;
 
-pub struct Reader<'a> {
+pub(crate) struct Reader<'a> {
     pub body: &'a MBody,
     pub scope: Scope<'a>,
     /// What this body is, for messages: "backbone", "sampler", ...
@@ -28,16 +28,16 @@ impl<'a> Reader<'a> {
         Reader { body, scope, what, at, known: RefCell::new(vec![]), diags }
     }
 
-    pub fn error(&self, d: Diag) {
+    pub(crate) fn error(&self, d: Diag) {
         self.diags.borrow_mut().push(d);
     }
 
     /// Declare keys as known without reading them (read elsewhere).
-    pub fn allow(&self, keys: &[&'static str]) {
+    pub(crate) fn allow(&self, keys: &[&'static str]) {
         self.known.borrow_mut().extend_from_slice(keys);
     }
 
-    pub fn field(&self, key: &'static str) -> Option<&'a MField> {
+    pub(crate) fn field(&self, key: &'static str) -> Option<&'a MField> {
         self.known.borrow_mut().push(key);
         self.body.field(key)
     }
@@ -69,7 +69,7 @@ impl<'a> Reader<'a> {
         }
     }
 
-    pub fn num_of(&self, e: &Expr) -> Option<N> {
+    pub(crate) fn num_of(&self, e: &Expr) -> Option<N> {
         match self.scope.num(e) {
             Ok(n) => Some(n),
             Err(d) => {
@@ -80,7 +80,14 @@ impl<'a> Reader<'a> {
     }
 
     /// An integer, checked against `min..=max`.
-    pub fn int(&self, key: &'static str, default: Option<i64>, min: i64, max: i64, example: &str) -> Option<i64> {
+    pub(crate) fn int(
+        &self,
+        key: &'static str,
+        default: Option<i64>,
+        min: i64,
+        max: i64,
+        example: &str,
+    ) -> Option<i64> {
         let Some(f) = self.field(key) else {
             if default.is_none() {
                 self.missing(key, example);
@@ -93,7 +100,7 @@ impl<'a> Reader<'a> {
         Some(v)
     }
 
-    pub fn int_of(&self, e: &Expr, key: &str) -> Option<i64> {
+    pub(crate) fn int_of(&self, e: &Expr, key: &str) -> Option<i64> {
         match self.num_of(e)? {
             N::Int(i) => Some(i),
             N::Float(x) => {
@@ -122,7 +129,14 @@ impl<'a> Reader<'a> {
     }
 
     /// A decimal (integers accepted), checked against `min..=max`.
-    pub fn float(&self, key: &'static str, default: Option<f64>, min: f64, max: f64, example: &str) -> Option<f64> {
+    pub(crate) fn float(
+        &self,
+        key: &'static str,
+        default: Option<f64>,
+        min: f64,
+        max: f64,
+        example: &str,
+    ) -> Option<f64> {
         let Some(f) = self.field(key) else {
             if default.is_none() {
                 self.missing(key, example);
@@ -136,7 +150,12 @@ impl<'a> Reader<'a> {
     }
 
     /// One of a fixed set of words.
-    pub fn word<T: Copy>(&self, key: &'static str, choices: &[(&'static str, T)], default: Option<T>) -> Option<T> {
+    pub(crate) fn word<T: Copy>(
+        &self,
+        key: &'static str,
+        choices: &[(&'static str, T)],
+        default: Option<T>,
+    ) -> Option<T> {
         let Some(f) = self.field(key) else {
             if default.is_none() {
                 self.missing(key, choices.first().map(|c| c.0).unwrap_or("..."));
@@ -148,7 +167,7 @@ impl<'a> Reader<'a> {
         self.word_of(e, key, choices)
     }
 
-    pub fn word_of<T: Copy>(&self, e: &Expr, key: &str, choices: &[(&'static str, T)]) -> Option<T> {
+    pub(crate) fn word_of<T: Copy>(&self, e: &Expr, key: &str, choices: &[(&'static str, T)]) -> Option<T> {
         let names: Vec<&str> = choices.iter().map(|c| c.0).collect();
         let Some(n) = e.as_name() else {
             self.error(
@@ -175,7 +194,7 @@ impl<'a> Reader<'a> {
         }
     }
 
-    pub fn bool(&self, key: &'static str, default: bool) -> bool {
+    pub(crate) fn bool(&self, key: &'static str, default: bool) -> bool {
         self.word(key, &[("true", true), ("false", false)], Some(default)).unwrap_or(default)
     }
 
@@ -189,7 +208,7 @@ impl<'a> Reader<'a> {
         self.size_of(e, key)
     }
 
-    pub fn size_of(&self, e: &Expr, key: &str) -> Option<[u64; 2]> {
+    pub(crate) fn size_of(&self, e: &Expr, key: &str) -> Option<[u64; 2]> {
         match &e.kind {
             ExprKind::Size { w, h } => {
                 if *w == 0 || *h == 0 {
@@ -218,7 +237,7 @@ impl<'a> Reader<'a> {
     }
 
     /// A list of integers each >= `min`.
-    pub fn int_list(&self, key: &'static str, min: i64, example: &str, required: bool) -> Option<Vec<u64>> {
+    pub(crate) fn int_list(&self, key: &'static str, min: i64, example: &str, required: bool) -> Option<Vec<u64>> {
         let Some(f) = self.field(key) else {
             if required {
                 self.missing(key, example);
@@ -229,7 +248,7 @@ impl<'a> Reader<'a> {
         self.int_list_of(e, key, min)
     }
 
-    pub fn int_list_of(&self, e: &Expr, key: &str, min: i64) -> Option<Vec<u64>> {
+    pub(crate) fn int_list_of(&self, e: &Expr, key: &str, min: i64) -> Option<Vec<u64>> {
         let ExprKind::List(items) = &e.kind else {
             self.error(type_error(e.span, "a list such as `[1, 2, 4]`", "a single value"));
             return None;
@@ -261,7 +280,7 @@ impl<'a> Reader<'a> {
         ok.then_some(out)
     }
 
-    pub fn component(&self, key: &'static str, required: bool) -> Option<(&'a Component, Span)> {
+    pub(crate) fn component(&self, key: &'static str, required: bool) -> Option<(&'a Component, Span)> {
         let Some(f) = self.field(key) else {
             if required {
                 self.error(
@@ -302,7 +321,7 @@ impl<'a> Reader<'a> {
     }
 
     /// Report fields that no accessor asked for.
-    pub fn finish(&self) {
+    pub(crate) fn finish(&self) {
         let known = self.known.borrow();
         let unknown: Vec<_> = self.body.fields().filter(|f| !known.contains(&f.key.name.as_str())).collect();
         // A body full of unknown keys (a paste into the wrong block) gets the

@@ -138,6 +138,6 @@ pub const ROLES: &[(&str, &str)] = &[
     ("dd_out_bias", ""),
 ];
 
-pub fn is_role(name: &str) -> bool {
+pub(crate) fn is_role(name: &str) -> bool {
     ROLES.iter().any(|(r, _)| *r == name)
 }

@@ -12,28 +12,28 @@ use ecarc_grammar::{parser, Diag, Program, Span};
 use std::path::Path;
 
 /// Points of a search space checked by `check` (larger spaces are sampled evenly).
-pub const MAX_CHECKED_POINTS: u128 = 100_000;
+pub(crate) const MAX_CHECKED_POINTS: u128 = 100_000;
 /// The work a space check may do, in declared tensors evaluated (summed over
 /// the points checked, each point also counting [`POINT_WORK`]): about two
 /// seconds of checking on the reference machine.
-pub const WORK_BUDGET: u128 = 2_000_000;
+pub(crate) const WORK_BUDGET: u128 = 2_000_000;
 /// The work of checking one point besides the tensors it evaluates afresh
 /// (its own fields, cross-field rules, reused parts), in tensor-equivalents.
-pub const POINT_WORK: u128 = 10;
+pub(crate) const POINT_WORK: u128 = 10;
 /// The work one run (`check`, `build`, a run command) may do over all the
 /// models of its files: tensors evaluated, search-space points included
 /// (three spaces at their [`WORK_BUDGET`]).
-pub const RUN_WORK_BUDGET: u128 = 3 * WORK_BUDGET;
+pub(crate) const RUN_WORK_BUDGET: u128 = 3 * WORK_BUDGET;
 /// The declared tensors of the checked models one run keeps (each model also
 /// counting [`MODEL_WORK`]): about half a GB of specs, a few seconds of checking.
 /// Together with [`RUN_WORK_BUDGET`] this bounds what any input file, up to its
 /// 16 MiB, makes `check` do: a file of 168,000 small models is refused in
 /// seconds (E0210) instead of exhausting memory.
-pub const MAX_KEPT_TENSORS: u128 = 200_000;
+pub(crate) const MAX_KEPT_TENSORS: u128 = 200_000;
 /// What checking and keeping one model costs besides its tensors.
-pub const MODEL_WORK: u128 = 100;
+pub(crate) const MODEL_WORK: u128 = 100;
 /// An axis with more options is shown abbreviated (first and last options).
-pub const MAX_AXIS_LABELS: usize = 12;
+pub(crate) const MAX_AXIS_LABELS: usize = 12;
 
 /// `--set path.to.key=value`, applied to every model after resolution.
 #[derive(Clone, Debug)]
@@ -237,7 +237,7 @@ fn apply_sets(program: &Program, body: &mut MBody, set_values: &[SetValue], diag
 }
 
 /// Check an already loaded program.
-pub fn finish(mut program: Program, mut diags: Vec<Diag>, sets: &[Override]) -> Session {
+pub(crate) fn finish(mut program: Program, mut diags: Vec<Diag>, sets: &[Override]) -> Session {
     let mut models = Vec::new();
     if diags.iter().any(Diag::is_error) {
         return Session { program, diags, models };
@@ -323,7 +323,8 @@ fn primary_in_roots(mut d: Diag, roots: &[ecarc_grammar::FileId]) -> Diag {
 }
 
 /// The definition kinds the language has.
-pub const KINDS: &[&str] = &["model", "tokenizer", "backbone", "block", "head", "sampler", "schedule", "distill"];
+pub(crate) const KINDS: &[&str] =
+    &["model", "tokenizer", "backbone", "block", "head", "sampler", "schedule", "distill"];
 
 /// The tensors a checked model declares (parameters and buffers, loops expanded).
 fn declared_tensors(spec: &ModelSpec) -> u128 {
@@ -472,7 +473,7 @@ fn coarse_to_fine(n: u128) -> impl Iterator<Item = u128> {
 }
 
 /// The labels of a long axis: the first and last few around `...`.
-pub fn abbreviate(labels: &[String]) -> Vec<String> {
+pub(crate) fn abbreviate(labels: &[String]) -> Vec<String> {
     if labels.len() <= MAX_AXIS_LABELS {
         return labels.to_vec();
     }
@@ -485,7 +486,7 @@ pub fn abbreviate(labels: &[String]) -> Vec<String> {
 
 /// Set `path` in a merged body: intermediate components are created inline
 /// when missing; an inline component merges into an existing one.
-pub fn set_path(body: &mut MBody, path: &[String], value: MValue, span: Span) {
+pub(crate) fn set_path(body: &mut MBody, path: &[String], value: MValue, span: Span) {
     let key = ecarc_grammar::ast::Ident { name: path[0].clone(), span };
     if path.len() == 1 {
         // The same rules as `extends`: a field replaces, an inline component

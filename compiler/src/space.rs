@@ -9,7 +9,7 @@ use ecarc_grammar::{Diag, Span};
 use std::collections::BTreeMap;
 
 /// A range may not hold more values than this.
-pub const MAX_RANGE: u64 = 1_000_000;
+pub(crate) const MAX_RANGE: u64 = 1_000_000;
 
 /// One choice point: the path of the field (`backbone.depth`) and its options.
 #[derive(Clone, Debug)]

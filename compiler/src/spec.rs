@@ -358,12 +358,12 @@ pub struct TensorSpec {
 mod shape_text {
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub fn serialize<S: Serializer>(shape: &[u64], s: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(shape: &[u64], s: S) -> Result<S::Ok, S::Error> {
         let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
         s.serialize_str(&format!("[{}]", dims.join(", ")))
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u64>, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u64>, D::Error> {
         let text = String::deserialize(d)?;
         let inner = text
             .trim()

@@ -53,7 +53,7 @@ pub enum Entry {
 }
 
 impl Entry {
-    pub fn span(&self) -> Span {
+    pub(crate) fn span(&self) -> Span {
         match self {
             Entry::Field(f) => f.span,
             Entry::Stage(s) => s.span,
@@ -259,7 +259,7 @@ impl BinOp {
             BinOp::Div => "/",
         }
     }
-    pub fn precedence(self) -> u8 {
+    pub(crate) fn precedence(self) -> u8 {
         match self {
             BinOp::Add | BinOp::Sub => 1,
             BinOp::Mul | BinOp::Div => 2,

@@ -97,7 +97,7 @@ impl Diag {
     }
 
     /// Render as text without colours (for tests, logs and `--color never`).
-    pub fn render_plain(&self, sources: &SourceMap) -> String {
+    pub(crate) fn render_plain(&self, sources: &SourceMap) -> String {
         let mut out = String::new();
         let handler = GraphicalReportHandler::new_themed(GraphicalTheme::unicode_nocolor()).with_width(100);
         let _ = handler.render_report(&mut out, &self.to_report(sources));

@@ -53,7 +53,7 @@ impl Choice {
             Choice::Set { span, .. } | Choice::Range { span, .. } => *span,
         }
     }
-    pub fn from_ast(a: &Alternatives, items: Vec<MValue>) -> Choice {
+    pub(crate) fn from_ast(a: &Alternatives, items: Vec<MValue>) -> Choice {
         match a {
             Alternatives::Set { span, .. } => Choice::Set { items, span: *span },
             Alternatives::Range { lo, hi, inclusive, step, span } => {

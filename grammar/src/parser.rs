@@ -12,12 +12,12 @@ struct EcarParser;
 
 /// Brackets may nest at most this deep. pest's recursive descent uses the native
 /// stack, so depth is bounded before parsing rather than discovered by a crash.
-pub const MAX_NESTING: usize = 64;
+pub(crate) const MAX_NESTING: usize = 64;
 
 /// An expression may nest at most this deep: operators, signs and brackets
 /// together (`1+1+...+1` with n terms is n - 1 deep). Everything downstream
 /// (evaluation, formatting, dropping the tree) recurses over expressions.
-pub const MAX_EXPR_DEPTH: usize = 256;
+pub(crate) const MAX_EXPR_DEPTH: usize = 256;
 
 /// Parse a whole file.
 pub fn parse_file(file: FileId, text: &str) -> Result<File, Vec<Diag>> {

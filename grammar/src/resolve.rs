@@ -18,23 +18,23 @@ mod std_lib {
 /// Source files larger than this are refused before they are read in full.
 pub const MAX_FILE_BYTES: u64 = 16 << 20;
 /// `extends` chains and component references nest at most this deep.
-pub const MAX_DEFINITION_DEPTH: usize = 64;
+pub(crate) const MAX_DEFINITION_DEPTH: usize = 64;
 
 /// At most this many files per compilation (imports included).
-pub const MAX_FILES: usize = 1024;
+pub(crate) const MAX_FILES: usize = 1024;
 
 /// The standard library's files, embedded at build time: `(name, text)`.
-pub fn std_files() -> &'static [(&'static str, &'static str)] {
+pub(crate) fn std_files() -> &'static [(&'static str, &'static str)] {
     std_lib::STD_FILES
 }
 
 /// Keys whose values are components (and may name a definition).
-pub fn is_component_key(key: &str) -> bool {
+pub(crate) fn is_component_key(key: &str) -> bool {
     matches!(key, "tokenizer" | "backbone" | "block" | "head" | "schedule" | "sample" | "distill")
 }
 
 /// Which definition kind a component key refers to (`sample var_eval` names a `sampler`).
-pub fn kind_for_key(key: &str) -> &str {
+pub(crate) fn kind_for_key(key: &str) -> &str {
     match key {
         "sample" => "sampler",
         k => k,
@@ -58,12 +58,6 @@ pub struct Program {
 impl Program {
     pub fn new() -> Self {
         Program { std_dir: std::env::var_os("ECARC_STD").map(PathBuf::from), ..Default::default() }
-    }
-
-    /// Read the standard library from a directory instead of the embedded copy.
-    pub fn with_std_dir(mut self, dir: impl Into<PathBuf>) -> Self {
-        self.std_dir = Some(dir.into());
-        self
     }
 
     /// Load a root file from disk, with its imports. Diagnostics are returned,
@@ -233,7 +227,7 @@ impl Program {
         }
     }
 
-    pub fn definition(&self, kind: &str, name: &str) -> Option<&Definition> {
+    pub(crate) fn definition(&self, kind: &str, name: &str) -> Option<&Definition> {
         self.defs.get(&(kind.to_string(), name.to_string()))
     }
 
@@ -256,7 +250,7 @@ impl Program {
     }
 
     /// Names of all definitions of one kind (for "did you mean").
-    pub fn names_of_kind<'a>(&'a self, kind: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+    pub(crate) fn names_of_kind<'a>(&'a self, kind: &'a str) -> impl Iterator<Item = &'a str> + 'a {
         self.defs.keys().filter(move |(k, _)| k == kind).map(|(_, n)| n.as_str())
     }
 

@@ -2,7 +2,7 @@
 //! so diagnostics point into the right file through imports and `extends`.
 
 use serde::{Deserialize, Serialize};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 /// Index of a file in a [`SourceMap`].
@@ -22,13 +22,13 @@ impl Span {
         Span { file, start: start as u32, end: end as u32 }
     }
     /// The smallest span covering both (same file assumed; `self`'s file wins).
-    pub fn to(self, other: Span) -> Span {
+    pub(crate) fn to(self, other: Span) -> Span {
         if other.file != self.file {
             return self;
         }
         Span { file: self.file, start: self.start.min(other.start), end: self.end.max(other.end) }
     }
-    pub fn range(self) -> std::ops::Range<usize> {
+    pub(crate) fn range(self) -> std::ops::Range<usize> {
         self.start as usize..self.end as usize
     }
     pub fn len(self) -> usize {
@@ -70,9 +70,6 @@ impl SourceMap {
     pub fn text(&self, span: Span) -> &str {
         let f = self.get(span.file);
         f.text.get(span.range()).unwrap_or("")
-    }
-    pub fn find_path(&self, path: &Path) -> Option<FileId> {
-        self.files.iter().position(|f| f.path.as_deref() == Some(path)).map(|i| FileId(i as u32))
     }
     pub fn files(&self) -> impl Iterator<Item = (FileId, &SourceFile)> {
         self.files.iter().enumerate().map(|(i, f)| (FileId(i as u32), f))

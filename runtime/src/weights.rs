@@ -328,7 +328,11 @@ impl Weights {
         Weights::from_bytes_for(files, spec, None)
     }
 
-    fn from_bytes_for(files: &[(String, &[u8])], spec: &ModelSpec, needed: Option<&BTreeSet<String>>) -> Result<Weights> {
+    fn from_bytes_for(
+        files: &[(String, &[u8])],
+        spec: &ModelSpec,
+        needed: Option<&BTreeSet<String>>,
+    ) -> Result<Weights> {
         let label = files.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(" + ");
         let mut parsed = Vec::with_capacity(files.len());
         for (name, bytes) in files {
@@ -533,15 +537,15 @@ impl Weights {
     pub fn buffers_in_file(&self) -> impl Iterator<Item = &str> {
         self.buffers_in_file.iter().map(String::as_str)
     }
+    /// Declared parameters the checkpoint leaves out that the run does not read.
+    pub fn absent_unused(&self) -> &[String] {
+        &self.absent_unused
+    }
     /// The tokenizer encoder's declared tensors (roles `enc_*`), in
     /// declaration order, when the loaded file(s) held none of them: no
     /// program reads the encoder, so a checkpoint of the decoder alone loads
     /// (callers say so in a note). Empty when the encoder was loaded, for
     /// random weights, and for a model that declares no encoder.
-    /// Declared parameters the checkpoint leaves out that the run does not read.
-    pub fn absent_unused(&self) -> &[String] {
-        &self.absent_unused
-    }
     pub fn absent_encoder(&self) -> &[String] {
         &self.absent_encoder
     }

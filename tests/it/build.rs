@@ -30,7 +30,7 @@ fn gmac(v: u128) -> f64 {
 
 #[test]
 fn published_forward_macs() {
-    // spec/families.md: VAR-d16 155.0 GMAC over 680 tokens; DiT-XL/2 118.6 GMAC (the paper's "Gflops").
+    // docs/families.md: VAR-d16 155.0 GMAC over 680 tokens; DiT-XL/2 118.6 GMAC (the paper's "Gflops").
     let var = cost("var_d16", &[]);
     assert_eq!(var.forward_macs, 155_031_142_400);
     assert!((gmac(var.forward_macs) - 155.0).abs() < 0.05);
@@ -117,5 +117,41 @@ fn missing_tensor_role_is_a_spanned_diagnostic() {
     let d = compile(spec, &SpecSpans::from_body(body), vec![]).expect_err("tiny_vq_model declares no token_in");
     assert_eq!(d.code, "E0601");
     assert!(d.message.contains("token_in"), "{}", d.message);
+    assert!(d.primary_span().is_some() && d.help.is_some());
+}
+
+/// A first stage wider than the start tokens: a flow head feeds the stage's own
+/// starting noise at the other positions (and runs); a head that samples tokens
+/// has nothing to feed there, which `build` says with the schedule's span.
+#[test]
+fn a_first_stage_wider_than_the_start_needs_a_flow_head() {
+    let ecar = spec_of(
+        &root().join("examples/tiny/ecar.ecar"),
+        &["schedule={ stage 2x2 1.0 -> 0.5 steps 2  stage 4x4 0.5 -> 0.0 steps 2 }"],
+    );
+    let a = compile(&ecar, &SpecSpans::default(), vec![]).expect("a flow head feeds its starting noise");
+    let plan = a.program.sample_plan().expect("a sample plan");
+    assert_eq!(plan.inputs.iter().find(|i| i.name == "x").map(|i| i.ty.shape.len()), Some(3));
+    let w = ecarc_runtime::weights::Weights::random(&ecar, 0);
+    let backend = ecarc_runtime::reference::Reference::new();
+    let g = ecarc_runtime::driver::Generator::from_spec(ecar, &backend, &w).expect("generator");
+    let opts =
+        ecarc_runtime::driver::SampleOptions { labels: vec![1], seed: 0, keep: ecarc_compiler::plan::Keep::Stages };
+    let out = g.sample(&opts, &ecarc_runtime::driver::Quiet).expect("it samples");
+    assert!(out.image.as_f32().unwrap().iter().all(|v| v.is_finite()));
+
+    let path = root().join("examples/tiny/var.ecar");
+    let sets: Vec<ecarc_compiler::session::Override> =
+        ["schedule={ stage 2x2 stage 4x4 }", "tokenizer.phi={ convs 4 map [0, 2] mix 0.5 }"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+    let s = ecarc_compiler::session::check_paths(&[path], &sets);
+    assert!(!s.has_errors(), "{}", s.render_diags());
+    let m = &s.models[0];
+    let (ecarc_compiler::session::Outcome::Model(spec), Some(body)) = (&m.outcome, &m.body) else { panic!("a model") };
+    let d = compile(spec, &SpecSpans::from_body(body), vec![]).expect_err("VAR's first stage holds its start token");
+    assert_eq!(d.code, "E0602");
+    assert!(d.message.contains("first stage has 4 tokens"), "{}", d.message);
     assert!(d.primary_span().is_some() && d.help.is_some());
 }

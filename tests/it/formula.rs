@@ -132,7 +132,7 @@ fn var_params_are_a_polynomial_in_depth() {
     assert!(f.params.symbols().contains("backbone.depth"));
     // depth x width^2 = 64^2 depth^3.
     assert_eq!(f.params.degree(), 3, "{}", f.params);
-    // 310,283,520 (spec/families.md), and the other depths from the same formula.
+    // 310,283,520 (docs/families.md), and the other depths from the same formula.
     assert_eq!(f.eval(&values).unwrap().params, 310_283_520);
     for (depth, want) in [(20, 600_917_136), (24, 1_033_399_360), (30, 2_010_020_356)] {
         let got = eval_with(&f, &values, &[("backbone.depth", depth)]);

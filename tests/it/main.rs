@@ -12,6 +12,7 @@ mod formula;
 mod hostile;
 mod models;
 mod parity;
+mod plan;
 mod readme;
 mod robustness;
 mod runtime;

@@ -23,10 +23,10 @@ fn params(model: &str) -> u128 {
     spec_of(&root().join(format!("models/{model}.ecar")), &[]).param_count()
 }
 
-/// The figures of spec/families.md (and their instantiated reference modules).
+/// The figures of docs/families.md (and their instantiated reference modules).
 #[test]
 fn published_parameter_counts() {
-    // spec/families.md
+    // docs/families.md
     assert_eq!(params("var_d16"), 310_283_520);
     assert_eq!(params("llamagen_b"), 110_888_448);
     assert_eq!(params("dit_xl2"), 675_129_632);
@@ -43,7 +43,7 @@ fn published_parameter_counts() {
     assert_eq!(params("dit_s2"), 32_963_360);
 }
 
-/// DD's exact parameter deltas (spec/families.md, "Distilled Decoding").
+/// DD's exact parameter deltas (docs/families.md, "Distilled Decoding").
 #[test]
 fn distilled_decoding_parameter_deltas() {
     for (depth, teacher, student) in

@@ -21,8 +21,8 @@
 //! export and here. The same runs go through `ecarc sample --save-tensors` and `ecarc decode`.
 
 use crate::common::{root, spec_of};
-use ecarc_compiler::ModelSpec;
 use ecarc_compiler::plan::Keep;
+use ecarc_compiler::ModelSpec;
 use ecarc_runtime::driver::Generator;
 use ecarc_runtime::reference::Reference;
 use ecarc_runtime::tensor::HostTensor;
@@ -37,25 +37,23 @@ fn fixture(name: &str, kind: &str) -> PathBuf {
     root().join(format!("tests/parity/{name}.{kind}.safetensors"))
 }
 
-/// The fixture's model and weights. The official file holds the generator only:
-/// it goes through the real loader (declared keys, shapes, tolerated buffers)
-/// together with a file of random tokenizer parameters, which a forward does
-/// not use.
+/// The fixture's model and its official weights. The file holds the
+/// generator only, which is all a forward reads: it goes through the real
+/// loader (declared keys, shapes, tolerated buffers) with the tokenizer's
+/// tensors absent.
 fn load(name: &str) -> (ModelSpec, Weights) {
     let spec = spec_of(&root().join(format!("tests/parity/{name}.ecar")), &[]);
-    let random = Weights::random(&spec, 0);
-    let tokenizer: Vec<(String, HostTensor)> = declared_tensors(&spec)
-        .into_iter()
-        .filter(|d| d.kind == TensorKind::TokenizerParam)
-        .map(|d| (d.key.clone(), random.get(&d.key).expect("random tokenizer tensor").clone()))
-        .collect();
-    let tmp = std::env::temp_dir().join(format!("ecarc-parity-{name}-{}.safetensors", std::process::id()));
-    let named: Vec<(&str, &HostTensor)> = tokenizer.iter().map(|(k, t)| (k.as_str(), t)).collect();
-    write_tensors(&tmp, &named).expect("write the tokenizer file");
+    let program = ecarc_compiler::lower::lower(&spec, &Default::default()).expect("the fixture's model lowers");
+    let needed = Generator::params_read(&program, Some(&["forward", "forward.guided"]));
     let official = fixture(name, "weights");
-    let w = Weights::load_files(&[official.as_path(), tmp.as_path()], &spec);
-    let _ = std::fs::remove_file(&tmp);
-    let w = w.unwrap_or_else(|e| panic!("{name}: the official state dict does not load: {e}"));
+    let w = Weights::load_files_for(&[official.as_path()], &spec, Some(&needed))
+        .unwrap_or_else(|e| panic!("{name}: the official state dict does not load: {e}"));
+    assert!(
+        w.absent_unused()
+            .iter()
+            .any(|k| declared_tensors(&spec).iter().any(|d| &d.key == k && d.kind == TensorKind::TokenizerParam)),
+        "{name}: the generator-only file should leave the tokenizer's tensors absent"
+    );
     (spec, w)
 }
 
@@ -131,6 +129,63 @@ fn dit_forward_matches_the_official_code() {
 fn dit_guided_forward_matches_the_official_code() {
     // forward_with_cfg(cfg_x, cfg_t, cfg_y, 4.0): guidance on eps channels [:3] only.
     check("dit", Some(4.0));
+}
+
+/// `forward_with_cfg` reads only the first half of the batch's latents (it
+/// duplicates it; `t` and the labels are taken whole): with the second half
+/// replaced by anything, the outputs are still the official ones.
+#[test]
+fn dit_guided_forward_uses_the_first_half_as_the_official_code_does() {
+    let (spec, w) = load("dit");
+    let mut inputs: BTreeMap<String, HostTensor> = read_tensors(&fixture("dit", "inputs")).expect("inputs");
+    let expected = read_tensors(&fixture("dit", "outputs")).expect("outputs");
+    let x = inputs.get_mut("cfg_x").expect("cfg_x");
+    let v = match &mut x.data {
+        ecarc_runtime::tensor::Data::F32(v) => v,
+        _ => panic!("f32 latents"),
+    };
+    let half = v.len() / 2;
+    for (i, e) in v[half..].iter_mut().enumerate() {
+        *e = (i as f32 * 0.37).sin() * 3.0;
+    }
+    let backend = Reference::new();
+    let g = Generator::from_spec(spec, &backend, &w).expect("generator");
+    let got = g.forward(&inputs, Some(4.0)).expect("guided forward");
+    let out = &got.iter().find(|(n, _)| n == "cfg_out").expect("cfg_out").1;
+    let (max, bad, _) = compare(out.as_f32().unwrap(), expected["cfg_out"].as_f32().unwrap());
+    assert_eq!(bad, 0, "the second half changed the guided output (max |a - e| = {max:e})");
+}
+
+/// Timesteps come as integers or floats, as the official code takes them.
+#[test]
+fn forwards_take_integer_or_float_timesteps() {
+    // DiT's `t` is a float in the fixture; DD's is an integer.
+    for (name, key) in [("dit", "t"), ("var_dd", "t")] {
+        let (spec, w) = load(name);
+        let inputs: BTreeMap<String, HostTensor> = read_tensors(&fixture(name, "inputs")).expect("inputs");
+        let backend = Reference::new();
+        let g = Generator::from_spec(spec, &backend, &w).expect("generator");
+        let base = g.forward(&inputs, None).expect("forward");
+        let t = &inputs[key];
+        let other = match &t.data {
+            ecarc_runtime::tensor::Data::F32(v) => {
+                assert!(v.iter().all(|x| x.fract() == 0.0), "{name}: integral timesteps in the fixture");
+                HostTensor::i64(t.shape.clone(), v.iter().map(|&x| x as i64).collect())
+            }
+            ecarc_runtime::tensor::Data::I64(v) => {
+                HostTensor::f32(t.shape.clone(), v.iter().map(|&x| x as f32).collect())
+            }
+        };
+        let mut changed = inputs.clone();
+        changed.insert(key.to_string(), other);
+        assert_eq!(g.forward(&changed, None).expect("forward"), base, "{name}: `{key}` as the other dtype");
+        if name == "var_dd" {
+            let mut frac = inputs.clone();
+            frac.insert(key.to_string(), HostTensor::f32(vec![], vec![1.5]));
+            let err = g.forward(&frac, None).unwrap_err().to_string();
+            assert!(err.contains("not exactly i64"), "{err}");
+        }
+    }
 }
 
 #[test]
@@ -234,9 +289,7 @@ fn llamagen_greedy_generation_matches_the_official_code() {
     let labels = inputs["labels"].as_i64().expect("i64 labels").to_vec();
     let backend = Reference::new();
     let g = Generator::from_spec(spec, &backend, &w).expect("generator");
-    let out = g
-        .sample(&SampleOptions { labels: labels.clone(), seed: 0, keep: Keep::Debug }, &Quiet)
-        .expect("sample");
+    let out = g.sample(&SampleOptions { labels: labels.clone(), seed: 0, keep: Keep::Debug }, &Quiet).expect("sample");
     // The margin the fixture claims, on our guided logits.
     let margin = out
         .stages

@@ -35,13 +35,14 @@
 
 use super::*;
 use crate::space::Axis;
+use ecarc_grammar::ast::ParamGroup;
 use std::any::Any;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 /// A component check that [`Memo`] caches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Unit {
+pub(crate) enum Unit {
     Tokenizer,
     Backbone,
     Head,
@@ -139,7 +140,7 @@ impl Plan {
 
 /// What each owner's groups can name in a space (see [`Memo::names_for_space`]).
 #[derive(Clone, Debug, Default)]
-pub struct OwnerNames([Option<std::collections::BTreeSet<String>>; 6]);
+pub(crate) struct OwnerNames([Option<std::collections::BTreeSet<String>>; 6]);
 
 /// Names an expression, value or body can look up.
 #[derive(Clone, Default)]
@@ -246,7 +247,7 @@ impl Names {
 
 /// The groups of one owner, evaluated on their own.
 #[derive(Debug)]
-pub struct OwnerGroups {
+pub(crate) struct OwnerGroups {
     pub owner: &'static str,
     pub params: Vec<ParamGroupSpec>,
     pub buffers: Vec<ParamGroupSpec>,
@@ -263,7 +264,7 @@ pub struct OwnerGroups {
 
 /// A small, fast hasher for the cache keys (slices of `u64`).
 #[derive(Default, Clone, Copy)]
-pub struct FxHasher(u64);
+pub(crate) struct FxHasher(u64);
 
 impl Hasher for FxHasher {
     fn finish(&self) -> u64 {
@@ -284,7 +285,7 @@ impl Hasher for FxHasher {
     }
 }
 
-pub type FxBuild = BuildHasherDefault<FxHasher>;
+pub(crate) type FxBuild = BuildHasherDefault<FxHasher>;
 type Map<K, V> = std::collections::HashMap<K, V, FxBuild>;
 
 type UnitEntry = (Box<dyn Any + Send>, Vec<Diag>);
@@ -348,12 +349,12 @@ impl Memo {
 
     /// What each owner's groups can name in the space `body` (the model with
     /// its alternatives, not a point of it).
-    pub fn names_for_space(body: &MBody) -> OwnerNames {
+    pub(crate) fn names_for_space(body: &MBody) -> OwnerNames {
         OwnerNames(Plan::owner_names(body))
     }
 
     /// [`Memo::for_space`] with the names computed beforehand.
-    pub fn with_names(axes: &[Axis], names: OwnerNames) -> Memo {
+    pub(crate) fn with_names(axes: &[Axis], names: OwnerNames) -> Memo {
         let mut plan = Plan::new(axes);
         plan.owner_names = names.0;
         Memo { plan, caches: RefCell::default(), key: RefCell::default() }

@@ -11,7 +11,7 @@ pub mod diffusion;
 pub mod glue;
 pub mod heads;
 pub mod params;
-mod plans;
+pub mod plans;
 pub mod solver;
 pub mod transition;
 
@@ -174,7 +174,10 @@ pub fn lower_with(spec: &ModelSpec, spans: &SpecSpans, opts: Options) -> Result<
     if denoiser {
         // DiT's `forward_with_cfg`: the first half's latent twice, guided.
         let guided = Step { batch: b.mul_c(2), doubling: Doubling::FirstHalf, ..fwd.clone() };
-        graphs.push(step_graph("forward.guided", spec, &idx, spans, &guided, true, choice).map_err(|m| m.to_diag(spans.backbone))?);
+        graphs.push(
+            step_graph("forward.guided", spec, &idx, spans, &guided, true, choice)
+                .map_err(|m| m.to_diag(spans.backbone))?,
+        );
     }
 
     // ---- the tokenizer: its decoder, and the glue around it ---------------
@@ -264,7 +267,9 @@ pub fn lower_with(spec: &ModelSpec, spans: &SpecSpans, opts: Options) -> Result<
                     Ok(())
                 })?);
             }
-            graphs.push(tok(&format!("dd.final.{i}"), &|c| glue::dd_final(c, spec, body, dim, vocab, prefix, data, greedy))?);
+            graphs.push(tok(&format!("dd.final.{i}"), &|c| {
+                glue::dd_final(c, spec, body, dim, vocab, prefix, data, greedy)
+            })?);
         }
         graphs.push(tok("dd.drop_start", &|c| {
             glue::dd_drop_start(c, logits_ty.clone(), x_out_ty.clone(), prefix);
@@ -306,7 +311,9 @@ pub fn lower_with(spec: &ModelSpec, spans: &SpecSpans, opts: Options) -> Result<
         st.tokens = d(first_tokens);
         st.past = d(0);
         st.keeps_cache = stages.len() > 1;
-        graphs.push(step_graph("step.first", spec, &idx, spans, &st, cfg, choice).map_err(|m| m.to_diag(spans.backbone))?);
+        graphs.push(
+            step_graph("step.first", spec, &idx, spans, &st, cfg, choice).map_err(|m| m.to_diag(spans.backbone))?,
+        );
     }
     let needs_next = stages.len() > 1 || first_seq.is_none();
     if needs_next {
@@ -317,7 +324,8 @@ pub fn lower_with(spec: &ModelSpec, spans: &SpecSpans, opts: Options) -> Result<
             st.tokens = d(first_tokens);
             st.keeps_cache = false;
         }
-        graphs.push(step_graph("step.next", spec, &idx, spans, &st, cfg, choice).map_err(|m| m.to_diag(spans.backbone))?);
+        graphs
+            .push(step_graph("step.next", spec, &idx, spans, &st, cfg, choice).map_err(|m| m.to_diag(spans.backbone))?);
     }
     let flow_head = matches!(spec.head.kind, HeadKind::FlowMlp | HeadKind::FlowTransformer);
     if flow_head {
@@ -333,7 +341,9 @@ pub fn lower_with(spec: &ModelSpec, spans: &SpecSpans, opts: Options) -> Result<
     if spec.sampler.solver == Solver::Heun && (flow_head || denoiser) {
         let x_ty = |g: &str| {
             graphs.iter().find(|p| p.name == g).and_then(|p| {
-                p.g.node_weights().find(|n| matches!(&n.op, crate::ir::Op::Input { name } if name == "x")).map(|n| n.ty.clone())
+                p.g.node_weights()
+                    .find(|n| matches!(&n.op, crate::ir::Op::Input { name } if name == "x"))
+                    .map(|n| n.ty.clone())
             })
         };
         let ty = x_ty(if denoiser { "solver.step" } else { "head.step" }).expect("a solver reads x");
@@ -367,8 +377,23 @@ pub fn lower_with(spec: &ModelSpec, spans: &SpecSpans, opts: Options) -> Result<
 
 /// The program, its plans verified in debug builds (a plan that does not
 /// verify is a lowering bug).
-fn finish(spec: &ModelSpec, graphs: Vec<Graph>, plans: Vec<Plan>, layout: SeqLayout, cfg: bool) -> Result<Program, Diag> {
+fn finish(
+    spec: &ModelSpec,
+    graphs: Vec<Graph>,
+    plans: Vec<Plan>,
+    layout: SeqLayout,
+    cfg: bool,
+) -> Result<Program, Diag> {
     if cfg!(debug_assertions) {
+        for p in plans.iter().filter(|p| p.name.starts_with("forward")) {
+            let ports = p.inputs.iter().map(|i| &i.name).chain(p.results.iter().map(|(r, _)| r));
+            for port in ports.filter(|n| *n != plans::GUIDANCE_PORT) {
+                assert!(
+                    plans::FORWARD_PORTS.contains(&port.as_str()),
+                    "lowering bug: `{port}` is not in FORWARD_PORTS"
+                );
+            }
+        }
         for p in &plans {
             if let Err(e) = crate::plan::verify::verify(p, &graphs) {
                 panic!("lowering bug: the plan `{}` of `{}` does not verify:\n{}", p.name, spec.name, e.join("\n"));

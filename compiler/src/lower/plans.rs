@@ -19,6 +19,13 @@ use crate::ir::{Bindings, Dim, Graph, Op, Sym, TensorType};
 use crate::plan::*;
 use crate::spec::*;
 
+/// Every input and result a `forward` plan may have: the ports a model's
+/// entry names (`forward { labels "label_B" }`) may rename.
+pub const FORWARD_PORTS: &[&str] = &["labels", "tokens", "x", "latent", "t", "logits", "z", "out", "x_out"];
+
+/// The port a guided forward takes its guidance scale at (`--cfg`).
+pub const GUIDANCE_PORT: &str = "cfg_scale";
+
 /// What a stage of the schedule runs, from the programs the lowering made.
 pub(super) struct Shape<'a> {
     pub spec: &'a ModelSpec,
@@ -76,7 +83,7 @@ impl<'a> Builder<'a> {
             "attn_bias" => Source::Table(Table::AttnBias),
             "rope_cos" => Source::Table(Table::RopeCos),
             "rope_sin" => Source::Table(Table::RopeSin),
-            "cfg_scale" => Source::Guidance,
+            GUIDANCE_PORT => Source::Guidance,
             "uniform" => Source::Uniform { stream: "stage.{stage}".into() },
             "noise" => Source::Normal { stream: "stage.{stage}".into() },
             _ => panic!("lowering bug: no source for the port `{port}`"),
@@ -203,7 +210,15 @@ fn decode_tail(b: &mut Builder, finish: u64, from: &str, kind: &str) -> Vec<Item
         // A denoiser's final latent is also its one stage's result.
         records.push(keep("in:latent", "stage.0.x", Keep::Stages));
     }
-    items.push(Item::Run(b.entry("decode", at, 0, Count::at(0), vec![(port, value(val))], &[("image", "image")], records)));
+    items.push(Item::Run(b.entry(
+        "decode",
+        at,
+        0,
+        Count::at(0),
+        vec![(port, value(val))],
+        &[("image", "image")],
+        records,
+    )));
     items
 }
 
@@ -244,7 +259,15 @@ fn flow_items(b: &mut Builder, k: usize, st: &StageSpec, heun: bool) -> Vec<Item
         vec![
             head(b, "x", at(0.0), "x1"),
             head(b, "x1", at(1.0), "x2"),
-            b.entry("heun.mean", stage, st.tokens, Count::at(0), vec![("a", value("x")), ("b", value("x2"))], &[("x", "x")], vec![]),
+            b.entry(
+                "heun.mean",
+                stage,
+                st.tokens,
+                Count::at(0),
+                vec![("a", value("x")), ("b", value("x2"))],
+                &[("x", "x")],
+                vec![],
+            ),
         ]
     } else {
         vec![head(b, "x", at(0.0), "x")]
@@ -257,16 +280,25 @@ fn denoise_items(b: &mut Builder, k: usize, st: &StageSpec, step: &str) -> Vec<I
     let sm = &b.shape.spec.sampler;
     let stage = Count::at(k as u64);
     let net = |b: &mut Builder, x: &str, t: Series, out: &str| {
-        b.entry(step, stage, st.tokens, Count::at(0), vec![("latent", value(x)), ("t", Source::Scalar(t))], &[("out", out)], vec![])
+        b.entry(
+            step,
+            stage,
+            st.tokens,
+            Count::at(0),
+            vec![("latent", value(x)), ("t", Source::Scalar(t))],
+            &[("out", out)],
+            vec![],
+        )
     };
-    let solver = |b: &mut Builder, out: &str, x: &str, scalars: Vec<(&str, Series)>, noise: Option<Source>, to: &str| {
-        let mut given: Vec<(&str, Source)> = vec![("out", value(out)), ("x", value(x))];
-        given.extend(scalars.into_iter().map(|(n, s)| (n, Source::Scalar(s))));
-        if let Some(n) = noise {
-            given.push(("noise", n));
-        }
-        b.entry("solver.step", stage, 0, Count::at(0), given, &[("x", to)], vec![])
-    };
+    let solver =
+        |b: &mut Builder, out: &str, x: &str, scalars: Vec<(&str, Series)>, noise: Option<Source>, to: &str| {
+            let mut given: Vec<(&str, Source)> = vec![("out", value(out)), ("x", value(x))];
+            given.extend(scalars.into_iter().map(|(n, s)| (n, Source::Scalar(s))));
+            if let Some(n) = noise {
+                given.push(("noise", n));
+            }
+            b.entry("solver.step", stage, 0, Count::at(0), given, &[("x", to)], vec![])
+        };
     match sm.solver {
         Solver::Ddpm | Solver::Ddim => {
             let ddim = sm.solver == Solver::Ddim;
@@ -297,7 +329,8 @@ fn denoise_items(b: &mut Builder, k: usize, st: &StageSpec, step: &str) -> Vec<I
                     ("sigma", if ddim { Series(vec![0.0; part.len()]) } else { s(&|c| c.sigma) }),
                 ];
                 let noise = if noisy { Source::Normal { stream: "stage.{stage}".into() } } else { Source::Zeros };
-                let body = vec![net(b, "x", s(&|c| c.timestep), "out"), solver(b, "out", "x", scalars, Some(noise), "x")];
+                let body =
+                    vec![net(b, "x", s(&|c| c.timestep), "out"), solver(b, "out", "x", scalars, Some(noise), "x")];
                 items.push(repeat(part.len() as u64, body));
                 i = j;
             }
@@ -315,7 +348,15 @@ fn denoise_items(b: &mut Builder, k: usize, st: &StageSpec, step: &str) -> Vec<I
                     solver(b, "out", "x", dts(), None, "x1"),
                     net(b, "x1", at(1.0), "out"),
                     solver(b, "out", "x1", dts(), None, "x2"),
-                    b.entry("heun.mean", stage, 0, Count::at(0), vec![("a", value("x")), ("b", value("x2"))], &[("x", "x")], vec![]),
+                    b.entry(
+                        "heun.mean",
+                        stage,
+                        0,
+                        Count::at(0),
+                        vec![("a", value("x")), ("b", value("x2"))],
+                        &[("x", "x")],
+                        vec![],
+                    ),
                 ]
             } else {
                 vec![net(b, "x", at(0.0), "out"), solver(b, "out", "x", dts(), None, "x")]
@@ -362,9 +403,8 @@ pub(super) fn sample(s: &Shape, pairs: bool) -> Plan {
             continue;
         }
         // A run of alike stages (raster decoding) is one repeat.
-        let alike = |j: usize| {
-            program == "step.next" && !flow && s.transitions[j].is_none() && stages[j].tokens == st.tokens
-        };
+        let alike =
+            |j: usize| program == "step.next" && !flow && s.transitions[j].is_none() && stages[j].tokens == st.tokens;
         let mut m = k + 1;
         if alike(k) {
             while m < n && alike(m) {
@@ -421,7 +461,11 @@ pub(super) fn sample(s: &Shape, pairs: bool) -> Plan {
                 }
             }
         }
-        items.push(if times > 1 { Item::Repeat { times, body } } else { Item::Run(body.remove(0)) });
+        if times > 1 {
+            items.push(Item::Repeat { times, body });
+        } else {
+            items.extend(body.into_iter().map(Item::Run));
+        }
         if flow {
             items.extend(flow_items(&mut b, k, st, heun));
         }
@@ -479,7 +523,10 @@ pub(super) fn distilled_sample(s: &Shape, steps: &[u64]) -> Plan {
     let mut b = Builder::new(s);
     let fwd = graph(s.graphs, "forward");
     let x_ty = input_ty(fwd, "x").expect("a DD forward reads x");
-    let inputs = vec![labels_input(), PlanInput { name: "noise".into(), ty: x_ty, default: Some(Source::Normal { stream: "dd.noise".into() }) }];
+    let inputs = vec![
+        labels_input(),
+        PlanInput { name: "noise".into(), ty: x_ty, default: Some(Source::Normal { stream: "dd.noise".into() }) },
+    ];
     let mut items = Vec::new();
     for (i, &t) in steps.iter().enumerate() {
         let x_in = if i == 0 {
@@ -525,7 +572,15 @@ pub(super) fn distilled_sample(s: &Shape, steps: &[u64]) -> Plan {
                 s.transitions.iter().enumerate().filter_map(|(k, t)| t.as_ref().map(|t| (k, t))).collect();
             let names: Vec<String> = scales.iter().map(|(k, _)| format!("stage.{k}.codes")).collect();
             let outs: Vec<(&str, &str)> = names.iter().map(|v| (v.as_str(), v.as_str())).collect();
-            items.push(Item::Run(b.entry("split.codes", Count::at(0), 0, Count::at(0), vec![("codes", value("x"))], &outs, vec![])));
+            items.push(Item::Run(b.entry(
+                "split.codes",
+                Count::at(0),
+                0,
+                Count::at(0),
+                vec![("codes", value("x"))],
+                &outs,
+                vec![],
+            )));
             for ((k, t), v) in scales.iter().zip(&names) {
                 let tokens = spec.schedule.stages()[*k].tokens;
                 let at = Count::at(*k as u64);
@@ -569,8 +624,15 @@ pub(super) fn forwards(s: &Shape) -> Vec<Plan> {
         inputs.sort_by_key(|i| i.name != "labels");
         let outs: Vec<String> = g.outputs.iter().map(|(o, _)| o.clone()).filter(|o| !o.starts_with("cache.")).collect();
         let out_pairs: Vec<(&str, &str)> = outs.iter().map(|o| (o.as_str(), o.as_str())).collect();
-        let mut items =
-            vec![Item::Run(b.entry(program, Count::at(0), s.forward_positions, Count::at(0), given, &out_pairs, vec![]))];
+        let mut items = vec![Item::Run(b.entry(
+            program,
+            Count::at(0),
+            s.forward_positions,
+            Count::at(0),
+            given,
+            &out_pairs,
+            vec![],
+        ))];
         let mut results: Vec<(String, String)> = outs.iter().map(|o| (o.clone(), o.clone())).collect();
         if distilled && program == "forward" {
             items.push(Item::Run(b.entry(
@@ -600,14 +662,34 @@ pub(super) fn decodes(s: &Shape) -> Vec<Plan> {
     {
         let mut b = Builder::new(s);
         let ty = input_ty(dec, kind).expect("the decoder's input");
-        let items = vec![Item::Run(b.entry("decode", Count::at(0), 0, Count::at(0), vec![(kind, value(kind))], &[("image", "image")], vec![]))];
-        plans.push(b.plan("decode", 0, vec![PlanInput { name: kind.into(), ty, default: None }], items, &[("image", "image")]));
+        let items = vec![Item::Run(b.entry(
+            "decode",
+            Count::at(0),
+            0,
+            Count::at(0),
+            vec![(kind, value(kind))],
+            &[("image", "image")],
+            vec![],
+        ))];
+        plans.push(b.plan(
+            "decode",
+            0,
+            vec![PlanInput { name: kind.into(), ty, default: None }],
+            items,
+            &[("image", "image")],
+        ));
     }
     if kind == "codes" && s.graphs.iter().any(|g| g.name == "codes.from_tokens") {
         let mut b = Builder::new(s);
         let ty = input_ty(graph(s.graphs, "codes.from_tokens"), "tokens").expect("tokens");
         let items = decode_tail(&mut b, 0, "tokens", "tokens");
-        plans.push(b.plan("decode.tokens", 0, vec![PlanInput { name: "tokens".into(), ty, default: None }], items, &[("image", "image")]));
+        plans.push(b.plan(
+            "decode.tokens",
+            0,
+            vec![PlanInput { name: "tokens".into(), ty, default: None }],
+            items,
+            &[("image", "image")],
+        ));
     }
     if kind == "f_hat" {
         // Every scale through its transition, from per-stage values or from one split sequence.
@@ -626,7 +708,15 @@ pub(super) fn decodes(s: &Shape) -> Vec<Plan> {
                 let ty = input_ty(graph(s.graphs, &split), what).expect("the split's input");
                 inputs.push(PlanInput { name: what.into(), ty, default: None });
                 let outs: Vec<(&str, &str)> = names.iter().map(|v| (v.as_str(), v.as_str())).collect();
-                items.push(Item::Run(b.entry(&split, Count::at(0), 0, Count::at(0), vec![(what, value(what))], &outs, vec![])));
+                items.push(Item::Run(b.entry(
+                    &split,
+                    Count::at(0),
+                    0,
+                    Count::at(0),
+                    vec![(what, value(what))],
+                    &outs,
+                    vec![],
+                )));
             }
             for ((_, t), v) in scales.iter().zip(&names) {
                 let ty = input_ty(graph(s.graphs, t), what).expect("a transition's input");
@@ -634,7 +724,15 @@ pub(super) fn decodes(s: &Shape) -> Vec<Plan> {
                 if !whole {
                     inputs.push(PlanInput { name: v.clone(), ty, default: None });
                 }
-                let e = b.entry(t, Count::at(0), tokens, Count::at(0), vec![(what, value(v))], &[("f_hat", "f_hat")], vec![]);
+                let e = b.entry(
+                    t,
+                    Count::at(0),
+                    tokens,
+                    Count::at(0),
+                    vec![(what, value(v))],
+                    &[("f_hat", "f_hat")],
+                    vec![],
+                );
                 items.push(Item::Run(e));
             }
             items.extend(decode_tail(&mut b, 0, "f_hat", "f_hat"));

@@ -78,7 +78,13 @@ impl SeqLayout {
 
     /// The table for positions `past..past+tokens`; `given` reads an integer
     /// plan input (for [`DataLen::Given`]).
-    pub fn table(&self, t: &Table, past: u64, tokens: u64, given: &dyn Fn(&str) -> Option<i64>) -> Result<TableData, String> {
+    pub fn table(
+        &self,
+        t: &Table,
+        past: u64,
+        tokens: u64,
+        given: &dyn Fn(&str) -> Option<i64>,
+    ) -> Result<TableData, String> {
         let (p, n) = (past, tokens);
         Ok(match t {
             Table::Levels => {
@@ -92,7 +98,8 @@ impl SeqLayout {
                 let stages = match len {
                     DataLen::Stages(s) => *s,
                     DataLen::Given(name) => {
-                        let v = given(name).ok_or_else(|| format!("the plan input `{name}` (an integer) is missing"))?;
+                        let v =
+                            given(name).ok_or_else(|| format!("the plan input `{name}` (an integer) is missing"))?;
                         u64::try_from(v).map_err(|_| format!("`{name}` = {v}: a number of stages is not negative"))?
                     }
                 };

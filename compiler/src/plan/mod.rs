@@ -174,7 +174,10 @@ pub enum Item {
     Run(Entry),
     /// The body `times` times, in order; iteration `i` evaluates every
     /// [`Count`] and [`Series`] at `i`.
-    Repeat { times: u64, body: Vec<Entry> },
+    Repeat {
+        times: u64,
+        body: Vec<Entry>,
+    },
 }
 
 impl Item {

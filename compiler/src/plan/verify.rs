@@ -54,7 +54,10 @@ fn check_at(plan: &Plan, graphs: &[Graph], images: u64, problems: &mut Vec<Strin
             problems.push(p);
         }
     };
-    let runs = plan.items.iter().flat_map(|it| (0..it.times()).flat_map(move |i| it.entries().iter().map(move |e| (e, i, it.times()))));
+    let runs = plan
+        .items
+        .iter()
+        .flat_map(|it| (0..it.times()).flat_map(move |i| it.entries().iter().map(move |e| (e, i, it.times()))));
     for (e, i, times) in runs {
         let at = format!("plan `{}`, `{}` at stage {}", plan.name, e.program, e.stage.eval(i) + 1);
         let Some(g) = by_name.get(e.program.as_str()) else {

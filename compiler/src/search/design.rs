@@ -25,7 +25,6 @@ pub enum Selection {
 /// The designs one run (one shard) visits, in order.
 #[derive(Clone, Debug)]
 pub struct Designs {
-    total: u128,
     /// Positions in the whole run's sequence.
     n: u128,
     shard: Shard,
@@ -35,16 +34,11 @@ pub struct Designs {
 impl Designs {
     pub fn new(total: u128, selection: Selection, shard: Shard) -> Designs {
         match selection {
-            Selection::All => Designs { total, n: total, shard, perm: None },
+            Selection::All => Designs { n: total, shard, perm: None },
             Selection::Sample { count, seed } => {
-                Designs { total, n: (count as u128).min(total), shard, perm: Some(Permutation::new(total, seed)) }
+                Designs { n: (count as u128).min(total), shard, perm: Some(Permutation::new(total, seed)) }
             }
         }
-    }
-
-    /// Designs of the whole run (all shards).
-    pub fn run_len(&self) -> u128 {
-        self.n
     }
 
     /// Designs this shard visits.
@@ -57,16 +51,12 @@ impl Designs {
     }
 
     /// The design index of this shard's `k`-th design.
-    pub fn index(&self, k: u128) -> u128 {
+    pub(crate) fn index(&self, k: u128) -> u128 {
         let pos = self.shard.position(k);
         match &self.perm {
             None => pos,
             Some(p) => p.apply(pos),
         }
-    }
-
-    pub fn total(&self) -> u128 {
-        self.total
     }
 }
 

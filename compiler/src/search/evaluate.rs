@@ -201,7 +201,7 @@ struct Level1 {
 }
 
 /// Evaluates designs; one per worker thread.
-pub struct Evaluator<'s> {
+pub(crate) struct Evaluator<'s> {
     space: &'s Space,
     memo: Memo,
     body: MBody,
@@ -227,12 +227,12 @@ impl<'s> Evaluator<'s> {
         }
     }
 
-    pub fn memo_stats(&self) -> crate::check::memo::MemoStats {
+    pub(crate) fn memo_stats(&self) -> crate::check::memo::MemoStats {
         self.memo.stats()
     }
 
     /// Check and cost design `index`; test the model's constraints.
-    pub fn eval(&mut self, index: u128) -> Outcome {
+    pub(crate) fn eval(&mut self, index: u128) -> Outcome {
         self.choice = space::choice(&self.space.axes, index);
         for (k, a) in self.space.axes.iter().enumerate() {
             if self.current[k] != self.choice[k] {

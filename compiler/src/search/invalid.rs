@@ -7,11 +7,11 @@ use ecarc_grammar::{Diag, SourceMap, Span};
 use serde::{Deserialize, Serialize};
 
 /// Examples kept per group.
-pub const EXAMPLES: usize = 3;
+pub(crate) const EXAMPLES: usize = 3;
 
 /// Groups while a run goes on (diagnostics with their spans).
 #[derive(Clone, Debug, Default)]
-pub struct Groups {
+pub(crate) struct Groups {
     groups: Vec<Group>,
 }
 
@@ -27,7 +27,7 @@ struct Group {
 
 impl Groups {
     /// Add a broken design's errors.
-    pub fn add(&mut self, index: u128, diags: &[Diag]) {
+    pub(crate) fn add(&mut self, index: u128, diags: &[Diag]) {
         for d in diags {
             let span = d.primary_span();
             match self.groups.iter_mut().find(|g| g.code == d.code && g.message == d.message && g.span == span) {
@@ -62,7 +62,11 @@ impl Groups {
 
     /// The groups as reported: rendered with the sources, most frequent first.
     /// `design` names a design's options.
-    pub fn report(self, sources: &SourceMap, design: &dyn Fn(u128) -> Vec<(String, String)>) -> Vec<InvalidGroup> {
+    pub(crate) fn report(
+        self,
+        sources: &SourceMap,
+        design: &dyn Fn(u128) -> Vec<(String, String)>,
+    ) -> Vec<InvalidGroup> {
         let mut out: Vec<InvalidGroup> = self
             .groups
             .into_iter()
@@ -131,14 +135,14 @@ pub struct Example {
 }
 
 /// Most frequent first, then by code, message and location.
-pub fn sort_groups(groups: &mut [InvalidGroup]) {
+pub(crate) fn sort_groups(groups: &mut [InvalidGroup]) {
     groups.sort_by(|a, b| {
         b.count.cmp(&a.count).then_with(|| (&a.code, &a.message, &a.location).cmp(&(&b.code, &b.message, &b.location)))
     });
 }
 
 /// Merge reported groups (from shards): counts add up, the smallest examples stay.
-pub fn merge_reported(into: &mut Vec<InvalidGroup>, other: Vec<InvalidGroup>) {
+pub(crate) fn merge_reported(into: &mut Vec<InvalidGroup>, other: Vec<InvalidGroup>) {
     for o in other {
         match into.iter_mut().find(|g| (&g.code, &g.message, &g.location) == (&o.code, &o.message, &o.location)) {
             Some(g) => {

@@ -34,7 +34,7 @@ impl Metric {
         Metric::Tokens,
     ];
 
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Metric::Params => "params",
             Metric::ForwardMacs => "forward_macs",
@@ -45,14 +45,8 @@ impl Metric {
         }
     }
 
-    pub fn from_name(name: &str) -> Option<Metric> {
+    pub(crate) fn from_name(name: &str) -> Option<Metric> {
         Metric::ALL.into_iter().find(|m| m.name() == name)
-    }
-
-    /// Whether the figure comes from lowering the design to the IR (slow)
-    /// rather than from the checked spec and the cost formulas (fast).
-    pub fn needs_lowering(self) -> bool {
-        self == Metric::PeakActivationBytes
     }
 
     fn slot(self) -> usize {
@@ -75,9 +69,6 @@ pub struct Objective {
 }
 
 impl Objective {
-    pub fn min(metric: Metric) -> Objective {
-        Objective { metric, maximise: false }
-    }
     /// The value the front minimises.
     pub fn key(&self, value: i128) -> i128 {
         if self.maximise {
@@ -144,10 +135,10 @@ pub fn parse_objectives(text: &str) -> Result<Vec<Objective>, String> {
 pub struct Values(pub [Option<i128>; 6]);
 
 impl Values {
-    pub fn get(&self, m: Metric) -> Option<i128> {
+    pub(crate) fn get(&self, m: Metric) -> Option<i128> {
         self.0[m.slot()]
     }
-    pub fn set(&mut self, m: Metric, v: i128) {
+    pub(crate) fn set(&mut self, m: Metric, v: i128) {
         self.0[m.slot()] = Some(v);
     }
 }
@@ -198,7 +189,7 @@ impl std::fmt::Display for Constraint {
 }
 
 /// `v` compared with `b`, exactly.
-pub fn cmp_int_f64(v: i128, b: f64) -> Ordering {
+pub(crate) fn cmp_int_f64(v: i128, b: f64) -> Ordering {
     if b.is_nan() {
         // Not produced by the checker; compare as if the bound were unreachable.
         return Ordering::Less;

@@ -23,7 +23,7 @@ pub struct Point<T> {
 }
 
 /// `a` dominates `b`: no worse anywhere, better somewhere.
-pub fn dominates(a: &[i128], b: &[i128]) -> bool {
+pub(crate) fn dominates(a: &[i128], b: &[i128]) -> bool {
     let mut better = false;
     for (x, y) in a.iter().zip(b) {
         if x > y {
@@ -51,7 +51,7 @@ impl<T> Front<T> {
     }
 
     /// Offer a design (or, when merging, a front point standing for `ties` designs).
-    pub fn insert(&mut self, p: Point<T>) {
+    pub(crate) fn insert(&mut self, p: Point<T>) {
         for q in self.points.iter_mut() {
             if q.objectives == p.objectives {
                 q.ties += p.ties;
@@ -93,10 +93,6 @@ impl<T> Front<T> {
 
     pub fn is_empty(&self) -> bool {
         self.points.is_empty()
-    }
-
-    pub fn points(&self) -> &[Point<T>] {
-        &self.points
     }
 }
 

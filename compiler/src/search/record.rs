@@ -8,7 +8,7 @@ use super::objective::{Metric, Objective};
 use serde::{Deserialize, Serialize};
 
 /// Bumped when the file's structure changes.
-pub const FORMAT: &str = "ecarc-search/1";
+pub(crate) const FORMAT: &str = "ecarc-search/1";
 
 /// One design on the front.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -32,7 +32,7 @@ pub struct Record {
 }
 
 impl Record {
-    pub fn value(&self, m: Metric) -> Option<i128> {
+    pub(crate) fn value(&self, m: Metric) -> Option<i128> {
         match m {
             Metric::Params => Some(self.params),
             Metric::ForwardMacs => Some(self.forward_macs),
@@ -58,7 +58,7 @@ pub struct Counts {
 }
 
 impl Counts {
-    pub fn add(&mut self, o: &Counts) {
+    pub(crate) fn add(&mut self, o: &Counts) {
         self.designs += o.designs;
         self.valid += o.valid;
         self.rejected += o.rejected;
@@ -131,7 +131,7 @@ impl SearchResult {
     }
 
     /// Whether every shard of the run is in this result.
-    pub fn complete(&self) -> bool {
+    pub(crate) fn complete(&self) -> bool {
         self.shards.len() == self.shard_count as usize
     }
 
@@ -177,7 +177,7 @@ fn csv_line(fields: &[String]) -> String {
 }
 
 /// A stable 64-bit FNV-1a hash, hex.
-pub fn fingerprint(parts: &[&str]) -> String {
+pub(crate) fn fingerprint(parts: &[&str]) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for p in parts {
         for b in p.bytes().chain([0xff]) {

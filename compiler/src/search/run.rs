@@ -69,7 +69,7 @@ impl Partial {
 }
 
 /// The fingerprint of a space and the settings that decide its front.
-pub fn space_fingerprint(space: &Space, opts: &Options, constraints: &[String]) -> String {
+pub(crate) fn space_fingerprint(space: &Space, opts: &Options, constraints: &[String]) -> String {
     // The whole resolved model (imports, `extends`, `--set` applied), not only its axes.
     let body = serde_json::to_string(&space.body).unwrap_or_default();
     let mut parts: Vec<String> = vec![space.name.name.clone(), space.total.to_string(), body];
@@ -210,7 +210,7 @@ pub fn run(
 }
 
 /// The record of a design on the front.
-pub fn record(space: &Space, index: u128, v: &Values, ties: u64) -> Record {
+pub(crate) fn record(space: &Space, index: u128, v: &Values, ties: u64) -> Record {
     Record {
         index,
         design: space.assignment(index),

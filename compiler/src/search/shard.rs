@@ -28,12 +28,8 @@ impl Shard {
         }
     }
 
-    pub fn is_empty(&self, n: u128) -> bool {
-        self.len(n) == 0
-    }
-
     /// The `k`-th position this shard takes.
-    pub fn position(&self, k: u128) -> u128 {
+    pub(crate) fn position(&self, k: u128) -> u128 {
         self.index as u128 + k * self.count as u128
     }
 }

@@ -12,8 +12,7 @@ use ecarc_compiler::ir::{Bindings, DType};
 use ecarc_compiler::plan::{Keep, Plan};
 use std::collections::BTreeMap;
 
-/// The port a guided forward takes its guidance scale at (from `--cfg`).
-const GUIDANCE_PORT: &str = "cfg_scale";
+use ecarc_compiler::lower::plans::GUIDANCE_PORT;
 
 impl Generator<'_> {
     fn forward_plan(&self, guided: bool) -> Result<&Plan> {
@@ -28,7 +27,7 @@ impl Generator<'_> {
     }
 
     /// The reference name of `port` in the plan `plan`.
-    fn reference_name<'a>(&'a self, plan: &str, port: &'a str) -> &'a str {
+    pub(super) fn reference_name<'a>(&'a self, plan: &str, port: &'a str) -> &'a str {
         self.spec.entry_names.get(plan).and_then(|m| m.get(port)).map_or(port, String::as_str)
     }
 
@@ -63,12 +62,9 @@ impl Generator<'_> {
                 given.insert(i.name.clone(), HostTensor::scalar(cfg.unwrap_or(1.0) as f32));
                 continue;
             }
-            let name = self.reference_name(&plan.name, &i.name);
-            let t = inputs.get(name).ok_or_else(|| {
-                let dims: Vec<String> = i.ty.shape.iter().map(|d| d.to_string()).collect();
-                RuntimeError::Invalid(format!("missing input `{name}`: {}[{}]", i.ty.dtype.name(), dims.join(", ")))
-            })?;
-            given.insert(i.name.clone(), t.clone());
+            if let Some(t) = inputs.get(self.reference_name(&plan.name, &i.name)) {
+                given.insert(i.name.clone(), t.clone());
+            }
         }
         // A forward may be given the null class (row `classes`, the unconditional half).
         if let Some(l) = given.get("labels") {

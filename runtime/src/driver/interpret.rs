@@ -29,11 +29,7 @@ pub struct Settings {
 
 impl Settings {
     pub fn of(spec: &ModelSpec) -> Settings {
-        Settings {
-            cfg: spec.sampler.cfg,
-            cfg_schedule: spec.sampler.cfg_schedule,
-            stages: spec.schedule.num_stages(),
-        }
+        Settings { cfg: spec.sampler.cfg, cfg_schedule: spec.sampler.cfg_schedule, stages: spec.schedule.num_stages() }
     }
 
     /// Guidance scale at stage `k`: constant, or VAR's linear ramp
@@ -147,11 +143,11 @@ impl Generator<'_> {
             let want = shape_of(&input.ty, &plain);
             let t = match (given.get(&input.name), &input.default, labels) {
                 (Some(t), _, _) => {
-                    let t = as_dtype(&input.name, t, input.ty.dtype)?;
+                    let t = as_dtype(self.reference_name(name, &input.name), t, input.ty.dtype)?;
                     if t.shape != want {
                         return Err(RuntimeError::Invalid(format!(
-                            "`{}` is {}{:?}; `{}` takes {} here ({images} image(s))",
-                            input.name,
+                            "input `{}` is {}{:?}; `{}` takes {} here ({images} image(s))",
+                            self.reference_name(name, &input.name),
                             t.dtype().name(),
                             t.shape,
                             self.spec.name,
@@ -170,7 +166,7 @@ impl Generator<'_> {
                 (None, None, _) => {
                     return Err(RuntimeError::Invalid(format!(
                         "missing input `{}`: {}",
-                        input.name,
+                        self.reference_name(name, &input.name),
                         type_text(&input.ty, Some(&plain))
                     )))
                 }
@@ -182,9 +178,10 @@ impl Generator<'_> {
         }
         let labels_vec: Option<Vec<i64>> = match labels {
             Some(l) => Some(l.to_vec()),
-            None => given.get("labels").and_then(|t| as_dtype("labels", t, DType::I64).ok()).map(|t| {
-                t.as_i64().unwrap_or(&[]).to_vec()
-            }),
+            None => given
+                .get("labels")
+                .and_then(|t| as_dtype("labels", t, DType::I64).ok())
+                .map(|t| t.as_i64().unwrap_or(&[]).to_vec()),
         };
 
         // ---- the runs ---------------------------------------------------------------
@@ -254,7 +251,8 @@ impl Generator<'_> {
                     args.inputs.insert(port.as_str(), buf);
                 }
             }
-            let outputs: HashMap<String, Buffer> = self.backend.run(&self.exes[&e.program], &b, &args)?.into_iter().collect();
+            let outputs: HashMap<String, Buffer> =
+                self.backend.run(&self.exes[&e.program], &b, &args)?.into_iter().collect();
             for (name, buf) in &outputs {
                 if let Some(why) = self.backend.non_finite(buf)? {
                     return Err(RuntimeError::Invalid(format!(
@@ -277,9 +275,9 @@ impl Generator<'_> {
                 }
             }
             for (out, v) in &e.outputs {
-                let buf = outputs.get(out).ok_or_else(|| {
-                    RuntimeError::Invalid(format!("program `{}` has no output `{out}`", e.program))
-                })?;
+                let buf = outputs
+                    .get(out)
+                    .ok_or_else(|| RuntimeError::Invalid(format!("program `{}` has no output `{out}`", e.program)))?;
                 values.insert(v.clone(), buf.clone());
             }
             if let Some(c) = current.as_mut() {

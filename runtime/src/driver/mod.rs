@@ -123,28 +123,18 @@ impl<'b> Generator<'b> {
         let mut ports = HashMap::new();
         for g in &program.graphs {
             exes.insert(g.name.clone(), backend.prepare(g)?);
-            let p: Vec<Port> = g
-                .g
-                .node_weights()
-                .filter_map(|n| match &n.op {
-                    Op::Input { name } => Some(Port { name: name.clone(), state: false, ty: n.ty.clone() }),
-                    Op::State { name } => Some(Port { name: name.clone(), state: true, ty: n.ty.clone() }),
-                    _ => None,
-                })
-                .collect();
+            let p: Vec<Port> =
+                g.g.node_weights()
+                    .filter_map(|n| match &n.op {
+                        Op::Input { name } => Some(Port { name: name.clone(), state: false, ty: n.ty.clone() }),
+                        Op::State { name } => Some(Port { name: name.clone(), state: true, ty: n.ty.clone() }),
+                        _ => None,
+                    })
+                    .collect();
             ports.insert(g.name.clone(), p);
         }
         let settings = Settings::of(&spec);
-        let g = Generator {
-            spec,
-            program,
-            backend,
-            exes,
-            ports,
-            params,
-            tables: Default::default(),
-            settings,
-        };
+        let g = Generator { spec, program, backend, exes, ports, params, tables: Default::default(), settings };
         g.prepare_tables()?;
         Ok(g)
     }
@@ -178,7 +168,9 @@ impl<'b> Generator<'b> {
     }
 
     fn plan(&self, name: &str) -> Result<&ecarc_compiler::plan::Plan> {
-        self.program.plan(name).ok_or_else(|| RuntimeError::Invalid(format!("`{}` has no `{name}` plan", self.spec.name)))
+        self.program
+            .plan(name)
+            .ok_or_else(|| RuntimeError::Invalid(format!("`{}` has no `{name}` plan", self.spec.name)))
     }
 
     /// The checkpoint keys the plans named here read (every plan: `None`).

@@ -95,7 +95,11 @@ impl Generator<'_> {
                 let t = named.values().next().expect("one tensor");
                 plans
                     .iter()
-                    .find(|p| p.inputs.len() == 1 && p.inputs[0].ty.dtype == t.dtype() && p.inputs[0].ty.rank() == t.shape.len())
+                    .find(|p| {
+                        p.inputs.len() == 1
+                            && p.inputs[0].ty.dtype == t.dtype()
+                            && p.inputs[0].ty.rank() == t.shape.len()
+                    })
                     .map(|p| (p.name.clone(), BTreeMap::from([(p.inputs[0].name.clone(), t.clone())])))
             }
             None => None,
@@ -108,7 +112,8 @@ impl Generator<'_> {
                         .inputs
                         .iter()
                         .map(|i| {
-                            let dims: Vec<String> = i.ty.shape.iter().map(|d| d.to_string().replace('B', "N")).collect();
+                            let dims: Vec<String> =
+                                i.ty.shape.iter().map(|d| d.to_string().replace('B', "N")).collect();
                             format!("`{}` {}[{}]", i.name, i.ty.dtype.name(), dims.join(", "))
                         })
                         .collect();
@@ -125,7 +130,13 @@ impl Generator<'_> {
         };
         let run = self.run_plan(&plan, &given, None, 0, Keep::Stages, &super::Quiet)?;
         let image = self.backend.download(&run.results["image"])?;
-        let latent = run.records.into_iter().find(|(n, _)| n.starts_with("latent.")).map(|(n, t)| (n["latent.".len()..].to_string(), t));
+        // The decoder's input: kept on the way, or given as it is.
+        let latent = run
+            .records
+            .into_iter()
+            .find(|(n, _)| n.starts_with("latent."))
+            .map(|(n, t)| (n["latent.".len()..].to_string(), t))
+            .or_else(|| (given.len() == 1).then(|| given.into_iter().next().expect("one tensor")));
         Ok((image, latent))
     }
 }

@@ -83,11 +83,8 @@ impl Generator<'_> {
         if let Some(b) = self.tables.borrow().get(&key) {
             return Ok(b.clone());
         }
-        let data = self
-            .program
-            .layout
-            .table(t, past, tokens, &|n| ints.get(n).copied())
-            .map_err(RuntimeError::Invalid)?;
+        let data =
+            self.program.layout.table(t, past, tokens, &|n| ints.get(n).copied()).map_err(RuntimeError::Invalid)?;
         let b = self.backend.upload(&host(data))?;
         self.tables.borrow_mut().insert(key, b.clone());
         Ok(b)
