@@ -172,11 +172,14 @@ mod tests {
     }
 
     fn plan(items: Vec<Item>) -> Plan {
-        let ty = TensorType::f32(vec![Dim::sym(crate::ir::Sym::B), Dim::c(2)]);
+        let ty = |n| TensorType::f32(vec![Dim::sym(crate::ir::Sym::B), Dim::c(n)]);
         Plan {
             name: "p".into(),
             stages: 1,
-            inputs: vec![PlanInput { name: "a".into(), ty, default: None }],
+            inputs: vec![
+                PlanInput { name: "a".into(), ty: ty(2), default: None },
+                PlanInput { name: "a3".into(), ty: ty(3), default: None },
+            ],
             zeros: vec![],
             items,
             results: vec![("r".into(), "b".into())],
@@ -186,13 +189,13 @@ mod tests {
     #[test]
     fn a_value_may_change_type_when_written_again() {
         // `a` [B, 2] -> `b` [B, 2]; then `b` is rewritten at T = 3 and read at T = 3.
-        let p = plan(vec![Item::Run(run(2, "a", "b")), Item::Run(run(3, "a", "c")), Item::Run(run(3, "c", "b"))]);
+        let p = plan(vec![Item::Run(run(2, "a", "b")), Item::Run(run(3, "a3", "b")), Item::Run(run(3, "b", "c"))]);
         assert_eq!(verify(&p, &[copy_program()]), Ok(()));
     }
 
     #[test]
     fn wrong_types_unknown_values_and_missing_results_are_found() {
-        let p = plan(vec![Item::Run(run(3, "a", "x")), Item::Repeat { times: 2, body: vec![run(2, "later", "b")] }]);
+        let p = plan(vec![Item::Run(run(3, "a", "x")), Item::Repeat { times: 2, body: vec![run(2, "later", "z")] }]);
         let e = verify(&p, &[copy_program()]).unwrap_err().join("\n");
         assert!(e.contains("wants (F32, [1, 3]), the value `a` is (F32, [1, 2])"), "{e}");
         assert!(e.contains("reads the value `later` before it exists"), "{e}");
