@@ -162,3 +162,36 @@ fn graph_prints_dot_and_rejects_a_bad_stage() {
         assert!(String::from_utf8_lossy(&out.stderr).contains("has 10 stages (1..=10)"));
     }
 }
+
+/// `ecarc graph FILE --plan` prints every plan; `--plan=NAME` one; an unknown
+/// name is refused with the names there are.
+#[test]
+fn graph_prints_the_plans() {
+    let var = root().join("examples/tiny/var.ecar");
+    let out = ecarc().args(["graph", "--plan"]).arg(&var).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let s = String::from_utf8_lossy(&out.stdout);
+    for want in [
+        "plan \"sample\" (3 stages, 7 runs)",
+        "[stage 1] step.first  T=1 P=0",
+        "[stage 3] step.next  T=16 P=5",
+        "[finish] decode",
+        "plan \"forward\"",
+        "plan \"decode.stages\"",
+        "input stage.2.tokens: i64[B, 16]",
+    ] {
+        assert!(s.contains(want), "missing `{want}` in:\n{s}");
+    }
+    let out = ecarc().args(["graph", "--plan=forward"]).arg(&var).output().unwrap();
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(s.contains("plan \"forward\"") && !s.contains("plan \"sample\""), "{s}");
+    let out = ecarc().args(["graph", "--plan=xyz"]).arg(&var).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("has no plan `xyz`; it has: sample, forward, decode"), "{err}");
+    // Heun's two evaluations per step are two entries of the plan.
+    let ecar = root().join("examples/tiny/ecar.ecar");
+    let out = ecarc().args(["graph", "--plan=sample", "--set", "sample.solver=heun"]).arg(&ecar).output().unwrap();
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(s.contains("heun.mean") && s.matches("head.step").count() >= 6, "{s}");
+}
