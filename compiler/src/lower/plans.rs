@@ -178,32 +178,20 @@ const BODY_INPUTS: [&str; 3] = ["tokens", "x", "latent"];
 fn decode_tail(b: &mut Builder, finish: u64, from: &str, kind: &str) -> Vec<Item> {
     let mut items = Vec::new();
     let at = Count::at(finish);
-    let (port, val) = match kind {
-        "tokens" => {
-            items.push(Item::Run(b.entry(
-                "codes.from_tokens",
-                at,
-                0,
-                Count::at(0),
-                vec![("tokens", value(from))],
-                &[("codes", "codes")],
-                vec![keep("in:tokens", "latent.tokens", Keep::Stages)],
-            )));
-            ("codes", "codes")
+    // Token indices become codes, token rows a latent map, through one glue program.
+    let convert = match kind {
+        "tokens" => Some(("codes.from_tokens", "tokens", "codes", Some("latent.tokens"))),
+        "x" => Some(("latent.from_tokens", "x", "latent", None)),
+        _ => None,
+    };
+    let (port, val) = match convert {
+        Some((program, input, output, kept)) => {
+            let records = kept.map(|name| keep(&format!("in:{input}"), name, Keep::Stages)).into_iter().collect();
+            let given = vec![(input, value(from))];
+            items.push(Item::Run(b.entry(program, at, 0, Count::at(0), given, &[(output, output)], records)));
+            (output, output)
         }
-        "x" => {
-            items.push(Item::Run(b.entry(
-                "latent.from_tokens",
-                at,
-                0,
-                Count::at(0),
-                vec![("x", value(from))],
-                &[("latent", "latent")],
-                vec![],
-            )));
-            ("latent", "latent")
-        }
-        other => (other, from),
+        None => (kind, from),
     };
     let mut records = vec![keep(&format!("in:{port}"), &format!("latent.{port}"), Keep::Stages)];
     if kind == "latent" {
