@@ -69,7 +69,8 @@ impl Generator<'_> {
         // A forward may be given the null class (row `classes`, the unconditional half).
         if let Some(l) = given.get("labels") {
             let classes = self.spec.classes as i64;
-            if let Some(bad) = self.labels_of(l)?.into_iter().find(|&c| c < 0 || c > classes) {
+            let l = super::interpret::as_dtype(self.reference_name(&plan.name, "labels"), l, DType::I64)?;
+            if let Some(bad) = l.as_i64().unwrap_or_default().iter().copied().find(|&c| c < 0 || c > classes) {
                 return Err(RuntimeError::Invalid(format!(
                     "class {bad} is out of range: `{}` has classes 0..{} and the null class {classes}",
                     self.spec.name,
@@ -82,12 +83,5 @@ impl Generator<'_> {
             .iter()
             .map(|(r, _)| Ok((self.reference_name(&plan.name, r).to_string(), self.backend.download(&run.results[r])?)))
             .collect()
-    }
-
-    fn labels_of(&self, t: &HostTensor) -> Result<Vec<i64>> {
-        match &t.data {
-            crate::tensor::Data::I64(v) => Ok(v.clone()),
-            crate::tensor::Data::F32(_) => Err(RuntimeError::Invalid("the class labels must be integers (i64)".into())),
-        }
     }
 }

@@ -67,7 +67,7 @@ fn images_for(ty: &TensorType, len: usize) -> Option<u64> {
 
 /// `t` as `dtype`: integers given for a float input (timesteps) and integral
 /// floats for an integer one are converted exactly; anything else is refused.
-fn as_dtype(name: &str, t: &HostTensor, dtype: DType) -> Result<HostTensor> {
+pub(super) fn as_dtype(name: &str, t: &HostTensor, dtype: DType) -> Result<HostTensor> {
     if t.dtype() == dtype {
         return Ok(t.clone());
     }
