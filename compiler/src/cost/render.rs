@@ -78,7 +78,8 @@ pub fn render(r: &CostReport) -> String {
         let _ = writeln!(
             s,
             "{:<7} {:>9} {:>8} {:>6} {:>16} {:>7.1}%",
-            st.index,
+            // 1-based, as progress and `graph --stage` count (`index` stays 0-based, as `stage.K` tensors).
+            st.index + 1,
             format!("{}x{}", st.grid[0], st.grid[1]),
             st.tokens,
             st.steps,
