@@ -319,21 +319,17 @@ fn load_weights(spec: &ModelSpec, paths: &[PathBuf], needed: &BTreeSet<String>) 
     Ok(weights)
 }
 
-/// A generator for `art` on `backend`: the artifact's own programs, or the
-/// spec lowered anew when `relower` (its sampler was changed).
+/// A generator for `art` on `backend` with the settings of `spec` (the
+/// artifact's, with the command's sampler options applied): the artifact's
+/// own programs, whatever the settings (they are inputs of the programs).
 fn generator<'b>(
     art: Artifact,
     spec: ModelSpec,
-    relower: bool,
     backend: &'b dyn Backend,
     weights: &Weights,
 ) -> Result<Generator<'b>, Fail> {
-    if relower {
-        Ok(Generator::from_spec(spec, backend, weights)?)
-    } else {
-        let params = weights.upload(backend)?;
-        Ok(Generator::new(spec, art.program, backend, params)?)
-    }
+    let params = weights.upload(backend)?;
+    Ok(Generator::new(spec, art.program, backend, params)?)
 }
 
 /// The outputs of a run, planned before any compute: the model's files, its
@@ -393,8 +389,8 @@ fn labels_for(spec: &ModelSpec, a: &LabelArgs) -> Result<Vec<i64>, Fail> {
 }
 
 /// Apply `--cfg/--top-k/--top-p/--temperature` to the spec with the checker's
-/// rules; true when anything changed (the model must be lowered again).
-fn apply_sampler(spec: &mut ModelSpec, a: &SampleArgs) -> Result<bool, Fail> {
+/// rules (the generator runs with the spec's settings, see [`generator`]).
+fn apply_sampler(spec: &mut ModelSpec, a: &SampleArgs) -> Result<(), Fail> {
     use ecarc_compiler::check::sampler_rules;
     // The checker's own rule for each value, reported for the flag.
     let rule = |flag: &str, v: f64, r: Result<(), sampler_rules::Broken>| {
@@ -406,13 +402,11 @@ fn apply_sampler(spec: &mut ModelSpec, a: &SampleArgs) -> Result<bool, Fail> {
     let name = spec.name.clone();
     let vocab = spec.tokenizer.vocab;
     let s = &mut spec.sampler;
-    let mut changed = false;
     if let Some(x) = a.cfg {
         rule("--cfg", x, sampler_rules::cfg(x))?;
         if spec.distill.is_some() {
             eprintln!("warning: --cfg has no effect on `{name}`: Distilled Decoding samples without guidance");
         }
-        changed |= s.cfg != x;
         s.cfg = x;
     }
     if let Some(k) = a.top_k {
@@ -431,7 +425,6 @@ fn apply_sampler(spec: &mut ModelSpec, a: &SampleArgs) -> Result<bool, Fail> {
             }
             _ => {}
         }
-        changed |= s.top_k != k;
         s.top_k = k;
     }
     if let Some(p) = a.top_p {
@@ -439,15 +432,13 @@ fn apply_sampler(spec: &mut ModelSpec, a: &SampleArgs) -> Result<bool, Fail> {
         if vocab.is_none() && p < 1.0 {
             return fail(format!("--top-p needs discrete tokens; `{name}`'s tokens are continuous"));
         }
-        changed |= s.top_p != p;
         s.top_p = p;
     }
     if let Some(t) = a.temperature {
         rule("--temperature", t, sampler_rules::temperature(t))?;
-        changed |= s.temperature != t;
         s.temperature = t;
     }
-    Ok(changed)
+    Ok(())
 }
 
 // ---- sample -------------------------------------------------------------------------
@@ -455,7 +446,7 @@ fn apply_sampler(spec: &mut ModelSpec, a: &SampleArgs) -> Result<bool, Fail> {
 fn sample(a: SampleArgs, sets: &[Override], color: bool) -> Result<(), Fail> {
     let art = load_model(&a.model.file, a.model.model.as_deref(), sets, color)?;
     let mut spec = art.spec.clone();
-    let relower = apply_sampler(&mut spec, &a)?;
+    apply_sampler(&mut spec, &a)?;
     let labels = labels_for(&spec, &a.labels)?;
     let backend = backend(a.model.backend)?;
     let noise_path: Vec<&Path> = a.noise.iter().map(PathBuf::as_path).collect();
@@ -481,7 +472,7 @@ fn sample(a: SampleArgs, sets: &[Override], color: bool) -> Result<(), Fail> {
     check_memory(&art, labels.len() as u64)?;
     let needed = Generator::params_read(&art.program, Some(&["sample"]));
     let weights = load_weights(&spec, &a.model.weights, &needed)?;
-    let g = generator(art, spec, relower, backend.as_ref(), &weights)?;
+    let g = generator(art, spec, backend.as_ref(), &weights)?;
 
     let progress = Progress::new(!a.json, std::io::stderr().is_terminal());
     let started = Instant::now();
@@ -568,7 +559,7 @@ fn decode(a: DecodeArgs, sets: &[Override], color: bool) -> Result<(), Fail> {
     let plans: Vec<&str> = art.program.decode_plans().map(|p| p.name.as_str()).collect();
     let needed = Generator::params_read(&art.program, Some(&plans));
     let weights = load_weights(&spec, &a.model.weights, &needed)?;
-    let g = generator(art, spec, false, backend.as_ref(), &weights)?;
+    let g = generator(art, spec, backend.as_ref(), &weights)?;
     let (image, _) = g.decode(&tensors).map_err(|e| {
         Fail::Msg(
             format!("{}: {e}", a.tokens.display()),
@@ -607,7 +598,7 @@ fn forward(a: ForwardArgs, sets: &[Override], color: bool) -> Result<(), Fail> {
         } else {
             load_weights(&spec, &a.model.weights, &Generator::params_read(&art.program, Some(&[plan])))?
         };
-        let g = generator(art, spec, false, backend.as_ref(), &weights)?;
+        let g = generator(art, spec, backend.as_ref(), &weights)?;
         println!("forward of `{}` for B = {} image(s), inputs:", g.spec.name, a.n);
         if a.cfg.is_some() {
             println!(
@@ -629,7 +620,7 @@ fn forward(a: ForwardArgs, sets: &[Override], color: bool) -> Result<(), Fail> {
     check_memory(&art, batch_of(&inputs))?;
     let needed = Generator::params_read(&art.program, Some(&[plan]));
     let weights = load_weights(&spec, &a.model.weights, &needed)?;
-    let g = generator(art, spec, false, backend.as_ref(), &weights)?;
+    let g = generator(art, spec, backend.as_ref(), &weights)?;
     let outputs = match g.forward(&inputs, a.cfg) {
         Ok(o) => o,
         Err(e) => {

@@ -11,6 +11,7 @@ pub mod artifact;
 pub mod cost;
 pub mod ir;
 pub mod lower;
+pub mod pass;
 pub mod plan;
 pub mod roles;
 pub mod search;

@@ -14,21 +14,60 @@ use std::sync::Arc;
 /// own type; memory is released when the last `Buffer` referring to it drops.
 pub trait Storage: Any + Send + Sync {
     fn as_any(&self) -> &dyn Any;
+    /// The storage as `Any`, owned, so that a backend given the last
+    /// reference can take its memory over (write a state in place).
+    fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync>;
 }
 
-/// A tensor resident on a backend. Cloning shares the storage (no copy).
+/// A tensor resident on a backend: a view of its storage, element `i` of
+/// the view at `offset + sum(index[k] * strides[k])`. A dense buffer has
+/// offset 0 and row-major strides; a slice, permutation or head split of one
+/// is a view of the same storage, not a copy. Cloning shares the storage.
 #[derive(Clone)]
 pub struct Buffer {
     pub dtype: DType,
     pub shape: Vec<usize>,
+    /// In elements.
+    pub offset: usize,
+    /// In elements, one per axis.
+    pub strides: Vec<usize>,
     pub storage: Arc<dyn Storage>,
+}
+
+impl Buffer {
+    /// A dense row-major buffer over the whole of `storage`.
+    pub fn dense(dtype: DType, shape: Vec<usize>, storage: Arc<dyn Storage>) -> Buffer {
+        let strides = row_major(&shape);
+        Buffer { dtype, shape, offset: 0, strides, storage }
+    }
+
+    /// Whether element `i` of the view is element `offset + i` of the storage.
+    pub fn is_row_major(&self) -> bool {
+        self.shape.iter().zip(&self.strides).zip(row_major(&self.shape)).all(|((&d, &s), r)| d <= 1 || s == r)
+    }
+}
+
+/// Row-major strides of a shape.
+pub fn row_major(shape: &[usize]) -> Vec<usize> {
+    let mut s = vec![1; shape.len()];
+    for i in (0..shape.len().saturating_sub(1)).rev() {
+        s[i] = s[i + 1] * shape[i + 1];
+    }
+    s
 }
 
 impl std::fmt::Debug for Buffer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Buffer({}{:?})", self.dtype.name(), self.shape)
+        write!(f, "Buffer({}{:?}", self.dtype.name(), self.shape)?;
+        if self.offset != 0 || !self.is_row_major() {
+            write!(f, " at {} strides {:?}", self.offset, self.strides)?;
+        }
+        write!(f, ")")
     }
 }
+
+/// The checkpoint tensors a backend is given, by key.
+pub type Params = HashMap<String, Buffer>;
 
 /// A program prepared for one backend (kernels compiled, order planned).
 #[derive(Clone)]
@@ -49,13 +88,15 @@ pub struct Capabilities {
     pub device: String,
 }
 
-/// The sources of one program run, by kind: per-run inputs and carried state
-/// by name, checkpoint tensors by key.
+/// The sources of one program run: per-run inputs by name, and the carried
+/// state, handed over. A program that declares an in-place update of a state
+/// (`Graph::updates`) returns that state as its output of the same name; when
+/// the caller kept no other reference to it, the backend writes into its
+/// memory instead of copying it.
 #[derive(Default)]
 pub struct Args<'a> {
     pub inputs: HashMap<&'a str, &'a Buffer>,
-    pub states: HashMap<&'a str, &'a Buffer>,
-    pub params: Option<&'a HashMap<String, Buffer>>,
+    pub states: HashMap<&'a str, Buffer>,
 }
 
 pub trait Backend {
@@ -66,12 +107,15 @@ pub trait Backend {
     fn upload(&self, t: &HostTensor) -> Result<Buffer>;
     /// Copy a device buffer back (waits for pending work on it).
     fn download(&self, b: &Buffer) -> Result<HostTensor>;
-    /// Prepare a program once (compile kernels, plan memory).
-    fn prepare(&self, g: &Graph) -> Result<Executable>;
+    /// Prepare a program once (compile kernels, plan memory) with the
+    /// checkpoint tensors it reads bound: a backend may re-lay them out or
+    /// convert them here, once. `params` may lack tensors of programs that
+    /// never run; running a program whose tensor is missing is an error.
+    fn prepare(&self, g: &Graph, params: &Params) -> Result<Executable>;
     /// Run a prepared program with its symbolic dimensions bound. Returns the
     /// program's named outputs in its declared order. Sources are checked
     /// against the program's declared types; a mismatch is an error, not a panic.
-    fn run(&self, exe: &Executable, bindings: &Bindings, args: &Args) -> Result<Vec<(String, Buffer)>>;
+    fn run(&self, exe: &Executable, bindings: &Bindings, args: Args) -> Result<Vec<(String, Buffer)>>;
     /// Wait until all submitted work is done.
     fn synchronize(&self) -> Result<()>;
     /// `None` when every value of `b` is finite (or it holds integers), else

@@ -7,7 +7,7 @@ use ecarc_compiler::ir::{Bindings, Graph};
 use ecarc_compiler::plan::Keep;
 use ecarc_compiler::session::{check_paths, Outcome, Override};
 use ecarc_compiler::ModelSpec;
-use ecarc_runtime::backend::{Args, Backend, Buffer, Capabilities, Executable};
+use ecarc_runtime::backend::{Args, Backend, Buffer, Capabilities, Executable, Params};
 use ecarc_runtime::driver::{Generator, Observer, Outline, SampleOptions};
 use ecarc_runtime::error::Result;
 use ecarc_runtime::reference::Reference;
@@ -36,10 +36,10 @@ impl Backend for Counting {
     fn download(&self, b: &Buffer) -> Result<HostTensor> {
         self.inner.download(b)
     }
-    fn prepare(&self, g: &Graph) -> Result<Executable> {
-        self.inner.prepare(g)
+    fn prepare(&self, g: &Graph, params: &Params) -> Result<Executable> {
+        self.inner.prepare(g, params)
     }
-    fn run(&self, exe: &Executable, bindings: &Bindings, args: &Args) -> Result<Vec<(String, Buffer)>> {
+    fn run(&self, exe: &Executable, bindings: &Bindings, args: Args) -> Result<Vec<(String, Buffer)>> {
         *self.runs.borrow_mut().entry(exe.name.clone()).or_default() += 1;
         self.inner.run(exe, bindings, args)
     }

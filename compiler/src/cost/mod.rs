@@ -8,6 +8,7 @@ pub mod formula;
 pub mod render;
 
 use crate::ir::dim::product;
+use crate::ir::liveness::Liveness;
 use crate::ir::{Bindings, Dim, Graph, Op};
 use crate::lower::Program;
 use crate::spec::ModelSpec;
@@ -29,6 +30,12 @@ pub fn node_macs(g: &Graph, n: petgraph::stable_graph::NodeIndex) -> Dim {
             let a = &ty(0).shape;
             let out = &node.ty.shape;
             product(out).mul(&a[a.len() - 1])
+        }
+        Op::Attention { keys, .. } => {
+            // q k^T over the `keys` filled positions, then the weights times v.
+            let (q, v) = (&ty(0).shape, &ty(2).shape);
+            let r = q.len();
+            product(&q[..r - 1]).mul(keys).mul(&q[r - 1].add(&v[r - 1]))
         }
         Op::Conv2d { .. } => {
             let w = &ty(1).shape;
@@ -55,36 +62,9 @@ pub fn weight_bytes(g: &Graph) -> u64 {
         .sum()
 }
 
-/// Peak bytes of live activations when nodes run in topological order and a
-/// value is freed after its last use (no in-place reuse yet). Sources that are
-/// parameters are not activations.
+/// Peak bytes of live activations of one run of `g` (see [`Liveness::peak_bytes`]).
 pub fn peak_activation_bytes(g: &Graph, b: &Bindings) -> u64 {
-    let Some(order) = g.topo() else { return 0 };
-    let pos: HashMap<_, _> = order.iter().enumerate().map(|(i, &n)| (n, i)).collect();
-    let outputs: Vec<_> = g.outputs.iter().map(|(_, n)| *n).collect();
-    let last_use: HashMap<_, usize> = order
-        .iter()
-        .map(|&n| {
-            let last =
-                g.g.neighbors_directed(n, petgraph::Direction::Outgoing).map(|m| pos[&m]).max().unwrap_or(pos[&n]);
-            (n, if outputs.contains(&n) { usize::MAX } else { last })
-        })
-        .collect();
-    let size = |n: petgraph::stable_graph::NodeIndex| g.g[n].ty.numel().eval(b) * g.g[n].ty.dtype.bytes();
-    let (mut live, mut peak) = (0u64, 0u64);
-    let mut frees: BTreeMap<usize, u64> = BTreeMap::new();
-    for (i, &n) in order.iter().enumerate() {
-        if matches!(g.g[n].op, Op::Param { .. }) {
-            continue;
-        }
-        live += size(n);
-        peak = peak.max(live);
-        *frees.entry(last_use[&n]).or_default() += size(n);
-        if let Some(f) = frees.remove(&i) {
-            live -= f;
-        }
-    }
-    peak
+    Liveness::of(g).map_or(0, |l| l.peak_bytes(g, b))
 }
 
 /// A device for the roofline estimate.

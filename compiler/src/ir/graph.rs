@@ -50,11 +50,17 @@ pub struct Graph {
     pub g: StableGraph<Node, Operand>,
     /// Named results, in order.
     pub outputs: Vec<(String, NodeIndex)>,
+    /// Outputs that update the state of the same name in place: each is a
+    /// `write_slice` of that state, its only use, so a backend may write into
+    /// the state's memory instead of allocating a new value
+    /// ([`super::verify`] checks this).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub updates: Vec<String>,
 }
 
 impl Graph {
     pub fn new(name: impl Into<String>) -> Self {
-        Graph { name: name.into(), g: StableGraph::new(), outputs: vec![] }
+        Graph { name: name.into(), g: StableGraph::new(), outputs: vec![], updates: vec![] }
     }
 
     /// Add a node with operands, inferring its type. Panics on a type error:
@@ -92,6 +98,18 @@ impl Graph {
 
     pub fn output(&mut self, name: impl Into<String>, n: NodeIndex) {
         self.outputs.push((name.into(), n));
+    }
+
+    /// Output `name` (the state `name` with a slice written) as an in-place update.
+    pub fn update(&mut self, name: impl Into<String>, n: NodeIndex) {
+        let name = name.into();
+        self.outputs.push((name.clone(), n));
+        self.updates.push(name);
+    }
+
+    /// Whether output `name` updates its state in place.
+    pub fn is_update(&self, name: &str) -> bool {
+        self.updates.iter().any(|u| u == name)
     }
 
     /// Operands of a node in operand order.

@@ -44,6 +44,14 @@ pub fn broadcast(a: &[Dim], b: &[Dim]) -> Result<Vec<Dim>, String> {
     Ok(out)
 }
 
+/// Sampling settings given at run time: `temperature: f32[]`, `top_k: i64[]`, `top_p: f32[]`.
+fn settings(tys: &[&TensorType]) -> Result<(), String> {
+    let ok = tys.len() == 3
+        && tys.iter().all(|t| t.rank() == 0)
+        && [tys[0].dtype, tys[1].dtype, tys[2].dtype] == [DType::F32, DType::I64, DType::F32];
+    want(ok, || "the settings must be scalars temperature: f32[], top_k: i64[], top_p: f32[]".into())
+}
+
 pub fn infer(op: &Op, tys: &[&TensorType]) -> Result<TensorType, String> {
     use Op::*;
     match op {
@@ -211,6 +219,53 @@ pub fn infer(op: &Op, tys: &[&TensorType]) -> Result<TensorType, String> {
             s[a] = total;
             Ok(TensorType { dtype: first.dtype, shape: s })
         }
+        WriteSlice { axis, start } => {
+            arity(tys, 2..=2)?;
+            let (dst, src) = (tys[0], tys[1]);
+            let a = *axis as usize;
+            want(dst.dtype == src.dtype && dst.rank() == src.rank(), || {
+                "write_slice operands differ in dtype or rank".into()
+            })?;
+            want(a < dst.rank(), || format!("axis {a} of a rank-{} tensor", dst.rank()))?;
+            for (i, (d, e)) in dst.shape.iter().zip(&src.shape).enumerate() {
+                want(i == a || d == e, || {
+                    format!(
+                        "write_slice of {} into {} differs off axis {a}",
+                        shape_str(&src.shape),
+                        shape_str(&dst.shape)
+                    )
+                })?;
+            }
+            if let (Some(st), Some(l), Some(n)) = (start.as_const(), src.shape[a].as_const(), dst.shape[a].as_const()) {
+                want(st.checked_add(l).is_some_and(|e| e <= n), || format!("write_slice {st}+{l} into {n}"))?;
+            }
+            Ok(dst.clone())
+        }
+        Attention { mask, keys, .. } => {
+            arity(tys, if mask.needs_levels() { 4..=4 } else { 3..=3 })?;
+            f32s(&tys[..3])?;
+            let (q, k, v) = (tys[0], tys[1], tys[2]);
+            let r = q.rank();
+            want(r >= 2 && k.rank() == r && v.rank() == r, || "q, k and v must be [..., T, d] of one rank".into())?;
+            want(q.shape[..r - 2] == k.shape[..r - 2] && k.shape[..r - 1] == v.shape[..r - 1], || {
+                format!("q {}, k {} and v {} disagree", shape_str(&q.shape), shape_str(&k.shape), shape_str(&v.shape))
+            })?;
+            want(q.shape[r - 1] == k.shape[r - 1], || "q and k differ in head dimension".into())?;
+            if let (Some(n), Some(s)) = (keys.as_const(), k.shape[r - 2].as_const()) {
+                want(n <= s, || format!("{n} keys in a cache of {s}"))?;
+            }
+            if let (Some(n), Some(t)) = (keys.as_const(), q.shape[r - 2].as_const()) {
+                want(t <= n, || format!("{t} queries but only {n} keys"))?;
+            }
+            if mask.needs_levels() {
+                want(tys[3].dtype == DType::I64 && tys[3].shape == [keys.clone()], || {
+                    format!("the levels must be i64[{keys}], got {}", shape_str(&tys[3].shape))
+                })?;
+            }
+            let mut out = q.shape.clone();
+            out[r - 1] = v.shape[r - 1].clone();
+            Ok(TensorType::f32(out))
+        }
         Resize { h, w, .. } => {
             arity(tys, 1..=1)?;
             f32s(tys)?;
@@ -244,23 +299,25 @@ pub fn infer(op: &Op, tys: &[&TensorType]) -> Result<TensorType, String> {
             want(tys[2].rank() == 0, || "guidance scale must be a scalar".into())?;
             Ok(tys[0].clone())
         }
-        SampleTokens { .. } => {
-            arity(tys, 2..=2)?;
-            f32s(tys)?;
+        SampleTokens => {
+            arity(tys, 5..=5)?;
             let s = &tys[0].shape;
+            want(tys[0].dtype == DType::F32 && tys[1].dtype == DType::F32, || "logits and noise must be f32".into())?;
             want(!s.is_empty(), || "logits must have a vocabulary axis".into())?;
             want(tys[1].shape == s[..s.len() - 1], || "noise must have one value per sampled token".into())?;
+            settings(&tys[2..])?;
             Ok(TensorType::i64(s[..s.len() - 1].to_vec()))
         }
         FlowMapTokens { .. } => {
-            arity(tys, 3..=3)?;
-            f32s(tys)?;
+            arity(tys, 6..=6)?;
+            f32s(&tys[..3])?;
             let (l, n, c) = (&tys[0].shape, &tys[1].shape, tys[2]);
             want(!l.is_empty() && !n.is_empty(), || "logits and noise need a last axis".into())?;
             want(n[..n.len() - 1] == l[..l.len() - 1], || "noise must have one vector per token".into())?;
             want(c.rank() == 2 && c.shape[0] == l[l.len() - 1] && c.shape[1] == n[n.len() - 1], || {
                 "codes must be [V, D]: V the logits' last axis, D the noise's".into()
             })?;
+            settings(&tys[3..])?;
             Ok(TensorType::i64(l[..l.len() - 1].to_vec()))
         }
         NearestCode => {

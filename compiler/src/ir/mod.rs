@@ -5,6 +5,7 @@ pub mod dim;
 pub mod dot;
 pub mod graph;
 pub mod infer;
+pub mod liveness;
 pub mod op;
 pub mod text;
 pub mod verify;

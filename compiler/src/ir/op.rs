@@ -87,6 +87,44 @@ pub enum Resample {
     Area,
 }
 
+/// Which keys a query may attend to. Positions count the whole sequence;
+/// levels (the stage of each position) come from an operand.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Mask {
+    /// Every key.
+    Full,
+    /// Keys at or before the query's position (raster AR).
+    Causal,
+    /// Keys of the query's level or an earlier one (next-scale prediction).
+    BlockCausal,
+    /// Keys of earlier levels, and the query's own position (Distilled Decoding).
+    EarlierPlusSelf,
+}
+
+impl Mask {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mask::Full => "full",
+            Mask::Causal => "causal",
+            Mask::BlockCausal => "block_causal",
+            Mask::EarlierPlusSelf => "earlier_plus_self",
+        }
+    }
+    /// Whether the mask reads the levels of the keys.
+    pub fn needs_levels(self) -> bool {
+        matches!(self, Mask::BlockCausal | Mask::EarlierPlusSelf)
+    }
+    /// Whether the query at position `q` (level `lq`) sees the key at `k` (level `lk`).
+    pub fn allows(self, q: u64, k: u64, lq: i64, lk: i64) -> bool {
+        match self {
+            Mask::Full => true,
+            Mask::Causal => k <= q,
+            Mask::BlockCausal => lk <= lq,
+            Mask::EarlierPlusSelf => k == q || lk < lq,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Op {
     // ---- sources -------------------------------------------------------
@@ -170,6 +208,14 @@ pub enum Op {
     Concat {
         axis: u8,
     },
+    /// The first operand with its rows `start..start + len` along `axis`
+    /// replaced by the second operand (`len` its extent there). When the first
+    /// operand is a state and the program declares the result as that state's
+    /// update, a backend writes in place (`Graph::updates`).
+    WriteSlice {
+        axis: u8,
+        start: Dim,
+    },
     /// Resample `[N, C, H, W]` to `[N, C, h, w]`.
     Resize {
         mode: Resample,
@@ -187,19 +233,29 @@ pub enum Op {
     /// Rotate interleaved pairs of `x[..., T, d]` by the angles of `cos, sin [T, d/2]`.
     Rope,
 
+    // ---- attention --------------------------------------------------------
+    /// Scaled dot-product attention of `T` queries at positions
+    /// `keys - T .. keys` over the keys at positions `0..keys`: operands
+    /// `q[..., T, d]`, `k[..., S, d]`, `v[..., S, e]` with `S >= keys` (a
+    /// cache of capacity `S` whose first `keys` rows are filled), and for the
+    /// level masks `levels: i64[keys]`. Result `[..., T, e]`:
+    /// `softmax(scale * q k^T + mask) v` over the allowed keys only.
+    Attention {
+        mask: Mask,
+        scale: F,
+        keys: Dim,
+    },
+
     // ---- generation -----------------------------------------------------
     /// Classifier-free guidance: `u + s (c - u)` on the first `channels`
     /// channels (all when `None`), `c` elsewhere; operands `c, u, s`.
     Guide {
         channels: Option<u32>,
     },
-    /// Sample token indices from logits: temperature, top-k (0 = off), top-p
-    /// (1 = off); operands `logits, uniform noise`.
-    SampleTokens {
-        temperature: F,
-        top_k: u32,
-        top_p: F,
-    },
+    /// Sample token indices from logits: operands `logits, uniform noise`,
+    /// then the run's settings `temperature: f32[]`, `top_k: i64[]` (0 = off)
+    /// and `top_p: f32[]` (1 = off), so changing them never re-lowers.
+    SampleTokens,
     /// Index of the nearest codebook row (L2): operands `x[..., D], codes[V, D]`.
     NearestCode,
     /// Distilled Decoding's teacher flow map (docs/runtime.md): each token's
@@ -207,11 +263,9 @@ pub enum Op {
     /// `SampleTokens` does) is a mixture of point masses at the codes; the
     /// straight-path flow from a Gaussian noise token lands on one code, the
     /// chosen token. Integrated with `steps` Heun steps. Operands
-    /// `logits[..., V], noise[..., D], codes[V, D]`; result `i64[...]`.
+    /// `logits[..., V], noise[..., D], codes[V, D]` and the settings as for
+    /// `SampleTokens`; result `i64[...]`.
     FlowMapTokens {
-        temperature: F,
-        top_k: u32,
-        top_p: F,
         steps: u32,
     },
 }
@@ -257,11 +311,13 @@ impl Op {
             Op::Permute { .. } => "permute",
             Op::Slice { .. } => "slice",
             Op::Concat { .. } => "concat",
+            Op::WriteSlice { .. } => "write_slice",
+            Op::Attention { .. } => "attention",
             Op::Resize { .. } => "resize",
             Op::Rope => "rope",
             Op::Sinusoid { .. } => "sinusoid",
             Op::Guide { .. } => "guide",
-            Op::SampleTokens { .. } => "sample_tokens",
+            Op::SampleTokens => "sample_tokens",
             Op::NearestCode => "nearest_code",
             Op::FlowMapTokens { .. } => "flow_map_tokens",
         }

@@ -18,11 +18,12 @@
 //! ```text
 //! graph := 'graph' STRING '{'  stmt*  '}'
 //! stmt  := '%'N '=' OP [STRING] ['(' '%'N (',' '%'N)* ')'] ['{' KEY '=' VALUE (',' ...)* '}'] ':' type
-//!        | 'out' STRING '=' '%'N
+//!        | ('out' | 'update') STRING '=' '%'N
 //! type  := ('f32' | 'i64') '[' [DIM (',' DIM)*] ']'
 //! ```
 //!
-//! `input`, `param` and `state` take a STRING and no operand list; `const`
+//! `update` is an output that writes the state of its name in place (see
+//! `Graph::updates`). `input`, `param` and `state` take a STRING and no operand list; `const`
 //! takes neither; every other op takes an operand list. STRINGs are JSON string
 //! literals, DIMs are [`Dim`]'s canonical text, floats are [`F`]'s Display
 //! (shortest text that parses back to the same bits, `inf`, `NaN`), lists are
@@ -30,7 +31,7 @@
 
 use super::dim::Dim;
 use super::graph::{Graph, TensorType};
-use super::op::{Binary, DType, Op, Resample, Unary, F};
+use super::op::{Binary, DType, Mask, Op, Resample, Unary, F};
 use ecarc_grammar::SourceMap;
 use petgraph::stable_graph::NodeIndex;
 use petgraph::visit::{EdgeRef, NodeIndexable};
@@ -97,7 +98,9 @@ pub fn attrs(op: &Op) -> Vec<(&'static str, String)> {
     let list = |xs: Vec<String>| format!("[{}]", xs.join(", "));
     match op {
         Input { .. } | Param { .. } | State { .. } => vec![],
-        Linear | MatMul | Embedding | Unary(_) | Binary(_) | Softmax | ArgMax | Rope | NearestCode => vec![],
+        Linear | MatMul | Embedding | Unary(_) | Binary(_) | Softmax | ArgMax | Rope | NearestCode | SampleTokens => {
+            vec![]
+        }
         Const { value } => vec![("value", value.to_string())],
         Conv2d { stride, pad } => vec![("stride", stride.to_string()), ("pad", pad.to_string())],
         Affine { scale, shift } => vec![("scale", scale.to_string()), ("shift", shift.to_string())],
@@ -115,15 +118,11 @@ pub fn attrs(op: &Op) -> Vec<(&'static str, String)> {
         }
         Sinusoid { dim, max_period } => vec![("dim", dim.to_string()), ("max_period", max_period.to_string())],
         Guide { channels } => vec![("channels", channels.map_or("none".into(), |c| c.to_string()))],
-        SampleTokens { temperature, top_k, top_p } => {
-            vec![("temperature", temperature.to_string()), ("top_k", top_k.to_string()), ("top_p", top_p.to_string())]
+        FlowMapTokens { steps } => vec![("steps", steps.to_string())],
+        WriteSlice { axis, start } => vec![("axis", axis.to_string()), ("start", start.to_string())],
+        Attention { mask, scale, keys } => {
+            vec![("mask", mask.name().into()), ("scale", scale.to_string()), ("keys", keys.to_string())]
         }
-        FlowMapTokens { temperature, top_k, top_p, steps } => vec![
-            ("temperature", temperature.to_string()),
-            ("top_k", top_k.to_string()),
-            ("top_p", top_p.to_string()),
-            ("steps", steps.to_string()),
-        ],
     }
 }
 
@@ -141,11 +140,15 @@ const UNARIES: [Unary; 7] =
     [Unary::Silu, Unary::Gelu, Unary::GeluTanh, Unary::Exp, Unary::Neg, Unary::Sqrt, Unary::Tanh];
 const BINARIES: [Binary; 6] = [Binary::Add, Binary::Sub, Binary::Mul, Binary::Div, Binary::Min, Binary::Max];
 const RESAMPLES: [Resample; 4] = [Resample::Nearest, Resample::Bilinear, Resample::Bicubic, Resample::Area];
+const MASKS: [Mask; 4] = [Mask::Full, Mask::Causal, Mask::BlockCausal, Mask::EarlierPlusSelf];
 
 /// A new variant makes these matches fail to compile: add it to the lists above.
 #[allow(dead_code)]
-fn lists_are_complete(u: Unary, b: Binary, r: Resample) {
-    use {Binary::*, Resample::*, Unary::*};
+fn lists_are_complete(u: Unary, b: Binary, r: Resample, m: Mask) {
+    use {Binary::*, Mask::*, Resample::*, Unary::*};
+    match m {
+        Full | Causal | BlockCausal | EarlierPlusSelf => {}
+    }
     match u {
         Silu | Gelu | GeluTanh | Exp | Neg | Sqrt | Tanh => {}
     }
@@ -204,7 +207,8 @@ pub fn print(g: &Graph, sources: Option<&SourceMap>) -> String {
     }
     for (name, n) in &g.outputs {
         let target = num.get(n).map_or_else(|| format!("%<missing node {}>", n.index()), |i| format!("%{i}"));
-        writeln!(out, "  out {} = {target}", quote(name)).unwrap();
+        let kw = if g.is_update(name) { "update" } else { "out" };
+        writeln!(out, "  {kw} {} = {target}", quote(name)).unwrap();
     }
     out.push_str("}\n");
     out
@@ -244,9 +248,13 @@ pub fn parse(text: &str) -> Result<Graph, String> {
             }
             Some('%') => p.node(&mut c)?,
             _ => {
-                c.keyword("out")
-                    .map_err(|_| c.err(format!("expected `%N = ...`, `out` or `}}`, found {}", c.found())))?;
-                p.output(&mut c)?;
+                let update = c.keyword("update").is_ok();
+                if !update {
+                    c.keyword("out").map_err(|_| {
+                        c.err(format!("expected `%N = ...`, `out`, `update` or `}}`, found {}", c.found()))
+                    })?;
+                }
+                p.output(&mut c, update)?;
             }
         }
     }
@@ -328,7 +336,7 @@ impl Parser {
         Ok(())
     }
 
-    fn output(&mut self, c: &mut Cursor) -> Result<(), String> {
+    fn output(&mut self, c: &mut Cursor, update: bool) -> Result<(), String> {
         let name = c.string()?;
         c.expect("=")?;
         let r = c.value()?;
@@ -337,7 +345,11 @@ impl Parser {
         if self.g.outputs.iter().any(|(o, _)| *o == name) {
             return Err(c.err(format!("output {} is named twice", quote(&name))));
         }
-        self.g.output(name, n);
+        if update {
+            self.g.update(name, n);
+        } else {
+            self.g.output(name, n);
+        }
         Ok(())
     }
 }
@@ -392,16 +404,16 @@ fn build_op(name: &str, label: Option<String>, a: &mut Attrs) -> Result<Op, Stri
             };
             Op::Guide { channels }
         }
-        "sample_tokens" => {
-            Op::SampleTokens { temperature: a.f("temperature")?, top_k: a.num("top_k")?, top_p: a.f("top_p")? }
-        }
+        "sample_tokens" => Op::SampleTokens,
         "nearest_code" => Op::NearestCode,
-        "flow_map_tokens" => Op::FlowMapTokens {
-            temperature: a.f("temperature")?,
-            top_k: a.num("top_k")?,
-            top_p: a.f("top_p")?,
-            steps: a.num("steps")?,
-        },
+        "flow_map_tokens" => Op::FlowMapTokens { steps: a.num("steps")? },
+        "write_slice" => Op::WriteSlice { axis: a.num("axis")?, start: a.dim("start")? },
+        "attention" => {
+            let m = a.take("mask")?;
+            let mask =
+                MASKS.into_iter().find(|k| k.name() == m).ok_or_else(|| format!("`{m}` is not an attention mask"))?;
+            Op::Attention { mask, scale: a.f("scale")?, keys: a.dim("keys")? }
+        }
         _ => {
             if let Some(u) = UNARIES.into_iter().find(|&u| Op::Unary(u).name() == name) {
                 Op::Unary(u)

@@ -36,6 +36,11 @@ pub(crate) fn every_op_graph() -> Graph {
     let codes = g.source(Op::Param { key: "codes".into() }, f32t("512, 32"), None);
     let flow_noise = g.source(Op::Input { name: "flow_noise".into() }, f32t("B, T, 8"), None);
     let vocab_codes = g.source(Op::Param { key: "vocab_codes".into() }, f32t("64, 8"), None);
+    let temperature = g.source(Op::Input { name: "temperature".into() }, TensorType::f32(vec![]), None);
+    let top_k = g.source(Op::Input { name: "top_k".into() }, TensorType::i64(vec![]), None);
+    let top_p = g.source(Op::Input { name: "top_p".into() }, TensorType::f32(vec![]), None);
+    let cache = g.source(Op::State { name: "cache".into() }, f32t("B, 4, 16, 8"), None);
+    let levels = g.source(Op::Input { name: "levels".into() }, TensorType::i64(vec![d("P + T")]), None);
 
     let mut add = |op: Op, operands: &[NodeIndex]| g.try_add(op, operands, None).unwrap();
     let scale = add(Op::Const { value: F::new(7.5) }, &[]);
@@ -74,18 +79,28 @@ pub(crate) fn every_op_graph() -> Graph {
     let temb = add(Op::Sinusoid { dim: 16, max_period: F::new(10000.0) }, &[t]);
     let guided = add(Op::Guide { channels: Some(16) }, &[lin, lin2, scale]);
     add(Op::Guide { channels: None }, &[lin, lin2, scale]);
-    let toks = add(Op::SampleTokens { temperature: F::new(1.0), top_k: 0, top_p: F::new(0.9) }, &[guided, noise]);
+    let toks = add(Op::SampleTokens, &[guided, noise, temperature, top_k, top_p]);
     let code = add(Op::NearestCode, &[last, codes]);
-    let chosen = add(
-        Op::FlowMapTokens { temperature: F::new(0.5), top_k: 3, top_p: F::new(0.75), steps: 16 },
-        &[guided, flow_noise, vocab_codes],
-    );
+    let chosen = add(Op::FlowMapTokens { steps: 16 }, &[guided, flow_noise, vocab_codes, temperature, top_k, top_p]);
+    let written = add(Op::WriteSlice { axis: 2, start: d("P") }, &[cache, heads]);
+    let mut attended = vec![];
+    for mask in MASKS {
+        let keys = d("P + T");
+        let mut ops = vec![roped, written, written];
+        if mask.needs_levels() {
+            ops.push(levels);
+        }
+        attended.push(add(Op::Attention { mask, scale: F::new(0.125), keys }, &ops));
+    }
+    add(Op::Attention { mask: Mask::Full, scale: F::new(1.0), keys: d("T") }, &[heads, heads, roped]);
     g.output("chosen", chosen);
     g.output("logits", guided);
     g.output("tokens", toks);
     g.output("code", code);
     g.output("q \"rot\"", roped);
     g.output("temb", temb);
+    g.output("attended", attended[2]);
+    g.update("cache", written);
     g
 }
 
@@ -119,13 +134,15 @@ fn variant(op: &Op) -> usize {
         Resize { .. } => 22,
         Rope => 23,
         Guide { .. } => 24,
-        SampleTokens { .. } => 25,
+        SampleTokens => 25,
         NearestCode => 26,
         Sinusoid { .. } => 27,
         FlowMapTokens { .. } => 28,
+        WriteSlice { .. } => 29,
+        Attention { .. } => 30,
     }
 }
-const VARIANTS: usize = 29;
+const VARIANTS: usize = 31;
 
 /// Ops, types and operands in printed order, and outputs by position:
 /// what "structurally equal" means across a round trip.
@@ -137,7 +154,9 @@ fn structure(g: &Graph) -> (Vec<(Op, TensorType, Vec<usize>)>, Vec<(String, usiz
         .iter()
         .map(|&n| (g.g[n].op.clone(), g.g[n].ty.clone(), g.operands(n).iter().map(|o| pos[o]).collect()))
         .collect();
-    (nodes, g.outputs.iter().map(|(s, n)| (s.clone(), pos[n])).collect())
+    let outputs =
+        g.outputs.iter().map(|(s, n)| (format!("{s}{}", if g.is_update(s) { " (update)" } else { "" }), pos[n]));
+    (nodes, outputs.collect())
 }
 
 fn assert_round_trips(g: &Graph) {
@@ -253,7 +272,7 @@ fn parse_errors_name_the_line() {
         ("  %1 = linear(%0) : f32[B, 8]\n}\n", "line 3: linear: takes 2..=3 operands, got 1"),
         ("  out \"y\" = %0\n  out \"y\" = %0\n}\n", "line 4: output \"y\" is named twice"),
         ("  out \"y = %0\n}\n", "line 3: unterminated string"),
-        ("  bogus\n}\n", "line 3: expected `%N = ...`, `out` or `}`"),
+        ("  bogus\n}\n", "line 3: expected `%N = ...`, `out`, `update` or `}`"),
         ("  out \"y\" = %0\n", "line 4: missing the graph's closing `}`"),
         ("}\n%1 = exp(%0) : f32[B, 8]\n", "line 4: text after the graph's closing `}`"),
     ];

@@ -68,10 +68,43 @@ pub fn verify(g: &Graph) -> Result<(), Vec<String>> {
             errs.push(format!("output {name:?} is named twice (outputs {first} and {i})"));
         }
     }
+    updates(g, &mut errs);
     if errs.is_empty() {
         Ok(())
     } else {
         Err(errs)
+    }
+}
+
+/// An in-place update `name` is an output `name` that is a `write_slice` of the
+/// state `name`, and the state has no other use: writing into the state's
+/// memory then changes nothing any other node reads.
+fn updates(g: &Graph, errs: &mut Vec<String>) {
+    for (i, name) in g.updates.iter().enumerate() {
+        if g.updates[..i].contains(name) {
+            errs.push(format!("update {name:?} is declared twice"));
+            continue;
+        }
+        let Some(&(_, out)) = g.outputs.iter().find(|(o, _)| o == name) else {
+            errs.push(format!("update {name:?} is not an output"));
+            continue;
+        };
+        if !g.g.contains_node(out) {
+            continue; // reported with the outputs
+        }
+        let ops = g.operands(out);
+        let state = ops.first().filter(|&&s| matches!(&g.g[s].op, Op::State { name: s } if s == name));
+        let Some(&state) = state.filter(|_| matches!(g.g[out].op, Op::WriteSlice { .. })) else {
+            errs.push(format!("update {name:?}: {} is not a write_slice of the state {name:?}", who(g, out)));
+            continue;
+        };
+        let users = g.g.neighbors_directed(state, Direction::Outgoing).count();
+        let edges = g.g.edges_directed(state, Direction::Outgoing).count();
+        if users != 1 || edges != 1 {
+            errs.push(format!(
+                "update {name:?}: the state is read by {edges} operand(s), not only by its write_slice, so it cannot be written in place"
+            ));
+        }
     }
 }
 

@@ -5,7 +5,7 @@
 //! roles the model declares; there is no family switch.
 
 use super::ctx::{d, Ctx, Missing, N};
-use crate::ir::op::{Binary, Unary};
+use crate::ir::op::{Binary, Mask, Unary};
 use crate::ir::{Dim, Op, Sym, TensorType, F};
 use crate::spec::*;
 
@@ -54,8 +54,10 @@ pub struct Step {
     pub past: Dim,
     /// A whole teacher-forced pass over several stages (needs the full mask).
     pub teacher_forced: bool,
-    /// Whether later steps attend to this step's keys and values (outputs them).
-    pub keeps_cache: bool,
+    /// The KV cache's capacity in positions when this step attends to earlier
+    /// steps or keeps its keys and values for later ones: each layer's cache
+    /// is a state of that many positions, written in place at `past`.
+    pub cache: Option<u64>,
 }
 
 /// What the backbone hands to the head.
@@ -181,18 +183,10 @@ pub fn lower_backbone(c: &mut Ctx, spec: &ModelSpec, step: &Step) -> Res<Backbon
     } else {
         None
     };
-    // Cached block-causal steps see every cached position and their whole stage:
-    // no mask. Teacher-forced passes and the other kinds need one.
-    let needs_mask = match bb.attn {
-        AttnMask::Full => false,
-        AttnMask::BlockCausal => step.teacher_forced,
-        AttnMask::Causal | AttnMask::EarlierPlusSelf => true,
-    };
-    let mask = needs_mask.then(|| c.input("attn_bias", TensorType::f32(vec![t.clone(), step.past.add(&t)])));
-
+    let attn = attention_of(c, spec, step);
     // ---- layers ------------------------------------------------------------
     for layer in 0..bb.depth {
-        x = block(c, spec, x, cond, layer, &bt, &t, &step.past, rope, mask, nd_emb, step.keeps_cache)?;
+        x = block(c, spec, x, cond, layer, &bt, &t, rope, &attn, nd_emb)?;
     }
     if let (Some(e), true) = (nd_emb, c.has("nd_proj", Some(bb.depth))) {
         let p = c.linear(e, "nd_proj", Some(bb.depth))?;
@@ -235,6 +229,39 @@ fn embed_tokens(c: &mut Ctx, spec: &ModelSpec, step: &Step, n: &Dim) -> Res<N> {
     c.linear(x, "token_in", None)
 }
 
+/// How one step's layers attend: the mask, the levels it reads, and the KV
+/// cache (its capacity, and the positions already in it).
+#[derive(Clone)]
+struct Attend {
+    mask: Mask,
+    levels: Option<N>,
+    cache: Option<u64>,
+    past: Dim,
+}
+
+fn attention_of(c: &mut Ctx, spec: &ModelSpec, step: &Step) -> Attend {
+    // A cached block-causal step holds one whole stage and sees every cached
+    // position: no mask. A teacher-forced pass needs the levels.
+    let mask = match spec.backbone.attn {
+        AttnMask::Full => Mask::Full,
+        AttnMask::BlockCausal if step.teacher_forced => Mask::BlockCausal,
+        AttnMask::BlockCausal => Mask::Full,
+        AttnMask::Causal => Mask::Causal,
+        AttnMask::EarlierPlusSelf => Mask::EarlierPlusSelf,
+    };
+    let keys = step.past.add(&step.tokens);
+    // Levels of every key: this step's own (`levels`) when nothing is cached.
+    let levels = mask.needs_levels().then(|| {
+        let name = if step.past.as_const() == Some(0) { "levels" } else { "key_levels" };
+        c.input(name, TensorType::i64(vec![keys]))
+    });
+    assert!(
+        step.cache.is_some() || step.past.as_const() == Some(0),
+        "lowering bug: a step over cached positions has no cache"
+    );
+    Attend { mask, levels, cache: step.cache, past: step.past.clone() }
+}
+
 fn norm(c: &mut Ctx, spec: &ModelSpec, x: N, role: &str, layer: Option<u64>) -> Res<N> {
     let blk = &spec.backbone.block;
     let eps = F::new(blk.norm_eps);
@@ -263,11 +290,9 @@ fn block(
     layer: u64,
     bt: &Dim,
     t: &Dim,
-    past: &Dim,
     rope: Option<(N, N)>,
-    mask: Option<N>,
+    attn: &Attend,
     nd_emb: Option<N>,
-    keeps_cache: bool,
 ) -> Res<N> {
     let bb = &spec.backbone;
     let blk = &bb.block;
@@ -316,32 +341,37 @@ fn block(
             let s = c.unary(Unary::Exp, s);
             q = c.mul(q, s);
         }
-        QkNorm::None => q = c.affine(q, 1.0 / (bb.head_dim as f64).sqrt(), 0.0),
+        QkNorm::None => {}
     }
+    // The L2 kind scales the queries by its learned factor instead.
+    let scale = match bb.qk_norm {
+        QkNorm::L2 => 1.0,
+        QkNorm::None => 1.0 / (bb.head_dim as f64).sqrt(),
+    };
     if let Some((cos, sin)) = rope {
         q = c.op(Op::Rope, &[q, cos, sin]);
         k = c.op(Op::Rope, &[k, cos, sin]);
     }
-    let cache_ty = TensorType::f32(vec![bt.clone(), h.clone(), past.clone(), hd.clone()]);
-    let (k_all, v_all) = if past.as_const() == Some(0) {
-        (k, v)
-    } else {
-        let kc = c.state(&format!("cache.k.{layer}"), cache_ty.clone());
-        let vc = c.state(&format!("cache.v.{layer}"), cache_ty);
-        (c.op(Op::Concat { axis: 2 }, &[kc, k]), c.op(Op::Concat { axis: 2 }, &[vc, v]))
+    // This step's keys and values go into the cache in place, at `past`;
+    // attention reads the cache's first `past + T` positions.
+    let (k_all, v_all) = match attn.cache {
+        None => (k, v),
+        Some(capacity) => {
+            let cache_ty = TensorType::f32(vec![bt.clone(), h.clone(), d(capacity), hd.clone()]);
+            let write = |c: &mut Ctx, which: &str, new: N| {
+                let name = format!("cache.{which}.{layer}");
+                let state = c.state(&name, cache_ty.clone());
+                let all = c.op(Op::WriteSlice { axis: 2, start: attn.past.clone() }, &[state, new]);
+                c.g.update(name, all);
+                all
+            };
+            (write(c, "k", k), write(c, "v", v))
+        }
     };
-    // Only programs that feed later steps keep their keys and values.
-    if keeps_cache {
-        c.output(&format!("cache.k.{layer}"), k_all);
-        c.output(&format!("cache.v.{layer}"), v_all);
-    }
-    let kt = c.permute(k_all, &[0, 1, 3, 2]);
-    let mut scores = c.op(Op::MatMul, &[q, kt]);
-    if let Some(m) = mask {
-        scores = c.add(scores, m);
-    }
-    let probs = c.op(Op::Softmax, &[scores]);
-    let o = c.op(Op::MatMul, &[probs, v_all]);
+    let keys = attn.past.add(t);
+    let mut operands = vec![q, k_all, v_all];
+    operands.extend(attn.levels);
+    let o = c.op(Op::Attention { mask: attn.mask, scale: F::new(scale), keys }, &operands);
     let o = c.permute(o, &[0, 2, 1, 3]);
     let o = c.reshape(o, vec![bt.clone(), t.clone(), w.clone()]);
     let mut o = c.linear(o, "attn_out", l)?;
@@ -381,8 +411,9 @@ fn block(
     Ok(c.add(x, y))
 }
 
-/// The symbolic step used for KV-cached generation.
-pub fn cached_step(seq: Seq, cfg: bool) -> Step {
+/// The symbolic step used for KV-cached generation, with a cache of
+/// `capacity` positions.
+pub fn cached_step(seq: Seq, cfg: bool, capacity: u64) -> Step {
     let b = Dim::sym(Sym::B);
     Step {
         seq,
@@ -391,6 +422,6 @@ pub fn cached_step(seq: Seq, cfg: bool) -> Step {
         tokens: Dim::sym(Sym::T),
         past: Dim::sym(Sym::P),
         teacher_forced: false,
-        keeps_cache: true,
+        cache: Some(capacity),
     }
 }

@@ -13,7 +13,7 @@
 //! after level `l`).
 
 use super::ctx::{d, Ctx, Missing, N};
-use crate::ir::op::{Binary, Unary};
+use crate::ir::op::{Binary, Mask, Unary};
 use crate::ir::{Dim, Op, Sym, TensorType, F};
 use crate::spec::*;
 
@@ -64,11 +64,8 @@ fn attention(c: &mut Ctx, x: N, index: &[u64]) -> Res<N> {
         (proj(c, tok, "dec_attn_q")?, proj(c, tok, "dec_attn_k")?, proj(c, tok, "dec_attn_v")?)
     };
     let chn = ch.as_const().unwrap_or(1) as f64;
-    let q = c.affine(q, 1.0 / chn.sqrt(), 0.0);
-    let kt = c.permute(k, &[0, 2, 1]);
-    let att = c.op(Op::MatMul, &[q, kt]);
-    let att = c.op(Op::Softmax, &[att]);
-    let o = c.op(Op::MatMul, &[att, v]);
+    let attn = Op::Attention { mask: Mask::Full, scale: F::new(1.0 / chn.sqrt()), keys: hw.clone() };
+    let o = c.op(attn, &[q, k, v]);
     let o = proj(c, o, "dec_attn_out")?;
     let o = c.permute(o, &[0, 2, 1]);
     let o = c.reshape(o, s.clone());

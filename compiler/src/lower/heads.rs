@@ -4,7 +4,7 @@
 
 use super::backbone::BackboneOut;
 use super::ctx::{d, Ctx, Missing, N};
-use crate::ir::op::Unary;
+use crate::ir::op::{Mask, Unary};
 use crate::ir::{Dim, Op, TensorType, F};
 use crate::spec::*;
 
@@ -108,25 +108,26 @@ pub fn flow_map(c: &mut Ctx, spec: &ModelSpec, logits: N) -> Res<N> {
     ns.push(dim);
     let noise = c.input("noise", TensorType::f32(ns));
     c.output("noise", noise);
-    let sm = &spec.sampler;
-    let op = Op::FlowMapTokens {
-        temperature: F::new(sm.temperature),
-        top_k: sm.top_k as u32,
-        top_p: F::new(sm.top_p),
-        steps: FLOW_MAP_STEPS,
-    };
-    Ok(c.op(op, &[logits, noise, book]))
+    let [temperature, top_k, top_p] = settings(c);
+    Ok(c.op(Op::FlowMapTokens { steps: FLOW_MAP_STEPS }, &[logits, noise, book, temperature, top_k, top_p]))
+}
+
+/// The sampling settings, as inputs the run supplies (so changing them never
+/// lowers again).
+fn settings(c: &mut Ctx) -> [N; 3] {
+    [
+        c.input("temperature", TensorType::f32(vec![])),
+        c.input("top_k", TensorType::i64(vec![])),
+        c.input("top_p", TensorType::f32(vec![])),
+    ]
 }
 
 /// Sample token indices from (guided) logits `[B, T, V]`.
-pub fn sample(c: &mut Ctx, spec: &ModelSpec, logits: N) -> N {
+pub fn sample(c: &mut Ctx, logits: N) -> N {
     let s = c.shape(logits);
     let noise = c.input("uniform", TensorType::f32(s[..s.len() - 1].to_vec()));
-    let sm = &spec.sampler;
-    c.op(
-        Op::SampleTokens { temperature: F::new(sm.temperature), top_k: sm.top_k as u32, top_p: F::new(sm.top_p) },
-        &[logits, noise],
-    )
+    let [temperature, top_k, top_p] = settings(c);
+    c.op(Op::SampleTokens, &[logits, noise, temperature, top_k, top_p])
 }
 
 /// One ODE step of a flow head over a stage's tokens:
@@ -197,13 +198,11 @@ pub fn flow_step(c: &mut Ctx, spec: &ModelSpec, tokens: &Dim, cfg: bool) -> Res<
                     c.permute(r, &[0, 2, 1, 3])
                 };
                 let q = split(c, qkv[0]);
-                let q = c.affine(q, 1.0 / (hd as f64).sqrt(), 0.0);
                 let k = split(c, qkv[1]);
                 let v = split(c, qkv[2]);
-                let kt = c.permute(k, &[0, 1, 3, 2]);
-                let s = c.op(Op::MatMul, &[q, kt]);
-                let s = c.op(Op::Softmax, &[s]);
-                let o = c.op(Op::MatMul, &[s, v]);
+                let attn =
+                    Op::Attention { mask: Mask::Full, scale: F::new(1.0 / (hd as f64).sqrt()), keys: tokens.clone() };
+                let o = c.op(attn, &[q, k, v]);
                 let o = c.permute(o, &[0, 2, 1, 3]);
                 let o = c.reshape(o, vec![batch.clone(), tokens.clone(), width.clone()]);
                 let o = c.linear(o, "attn_out", Some(i))?;

@@ -67,6 +67,10 @@ pub struct Options {
     /// How a categorical head chooses tokens (`FlowMap`: `ecarc dd-pairs`,
     /// whose plan is called `pairs`).
     pub choice: TokenChoice,
+    /// Guide with a doubled batch (`Some(true)`) or not, whatever the
+    /// sampler's own scale says (`None`: as [`uses_cfg`] says). A runner
+    /// prepares both, so that switching guidance never lowers again.
+    pub guidance: Option<bool>,
 }
 
 /// Spans to attach to nodes: the components and each declared tensor (by
@@ -140,7 +144,7 @@ fn program(
 
 pub fn lower_with(spec: &ModelSpec, spans: &SpecSpans, opts: Options) -> Result<Program, Diag> {
     let idx = ParamIndex::new(spec);
-    let cfg = uses_cfg(spec);
+    let cfg = spec.distill.is_none() && opts.guidance.unwrap_or_else(|| uses_cfg(spec));
     let stages = spec.schedule.stages();
     let has_pos_start = idx.get(Scope::Backbone, "pos_start", None).is_some();
     let prefix = prefix_len(spec, has_pos_start);
@@ -166,7 +170,7 @@ pub fn lower_with(spec: &ModelSpec, spans: &SpecSpans, opts: Options) -> Result<
         tokens: d(positions),
         past: d(0),
         teacher_forced: true,
-        keeps_cache: false,
+        cache: None,
     };
     let choice = opts.choice;
     graphs.push(step_graph("forward", spec, &idx, spans, &fwd, false, choice).map_err(|m| m.to_diag(spans.backbone))?);
@@ -275,6 +279,7 @@ pub fn lower_with(spec: &ModelSpec, spans: &SpecSpans, opts: Options) -> Result<
             glue::dd_drop_start(c, logits_ty.clone(), x_out_ty.clone(), prefix);
             Ok(())
         })?);
+        optimise(&mut graphs);
         let shape = shape_of(spec, &graphs, false, positions, false, &transitions);
         let mut plans = vec![plans::distilled_sample(&shape, &steps)];
         plans.extend(plans::forwards(&shape));
@@ -307,22 +312,24 @@ pub fn lower_with(spec: &ModelSpec, spans: &SpecSpans, opts: Options) -> Result<
         p => Some(Seq::PrefixAndBody { body: d(first_tokens.saturating_sub(p)), skip: p.min(first_tokens) }),
     };
     if let Some(seq) = first_seq.clone() {
-        let mut st = cached_step(seq, cfg);
+        let mut st = cached_step(seq, cfg, layout.positions());
         st.tokens = d(first_tokens);
         st.past = d(0);
-        st.keeps_cache = stages.len() > 1;
+        if stages.len() == 1 {
+            st.cache = None;
+        }
         graphs.push(
             step_graph("step.first", spec, &idx, spans, &st, cfg, choice).map_err(|m| m.to_diag(spans.backbone))?,
         );
     }
     let needs_next = stages.len() > 1 || first_seq.is_none();
     if needs_next {
-        let mut st = cached_step(Seq::Body, cfg);
+        let mut st = cached_step(Seq::Body, cfg, layout.positions());
         if stages.len() == 1 {
             // One stage holding every token (DiT): nothing is cached, sizes are fixed.
             st.past = d(0);
             st.tokens = d(first_tokens);
-            st.keeps_cache = false;
+            st.cache = None;
         }
         graphs
             .push(step_graph("step.next", spec, &idx, spans, &st, cfg, choice).map_err(|m| m.to_diag(spans.backbone))?);
@@ -368,11 +375,23 @@ pub fn lower_with(spec: &ModelSpec, spans: &SpecSpans, opts: Options) -> Result<
             Ok(())
         })?);
     }
+    optimise(&mut graphs);
     let shape = shape_of(spec, &graphs, cfg, positions, first_seq.is_some(), &transitions);
     let mut plans = vec![plans::sample(&shape, pairs)];
     plans.extend(plans::forwards(&shape));
     plans.extend(plans::decodes(&shape));
     finish(spec, graphs, plans, layout, cfg)
+}
+
+/// The standard pass pipeline on every program, before the plans bind their
+/// ports (so a source that dead-code elimination removes is never bound).
+fn optimise(graphs: &mut [Graph]) {
+    let pipeline = crate::pass::Pipeline::standard();
+    for g in graphs {
+        if let Err(e) = pipeline.run(g) {
+            panic!("lowering bug: {e}");
+        }
+    }
 }
 
 /// The program, its plans verified in debug builds (a plan that does not
@@ -428,7 +447,7 @@ fn step_graph(
             } else {
                 let l = if cfg { heads::guide(&mut c, logits, None) } else { logits };
                 let tokens = match choice {
-                    TokenChoice::Sample => heads::sample(&mut c, spec, l),
+                    TokenChoice::Sample => heads::sample(&mut c, l),
                     TokenChoice::FlowMap => heads::flow_map(&mut c, spec, l)?,
                 };
                 c.output("tokens", tokens);

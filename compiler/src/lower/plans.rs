@@ -8,7 +8,7 @@
 //!
 //! Every source of every program is bound here: the entries name the values
 //! that flow between programs; the rest follow one convention by port name
-//! ([`Builder::standard`]): `labels`, position tables (`levels`, `attn_bias`,
+//! ([`Builder::standard`]): `labels`, position tables (`levels`, `key_levels`,
 //! `rope_cos`, `rope_sin`), `cfg_scale` (the stage's guidance), `uniform` and
 //! `noise` (seeded per stage), and states (`cache.*`, `f_hat`: carried values
 //! of their own name, zeros at first).
@@ -80,7 +80,10 @@ impl<'a> Builder<'a> {
             // A guided program's labels are the images' and then the null class.
             "labels" => Source::Labels { null_class: self.shape.cfg.then_some(self.shape.spec.classes) },
             "levels" => Source::Table(Table::Levels),
-            "attn_bias" => Source::Table(Table::AttnBias),
+            "key_levels" => Source::Table(Table::KeyLevels),
+            "temperature" => Source::Setting(Setting::Temperature),
+            "top_k" => Source::Setting(Setting::TopK),
+            "top_p" => Source::Setting(Setting::TopP),
             "rope_cos" => Source::Table(Table::RopeCos),
             "rope_sin" => Source::Table(Table::RopeSin),
             GUIDANCE_PORT => Source::Guidance,
@@ -117,9 +120,9 @@ impl<'a> Builder<'a> {
             inputs.push(Bind { port: port.to_string(), source });
         }
         let mut outs: Vec<(String, String)> = outputs.iter().map(|(o, v)| (o.to_string(), v.to_string())).collect();
-        // Carried state flows on under its own name.
+        // State updated in place flows on under its own name.
         for (o, _) in &g.outputs {
-            if o.starts_with("cache.") && !outs.iter().any(|(x, _)| x == o) {
+            if g.is_update(o) && !outs.iter().any(|(x, _)| x == o) {
                 outs.push((o.clone(), o.clone()));
             }
         }
@@ -596,7 +599,7 @@ pub(super) fn forwards(s: &Shape) -> Vec<Plan> {
         let mut given: Vec<(&str, Source)> = Vec::new();
         for n in g.g.node_weights() {
             let Op::Input { name: port } = &n.op else { continue };
-            let standard = ["levels", "attn_bias", "rope_cos", "rope_sin"].contains(&port.as_str());
+            let standard = ["levels", "key_levels", "rope_cos", "rope_sin"].contains(&port.as_str());
             if standard {
                 continue;
             }
@@ -610,7 +613,7 @@ pub(super) fn forwards(s: &Shape) -> Vec<Plan> {
         }
         // Labels first, then the inputs in the program's order.
         inputs.sort_by_key(|i| i.name != "labels");
-        let outs: Vec<String> = g.outputs.iter().map(|(o, _)| o.clone()).filter(|o| !o.starts_with("cache.")).collect();
+        let outs: Vec<String> = g.outputs.iter().map(|(o, _)| o.clone()).filter(|o| !g.is_update(o)).collect();
         let out_pairs: Vec<(&str, &str)> = outs.iter().map(|o| (o.as_str(), o.as_str())).collect();
         let mut items = vec![Item::Run(b.entry(
             program,

@@ -1,6 +1,6 @@
 //! The token layout of a model's sequence, and the host tables computed from
 //! it for a run over positions `P..P+T`: the stage (level) of each position,
-//! the attention mask, 2D RoPE tables and Distilled Decoding's noise/data
+//! the levels of every key (for the attention masks), 2D RoPE tables and Distilled Decoding's noise/data
 //! marker. Positions count the whole sequence, start tokens first. The runtime
 //! computes each table once per distinct `(table, P, T)` when it prepares a plan.
 
@@ -44,6 +44,11 @@ impl SeqLayout {
             head_dim: spec.backbone.head_dim,
             rope_base: spec.backbone.rope_base,
         }
+    }
+
+    /// Positions of the whole sequence: what a KV cache must hold.
+    pub fn positions(&self) -> u64 {
+        self.extra_prefix + self.stage_tokens.iter().sum::<u64>()
     }
 
     /// The level of every position `0..P+T` (and no further).
@@ -91,7 +96,10 @@ impl SeqLayout {
                 let lv = self.levels_upto(p + n);
                 TableData::I64(vec![n as usize], lv[p as usize..].iter().map(|&l| l as i64).collect())
             }
-            Table::AttnBias => self.attn_bias(p, n),
+            Table::KeyLevels => {
+                let lv = self.levels_upto(p + n);
+                TableData::I64(vec![(p + n) as usize], lv.iter().map(|&l| l as i64).collect())
+            }
             Table::RopeCos => self.rope(p, n).0,
             Table::RopeSin => self.rope(p, n).1,
             Table::NoiseData(len) => {
@@ -107,26 +115,6 @@ impl SeqLayout {
                 TableData::I64(vec![n as usize], (p..p + n).map(|q| i64::from(q < data)).collect())
             }
         })
-    }
-
-    /// Additive attention bias `[T, P + T]` for queries at positions `P..P+T`
-    /// over keys `0..P+T`: 0 where allowed, -inf elsewhere.
-    fn attn_bias(&self, past: u64, tokens: u64) -> TableData {
-        let keys = past + tokens;
-        let lv = self.levels_upto(keys);
-        let mut v = Vec::with_capacity((tokens * keys) as usize);
-        for i in past..keys {
-            for j in 0..keys {
-                let ok = match self.mask {
-                    AttnMask::Full => true,
-                    AttnMask::Causal => j <= i,
-                    AttnMask::BlockCausal => lv[j as usize] <= lv[i as usize],
-                    AttnMask::EarlierPlusSelf => i == j || lv[j as usize] < lv[i as usize],
-                };
-                v.push(if ok { 0.0 } else { f32::NEG_INFINITY });
-            }
-        }
-        TableData::F32(vec![tokens as usize, keys as usize], v)
     }
 
     /// 2D RoPE tables `[T, head_dim/2]` (cos, sin) for positions `P..P+T`:
@@ -210,22 +198,11 @@ mod tests {
     }
 
     #[test]
-    fn masks_follow_their_rules() {
-        let stages = vec![1, 2, 3];
-        let allowed = |m: AttnMask, past, t| {
-            let (_, b) = f32s(layout(m, stages.clone(), 0).table(&Table::AttnBias, past, t, &none).unwrap());
-            b.iter().map(|v| *v == 0.0).collect::<Vec<bool>>()
-        };
-        // Block-causal: a whole scale sees itself and earlier scales.
-        let bc = allowed(AttnMask::BlockCausal, 0, 6);
-        assert!(bc[6 + 2] && !bc[6 + 3] && bc[3 * 6 + 5]);
-        // Earlier + self: not the other tokens of one's own scale.
-        let es = allowed(AttnMask::EarlierPlusSelf, 0, 6);
-        assert!(es[6 + 1] && !es[6 + 2] && es[2 * 6] && es[2 * 6 + 2]);
-        // Causal with a cache: queries at 4, 5 over keys 0..6.
-        let c = allowed(AttnMask::Causal, 4, 2);
-        assert_eq!(c, vec![true, true, true, true, true, false, true, true, true, true, true, true]);
-        assert!(allowed(AttnMask::Full, 0, 6).iter().all(|v| *v));
+    fn key_levels_cover_every_position_up_to_the_last_query() {
+        let s = layout(AttnMask::BlockCausal, vec![1, 2, 3], 0);
+        assert_eq!(i64s(s.table(&Table::KeyLevels, 3, 3, &none).unwrap()), vec![0, 1, 1, 2, 2, 2]);
+        assert_eq!(s.positions(), 6);
+        assert_eq!(layout(AttnMask::Causal, vec![1; 16], 1).positions(), 17);
     }
 
     #[test]

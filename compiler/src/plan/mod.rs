@@ -70,13 +70,34 @@ impl Series {
 pub enum Table {
     /// Stage index of each position: `i64[T]`.
     Levels,
-    /// Additive attention mask over keys `0..P+T`: `f32[T, T + P]`.
-    AttnBias,
+    /// Stage index of every key position `0..P+T`: `i64[P + T]` (what the
+    /// level masks of a cached step read).
+    KeyLevels,
     /// 2D RoPE tables: `f32[T, head_dim / 2]`.
     RopeCos,
     RopeSin,
     /// Distilled Decoding's noise (0) / data (1) marker of each position: `i64[T]`.
     NoiseData(DataLen),
+}
+
+/// The run's sampling settings that programs read as inputs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Setting {
+    Temperature,
+    TopK,
+    TopP,
+}
+
+impl Setting {
+    /// The program input (and `ecarc graph --plan` name) of the setting.
+    pub fn port(self) -> &'static str {
+        match self {
+            Setting::Temperature => "temperature",
+            Setting::TopK => "top_k",
+            Setting::TopP => "top_p",
+        }
+    }
 }
 
 /// How many body stages a DD forward is given as data.
@@ -109,6 +130,9 @@ pub enum Source {
     Scalar(Series),
     /// The guidance scale at the entry's stage, from the run's settings.
     Guidance,
+    /// A sampling setting of the run (`temperature`, `top_k`, `top_p`): a
+    /// scalar input, so that changing it never lowers again.
+    Setting(Setting),
     /// A position table.
     Table(Table),
 }

@@ -46,9 +46,10 @@ fn source(s: &Source) -> String {
             format!("series[{}] ({}{})", v.0.len(), shown.join(", "), if v.0.len() > 3 { ", ..." } else { "" })
         }
         Source::Guidance => "guidance".into(),
+        Source::Setting(s) => format!("setting {}", s.port()),
         Source::Table(t) => match t {
             Table::Levels => "table levels".into(),
-            Table::AttnBias => "table attn_bias".into(),
+            Table::KeyLevels => "table key_levels".into(),
             Table::RopeCos => "table rope_cos".into(),
             Table::RopeSin => "table rope_sin".into(),
             Table::NoiseData(super::DataLen::Stages(n)) => format!("table noise_data(data stages {n})"),

@@ -42,19 +42,17 @@ pub fn measured_speed(backend: &dyn Backend) -> Option<f64> {
     let w = graph.source(Op::Input { name: "w".into() }, TensorType::f32(vec![Dim::c(n), Dim::c(k)]), None);
     let y = graph.add(Op::Linear, &[x, w], None);
     graph.output("y", y);
-    let exe = backend.prepare(&graph).ok()?;
+    let exe = backend.prepare(&graph, &Default::default()).ok()?;
     let xb = backend.upload(&HostTensor::f32(vec![rows as usize, k as usize], vec![0.5; (rows * k) as usize])).ok()?;
     let wb = backend.upload(&HostTensor::f32(vec![n as usize, k as usize], vec![0.25; (n * k) as usize])).ok()?;
-    let mut args = Args::default();
-    args.inputs.insert("x", &xb);
-    args.inputs.insert("w", &wb);
+    let args = || Args { inputs: [("x", &xb), ("w", &wb)].into_iter().collect(), ..Default::default() };
     let b = Bindings::new(1, 0, 0);
-    backend.run(&exe, &b, &args).ok()?;
+    backend.run(&exe, &b, args()).ok()?;
     backend.synchronize().ok()?;
     let reps = 3;
     let started = Instant::now();
     for _ in 0..reps {
-        backend.run(&exe, &b, &args).ok()?;
+        backend.run(&exe, &b, args()).ok()?;
     }
     backend.synchronize().ok()?;
     let secs = started.elapsed().as_secs_f64().max(1e-9);

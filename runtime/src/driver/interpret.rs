@@ -13,38 +13,8 @@ use crate::error::{Result, RuntimeError};
 use crate::tensor::{Data, HostTensor};
 use ecarc_compiler::ir::{Bindings, DType, Dim, TensorType};
 use ecarc_compiler::plan::{expand, Keep, Plan, Source};
-use ecarc_compiler::spec::{CfgSchedule, ModelSpec};
 use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
-
-/// What a run may change without lowering again: the guidance scale and its
-/// schedule over the stages.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Settings {
-    pub cfg: f64,
-    pub cfg_schedule: CfgSchedule,
-    /// Stages of the schedule (the linear ramp's length).
-    pub stages: u64,
-}
-
-impl Settings {
-    pub fn of(spec: &ModelSpec) -> Settings {
-        Settings { cfg: spec.sampler.cfg, cfg_schedule: spec.sampler.cfg_schedule, stages: spec.schedule.num_stages() }
-    }
-
-    /// Guidance scale at stage `k`: constant, or VAR's linear ramp
-    /// `1 + cfg * k / (n - 1)` (its logits are `(1 + t) c - t u`, `t = cfg k/(n-1)`).
-    pub fn guidance(&self, k: u64) -> f64 {
-        match self.cfg_schedule {
-            CfgSchedule::Constant => self.cfg,
-            CfgSchedule::Linear => {
-                let n = self.stages;
-                let r = if n > 1 { k as f64 / (n - 1) as f64 } else { 1.0 };
-                1.0 + self.cfg * r
-            }
-        }
-    }
-}
 
 /// What a plan run produced.
 pub struct PlanRun {
@@ -132,6 +102,7 @@ impl Generator<'_> {
         observer: &dyn Observer,
     ) -> Result<PlanRun> {
         let plan = self.plan(name)?;
+        let prepared = self.lowering(name).1;
         let images = self.images(plan, given, labels)?;
         let mut streams = Streams::new(seed);
         let mut values: HashMap<String, Buffer> = HashMap::new();
@@ -212,7 +183,7 @@ impl Generator<'_> {
                 current = Some((stage, Instant::now(), 0));
             }
             let b = e.bindings(images, i);
-            let ports = &self.ports[&e.program];
+            let ports = &prepared.ports[&e.program];
             let mut bound: Vec<(String, bool, Buffer)> = Vec::with_capacity(e.inputs.len());
             for bind in &e.inputs {
                 let port = ports.iter().find(|p| p.name == bind.port).ok_or_else(|| {
@@ -243,16 +214,38 @@ impl Generator<'_> {
                 };
                 bound.push((bind.port.clone(), port.state, buf));
             }
-            let mut args = Args { params: Some(&self.params), ..Default::default() };
-            for (port, state, buf) in &bound {
-                if *state {
-                    args.states.insert(port.as_str(), buf);
-                } else {
-                    args.inputs.insert(port.as_str(), buf);
+            // Records of what the entry was given, taken before the run
+            // (carried state is handed over to it).
+            for r in e.records.iter().filter(|r| r.keep <= keep) {
+                if let Some(("in", p)) = r.port.split_once(':') {
+                    if let Some((.., buf)) = bound.iter().find(|(n, ..)| n == p) {
+                        records.push((expand(&r.name, stage), self.backend.download(buf)?));
+                    }
                 }
             }
+            let (states, inputs): (Vec<_>, Vec<_>) = bound.into_iter().partition(|(_, state, _)| *state);
+            let mut args = Args::default();
+            for (port, _, buf) in &inputs {
+                args.inputs.insert(port.as_str(), buf);
+            }
+            // A state the entry writes back under its own name is handed
+            // over: with no other reference, the backend updates it in place.
+            let state_ports: Vec<(String, Buffer)> = states.into_iter().map(|(p, _, b)| (p, b)).collect();
+            let mut handed = Vec::with_capacity(state_ports.len());
+            for (port, buf) in state_ports {
+                if let Some(Source::Value(v)) = e.inputs.iter().find(|b| b.port == port).map(|b| &b.source) {
+                    if e.outputs.iter().any(|(o, w)| *o == port && w == v) {
+                        values.remove(v);
+                    }
+                }
+                handed.push((port, buf));
+            }
+            let names: Vec<String> = handed.iter().map(|(p, _)| p.clone()).collect();
+            for (name, (_, buf)) in names.iter().zip(handed) {
+                args.states.insert(name.as_str(), buf);
+            }
             let outputs: HashMap<String, Buffer> =
-                self.backend.run(&self.exes[&e.program], &b, &args)?.into_iter().collect();
+                self.backend.run(&prepared.exes[&e.program], &b, args)?.into_iter().collect();
             for (name, buf) in &outputs {
                 if let Some(why) = self.backend.non_finite(buf)? {
                     return Err(RuntimeError::Invalid(format!(
@@ -261,17 +254,11 @@ impl Generator<'_> {
                     )));
                 }
             }
-            for r in &e.records {
-                if r.keep > keep {
-                    continue;
-                }
-                let buf = match r.port.split_once(':') {
-                    Some(("in", p)) => bound.iter().find(|(n, ..)| n == p).map(|(.., b)| b),
-                    Some(("out", p)) => outputs.get(p),
-                    _ => None,
-                };
-                if let Some(buf) = buf {
-                    records.push((expand(&r.name, stage), self.backend.download(buf)?));
+            for r in e.records.iter().filter(|r| r.keep <= keep) {
+                if let Some(("out", p)) = r.port.split_once(':') {
+                    if let Some(buf) = outputs.get(p) {
+                        records.push((expand(&r.name, stage), self.backend.download(buf)?));
+                    }
                 }
             }
             for (out, v) in &e.outputs {

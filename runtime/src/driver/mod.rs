@@ -13,12 +13,14 @@ pub mod estimate;
 mod forward;
 mod interpret;
 mod sample;
+mod settings;
 mod sources;
 
-pub use interpret::{PlanRun, Settings};
+pub use interpret::PlanRun;
 pub use sample::{pairs, pairs_program};
+pub use settings::Settings;
 
-use crate::backend::{Backend, Buffer, Executable};
+use crate::backend::{Backend, Buffer, Executable, Params};
 use crate::error::{Result, RuntimeError};
 use crate::tensor::HostTensor;
 use ecarc_compiler::ir::{Op, TensorType};
@@ -97,32 +99,18 @@ pub(crate) struct Port {
     pub ty: TensorType,
 }
 
-/// A model ready to run on one backend: programs prepared, weights resident.
-pub struct Generator<'b> {
-    pub spec: ModelSpec,
-    pub program: Program,
-    backend: &'b dyn Backend,
+/// The programs of one lowering, prepared on a backend.
+pub(crate) struct Prepared {
     exes: HashMap<String, Executable>,
     ports: HashMap<String, Vec<Port>>,
-    params: HashMap<String, Buffer>,
-    /// Position tables by `(table, P, T)`, computed and uploaded when prepared.
-    tables: std::cell::RefCell<HashMap<sources::TableKey, Buffer>>,
-    settings: Settings,
 }
 
-impl<'b> Generator<'b> {
-    /// Prepare every program and the plans' host tables once. `params` need
-    /// hold only the tensors the plans that will run read.
-    pub fn new(
-        spec: ModelSpec,
-        program: Program,
-        backend: &'b dyn Backend,
-        params: HashMap<String, Buffer>,
-    ) -> Result<Self> {
+impl Prepared {
+    fn new(program: &Program, backend: &dyn Backend, params: &Params) -> Result<Prepared> {
         let mut exes = HashMap::new();
         let mut ports = HashMap::new();
         for g in &program.graphs {
-            exes.insert(g.name.clone(), backend.prepare(g)?);
+            exes.insert(g.name.clone(), backend.prepare(g, params)?);
             let p: Vec<Port> =
                 g.g.node_weights()
                     .filter_map(|n| match &n.op {
@@ -133,8 +121,47 @@ impl<'b> Generator<'b> {
                     .collect();
             ports.insert(g.name.clone(), p);
         }
+        Ok(Prepared { exes, ports })
+    }
+}
+
+/// A model ready to run on one backend: programs prepared, weights bound
+/// once. Every setting ([`Settings`]) is an input of the prepared programs:
+/// changing one never lowers or prepares again. Guidance on or off changes
+/// the batch, so the `sample` plan is prepared both ways.
+pub struct Generator<'b> {
+    pub spec: ModelSpec,
+    pub program: Program,
+    backend: &'b dyn Backend,
+    prepared: Prepared,
+    /// The `sample` plan lowered with guidance the other way, prepared too.
+    other_guidance: Option<(Program, Prepared)>,
+    /// Position tables by `(table, P, T)`, computed and uploaded when prepared.
+    tables: std::cell::RefCell<HashMap<sources::TableKey, Buffer>>,
+    settings: Settings,
+}
+
+impl<'b> Generator<'b> {
+    /// Prepare every program and the plans' host tables once. `params` need
+    /// hold only the tensors the plans that will run read.
+    pub fn new(spec: ModelSpec, program: Program, backend: &'b dyn Backend, params: Params) -> Result<Self> {
+        let prepared = Prepared::new(&program, backend, &params)?;
+        let other_guidance = if spec.distill.is_none() && program.sample_plan().is_some() {
+            let opts = Options { guidance: Some(!program.cfg), ..Options::default() };
+            let mut other =
+                ecarc_compiler::lower::lower_with(&spec, &ecarc_compiler::lower::SpecSpans::default(), opts)
+                    .map_err(|d| RuntimeError::Invalid(format!("the model does not lower: {}", d.message)))?;
+            let keep: BTreeSet<String> =
+                other.sample_plan().map(|p| p.programs()).unwrap_or_default().into_iter().map(String::from).collect();
+            other.graphs.retain(|g| keep.contains(&g.name));
+            other.plans.retain(|p| p.name == "sample");
+            let prepared = Prepared::new(&other, backend, &params)?;
+            Some((other, prepared))
+        } else {
+            None
+        };
         let settings = Settings::of(&spec);
-        let g = Generator { spec, program, backend, exes, ports, params, tables: Default::default(), settings };
+        let g = Generator { spec, program, backend, prepared, other_guidance, tables: Default::default(), settings };
         g.prepare_tables()?;
         Ok(g)
     }
@@ -162,13 +189,29 @@ impl<'b> Generator<'b> {
         self.backend
     }
 
-    /// The run settings (guidance), from the model's `sample` block.
+    /// The run settings (guidance, temperature, top-k, top-p), from the
+    /// model's `sample` block unless set.
     pub fn settings(&self) -> &Settings {
         &self.settings
     }
 
+    /// Change the settings of later runs (nothing is lowered or prepared again).
+    pub fn set_settings(&mut self, settings: Settings) {
+        self.settings = settings;
+    }
+
+    /// The lowering a plan runs from: the `sample` plan follows the settings'
+    /// guidance, every other plan the model's own lowering.
+    fn lowering(&self, plan: &str) -> (&Program, &Prepared) {
+        match &self.other_guidance {
+            Some((p, x)) if plan == "sample" && p.cfg == self.settings.guided() => (p, x),
+            _ => (&self.program, &self.prepared),
+        }
+    }
+
     fn plan(&self, name: &str) -> Result<&ecarc_compiler::plan::Plan> {
-        self.program
+        self.lowering(name)
+            .0
             .plan(name)
             .ok_or_else(|| RuntimeError::Invalid(format!("`{}` has no `{name}` plan", self.spec.name)))
     }

@@ -153,7 +153,7 @@ pub fn pairs_program(spec: &ModelSpec) -> Result<Program> {
     if spec.head.kind != HeadKind::Categorical {
         return Err(RuntimeError::Invalid("dd-pairs needs a teacher with a categorical head (VAR, LlamaGen)".into()));
     }
-    lower_with(spec, &SpecSpans::default(), Options { choice: TokenChoice::FlowMap })
+    lower_with(spec, &SpecSpans::default(), Options { choice: TokenChoice::FlowMap, ..Options::default() })
         .map_err(|d| RuntimeError::Invalid(format!("the model does not lower: {}", d.message)))
 }
 

@@ -3,7 +3,7 @@
 //! which are computed from the plan's layout and uploaded once, when the
 //! generator is prepared.
 
-use super::interpret::Settings;
+use super::settings::Settings;
 use super::Generator;
 use crate::backend::Buffer;
 use crate::error::{Result, RuntimeError};
@@ -59,7 +59,8 @@ impl Generator<'_> {
     /// Compute and upload every position table any plan reads (except those
     /// that depend on an input given at run time).
     pub(super) fn prepare_tables(&self) -> Result<()> {
-        for plan in &self.program.plans {
+        let other = self.other_guidance.iter().flat_map(|(p, _)| &p.plans);
+        for plan in self.program.plans.iter().chain(other) {
             for (e, i) in plan.runs() {
                 for b in &e.inputs {
                     if let Source::Table(t) = &b.source {
@@ -130,6 +131,13 @@ impl Generator<'_> {
                 }
             }
             Source::Guidance => HostTensor::f32(shape, vec![rc.settings.guidance(stage) as f32; n]),
+            Source::Setting(s) => {
+                let v = rc.settings.value(*s);
+                match ty.dtype {
+                    DType::F32 => HostTensor::f32(shape, vec![v as f32; n]),
+                    DType::I64 => HostTensor::i64(shape, vec![v as i64; n]),
+                }
+            }
             Source::Table(t) => return self.table(t, b.p, b.t, rc.given_ints),
         };
         self.backend.upload(&t)

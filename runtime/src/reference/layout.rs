@@ -1,4 +1,4 @@
-//! Layout: Reshape, Permute, Slice, Concat (any dtype) and Resize of
+//! Layout: Reshape, Permute, Slice, WriteSlice, Concat (any dtype) and Resize of
 //! `[N, C, H, W]` maps, which follows `torch.nn.functional.interpolate`
 //! (`align_corners=False`; `area` is `adaptive_avg_pool2d`).
 
@@ -69,6 +69,34 @@ pub fn slice(x: &HostTensor, axis: usize, start: usize, len: usize) -> KResult<H
     let mut shape = x.shape.clone();
     shape[axis] = len;
     Ok(gather(x, shape, &idx))
+}
+
+/// Write `src` into `dst` at rows `start..start + len` along `axis` (`len`
+/// is `src`'s extent there), in place.
+pub fn write_slice(dst: &mut HostTensor, src: &HostTensor, axis: usize, start: usize) -> KResult<()> {
+    let r = dst.shape.len();
+    let fits = src.shape.len() == r && axis < r && (0..r).all(|i| i == axis || src.shape[i] == dst.shape[i]);
+    if !fits || src.dtype() != dst.dtype() {
+        return Err(format!("cannot write {:?} into {:?} along axis {axis}", src.shape, dst.shape));
+    }
+    let (n, len) = (dst.shape[axis], src.shape[axis]);
+    if start.checked_add(len).is_none_or(|end| end > n) {
+        return Err(format!("rows {start}..{start}+{len} of an axis of {n}"));
+    }
+    let outer: usize = dst.shape[..axis].iter().product();
+    let inner: usize = dst.shape[axis + 1..].iter().product();
+    fn put<T: Copy>(d: &mut [T], s: &[T], outer: usize, n: usize, len: usize, start: usize, inner: usize) {
+        for o in 0..outer {
+            let to = (o * n + start) * inner;
+            d[to..to + len * inner].copy_from_slice(&s[o * len * inner..(o + 1) * len * inner]);
+        }
+    }
+    match (&mut dst.data, &src.data) {
+        (Data::F32(d), Data::F32(s)) => put(d, s, outer, n, len, start, inner),
+        (Data::I64(d), Data::I64(s)) => put(d, s, outer, n, len, start, inner),
+        _ => unreachable!("dtypes checked above"),
+    }
+    Ok(())
 }
 
 /// Concatenation along `axis`; other axes and dtypes must agree.

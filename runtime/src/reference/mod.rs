@@ -9,12 +9,12 @@
 //! Semantics follow the reference implementations (PyTorch): see each kernel's
 //! doc comment and `compiler/src/ir/op.rs`.
 //!
-//! Running a program: every source node is fetched from [`Args`] and checked
-//! against its declared type under the bindings (missing -> `MissingSource`,
-//! wrong dtype or shape -> `Mismatch`); then the nodes the outputs depend on
-//! are evaluated in topological order, each result checked against the node's
-//! declared type, and every intermediate value is freed after its last use.
+//! Programs run as `program.rs` says: values are views (`view.rs`), so
+//! layout ops copy nothing until a kernel needs dense operands, and a declared
+//! state update writes into the state's memory when it can. [`Counters`] count
+//! the bytes copied and written, so tests can check both.
 
+mod attention;
 mod elementwise;
 mod flow_map;
 mod generate;
@@ -24,25 +24,111 @@ mod layout;
 mod linalg;
 mod norm;
 mod position;
+mod program;
 #[cfg(test)]
 mod tests;
+mod view;
 
 use crate::backend::*;
 use crate::error::{Result, RuntimeError};
 use crate::tensor::{numel, Data, HostTensor};
 use ecarc_compiler::ir::{Bindings, DType, Dim, Graph, Op, TensorType};
-use petgraph::stable_graph::NodeIndex;
-use petgraph::visit::NodeIndexable;
+use program::Prepared;
 use std::any::Any;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
+use view::View;
 
-/// The reference backend (stateless).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Reference;
+/// The reference backend. Clones share their counters.
+#[derive(Clone, Debug, Default)]
+pub struct Reference {
+    counters: Arc<Counters>,
+}
 
 impl Reference {
     pub fn new() -> Self {
-        Reference
+        Reference::default()
+    }
+
+    /// Bytes copied and written so far by this backend (and its clones).
+    pub fn traffic(&self) -> Traffic {
+        let c = &self.counters;
+        Traffic {
+            copied_bytes: c.copied.load(Relaxed),
+            state_bytes_written: c.written.load(Relaxed),
+            updates_in_place: c.in_place.load(Relaxed),
+            updates_copied: c.copied_updates.load(Relaxed),
+        }
+    }
+}
+
+/// What [`Reference::traffic`] reports.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Traffic {
+    /// Bytes of dense copies of views (a kernel that needed dense operands,
+    /// a reshape of a permuted view) and of states copied before a write.
+    pub copied_bytes: u64,
+    /// Bytes written into states by `write_slice` (the new rows only).
+    pub state_bytes_written: u64,
+    /// State updates written into the state's own memory.
+    pub updates_in_place: u64,
+    /// State updates that had to copy the state first (someone else held it).
+    pub updates_copied: u64,
+}
+
+impl std::ops::Sub for Traffic {
+    type Output = Traffic;
+    fn sub(self, o: Traffic) -> Traffic {
+        Traffic {
+            copied_bytes: self.copied_bytes - o.copied_bytes,
+            state_bytes_written: self.state_bytes_written - o.state_bytes_written,
+            updates_in_place: self.updates_in_place - o.updates_in_place,
+            updates_copied: self.updates_copied - o.updates_copied,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    copied: AtomicU64,
+    written: AtomicU64,
+    in_place: AtomicU64,
+    copied_updates: AtomicU64,
+}
+
+impl Counters {
+    /// `v` as a dense tensor of its shape: its base when the view is the
+    /// whole base in order (re-shaped in place when nobody else holds it),
+    /// else a counted copy.
+    fn dense_owned(&self, v: View) -> Arc<HostTensor> {
+        if !v.is_whole() {
+            return Arc::new(self.copy(&v));
+        }
+        if v.base.shape == v.shape {
+            return v.base;
+        }
+        let View { base, offset, shape, strides } = v;
+        match Arc::try_unwrap(base) {
+            Ok(mut t) => {
+                t.shape = shape;
+                Arc::new(t)
+            }
+            Err(base) => Arc::new(self.copy(&View { base, offset, shape, strides })),
+        }
+    }
+    fn copy(&self, v: &View) -> HostTensor {
+        let t = v.to_tensor();
+        self.copied.fetch_add(t.bytes() as u64, Relaxed);
+        t
+    }
+    fn written(&self, bytes: usize) {
+        self.written.fetch_add(bytes as u64, Relaxed);
+    }
+    fn in_place(&self) {
+        self.in_place.fetch_add(1, Relaxed);
+    }
+    fn copied_update(&self) {
+        self.copied_updates.fetch_add(1, Relaxed);
     }
 }
 
@@ -53,21 +139,9 @@ impl Storage for RefStorage {
     fn as_any(&self) -> &dyn Any {
         self
     }
-}
-
-/// A program prepared for the reference backend: the graph, an evaluation
-/// order, and for each node the number of uses that keep its value alive.
-struct Prepared {
-    graph: Graph,
-    /// All nodes in a topological order.
-    order: Vec<NodeIndex>,
-    /// Operands of each node, by `NodeIndex::index()`.
-    operands: Vec<Vec<NodeIndex>>,
-    /// Whether a node is needed to compute the outputs, by index.
-    needed: Vec<bool>,
-    /// Consumers among the needed nodes (one per operand slot) plus output
-    /// mentions, by index: the value is freed when this count reaches zero.
-    uses: Vec<usize>,
+    fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync> {
+        self
+    }
 }
 
 const BACKEND: &str = "reference";
@@ -102,167 +176,15 @@ fn eval_dims(dims: &[Dim], b: &Bindings) -> std::result::Result<Vec<usize>, Stri
     Ok(out)
 }
 
-impl Prepared {
-    fn new(g: &Graph) -> Result<Prepared> {
-        let order = g.topo().ok_or_else(|| exec_err(&g.name, "the graph has a cycle"))?;
-        if let Err(problems) = ecarc_compiler::ir::verify::verify(g) {
-            return Err(exec_err(&g.name, format!("the graph does not verify: {}", problems.join("; "))));
-        }
-        let bound = g.g.node_bound();
-        let mut operands = vec![Vec::new(); bound];
-        for &n in &order {
-            operands[n.index()] = g.operands(n);
-        }
-        // Needed: reachable backwards from the outputs.
-        let mut needed = vec![false; bound];
-        let mut stack: Vec<NodeIndex> = g.outputs.iter().map(|(_, n)| *n).collect();
-        while let Some(n) = stack.pop() {
-            if !needed[n.index()] {
-                needed[n.index()] = true;
-                stack.extend(operands[n.index()].iter().copied());
-            }
-        }
-        let mut uses = vec![0usize; bound];
-        for &n in &order {
-            if needed[n.index()] {
-                for o in &operands[n.index()] {
-                    uses[o.index()] += 1;
-                }
-            }
-        }
-        for (_, n) in &g.outputs {
-            uses[n.index()] += 1;
-        }
-        Ok(Prepared { graph: g.clone(), order, operands, needed, uses })
+/// A buffer over a view's data (no copy).
+fn buffer_of(v: View) -> Buffer {
+    Buffer {
+        dtype: v.dtype(),
+        shape: v.shape,
+        offset: v.offset,
+        strides: v.strides,
+        storage: Arc::new(RefStorage(v.base)),
     }
-
-    /// The tensor a source node stands for, checked against its declared type.
-    fn source(&self, n: NodeIndex, bindings: &Bindings, args: &Args) -> Result<Arc<HostTensor>> {
-        let program = &self.graph.name;
-        let node = &self.graph.g[n];
-        let (what, name, buf) = match &node.op {
-            Op::Const { value } => return Ok(Arc::new(HostTensor::scalar(value.get() as f32))),
-            Op::Input { name } => ("input", name, args.inputs.get(name.as_str()).copied()),
-            Op::State { name } => ("state", name, args.states.get(name.as_str()).copied()),
-            Op::Param { key } => ("param", key, args.params.and_then(|p| p.get(key))),
-            other => return Err(exec_err(program, format!("{} is not a source", other.name()))),
-        };
-        let buf =
-            buf.ok_or_else(|| RuntimeError::MissingSource { program: program.clone(), what, name: name.clone() })?;
-        let shape = eval_dims(&node.ty.shape, bindings)
-            .map_err(|e| exec_err(program, format!("{what} `{name}` is declared {}: {e}", symbolic_text(&node.ty))))?;
-        if buf.dtype != node.ty.dtype || buf.shape != shape {
-            let declared = symbolic_text(&node.ty);
-            let expected = type_text(node.ty.dtype, &shape);
-            let expected =
-                if declared == expected { expected } else { format!("{expected} (declared {declared}, {bindings:?})") };
-            return Err(RuntimeError::Mismatch {
-                program: program.clone(),
-                what,
-                name: name.clone(),
-                expected,
-                actual: type_text(buf.dtype, &buf.shape),
-            });
-        }
-        let t = tensor_of(buf)?;
-        if t.dtype() != buf.dtype || t.shape != buf.shape {
-            return Err(exec_err(
-                program,
-                format!(
-                    "{what} `{name}`: the buffer says {} but holds {}",
-                    type_text(buf.dtype, &buf.shape),
-                    type_text(t.dtype(), &t.shape)
-                ),
-            ));
-        }
-        Ok(t.clone())
-    }
-
-    /// Run the program; also returns the largest number of computed (non-source)
-    /// values alive at once, so tests can check that intermediates are freed.
-    fn run_counting(&self, bindings: &Bindings, args: &Args) -> Result<(Vec<(String, Buffer)>, usize)> {
-        let g = &self.graph;
-        let (mut live, mut peak) = (0usize, 0usize);
-        let program = &g.name;
-        let mut values: Vec<Option<Arc<HostTensor>>> = vec![None; g.g.node_bound()];
-        let mut uses = self.uses.clone();
-        // Sources first: every source the program declares must be supplied,
-        // whether or not the outputs need it.
-        for &n in &self.order {
-            if g.g[n].op.is_source() {
-                let t = self.source(n, bindings, args)?;
-                if self.needed[n.index()] {
-                    values[n.index()] = Some(t);
-                }
-            }
-        }
-        for &n in &self.order {
-            let node = &g.g[n];
-            if node.op.is_source() || !self.needed[n.index()] {
-                continue;
-            }
-            let ops = &self.operands[n.index()];
-            let mut ins: Vec<Arc<HostTensor>> = Vec::with_capacity(ops.len());
-            for o in ops {
-                let v = values[o.index()]
-                    .clone()
-                    .ok_or_else(|| exec_err(program, format!("node {} has no value when needed", o.index())))?;
-                ins.push(v);
-            }
-            let who = || format!("node {} ({})", n.index(), node.op.name());
-            let refs: Vec<&HostTensor> = ins.iter().map(|a| a.as_ref()).collect();
-            let out = eval(&node.op, &refs, bindings).map_err(|e| exec_err(program, format!("{}: {e}", who())))?;
-            drop(refs);
-            drop(ins);
-            let shape =
-                eval_dims(&node.ty.shape, bindings).map_err(|e| exec_err(program, format!("{}: {e}", who())))?;
-            if out.dtype() != node.ty.dtype || out.shape != shape {
-                return Err(exec_err(
-                    program,
-                    format!(
-                        "{}: computed {}, but the node is declared {} = {} under {bindings:?}",
-                        who(),
-                        type_text(out.dtype(), &out.shape),
-                        symbolic_text(&node.ty),
-                        type_text(node.ty.dtype, &shape)
-                    ),
-                ));
-            }
-            values[n.index()] = Some(Arc::new(out));
-            live += 1;
-            peak = peak.max(live);
-            for o in ops {
-                uses[o.index()] -= 1;
-                if uses[o.index()] == 0 {
-                    values[o.index()] = None;
-                    if !g.g[*o].op.is_source() {
-                        live -= 1;
-                    }
-                }
-            }
-        }
-        let mut outs = Vec::with_capacity(g.outputs.len());
-        for (name, n) in &g.outputs {
-            let t = values[n.index()]
-                .clone()
-                .ok_or_else(|| exec_err(program, format!("output `{name}` was not computed")))?;
-            outs.push((name.clone(), buffer_of(t)));
-        }
-        Ok((outs, peak))
-    }
-}
-
-fn buffer_of(t: Arc<HostTensor>) -> Buffer {
-    Buffer { dtype: t.dtype(), shape: t.shape.clone(), storage: Arc::new(RefStorage(t)) }
-}
-
-fn tensor_of(b: &Buffer) -> Result<&Arc<HostTensor>> {
-    b.storage.as_any().downcast_ref::<RefStorage>().map(|s| &s.0).ok_or_else(|| {
-        RuntimeError::Invalid(format!(
-            "a {} buffer from another backend was given to the reference backend; download and upload it",
-            type_text(b.dtype, &b.shape)
-        ))
-    })
 }
 
 impl Backend for Reference {
@@ -283,24 +205,26 @@ impl Backend for Reference {
                 t.shape, len
             )));
         }
-        Ok(buffer_of(Arc::new(t.clone())))
+        Ok(buffer_of(View::whole(Arc::new(t.clone()))))
     }
     fn download(&self, b: &Buffer) -> Result<HostTensor> {
-        Ok(tensor_of(b)?.as_ref().clone())
+        let v = program::view_of(b)?;
+        Ok(if v.is_whole() { HostTensor { shape: v.shape, data: v.base.data.clone() } } else { v.to_tensor() })
     }
     fn non_finite(&self, b: &Buffer) -> Result<Option<String>> {
-        Ok(tensor_of(b)?.non_finite())
+        let v = program::view_of(b)?;
+        Ok(if v.is_whole() && v.base.shape == v.shape { v.base.non_finite() } else { self.download(b)?.non_finite() })
     }
-    fn prepare(&self, g: &Graph) -> Result<Executable> {
-        let p = Prepared::new(g)?;
+    fn prepare(&self, g: &Graph, params: &Params) -> Result<Executable> {
+        let p = Prepared::new(g, params)?;
         Ok(Executable { name: g.name.clone(), inner: Arc::new(p) })
     }
-    fn run(&self, exe: &Executable, bindings: &Bindings, args: &Args) -> Result<Vec<(String, Buffer)>> {
+    fn run(&self, exe: &Executable, bindings: &Bindings, args: Args) -> Result<Vec<(String, Buffer)>> {
         let p = exe
             .inner
             .downcast_ref::<Prepared>()
             .ok_or_else(|| RuntimeError::Invalid(format!("program `{}` was prepared by another backend", exe.name)))?;
-        Ok(p.run_counting(bindings, args)?.0)
+        Ok(p.run_counting(bindings, args, &self.counters)?.0)
     }
     fn synchronize(&self) -> Result<()> {
         Ok(())
@@ -381,6 +305,24 @@ fn arity(ins: &[&HostTensor], lo: usize, hi: usize) -> KResult<()> {
     } else {
         Ok(())
     }
+}
+
+/// `v` as an index, or why not.
+fn index(v: u64, what: &str) -> KResult<usize> {
+    usize::try_from(v).map_err(|_| format!("{what} {v} is too large"))
+}
+
+/// The sampling settings `temperature: f32[]`, `top_k: i64[]`, `top_p: f32[]`.
+fn settings(x: &[&HostTensor]) -> KResult<(f64, usize, f64)> {
+    let one_f32 = |t: &HostTensor, what| match f32_of(t, what)? {
+        [v] => Ok(*v as f64),
+        _ => Err(format!("{what} must be a scalar, got {:?}", t.shape)),
+    };
+    let top_k = match i64_of(x[1], "top_k")? {
+        [k] => usize::try_from(*k).map_err(|_| format!("top_k {k} must not be negative"))?,
+        _ => return Err(format!("top_k must be a scalar, got {:?}", x[1].shape)),
+    };
+    Ok((one_f32(x[0], "temperature")?, top_k, one_f32(x[2], "top_p")?))
 }
 
 /// Evaluate one non-source op on its operand values.
@@ -481,26 +423,21 @@ fn eval(op: &Op, x: &[&HostTensor], b: &Bindings) -> KResult<HostTensor> {
             arity(x, 3, 3)?;
             generate::guide(x[0], x[1], x[2], channels.map(|c| c as usize))
         }
-        SampleTokens { temperature, top_k, top_p } => {
-            arity(x, 2, 2)?;
-            generate::sample_tokens(x[0], x[1], temperature.get(), *top_k as usize, top_p.get())
+        SampleTokens => {
+            arity(x, 5, 5)?;
+            let (temperature, top_k, top_p) = settings(&x[2..])?;
+            generate::sample_tokens(x[0], x[1], temperature, top_k, top_p)
         }
         NearestCode => {
             arity(x, 2, 2)?;
             generate::nearest_code(x[0], x[1])
         }
-        FlowMapTokens { temperature, top_k, top_p, steps } => {
-            arity(x, 3, 3)?;
-            flow_map::flow_map_tokens(
-                x[0],
-                x[1],
-                x[2],
-                temperature.get(),
-                *top_k as usize,
-                top_p.get(),
-                *steps as usize,
-            )
+        FlowMapTokens { steps } => {
+            arity(x, 6, 6)?;
+            let (temperature, top_k, top_p) = settings(&x[3..])?;
+            flow_map::flow_map_tokens(x[0], x[1], x[2], temperature, top_k, top_p, *steps as usize)
         }
+        WriteSlice { .. } | Attention { .. } => Err("runs on views (program.rs)".into()),
     }
 }
 

@@ -54,12 +54,7 @@ fn toy_program_through_the_backend_trait() {
     let r = Reference::new();
     assert_eq!(r.name(), "reference");
     assert!(r.capabilities().all_ops);
-    let exe = r.prepare(&toy()).unwrap();
-    assert_eq!(exe.name, "toy");
     let v = toy_data();
-    let x = up(&r, t(&[2, 3], &v.x));
-    let s = up(&r, t(&[2, 4], &v.s));
-    let idx = up(&r, ti(&[2], &[4, 0]));
     let params: HashMap<String, Buffer> = [
         ("w".to_string(), up(&r, t(&[4, 3], &v.w))),
         ("b".to_string(), up(&r, t(&[4], &v.b))),
@@ -67,12 +62,14 @@ fn toy_program_through_the_backend_trait() {
     ]
     .into_iter()
     .collect();
-    let args = Args {
-        inputs: [("x", &x), ("idx", &idx)].into_iter().collect(),
-        states: [("s", &s)].into_iter().collect(),
-        params: Some(&params),
-    };
-    let outs = r.run(&exe, &Bindings::new(2, 0, 0), &args).unwrap();
+    let exe = r.prepare(&toy(), &params).unwrap();
+    assert_eq!(exe.name, "toy");
+    let x = up(&r, t(&[2, 3], &v.x));
+    let s = up(&r, t(&[2, 4], &v.s));
+    let idx = up(&r, ti(&[2], &[4, 0]));
+    let args =
+        Args { inputs: [("x", &x), ("idx", &idx)].into_iter().collect(), states: [("s", s)].into_iter().collect() };
+    let outs = r.run(&exe, &Bindings::new(2, 0, 0), args).unwrap();
     let names: Vec<&str> = outs.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names, ["y", "e"]);
     r.synchronize().unwrap();
@@ -98,19 +95,15 @@ fn toy_program_through_the_backend_trait() {
     let x1 = up(&r, t(&[1, 3], &v.x[..3]));
     let s1 = up(&r, t(&[1, 4], &v.s[..4]));
     let idx1 = up(&r, ti(&[1], &[2]));
-    let args = Args {
-        inputs: [("x", &x1), ("idx", &idx1)].into_iter().collect(),
-        states: [("s", &s1)].into_iter().collect(),
-        params: Some(&params),
-    };
-    let outs = r.run(&exe, &Bindings::new(1, 0, 0), &args).unwrap();
+    let args =
+        Args { inputs: [("x", &x1), ("idx", &idx1)].into_iter().collect(), states: [("s", s1)].into_iter().collect() };
+    let outs = r.run(&exe, &Bindings::new(1, 0, 0), args).unwrap();
     assert_close(f(&r.download(&outs[0].1).unwrap()), &expected_y[..4], 1e-6, 1e-5);
 }
 
 /// Runs the toy program with one change to its otherwise valid arguments.
 fn toy_run_with(change: impl FnOnce(&mut HashMap<&'static str, HostTensor>)) -> Result<Vec<(String, Buffer)>> {
     let r = Reference::new();
-    let exe = r.prepare(&toy()).unwrap();
     let v = toy_data();
     let mut ts: HashMap<&'static str, HostTensor> = [
         ("x", t(&[2, 3], &v.x)),
@@ -126,12 +119,12 @@ fn toy_run_with(change: impl FnOnce(&mut HashMap<&'static str, HostTensor>)) -> 
     let bufs: HashMap<&str, Buffer> = ts.iter().map(|(k, t)| (*k, r.upload(t).unwrap())).collect();
     let params: HashMap<String, Buffer> =
         ["w", "b", "table"].iter().filter_map(|k| bufs.get(k).map(|b| (k.to_string(), b.clone()))).collect();
+    let exe = r.prepare(&toy(), &params)?;
     let args = Args {
         inputs: ["x", "idx"].iter().filter_map(|k| bufs.get(k).map(|b| (*k, b))).collect(),
-        states: ["s"].iter().filter_map(|k| bufs.get(k).map(|b| (*k, b))).collect(),
-        params: Some(&params),
+        states: ["s"].iter().filter_map(|k| bufs.get(k).map(|b| (*k, b.clone()))).collect(),
     };
-    r.run(&exe, &Bindings::new(2, 0, 0), &args)
+    r.run(&exe, &Bindings::new(2, 0, 0), args)
 }
 
 #[test]
@@ -153,16 +146,13 @@ fn missing_sources_are_reported_by_kind_and_name() {
     }
     // No params at all.
     let r = Reference::new();
-    let exe = r.prepare(&toy()).unwrap();
+    let exe = r.prepare(&toy(), &HashMap::new()).unwrap();
     let x = up(&r, t(&[2, 3], &[0.; 6]));
     let idx = up(&r, ti(&[2], &[0, 0]));
     let s = up(&r, t(&[2, 4], &[0.; 8]));
-    let args = Args {
-        inputs: [("x", &x), ("idx", &idx)].into_iter().collect(),
-        states: [("s", &s)].into_iter().collect(),
-        params: None,
-    };
-    let e = r.run(&exe, &Bindings::new(2, 0, 0), &args).expect_err("an error");
+    let args =
+        Args { inputs: [("x", &x), ("idx", &idx)].into_iter().collect(), states: [("s", s)].into_iter().collect() };
+    let e = r.run(&exe, &Bindings::new(2, 0, 0), args).expect_err("an error");
     assert!(matches!(e, RuntimeError::MissingSource { what: "param", .. }), "{e}");
 }
 
@@ -224,7 +214,7 @@ fn cyclic_and_ill_typed_graphs_are_rejected_by_prepare() {
     let b = g.add(Op::Unary(Unary::Exp), &[a], None);
     g.g.add_edge(b, a, 1);
     g.output("b", b);
-    let e = Reference::new().prepare(&g).map(|_| ()).expect_err("a cycle");
+    let e = Reference::new().prepare(&g, &HashMap::new()).map(|_| ()).expect_err("a cycle");
     assert!(e.to_string().contains("cycle"), "{e}");
 
     let mut g = Graph::new("ill_typed");
@@ -232,7 +222,7 @@ fn cyclic_and_ill_typed_graphs_are_rejected_by_prepare() {
     let a = g.add(Op::Unary(Unary::Neg), &[x], None);
     g.g[a].ty = TensorType::f32(vec![d(3)]);
     g.output("a", a);
-    let e = Reference::new().prepare(&g).map(|_| ()).expect_err("a type error");
+    let e = Reference::new().prepare(&g, &HashMap::new()).map(|_| ()).expect_err("a type error");
     assert!(e.to_string().contains("does not verify"), "{e}");
 }
 
@@ -249,7 +239,7 @@ fn symbolic_bindings_cache_concat_and_slices() {
     g.output("cache", all);
     g.output("flat", flat);
     let r = Reference::new();
-    let exe = r.prepare(&g).unwrap();
+    let exe = r.prepare(&g, &HashMap::new()).unwrap();
     let mut state = up(&r, t(&[1, 0, 2], &[]));
     let mut history = vec![];
     for (step, n) in [1usize, 2, 3].into_iter().enumerate() {
@@ -257,12 +247,9 @@ fn symbolic_bindings_cache_concat_and_slices() {
         history.extend_from_slice(&kv);
         let kb = up(&r, t(&[1, n, 2], &kv));
         let past = history.len() / 2 - n;
-        let args = Args {
-            inputs: [("k", &kb)].into_iter().collect(),
-            states: [("cache", &state)].into_iter().collect(),
-            params: None,
-        };
-        let outs = r.run(&exe, &Bindings::new(1, n as u64, past as u64), &args).unwrap();
+        let args =
+            Args { inputs: [("k", &kb)].into_iter().collect(), states: [("cache", state)].into_iter().collect() };
+        let outs = r.run(&exe, &Bindings::new(1, n as u64, past as u64), args).unwrap();
         let c = r.download(&outs[0].1).unwrap();
         assert_eq!(c.shape, vec![1, past + n, 2]);
         assert_eq!(f(&c), &history[..]);
@@ -273,12 +260,8 @@ fn symbolic_bindings_cache_concat_and_slices() {
     }
     // Bindings that disagree with the supplied state are a mismatch.
     let kb = up(&r, t(&[1, 1, 2], &[0., 0.]));
-    let args = Args {
-        inputs: [("k", &kb)].into_iter().collect(),
-        states: [("cache", &state)].into_iter().collect(),
-        params: None,
-    };
-    let e = r.run(&exe, &Bindings::new(1, 1, 2), &args).expect_err("a mismatch");
+    let args = Args { inputs: [("k", &kb)].into_iter().collect(), states: [("cache", state)].into_iter().collect() };
+    let e = r.run(&exe, &Bindings::new(1, 1, 2), args).expect_err("a mismatch");
     assert!(matches!(e, RuntimeError::Mismatch { what: "state", .. }), "{e}");
 }
 
@@ -290,14 +273,14 @@ fn every_declared_source_is_required_even_if_unused() {
     let y = g.add(Op::Unary(Unary::Neg), &[x], None);
     g.output("y", y);
     let r = Reference::new();
-    let exe = r.prepare(&g).unwrap();
+    let exe = r.prepare(&g, &HashMap::new()).unwrap();
     let xb = up(&r, t(&[2], &[1., 2.]));
     let args = Args { inputs: [("x", &xb)].into_iter().collect(), ..Default::default() };
-    let e = r.run(&exe, &Bindings::default(), &args).expect_err("missing");
+    let e = r.run(&exe, &Bindings::default(), args).expect_err("missing");
     assert!(matches!(&e, RuntimeError::MissingSource { name, .. } if name == "unused"), "{e}");
     let ub = up(&r, t(&[1], &[0.]));
     let args = Args { inputs: [("x", &xb), ("unused", &ub)].into_iter().collect(), ..Default::default() };
-    let outs = r.run(&exe, &Bindings::default(), &args).unwrap();
+    let outs = r.run(&exe, &Bindings::default(), args).unwrap();
     assert_eq!(f(&r.download(&outs[0].1).unwrap()), &[-1., -2.]);
 }
 
@@ -309,12 +292,12 @@ fn a_kernel_error_names_the_node() {
     let s = g.add(Op::Slice { axis: 0, start: Dim::sym(Sym::P), len: Dim::sym(Sym::T) }, &[x], None);
     g.output("s", s);
     let r = Reference::new();
-    let exe = r.prepare(&g).unwrap();
+    let exe = r.prepare(&g, &HashMap::new()).unwrap();
     let xb = up(&r, t(&[4], &[1., 2., 3., 4.]));
-    let args = Args { inputs: [("x", &xb)].into_iter().collect(), ..Default::default() };
-    let outs = r.run(&exe, &Bindings::new(1, 2, 1), &args).unwrap();
+    let args = || Args { inputs: [("x", &xb)].into_iter().collect(), ..Default::default() };
+    let outs = r.run(&exe, &Bindings::new(1, 2, 1), args()).unwrap();
     assert_eq!(f(&r.download(&outs[0].1).unwrap()), &[2., 3.]);
-    let e = r.run(&exe, &Bindings::new(1, 2, 3), &args).expect_err("out of bounds");
+    let e = r.run(&exe, &Bindings::new(1, 2, 3), args()).expect_err("out of bounds");
     match e {
         RuntimeError::Execution { why, .. } => assert!(why.contains("node 1 (slice)"), "{why}"),
         other => panic!("{other}"),
@@ -328,21 +311,25 @@ fn foreign_buffers_and_programs_are_errors() {
         fn as_any(&self) -> &dyn Any {
             self
         }
+        fn into_any(self: Arc<Self>) -> Arc<dyn Any + Send + Sync> {
+            self
+        }
     }
     let r = Reference::new();
-    let foreign = Buffer { dtype: DType::F32, shape: vec![1], storage: Arc::new(Other) };
+    let foreign = Buffer::dense(DType::F32, vec![1], Arc::new(Other));
     assert!(matches!(r.download(&foreign), Err(RuntimeError::Invalid(_))));
     let exe = Executable { name: "x".into(), inner: Arc::new(5u32) };
-    assert!(matches!(r.run(&exe, &Bindings::default(), &Args::default()), Err(RuntimeError::Invalid(_))));
+    assert!(matches!(r.run(&exe, &Bindings::default(), Args::default()), Err(RuntimeError::Invalid(_))));
     // A buffer whose metadata lies about its storage.
     let mut g = Graph::new("lie");
     let x = g.source(Op::Input { name: "x".into() }, TensorType::f32(vec![d(2)]), None);
     g.output("x", x);
-    let exe = r.prepare(&g).unwrap();
+    let exe = r.prepare(&g, &HashMap::new()).unwrap();
     let mut b = up(&r, t(&[3], &[1., 2., 3.]));
-    b.shape = vec![2];
+    b.shape = vec![4];
+    b.strides = vec![1];
     let args = Args { inputs: [("x", &b)].into_iter().collect(), ..Default::default() };
-    assert!(matches!(r.run(&exe, &Bindings::default(), &args), Err(RuntimeError::Execution { .. })));
+    assert!(matches!(r.run(&exe, &Bindings::default(), args), Err(RuntimeError::Invalid(_))));
     // An inconsistent host tensor cannot be uploaded.
     let bad = HostTensor { shape: vec![2], data: Data::F32(vec![1.0]) };
     assert!(r.upload(&bad).is_err());
@@ -370,13 +357,13 @@ fn intermediates_are_freed_after_their_last_use() {
     }
     g.output("h", h);
     let r = Reference::new();
-    let exe = r.prepare(&g).unwrap();
     let params: HashMap<String, Buffer> =
         (0..30).map(|l| (format!("w{l}"), up(&r, t(&[4, 4], &seq(16, l as u64))))).collect();
+    let exe = r.prepare(&g, &params).unwrap();
     let x = up(&r, t(&[1, 4], &[0.5, -0.5, 0.25, 1.0]));
-    let args = Args { inputs: [("x", &x)].into_iter().collect(), params: Some(&params), ..Default::default() };
+    let args = Args { inputs: [("x", &x)].into_iter().collect(), ..Default::default() };
     let p = exe.inner.downcast_ref::<Prepared>().unwrap();
-    let (outs, peak) = p.run_counting(&Bindings::default(), &args).unwrap();
+    let (outs, peak) = p.run_counting(&Bindings::default(), args, &r.counters).unwrap();
     // A layer's linear output lives until its tanh is computed: two at most.
     assert_eq!(peak, 2, "peak {peak} live computed values");
     // The result equals a direct evaluation.
@@ -398,7 +385,8 @@ fn seed_of(name: &str) -> u64 {
 
 /// Seeded values for every source of `g` under `b`: f32 values in [-1, 1)
 /// (params scaled by 0.2 to keep activations moderate), `uniform` in [0, 1),
-/// indices in the range of the embedding table they index (0 otherwise).
+/// indices in the range of the embedding table they index (0 otherwise), and
+/// the sampling settings off (temperature 1, top-k 0, top-p 1).
 fn random_sources(g: &Graph, b: &Bindings) -> HashMap<(&'static str, String), HostTensor> {
     let mut out = HashMap::new();
     for n in g.g.node_indices() {
@@ -415,7 +403,9 @@ fn random_sources(g: &Graph, b: &Bindings) -> HashMap<(&'static str, String), Ho
         let t = match node.ty.dtype {
             DType::F32 => {
                 let mut v = seq(len, seed);
-                if name == "uniform" {
+                if name == "temperature" || name == "top_p" {
+                    v.iter_mut().for_each(|x| *x = 1.0);
+                } else if name == "uniform" {
                     v.iter_mut().for_each(|x| *x = (*x + 1.0) / 2.0);
                 } else if kind == "param" {
                     v.iter_mut().for_each(|x| *x *= 0.2);
@@ -432,7 +422,11 @@ fn random_sources(g: &Graph, b: &Bindings) -> HashMap<(&'static str, String), Ho
                         .min()
                         .unwrap_or(1)
                         .max(1);
-                let v = seq(len, seed).iter().map(|x| ((x + 1.0) / 2.0 * rows as f32) as i64 % rows as i64).collect();
+                let v = if name == "top_k" {
+                    vec![0; len]
+                } else {
+                    seq(len, seed).iter().map(|x| ((x + 1.0) / 2.0 * rows as f32) as i64 % rows as i64).collect()
+                };
                 HostTensor::i64(shape, v)
             }
         };
@@ -443,7 +437,7 @@ fn random_sources(g: &Graph, b: &Bindings) -> HashMap<(&'static str, String), Ho
 
 fn run_with_sources(
     r: &Reference,
-    exe: &Executable,
+    g: &Graph,
     b: &Bindings,
     sources: &HashMap<(&'static str, String), HostTensor>,
 ) -> Result<Vec<(String, HostTensor)>> {
@@ -451,12 +445,12 @@ fn run_with_sources(
         sources.iter().map(|((k, n), t)| ((*k, n.as_str()), r.upload(t).unwrap())).collect();
     let params: HashMap<String, Buffer> =
         bufs.iter().filter(|((k, _), _)| *k == "param").map(|((_, n), b)| (n.to_string(), b.clone())).collect();
+    let exe = r.prepare(g, &params)?;
     let args = Args {
         inputs: bufs.iter().filter(|((k, _), _)| *k == "input").map(|((_, n), b)| (*n, b)).collect(),
-        states: bufs.iter().filter(|((k, _), _)| *k == "state").map(|((_, n), b)| (*n, b)).collect(),
-        params: Some(&params),
+        states: bufs.iter().filter(|((k, _), _)| *k == "state").map(|((_, n), b)| (*n, b.clone())).collect(),
     };
-    let outs = r.run(exe, b, &args)?;
+    let outs = r.run(&exe, b, args)?;
     Ok(outs.into_iter().map(|(n, buf)| (n, r.download(&buf).unwrap())).collect())
 }
 
@@ -490,7 +484,6 @@ fn every_program_of_the_tiny_models_runs() {
         let spans = SpecSpans::from_body(m.body.as_ref().expect("checked body"));
         let program = lower(spec, &spans).unwrap_or_else(|d| panic!("{}: {d:?}", m.name));
         for g in &program.graphs {
-            let exe = r.prepare(g).unwrap_or_else(|e| panic!("{} {}: {e}", m.name, g.name));
             // Every distinct binding the plans run this program with.
             let mut bindings: Vec<Bindings> = Vec::new();
             for plan in &program.plans {
@@ -504,7 +497,7 @@ fn every_program_of_the_tiny_models_runs() {
             assert!(!bindings.is_empty(), "{}: no plan runs `{}`", m.name, g.name);
             for b in &bindings {
                 let sources = random_sources(g, b);
-                let outs = run_with_sources(&r, &exe, b, &sources)
+                let outs = run_with_sources(&r, g, b, &sources)
                     .unwrap_or_else(|e| panic!("{} {} at {b:?}: {e}", m.name, g.name));
                 assert_eq!(outs.len(), g.outputs.len());
                 for ((name, t), (_, n)) in outs.iter().zip(&g.outputs) {
@@ -513,7 +506,7 @@ fn every_program_of_the_tiny_models_runs() {
                         assert!(v.iter().all(|x| x.is_finite()), "{} {} {name}: non-finite values", m.name, g.name);
                     }
                 }
-                let again = run_with_sources(&r, &exe, b, &sources).unwrap();
+                let again = run_with_sources(&r, g, b, &sources).unwrap();
                 assert!(outs == again, "{} {}: a second run differs", m.name, g.name);
                 ran += 1;
             }
