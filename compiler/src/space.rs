@@ -94,8 +94,8 @@ fn collect(
         path.push(f.key.name.clone());
         match &f.value {
             MValue::Component(c) => collect(&c.body, path, out, diags, sources),
-            MValue::Choice(ch) => match options(ch, diags, sources) {
-                Some((options, labels)) => {
+            MValue::Choice(ch) => {
+                if let Some((options, labels)) = options(ch, diags, sources) {
                     for o in &options {
                         if let MValue::Component(c) = o {
                             let mut inner = Vec::new();
@@ -112,8 +112,7 @@ fn collect(
                     }
                     out.push(Axis { path: path.clone(), span: ch.span(), options, labels })
                 }
-                None => {}
-            },
+            }
             _ => {}
         }
         path.pop();

@@ -13,6 +13,9 @@ pub struct MBody {
     pub span: Span,
 }
 
+// Syntax trees are built once per file and walked by reference; boxing the
+// large variants would cost an allocation per node for no measurable gain.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub enum MEntry {
     Field(MField),
@@ -41,6 +44,9 @@ pub enum MValue {
     Choice(Choice),
 }
 
+// Syntax trees are built once per file and walked by reference; boxing the
+// large variants would cost an allocation per node for no measurable gain.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub enum Choice {
     Set { items: Vec<MValue>, span: Span },

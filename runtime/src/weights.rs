@@ -856,6 +856,26 @@ impl View for TensorRef<'_> {
     }
 }
 
+/// The fixed 2D sin-cos position table of DiT (MAE's `get_2d_sincos_pos_embed`):
+/// for the token at row r, column c, the first half of the width encodes the
+/// column and the second half the row, each as `[sin(p w_k), cos(p w_k)]` with
+/// `w_k = 10000^(-k / (width/4))`, computed in f64 and stored as f32.
+pub fn sincos_2d(width: usize, rows: usize, cols: usize, shape: Vec<usize>) -> HostTensor {
+    let quarter = width / 4;
+    let omega: Vec<f64> = (0..quarter).map(|k| 1.0 / 10000f64.powf(k as f64 / quarter as f64)).collect();
+    let mut v = Vec::with_capacity(rows * cols * width);
+    for r in 0..rows {
+        for c in 0..cols {
+            for pos in [c as f64, r as f64] {
+                v.extend(omega.iter().map(|w| (pos * w).sin() as f32));
+                v.extend(omega.iter().map(|w| (pos * w).cos() as f32));
+            }
+        }
+    }
+    v.resize(shape.iter().product(), 0.0);
+    HostTensor::f32(shape, v)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1476,24 +1496,4 @@ mod tests {
             })
             .unwrap();
     }
-}
-
-/// The fixed 2D sin-cos position table of DiT (MAE's `get_2d_sincos_pos_embed`):
-/// for the token at row r, column c, the first half of the width encodes the
-/// column and the second half the row, each as `[sin(p w_k), cos(p w_k)]` with
-/// `w_k = 10000^(-k / (width/4))`, computed in f64 and stored as f32.
-pub fn sincos_2d(width: usize, rows: usize, cols: usize, shape: Vec<usize>) -> HostTensor {
-    let quarter = width / 4;
-    let omega: Vec<f64> = (0..quarter).map(|k| 1.0 / 10000f64.powf(k as f64 / quarter as f64)).collect();
-    let mut v = Vec::with_capacity(rows * cols * width);
-    for r in 0..rows {
-        for c in 0..cols {
-            for pos in [c as f64, r as f64] {
-                v.extend(omega.iter().map(|w| (pos * w).sin() as f32));
-                v.extend(omega.iter().map(|w| (pos * w).cos() as f32));
-            }
-        }
-    }
-    v.resize(shape.iter().product(), 0.0);
-    HostTensor::f32(shape, v)
 }

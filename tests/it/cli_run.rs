@@ -492,7 +492,9 @@ fn save(path: &Path, m: &BTreeMap<String, HostTensor>) {
 #[test]
 fn forward_round_trip_matches_the_library() {
     let dir = temp_dir("forward");
-    let cases: [(&str, &str, Option<&str>, &str, Vec<usize>); 4] = [
+    // (model, output file stem, --cfg, result name, result shape)
+    type Case<'a> = (&'a str, &'a str, Option<&'a str>, &'a str, Vec<usize>);
+    let cases: [Case; 4] = [
         ("var", "var", None, "logits_BLV", vec![2, 21, 256]),
         ("llamagen", "llamagen", None, "logits", vec![2, 16, 256]),
         ("dit", "dit", None, "out", vec![2, 8, 8, 8]),

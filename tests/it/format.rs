@@ -969,7 +969,7 @@ pub(crate) mod gen {
                             out.push_str(indent);
                             comment(&mut out, g2);
                             out.push('\n');
-                            if g2 % 2 == 0 {
+                            if g2.is_multiple_of(2) {
                                 out.push('\n');
                             }
                             out.push_str(indent);
@@ -1011,7 +1011,7 @@ pub(crate) mod gen {
             prev = Some(tok);
         }
         if let Some(c) = &l.eof_comment {
-            out.push_str(if l.gaps[0] % 2 == 0 { "\n" } else { " " });
+            out.push_str(if l.gaps[0].is_multiple_of(2) { "\n" } else { " " });
             n_comment += 1;
             out.push_str(&format!("// eof{n_comment} {c}"));
         }

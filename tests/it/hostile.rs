@@ -480,7 +480,7 @@ fn graph_dot_of_several_programs_is_one_document() {
     assert_eq!(depth, 0);
     for line in dot.lines() {
         if let Some((a, rest)) = line.trim().split_once(" -> ") {
-            let b = rest.split(|c: char| c == ' ' || c == ';').next().unwrap();
+            let b = rest.split([' ', ';']).next().unwrap();
             assert!(declared.contains(a) && declared.contains(b), "{line}");
         }
     }

@@ -67,7 +67,9 @@ fn compare(a: &[f32], e: &[f32]) -> (f32, usize, Option<usize>) {
         if d.is_nan() || d > max {
             max = if d.is_nan() { f32::INFINITY } else { d };
         }
-        if !(d <= ATOL + RTOL * y.abs()) {
+        // NaN is never within tolerance.
+        let within = d <= ATOL + RTOL * y.abs();
+        if !within {
             bad += 1;
             first.get_or_insert(i);
         }

@@ -136,7 +136,7 @@ impl Dim {
     }
     /// Merge sorted (monomial, coefficient) pairs, summing equal monomials.
     fn from_terms(mut terms: Vec<(Mono, i64)>) -> Dim {
-        terms.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        terms.sort_unstable_by_key(|a| a.0);
         let mut out: Vec<(Mono, i64)> = Vec::with_capacity(terms.len());
         for (m, c) in terms {
             match out.last_mut() {

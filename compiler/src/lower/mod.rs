@@ -220,7 +220,7 @@ pub fn lower_with(spec: &ModelSpec, spans: &SpecSpans, opts: Options) -> Result<
 
     // Between stages: one program per stage boundary (grids are fixed there).
     let mut transitions = vec![None; stages.len()];
-    for k in 0..stages.len() {
+    for (k, slot) in transitions.iter_mut().enumerate() {
         let name = format!("transition.{k}");
         let g = match (msvq, tk.kind) {
             (true, _) if k >= first_scale => {
@@ -235,7 +235,7 @@ pub fn lower_with(spec: &ModelSpec, spans: &SpecSpans, opts: Options) -> Result<
             _ => continue,
         };
         graphs.push(g);
-        transitions[k] = Some(name);
+        *slot = Some(name);
     }
 
     let layout = SeqLayout::new(spec, prefix);

@@ -1,8 +1,10 @@
 //! Between stages: what the next stage's tokens are made of. One small
 //! program per pair of consecutive grids (sizes are fixed there).
+//!
 //! - residual multi-scale VQ (VAR): codes -> bicubic up to the final grid ->
 //!   phi conv -> accumulate into f_hat; the next input is f_hat area-downsampled;
 //! - continuous stages (ECAR): upsample the partially denoised map, renoise.
+//!
 //! Raster schedules need none: the sampled token is the next step's input.
 //! Outputs are per image; a guided step doubles its own input.
 

@@ -99,15 +99,11 @@ fn check_at(plan: &Plan, graphs: &[Graph], images: u64, problems: &mut Vec<Strin
                         report(format!("{at}: labels for `{}` are i64[{n}], it wants {want:?}", bind.port));
                     }
                 }
-                Source::Table(super::Table::NoiseData(super::DataLen::Given(name))) => {
-                    if plan.input(name).is_none() {
-                        report(format!("{at}: the marker reads the plan input `{name}`, which is not one"));
-                    }
+                Source::Table(super::Table::NoiseData(super::DataLen::Given(name))) if plan.input(name).is_none() => {
+                    report(format!("{at}: the marker reads the plan input `{name}`, which is not one"));
                 }
-                Source::Scalar(s) => {
-                    if s.0.len() != 1 && s.0.len() as u64 != times {
-                        report(format!("{at}: `{}` has {} values for {times} iterations", bind.port, s.0.len()));
-                    }
+                Source::Scalar(s) if s.0.len() != 1 && s.0.len() as u64 != times => {
+                    report(format!("{at}: `{}` has {} values for {times} iterations", bind.port, s.0.len()));
                 }
                 _ => {}
             }

@@ -32,7 +32,7 @@ fn images_for(ty: &TensorType, len: usize) -> Option<u64> {
     if per == 0 || first.as_const().is_some() || first.eval(&Bindings::new(2, 0, 0)) != 2 * per {
         return None;
     }
-    (len as u64 % per == 0).then_some(len as u64 / per)
+    (len as u64).is_multiple_of(per).then_some(len as u64 / per)
 }
 
 /// `t` as `dtype`: integers given for a float input (timesteps) and integral

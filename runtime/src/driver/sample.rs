@@ -89,7 +89,7 @@ impl Generator<'_> {
         }
         let complete = |p: &ecarc_compiler::plan::Plan| p.inputs.iter().all(|i| named.contains_key(&i.name));
         let chosen = match plans.iter().find(|p| complete(p)) {
-            Some(p) => Some(((*p).name.clone(), named.clone())),
+            Some(p) => Some((p.name.clone(), named.clone())),
             // One tensor under another name: the plan with one input of its dtype and rank.
             None if named.len() == 1 => {
                 let t = named.values().next().expect("one tensor");
