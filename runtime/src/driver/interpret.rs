@@ -184,7 +184,8 @@ impl Generator<'_> {
             }
             let b = e.bindings(images, i);
             let ports = &prepared.ports[&e.program];
-            let mut bound: Vec<(String, bool, Buffer)> = Vec::with_capacity(e.inputs.len());
+            // (port, the plan value it reads, whether a state, the buffer)
+            let mut bound: Vec<(&str, Option<&str>, bool, Buffer)> = Vec::with_capacity(e.inputs.len());
             for bind in &e.inputs {
                 let port = ports.iter().find(|p| p.name == bind.port).ok_or_else(|| {
                     RuntimeError::Invalid(format!("program `{}` has no source `{}`", e.program, bind.port))
@@ -212,37 +213,33 @@ impl Generator<'_> {
                         self.source(&e.program, src, &port.ty, &b, stage, i, &mut rc)?
                     }
                 };
-                bound.push((bind.port.clone(), port.state, buf));
+                let value = match &bind.source {
+                    Source::Value(v) => Some(v.as_str()),
+                    _ => None,
+                };
+                bound.push((bind.port.as_str(), value, port.state, buf));
             }
             // Records of what the entry was given, taken before the run
             // (carried state is handed over to it).
             for r in e.records.iter().filter(|r| r.keep <= keep) {
                 if let Some(("in", p)) = r.port.split_once(':') {
-                    if let Some((.., buf)) = bound.iter().find(|(n, ..)| n == p) {
+                    if let Some((.., buf)) = bound.iter().find(|(n, ..)| *n == p) {
                         records.push((expand(&r.name, stage), self.backend.download(buf)?));
                     }
                 }
             }
-            let (states, inputs): (Vec<_>, Vec<_>) = bound.into_iter().partition(|(_, state, _)| *state);
+            let (states, inputs): (Vec<_>, Vec<_>) = bound.into_iter().partition(|(.., state, _)| *state);
             let mut args = Args::default();
-            for (port, _, buf) in &inputs {
-                args.inputs.insert(port.as_str(), buf);
+            for (port, .., buf) in &inputs {
+                args.inputs.insert(port, buf);
             }
             // A state the entry writes back under its own name is handed
             // over: with no other reference, the backend updates it in place.
-            let state_ports: Vec<(String, Buffer)> = states.into_iter().map(|(p, _, b)| (p, b)).collect();
-            let mut handed = Vec::with_capacity(state_ports.len());
-            for (port, buf) in state_ports {
-                if let Some(Source::Value(v)) = e.inputs.iter().find(|b| b.port == port).map(|b| &b.source) {
-                    if e.outputs.iter().any(|(o, w)| *o == port && w == v) {
-                        values.remove(v);
-                    }
+            for (port, value, _, buf) in states {
+                if let Some(v) = value.filter(|v| e.outputs.iter().any(|(o, w)| o == port && w == v)) {
+                    values.remove(v);
                 }
-                handed.push((port, buf));
-            }
-            let names: Vec<String> = handed.iter().map(|(p, _)| p.clone()).collect();
-            for (name, (_, buf)) in names.iter().zip(handed) {
-                args.states.insert(name.as_str(), buf);
+                args.states.insert(port, buf);
             }
             let outputs: HashMap<String, Buffer> =
                 self.backend.run(&prepared.exes[&e.program], &b, args)?.into_iter().collect();
