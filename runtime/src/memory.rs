@@ -15,6 +15,12 @@
 //!   image with classifier-free guidance), for the backbones that attend to
 //!   earlier tokens (every mask except `full`).
 //!
+//! Since the KV cache became carried state of the whole sequence's capacity,
+//! a step program's live set (and so the activations figure) already holds
+//! it: the estimate counts the cache twice and errs on the safe side by about
+//! its size. (Taking the states out of the live set per program is left for
+//! the memory-planning pass, which owns these figures.)
+//!
 //! It counts what the reference runtime holds at its peak; allocator overhead
 //! and the program text are left out, so a run near the limit may still fail.
 //! The limit ([`machine_memory`]) is the machine's total memory (`MemTotal` in
