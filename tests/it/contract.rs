@@ -4,7 +4,7 @@
 //! layout ops are views, and weights are bound at prepare (a backend may
 //! re-lay them out there).
 
-use crate::common::{root, spec_of};
+use crate::common::{root, spec_of, Tracing};
 use ecarc_compiler::ir::{Bindings, Graph, Op, Sym, TensorType};
 use ecarc_compiler::lower::{lower, SpecSpans};
 use ecarc_compiler::plan::Keep;
@@ -17,7 +17,6 @@ use ecarc_runtime::tensor::HostTensor;
 use ecarc_runtime::weights::Weights;
 use petgraph::visit::EdgeRef;
 use petgraph::Direction;
-use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
 fn tiny(name: &str, sets: &[&str]) -> ModelSpec {
@@ -87,48 +86,6 @@ fn llamagen_b_decode_step_writes_its_cache_in_place_and_attends_in_one_op() {
     assert!(out.status.success());
     assert_eq!(text.matches("= attention(").count(), depth);
     assert!(!text.contains("attn_bias") && !text.contains("labels"), "{text}");
-}
-
-/// The reference backend, recording what each run copied and wrote, and
-/// counting prepares.
-struct Tracing {
-    inner: Reference,
-    prepares: Cell<usize>,
-    runs: RefCell<Vec<(String, Bindings, Traffic)>>,
-}
-
-impl Tracing {
-    fn new() -> Tracing {
-        Tracing { inner: Reference::new(), prepares: Cell::new(0), runs: RefCell::new(vec![]) }
-    }
-}
-
-impl Backend for Tracing {
-    fn name(&self) -> &'static str {
-        "tracing"
-    }
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
-    fn upload(&self, t: &HostTensor) -> Result<Buffer> {
-        self.inner.upload(t)
-    }
-    fn download(&self, b: &Buffer) -> Result<HostTensor> {
-        self.inner.download(b)
-    }
-    fn prepare(&self, g: &Graph, params: &Params) -> Result<Executable> {
-        self.prepares.set(self.prepares.get() + 1);
-        self.inner.prepare(g, params)
-    }
-    fn run(&self, exe: &Executable, b: &Bindings, args: Args) -> Result<Vec<(String, Buffer)>> {
-        let before = self.inner.traffic();
-        let out = self.inner.run(exe, b, args)?;
-        self.runs.borrow_mut().push((exe.name.clone(), *b, self.inner.traffic() - before));
-        Ok(out)
-    }
-    fn synchronize(&self) -> Result<()> {
-        self.inner.synchronize()
-    }
 }
 
 fn opts(labels: Vec<i64>) -> SampleOptions {

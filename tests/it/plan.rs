@@ -2,51 +2,16 @@
 //! each program exactly as often as its sample plan says (Heun included), and
 //! the progress total is the same count.
 
-use crate::common::root;
-use ecarc_compiler::ir::{Bindings, Graph};
+use crate::common::{root, Tracing};
 use ecarc_compiler::plan::Keep;
 use ecarc_compiler::session::{check_paths, Outcome, Override};
 use ecarc_compiler::ModelSpec;
-use ecarc_runtime::backend::{Args, Backend, Buffer, Capabilities, Executable, Params};
 use ecarc_runtime::driver::{Generator, Observer, Outline, SampleOptions};
-use ecarc_runtime::error::Result;
 use ecarc_runtime::reference::Reference;
-use ecarc_runtime::tensor::HostTensor;
 use ecarc_runtime::weights::Weights;
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::path::Path;
-
-/// The reference backend, counting the runs of each program.
-struct Counting {
-    inner: Reference,
-    runs: RefCell<BTreeMap<String, u64>>,
-}
-
-impl Backend for Counting {
-    fn name(&self) -> &'static str {
-        "counting"
-    }
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
-    fn upload(&self, t: &HostTensor) -> Result<Buffer> {
-        self.inner.upload(t)
-    }
-    fn download(&self, b: &Buffer) -> Result<HostTensor> {
-        self.inner.download(b)
-    }
-    fn prepare(&self, g: &Graph, params: &Params) -> Result<Executable> {
-        self.inner.prepare(g, params)
-    }
-    fn run(&self, exe: &Executable, bindings: &Bindings, args: Args) -> Result<Vec<(String, Buffer)>> {
-        *self.runs.borrow_mut().entry(exe.name.clone()).or_default() += 1;
-        self.inner.run(exe, bindings, args)
-    }
-    fn synchronize(&self) -> Result<()> {
-        self.inner.synchronize()
-    }
-}
 
 /// Counts what progress is told.
 #[derive(Default)]
@@ -92,7 +57,7 @@ fn every_tiny_model_runs_its_plan_with_every_solver() {
         for solver in ["euler", "heun", "ddpm", "ddim"] {
             let Some(spec) = try_spec(file, &[format!("sample.solver={solver}")]) else { continue };
             let w = Weights::random(&spec, 0);
-            let backend = Counting { inner: Reference::new(), runs: RefCell::default() };
+            let backend = Tracing::new();
             let g = Generator::from_spec(spec.clone(), &backend, &w).expect("generator");
             backend.runs.borrow_mut().clear();
             let tally = Tally::default();
@@ -104,7 +69,7 @@ fn every_tiny_model_runs_its_plan_with_every_solver() {
                 *planned.entry(e.program.clone()).or_default() += 1;
             }
             let what = format!("{} with {solver}", spec.name);
-            assert_eq!(*backend.runs.borrow(), planned, "{what}: runs per program");
+            assert_eq!(backend.runs_per_program(), planned, "{what}: runs per program");
             assert_eq!(tally.total.get(), plan.total_runs(), "{what}: the progress total");
             assert_eq!(tally.ran.get(), plan.total_runs(), "{what}: runs reported to progress");
             if solver == "heun" && plan.programs().iter().any(|p| *p == "head.step" || *p == "solver.step") {
