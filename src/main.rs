@@ -1,7 +1,7 @@
 //! The `ecarc` command line: a thin layer over the library crates.
 
 use clap::{Parser, Subcommand, ValueEnum};
-use ecarc_compiler::artifact::{compile, is_artifact, Artifact};
+use ecarc_compiler::artifact::{compile_with, is_artifact, Artifact};
 use ecarc_compiler::cost::render::render;
 use ecarc_compiler::lower::SpecSpans;
 use ecarc_compiler::session::{check_paths, Outcome, Override, Session};
@@ -89,6 +89,11 @@ struct Cli {
     /// When to colour diagnostics.
     #[arg(long, global = true, value_enum, default_value_t = Color::Auto)]
     color: Color,
+    /// Optimisation level: `-O0` lowers and runs without the optimiser (no
+    /// graph rewrites but dead-code elimination, no fusion, no memory plan);
+    /// `-O1` (the default) runs every pass.
+    #[arg(short = 'O', global = true, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=1))]
+    opt_level: u8,
     #[command(subcommand)]
     command: Command,
 }
@@ -150,6 +155,11 @@ enum Command {
         /// Only the program with this name (`forward`, `step.next`, ...).
         #[arg(long)]
         program: Option<String>,
+        /// The programs after the pass pipeline up to and including PASS
+        /// (`cse`, `dce`, `fold`, `fuse`, `mem`), from the unoptimised lowering:
+        /// `--after fuse` shows each fused kernel under its `fused` node.
+        #[arg(long, value_name = "PASS")]
+        after: Option<String>,
         #[arg(long, value_enum, default_value_t = GraphFormat::Text)]
         format: GraphFormat,
     },
@@ -182,6 +192,7 @@ fn main() -> ExitCode {
             return if e.use_stderr() { ExitCode::from(1) } else { ExitCode::SUCCESS };
         }
     };
+    UNOPTIMISED.store(cli.opt_level == 0, std::sync::atomic::Ordering::Relaxed);
     remove_temporary_files_on_signals();
     let color = match cli.color {
         Color::Always => true,
@@ -194,8 +205,8 @@ fn main() -> ExitCode {
         Command::Build { file, out_dir, json, snapshot, compare } => {
             cmd_build(&file, &cli.sets, &out_dir, json, snapshot, compare.as_deref(), color)
         }
-        Command::Graph { file, stage, program, plan, format } => {
-            cmd_graph(&file, &cli.sets, stage, program, plan, format, color)
+        Command::Graph { file, stage, program, plan, after, format } => {
+            cmd_graph(&file, &cli.sets, stage, program, plan, after, format, color)
         }
         Command::Run(cmd) => run_cmd::run(cmd, &cli.sets, color),
         Command::Import(args) => import_cmd::run(args, &cli.sets, color),
@@ -348,12 +359,22 @@ fn cmd_fmt(files: &[PathBuf], check: bool, color: bool) -> Result<ExitCode, Stri
 /// Check and compile every model of a file (or load an artifact). With `--set`
 /// overrides each model is named as its variant
 /// ([`ecarc_compiler::session::variant_name`]), in reports and file names.
+/// `-O0` for this process: every command compiles through [`compile_all`],
+/// so the flag is read in one place (set once in `main`, before any command).
+static UNOPTIMISED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 fn compile_all(file: &std::path::Path, sets: &[Override], color: bool) -> Result<Vec<Artifact>, ExitCode> {
     if is_artifact(file) {
-        return Artifact::load(file).map(|a| vec![a]).map_err(|e| {
-            eprintln!("error: {e}");
-            ExitCode::from(1)
-        });
+        let unoptimised = UNOPTIMISED.load(std::sync::atomic::Ordering::Relaxed);
+        return Artifact::load(file)
+            .map(|mut a| {
+                a.program.optimise &= !unoptimised;
+                vec![a]
+            })
+            .map_err(|e| {
+                eprintln!("error: {e}");
+                ExitCode::from(1)
+            });
     }
     let session = check_paths(&[file], sets);
     print_diags(&session, color);
@@ -369,7 +390,11 @@ fn compile_all(file: &std::path::Path, sets: &[Override], color: bool) -> Result
             (Outcome::Model(spec), Some(body)) => {
                 let mut spec = spec.as_ref().clone();
                 spec.name = ecarc_compiler::session::variant_name(&spec.name, sets);
-                match compile(&spec, &SpecSpans::from_body(body), sources.clone()) {
+                let opts = ecarc_compiler::lower::Options {
+                    unoptimised: UNOPTIMISED.load(std::sync::atomic::Ordering::Relaxed),
+                    ..Default::default()
+                };
+                match compile_with(&spec, &SpecSpans::from_body(body), sources.clone(), opts) {
                     Ok(a) => out.push(a),
                     Err(d) => {
                         print_diag_list(&[d], &session.program.sources, color);
@@ -449,9 +474,21 @@ fn cmd_graph(
     stage: Option<usize>,
     program: Option<String>,
     plan: Option<String>,
+    after: Option<String>,
     format: GraphFormat,
     color: bool,
 ) -> Result<ExitCode, String> {
+    let pipeline = match after.as_deref().map(ecarc_compiler::pass::Pipeline::until).transpose() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: --after: {e}");
+            return Ok(ExitCode::from(1));
+        }
+    };
+    if pipeline.is_some() {
+        // The passes run here, from the lowering without the optimiser.
+        UNOPTIMISED.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
     let artifacts = match compile_all(file, sets, color) {
         Ok(a) => a,
         Err(code) => return Ok(code),
@@ -497,7 +534,11 @@ fn cmd_graph(
             names = vec![p.clone()];
         }
         for name in names {
-            let g = a.program.graph(&name).expect("named graph exists");
+            let mut g = a.program.graph(&name).expect("named graph exists").clone();
+            if let Some(p) = &pipeline {
+                p.run(&mut g).map_err(|e| format!("optimiser bug: {e}"))?;
+            }
+            let g = &g;
             match format {
                 GraphFormat::Text => println!("{}", ecarc_compiler::ir::text::print(g, None)),
                 GraphFormat::Dot => {

@@ -26,7 +26,17 @@ pub struct Artifact {
 
 /// Lower and cost a checked model.
 pub fn compile(spec: &ModelSpec, spans: &SpecSpans, sources: Vec<String>) -> Result<Artifact, Diag> {
-    let program = lower::lower(spec, spans)?;
+    compile_with(spec, spans, sources, lower::Options::default())
+}
+
+/// [`compile`] with lowering options (`-O0`: `Options::unoptimised`).
+pub fn compile_with(
+    spec: &ModelSpec,
+    spans: &SpecSpans,
+    sources: Vec<String>,
+    opts: lower::Options,
+) -> Result<Artifact, Diag> {
+    let program = lower::lower_with(spec, spans, opts)?;
     let report = cost::report(spec, &program, &[Device::this_cpu(), Device::h100()]);
     Ok(Artifact {
         format: FORMAT,

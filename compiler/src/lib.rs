@@ -10,6 +10,7 @@ pub use spec::ModelSpec;
 pub mod artifact;
 pub mod cost;
 pub mod ir;
+pub mod kernel;
 pub mod lower;
 pub mod pass;
 pub mod plan;

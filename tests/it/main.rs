@@ -10,6 +10,7 @@ mod contract;
 mod diagnostics;
 mod format;
 mod formula;
+mod fusion;
 mod hostile;
 mod ir_files;
 mod models;

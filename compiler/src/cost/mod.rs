@@ -9,7 +9,7 @@ pub mod render;
 
 use crate::ir::dim::product;
 use crate::ir::liveness::Liveness;
-use crate::ir::{Bindings, Dim, Graph, Op};
+use crate::ir::{Bindings, Dim, Graph, Op, TensorType};
 use crate::lower::Program;
 use crate::spec::ModelSpec;
 use serde::{Deserialize, Serialize};
@@ -17,10 +17,16 @@ use std::collections::{BTreeMap, HashMap};
 
 /// MACs of one node, as a polynomial in the symbols.
 pub fn node_macs(g: &Graph, n: petgraph::stable_graph::NodeIndex) -> Dim {
-    let node = &g.g[n];
     let ops = g.operands(n);
-    let ty = |i: usize| &g.g[ops[i]].ty;
-    match &node.op {
+    let tys: Vec<&TensorType> = ops.iter().map(|&o| &g.g[o].ty).collect();
+    op_macs(&g.g[n].op, &tys, &g.g[n].ty)
+}
+
+/// MACs of an op on operands of these types giving `out` (a fused kernel
+/// counts its anchor's).
+pub fn op_macs(op: &Op, operands: &[&TensorType], out: &TensorType) -> Dim {
+    let ty = |i: usize| operands[i];
+    match op {
         Op::Linear => {
             let w = &ty(1).shape;
             let x = &ty(0).shape;
@@ -28,8 +34,7 @@ pub fn node_macs(g: &Graph, n: petgraph::stable_graph::NodeIndex) -> Dim {
         }
         Op::MatMul => {
             let a = &ty(0).shape;
-            let out = &node.ty.shape;
-            product(out).mul(&a[a.len() - 1])
+            product(&out.shape).mul(&a[a.len() - 1])
         }
         Op::Attention { keys, .. } => {
             // q k^T over the `keys` filled positions, then the weights times v.
@@ -39,12 +44,13 @@ pub fn node_macs(g: &Graph, n: petgraph::stable_graph::NodeIndex) -> Dim {
         }
         Op::Conv2d { .. } => {
             let w = &ty(1).shape;
-            product(&node.ty.shape).mul(&product(&w[1..]))
+            product(&out.shape).mul(&product(&w[1..]))
         }
         Op::NearestCode => {
             let c = &ty(1).shape;
-            product(&node.ty.shape).mul(&c[0]).mul(&c[1])
+            product(&out.shape).mul(&c[0]).mul(&c[1])
         }
+        Op::Fused(k) => k.macs(),
         _ => Dim::c(0),
     }
 }

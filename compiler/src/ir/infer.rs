@@ -56,6 +56,10 @@ pub fn infer(op: &Op, tys: &[&TensorType]) -> Result<TensorType, String> {
     use Op::*;
     match op {
         Input { .. } | Param { .. } | State { .. } => Err("sources are created with an explicit type".into()),
+        Fused(k) => {
+            k.verify(tys)?;
+            Ok(k.output().clone())
+        }
         Const { .. } => {
             arity(tys, 0..=0)?;
             Ok(TensorType::f32(vec![]))

@@ -66,6 +66,36 @@ pub enum Unary {
     Tanh,
 }
 
+/// `sqrt(2 / pi)`, the constant of the tanh approximation of GELU.
+const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
+
+impl Unary {
+    /// One element, as every backend must compute it: GELU (exact, through
+    /// libm's `erf`) and its tanh approximation in f64 rounded once to f32,
+    /// the rest in f32. The one home of these semantics: the reference
+    /// backend and the kernel-IR interpreter both call it.
+    pub fn apply(self, x: f32) -> f32 {
+        match self {
+            // PyTorch: x / (1 + exp(-x)).
+            Unary::Silu => x / (1.0 + (-x).exp()),
+            // 0.5 x (1 + erf(x / sqrt 2)).
+            Unary::Gelu => {
+                let x = x as f64;
+                (0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2))) as f32
+            }
+            // PyTorch's approximate='tanh': 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
+            Unary::GeluTanh => {
+                let x = x as f64;
+                (0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)).tanh())) as f32
+            }
+            Unary::Exp => x.exp(),
+            Unary::Neg => -x,
+            Unary::Sqrt => x.sqrt(),
+            Unary::Tanh => x.tanh(),
+        }
+    }
+}
+
 /// Element-wise functions of two operands (numpy broadcasting).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Binary {
@@ -75,6 +105,33 @@ pub enum Binary {
     Div,
     Min,
     Max,
+}
+
+impl Binary {
+    /// One element, in f32; `min`/`max` keep NaN (as PyTorch's
+    /// `minimum`/`maximum`). The one home of these semantics.
+    pub fn apply(self, a: f32, b: f32) -> f32 {
+        match self {
+            Binary::Add => a + b,
+            Binary::Sub => a - b,
+            Binary::Mul => a * b,
+            Binary::Div => a / b,
+            Binary::Min => {
+                if a.is_nan() || b.is_nan() {
+                    f32::NAN
+                } else {
+                    a.min(b)
+                }
+            }
+            Binary::Max => {
+                if a.is_nan() || b.is_nan() {
+                    f32::NAN
+                } else {
+                    a.max(b)
+                }
+            }
+        }
+    }
 }
 
 /// Resampling of an `[N, C, H, W]` map.
@@ -268,6 +325,11 @@ pub enum Op {
     FlowMapTokens {
         steps: u32,
     },
+
+    // ---- after fusion -----------------------------------------------------
+    /// A group of ops fused into one kernel (`pass::fuse`): its operands are
+    /// the kernel's inputs, its value the kernel's result.
+    Fused(Box<crate::kernel::Kernel>),
 }
 
 impl Op {
@@ -320,6 +382,7 @@ impl Op {
             Op::SampleTokens => "sample_tokens",
             Op::NearestCode => "nearest_code",
             Op::FlowMapTokens { .. } => "flow_map_tokens",
+            Op::Fused(_) => "fused",
         }
     }
 

@@ -98,7 +98,8 @@ pub fn attrs(op: &Op) -> Vec<(&'static str, String)> {
     let list = |xs: Vec<String>| format!("[{}]", xs.join(", "));
     match op {
         Input { .. } | Param { .. } | State { .. } => vec![],
-        Linear | MatMul | Embedding | Unary(_) | Binary(_) | Softmax | ArgMax | Rope | NearestCode | SampleTokens => {
+        Linear | MatMul | Embedding | Unary(_) | Binary(_) | Softmax | ArgMax | Rope | NearestCode | SampleTokens
+        | Fused(_) => {
             vec![]
         }
         Const { value } => vec![("value", value.to_string())],
@@ -195,6 +196,10 @@ pub fn print(g: &Graph, sources: Option<&SourceMap>) -> String {
             format!("{}:{line}:{col}", sm.get(sp.file).name.replace(['\n', '\r'], " "))
         });
         lines.push((s, loc));
+        // A fused node's kernel follows it, indented (parsing does not read it back).
+        if let Op::Fused(k) = &node.op {
+            lines.extend(k.lines().into_iter().map(|l| (format!("  | {l}"), None)));
+        }
     }
     // Align the span comments, but let one very long line not push them all.
     let width = lines.iter().filter(|(_, l)| l.is_some()).map(|(s, _)| s.chars().count()).max().unwrap_or(0).min(72);

@@ -77,7 +77,7 @@ pub fn verify(g: &Graph) -> Result<(), Vec<String>> {
 }
 
 /// An in-place update `name` is an output `name` that is a `write_slice` of the
-/// state `name`, and the state has no other use: writing into the state's
+/// state `name` (or a fused kernel ending in one, into its input 0), and the state has no other use: writing into the state's
 /// memory then changes nothing any other node reads.
 fn updates(g: &Graph, errs: &mut Vec<String>) {
     for (i, name) in g.updates.iter().enumerate() {
@@ -94,7 +94,12 @@ fn updates(g: &Graph, errs: &mut Vec<String>) {
         }
         let ops = g.operands(out);
         let state = ops.first().filter(|&&s| matches!(&g.g[s].op, Op::State { name: s } if s == name));
-        let Some(&state) = state.filter(|_| matches!(g.g[out].op, Op::WriteSlice { .. })) else {
+        let writes = match &g.g[out].op {
+            Op::WriteSlice { .. } => true,
+            Op::Fused(k) => k.store().is_some(),
+            _ => false,
+        };
+        let Some(&state) = state.filter(|_| writes) else {
             errs.push(format!("update {name:?}: {} is not a write_slice of the state {name:?}", who(g, out)));
             continue;
         };

@@ -42,6 +42,15 @@ pub struct Program {
     pub layout: SeqLayout,
     /// Whether the generation programs run on a doubled (guided) batch.
     pub cfg: bool,
+    /// Whether a backend runs the kernel passes (`pass::KERNEL_PASSES`:
+    /// fusion, memory planning) on each program before preparing it
+    /// (false under `-O0`).
+    #[serde(default = "yes")]
+    pub optimise: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl Program {
@@ -71,6 +80,9 @@ pub struct Options {
     /// sampler's own scale says (`None`: as [`uses_cfg`] says). A runner
     /// prepares both, so that switching guidance never lowers again.
     pub guidance: Option<bool>,
+    /// `-O0`: lowering runs only dead-code elimination and backends run no
+    /// kernel passes (no fusion, no memory plan).
+    pub unoptimised: bool,
 }
 
 /// Spans to attach to nodes: the components and each declared tensor (by
@@ -143,6 +155,12 @@ fn program(
 }
 
 pub fn lower_with(spec: &ModelSpec, spans: &SpecSpans, opts: Options) -> Result<Program, Diag> {
+    let mut p = lower_programs(spec, spans, opts)?;
+    p.optimise = !opts.unoptimised;
+    Ok(p)
+}
+
+fn lower_programs(spec: &ModelSpec, spans: &SpecSpans, opts: Options) -> Result<Program, Diag> {
     let idx = ParamIndex::new(spec);
     let cfg = spec.distill.is_none() && opts.guidance.unwrap_or_else(|| uses_cfg(spec));
     let stages = spec.schedule.stages();
@@ -279,7 +297,7 @@ pub fn lower_with(spec: &ModelSpec, spans: &SpecSpans, opts: Options) -> Result<
             glue::dd_drop_start(c, logits_ty.clone(), x_out_ty.clone(), prefix);
             Ok(())
         })?);
-        optimise(&mut graphs);
+        optimise(&mut graphs, opts.unoptimised);
         let shape = shape_of(spec, &graphs, false, positions, false, &transitions);
         let mut plans = vec![plans::distilled_sample(&shape, &steps)];
         plans.extend(plans::forwards(&shape));
@@ -375,7 +393,7 @@ pub fn lower_with(spec: &ModelSpec, spans: &SpecSpans, opts: Options) -> Result<
             Ok(())
         })?);
     }
-    optimise(&mut graphs);
+    optimise(&mut graphs, opts.unoptimised);
     let shape = shape_of(spec, &graphs, cfg, positions, first_seq.is_some(), &transitions);
     let mut plans = vec![plans::sample(&shape, pairs)];
     plans.extend(plans::forwards(&shape));
@@ -385,8 +403,8 @@ pub fn lower_with(spec: &ModelSpec, spans: &SpecSpans, opts: Options) -> Result<
 
 /// The standard pass pipeline on every program, before the plans bind their
 /// ports (so a source that dead-code elimination removes is never bound).
-fn optimise(graphs: &mut [Graph]) {
-    let pipeline = crate::pass::Pipeline::standard();
+fn optimise(graphs: &mut [Graph], unoptimised: bool) {
+    let pipeline = if unoptimised { crate::pass::Pipeline::minimal() } else { crate::pass::Pipeline::standard() };
     for g in graphs {
         if let Err(e) = pipeline.run(g) {
             panic!("lowering bug: {e}");
@@ -419,7 +437,7 @@ fn finish(
             }
         }
     }
-    Ok(Program { model: spec.name.clone(), graphs, plans, layout, cfg })
+    Ok(Program { model: spec.name.clone(), graphs, plans, layout, cfg, optimise: true })
 }
 
 /// A backbone step with the head this model has.

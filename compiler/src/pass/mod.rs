@@ -6,6 +6,7 @@
 //! (a program in the text form, a directive, the expected result).
 
 pub mod dce;
+pub mod fuse;
 
 use crate::ir::Graph;
 
@@ -21,12 +22,21 @@ pub trait Pass {
 pub fn by_name(name: &str) -> Option<Box<dyn Pass>> {
     match name {
         "dce" => Some(Box::new(dce::Dce)),
+        "fuse" => Some(Box::new(fuse::Fuse)),
         _ => None,
     }
 }
 
 /// The names [`by_name`] knows, in pipeline order.
-pub const PASS_NAMES: &[&str] = &["dce"];
+pub const PASS_NAMES: &[&str] = &["dce", "fuse"];
+
+/// The passes lowering runs on every program: rewrites within the graph IR,
+/// whose result the cost model, `ecarc graph` and the snapshots read.
+pub const LOWERING_PASSES: &[&str] = &["dce"];
+
+/// The passes a backend's program goes through before `prepare` (unless
+/// `-O0`): fusion into kernels, then memory planning.
+pub const KERNEL_PASSES: &[&str] = &["fuse"];
 
 /// Passes run in order, with the verifier after each when `checked`.
 pub struct Pipeline {
@@ -35,11 +45,22 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    /// What lowering runs on every program; verified after each pass in
+    /// What lowering runs on every program ([`LOWERING_PASSES`]); verified after each pass in
     /// debug builds (and in `cargo test --profile ci`, which keeps debug
     /// assertions).
     pub fn standard() -> Pipeline {
-        Pipeline::named(PASS_NAMES).expect("the standard passes exist")
+        Pipeline::named(LOWERING_PASSES).expect("the lowering passes exist")
+    }
+
+    /// What `-O0` runs in lowering: only dead-code elimination (a program
+    /// must declare only the sources it reads).
+    pub fn minimal() -> Pipeline {
+        Pipeline::named(&["dce"]).expect("dce exists")
+    }
+
+    /// The kernel passes ([`KERNEL_PASSES`]), verified after each in debug builds.
+    pub fn kernels() -> Pipeline {
+        Pipeline::named(KERNEL_PASSES).expect("the kernel passes exist")
     }
 
     /// The passes called `names`, in that order, or the first unknown name.

@@ -109,8 +109,16 @@ impl Prepared {
     fn new(program: &Program, backend: &dyn Backend, params: &Params) -> Result<Prepared> {
         let mut exes = HashMap::new();
         let mut ports = HashMap::new();
+        let kernels = ecarc_compiler::pass::Pipeline::kernels();
         for g in &program.graphs {
-            exes.insert(g.name.clone(), backend.prepare(g, params)?);
+            let exe = if program.optimise {
+                let mut fused = g.clone();
+                kernels.run(&mut fused).map_err(|e| RuntimeError::Invalid(format!("optimiser bug: {e}")))?;
+                backend.prepare(&fused, params)?
+            } else {
+                backend.prepare(g, params)?
+            };
+            exes.insert(g.name.clone(), exe);
             let p: Vec<Port> =
                 g.g.node_weights()
                     .filter_map(|n| match &n.op {
@@ -147,7 +155,7 @@ impl<'b> Generator<'b> {
     pub fn new(spec: ModelSpec, program: Program, backend: &'b dyn Backend, params: Params) -> Result<Self> {
         let prepared = Prepared::new(&program, backend, &params)?;
         let other_guidance = if spec.distill.is_none() && program.sample_plan().is_some() {
-            let opts = Options { guidance: Some(!program.cfg), ..Options::default() };
+            let opts = Options { guidance: Some(!program.cfg), unoptimised: !program.optimise, ..Options::default() };
             let mut other =
                 ecarc_compiler::lower::lower_with(&spec, &ecarc_compiler::lower::SpecSpans::default(), opts)
                     .map_err(|d| RuntimeError::Invalid(format!("the model does not lower: {}", d.message)))?;

@@ -5,59 +5,9 @@ use super::{broadcast_index, broadcast_shape, f32_of, KResult};
 use crate::tensor::HostTensor;
 use ecarc_compiler::ir::op::{Binary, Unary};
 
-/// `sqrt(2 / pi)`, the constant of the tanh approximation of GELU.
-const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
-
-/// One element of a unary op. GELU (exact, through libm's `erf`) and its tanh
-/// approximation are evaluated in f64 and rounded once to f32.
-pub fn unary_scalar(u: Unary, x: f32) -> f32 {
-    match u {
-        // PyTorch: x / (1 + exp(-x)).
-        Unary::Silu => x / (1.0 + (-x).exp()),
-        // 0.5 x (1 + erf(x / sqrt 2)).
-        Unary::Gelu => {
-            let x = x as f64;
-            (0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2))) as f32
-        }
-        // PyTorch's approximate='tanh': 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
-        Unary::GeluTanh => {
-            let x = x as f64;
-            (0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)).tanh())) as f32
-        }
-        Unary::Exp => x.exp(),
-        Unary::Neg => -x,
-        Unary::Sqrt => x.sqrt(),
-        Unary::Tanh => x.tanh(),
-    }
-}
-
 pub fn unary(u: Unary, x: &HostTensor) -> KResult<HostTensor> {
     let xs = f32_of(x, "input")?;
-    Ok(HostTensor::f32(x.shape.clone(), xs.iter().map(|&v| unary_scalar(u, v)).collect()))
-}
-
-/// One element of a binary op.
-pub fn binary_scalar(op: Binary, a: f32, b: f32) -> f32 {
-    match op {
-        Binary::Add => a + b,
-        Binary::Sub => a - b,
-        Binary::Mul => a * b,
-        Binary::Div => a / b,
-        Binary::Min => {
-            if a.is_nan() || b.is_nan() {
-                f32::NAN
-            } else {
-                a.min(b)
-            }
-        }
-        Binary::Max => {
-            if a.is_nan() || b.is_nan() {
-                f32::NAN
-            } else {
-                a.max(b)
-            }
-        }
-    }
+    Ok(HostTensor::f32(x.shape.clone(), xs.iter().map(|&v| u.apply(v)).collect()))
 }
 
 /// `op(a, b)` with numpy broadcasting.
@@ -67,7 +17,7 @@ pub fn binary(op: Binary, a: &HostTensor, b: &HostTensor) -> KResult<HostTensor>
     let shape = broadcast_shape(&a.shape, &b.shape)?;
     let ia = broadcast_index(&a.shape, &shape);
     let ib = broadcast_index(&b.shape, &shape);
-    let out = ia.iter().zip(&ib).map(|(&i, &j)| binary_scalar(op, av[i], bv[j])).collect();
+    let out = ia.iter().zip(&ib).map(|(&i, &j)| op.apply(av[i], bv[j])).collect();
     Ok(HostTensor::f32(shape, out))
 }
 

@@ -17,6 +17,7 @@
 mod attention;
 mod elementwise;
 mod flow_map;
+mod fused;
 mod generate;
 #[cfg(test)]
 mod golden;
@@ -438,6 +439,7 @@ fn eval(op: &Op, x: &[&HostTensor], b: &Bindings) -> KResult<HostTensor> {
             flow_map::flow_map_tokens(x[0], x[1], x[2], temperature, top_k, top_p, *steps as usize)
         }
         WriteSlice { .. } | Attention { .. } => Err("runs on views (program.rs)".into()),
+        Fused(k) => fused::run(k, x.iter().map(|t| (*t).clone()).collect(), b),
     }
 }
 

@@ -250,36 +250,16 @@ impl Prepared {
             Op::WriteSlice { axis, start } => {
                 let start = super::index(start.eval(b), "write_slice start")?;
                 let src = counters.dense_owned(get(values, &ops[1])?);
-                // In place when this is the destination's last use and its
-                // memory is held by nobody else; otherwise on a copy.
-                let mut dst = None;
-                if uses[ops[0].index()] == 1 && ops[0] != ops[1] {
-                    if let Some(v) = values[ops[0].index()].take() {
-                        if v.is_whole() {
-                            dst = Some(v.base);
-                        } else {
-                            values[ops[0].index()] = Some(v);
-                        }
-                    }
+                write_slice(values, ops, uses, counters, &src, *axis as usize, start)
+            }
+            // A kernel that computes a state's slice writes it as `write_slice` does.
+            Op::Fused(k) if k.store().is_some() => {
+                let mut rest = Vec::with_capacity(ops.len() - 1);
+                for o in &ops[1..] {
+                    rest.push(counters.dense_owned(get(values, o)?).as_ref().clone());
                 }
-                let mut base = match dst {
-                    Some(base) if Arc::strong_count(&base) == 1 && Arc::weak_count(&base) == 0 => {
-                        counters.in_place();
-                        base
-                    }
-                    other => {
-                        let v = match other {
-                            Some(base) => View::whole(base),
-                            None => get(values, &ops[0])?,
-                        };
-                        counters.copied_update();
-                        Arc::new(counters.copy(&v))
-                    }
-                };
-                let t = Arc::get_mut(&mut base).expect("the destination is held once");
-                super::layout::write_slice(t, &src, *axis as usize, start)?;
-                counters.written(src.bytes());
-                Ok(View::whole(base))
+                let (src, axis, start) = super::fused::run_store(k, rest, b)?;
+                write_slice(values, ops, uses, counters, &src, axis as usize, start)
             }
             Op::Attention { mask, scale, keys } => {
                 let keys = super::index(keys.eval(b), "attention keys")?;
@@ -305,4 +285,48 @@ impl Prepared {
             }
         }
     }
+}
+
+/// Write `src` into rows `start..` of `axis` of the destination (operand 0):
+/// in place when this is the destination's last use and its memory is held
+/// by nobody else; otherwise on a copy.
+fn write_slice(
+    values: &mut [Option<View>],
+    ops: &[NodeIndex],
+    uses: &[usize],
+    counters: &Counters,
+    src: &HostTensor,
+    axis: usize,
+    start: usize,
+) -> std::result::Result<View, String> {
+    let mut dst = None;
+    if uses[ops[0].index()] == 1 && !ops[1..].contains(&ops[0]) {
+        if let Some(v) = values[ops[0].index()].take() {
+            if v.is_whole() {
+                dst = Some(v.base);
+            } else {
+                values[ops[0].index()] = Some(v);
+            }
+        }
+    }
+    let mut base = match dst {
+        Some(base) if Arc::strong_count(&base) == 1 && Arc::weak_count(&base) == 0 => {
+            counters.in_place();
+            base
+        }
+        other => {
+            let v = match other {
+                Some(base) => View::whole(base),
+                None => {
+                    values[ops[0].index()].clone().ok_or_else(|| format!("operand {} has no value", ops[0].index()))?
+                }
+            };
+            counters.copied_update();
+            Arc::new(counters.copy(&v))
+        }
+    };
+    let t = Arc::get_mut(&mut base).expect("the destination is held once");
+    super::layout::write_slice(t, src, axis, start)?;
+    counters.written(src.bytes());
+    Ok(View::whole(base))
 }

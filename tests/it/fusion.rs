@@ -1,0 +1,110 @@
+//! The optimiser's fusion: fused programs compute what the unfused ones do
+//! (bit for bit on the reference backend, whose fused nodes run on the kernel
+//! IR's interpreter), and the published models dispatch fewer kernels and
+//! move fewer bytes per sample.
+
+use crate::common::{model_files, root, spec_of};
+use ecarc_compiler::ir::{Graph, Op};
+use ecarc_compiler::kernel::traffic::{self, Dispatches};
+use ecarc_compiler::kernel::Expr;
+use ecarc_compiler::lower::{lower, lower_with, Options, Program};
+use ecarc_compiler::pass::Pipeline;
+use ecarc_compiler::plan::Keep;
+use ecarc_runtime::driver::{Generator, Quiet, SampleOptions, SampleOutput};
+use ecarc_runtime::reference::Reference;
+use ecarc_runtime::weights::Weights;
+use std::collections::HashMap;
+
+const TINY: [&str; 6] = ["var", "llamagen", "ecar", "dit", "var_dd", "llamagen_dd"];
+
+fn fused(p: &Program) -> Vec<Graph> {
+    let pipeline = Pipeline::kernels().checked();
+    p.graphs
+        .iter()
+        .map(|g| {
+            let mut f = g.clone();
+            pipeline.run(&mut f).unwrap_or_else(|e| panic!("{e}"));
+            f
+        })
+        .collect()
+}
+
+fn sample(name: &str, sets: &[&str], unoptimised: bool) -> SampleOutput {
+    let spec = spec_of(&root().join(format!("examples/tiny/{name}.ecar")), sets);
+    let w = Weights::random(&spec, 0);
+    let backend = Reference::new();
+    let opts = Options { unoptimised, ..Options::default() };
+    let program = lower_with(&spec, &Default::default(), opts).expect("lowers");
+    assert_eq!(program.optimise, !unoptimised);
+    let params = w.upload(&backend).unwrap();
+    let g = Generator::new(spec, program, &backend, params).expect("generator");
+    g.sample(&SampleOptions { labels: vec![1, 3], seed: 11, keep: Keep::Debug }, &Quiet).expect("sample")
+}
+
+#[test]
+fn optimised_equals_unoptimised_through_every_tiny_sample() {
+    // Every kept value of the sample (tokens of each stage, latents, the
+    // debug records of every step) and the image: bit for bit, so greedy
+    // tokens are identical too.
+    for name in TINY {
+        let a = sample(name, &[], false);
+        let b = sample(name, &[], true);
+        assert_eq!(a.stages.len(), b.stages.len(), "{name}");
+        for ((na, ta), (nb, tb)) in a.stages.iter().zip(&b.stages) {
+            assert_eq!(na, nb, "{name}");
+            assert_eq!(ta, tb, "{name}: `{na}` differs fused vs unfused");
+        }
+        assert_eq!(a.image, b.image, "{name}: the image differs fused vs unfused");
+    }
+}
+
+/// Kernels and bytes per sample of one image, unfused and fused.
+fn per_sample(path: &std::path::Path) -> (Dispatches, Dispatches, Vec<Graph>) {
+    let spec = spec_of(path, &[]);
+    let p = lower(&spec, &Default::default()).expect("lowers");
+    let f = fused(&p);
+    let plan = p.sample_plan().expect("a sample plan");
+    let before: HashMap<&str, &Graph> = p.graphs.iter().map(|g| (g.name.as_str(), g)).collect();
+    let after: HashMap<&str, &Graph> = f.iter().map(|g| (g.name.as_str(), g)).collect();
+    let u = traffic::of_plan(plan, &before, 1, traffic::unfused);
+    let d = traffic::of_plan(plan, &after, 1, traffic::dispatched);
+    (u, d, f)
+}
+
+#[test]
+fn published_models_dispatch_fewer_kernels_and_move_fewer_bytes() {
+    for m in ["ecar_l", "var_d16", "llamagen_l", "dit_xl2"] {
+        let (u, d, graphs) = per_sample(&root().join(format!("models/{m}.ecar")));
+        eprintln!(
+            "{m}: kernels {} -> {} ({:.2}x fewer), activation bytes {} -> {} ({:.0}% fewer)",
+            u.kernels,
+            d.kernels,
+            u.kernels as f64 / d.kernels as f64,
+            u.bytes,
+            d.bytes,
+            100.0 * (1.0 - d.bytes as f64 / u.bytes as f64)
+        );
+        // The targets are 3x fewer kernels and 40% fewer bytes; what
+        // is reached today is asserted (docs/passes.md gives the figures).
+        assert!(u.kernels >= 2 * d.kernels, "{m}: {} -> {} kernels is less than 2x fewer", u.kernels, d.kernels);
+        assert!(d.bytes < u.bytes, "{m}: {} -> {} bytes", u.bytes, d.bytes);
+        // No kernel with two anchors (the verifier's rule, asserted here too).
+        for g in &graphs {
+            for n in g.g.node_weights() {
+                if let Op::Fused(k) = &n.op {
+                    let anchors = k.nodes.iter().filter(|x| matches!(x.expr, Expr::Anchor { .. })).count();
+                    assert!(anchors <= 1, "{m}/{}: a kernel with {anchors} anchors", g.name);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn every_model_fuses_and_verifies() {
+    for path in model_files() {
+        let spec = spec_of(&path, &[]);
+        let p = lower(&spec, &Default::default()).expect("lowers");
+        fused(&p);
+    }
+}
