@@ -116,9 +116,6 @@ impl Poly {
     pub fn var(name: &str) -> Poly {
         Poly(BTreeMap::from([(Mono(vec![(name.to_string(), 1)]), 1)]))
     }
-    pub fn is_zero(&self) -> bool {
-        self.0.is_empty()
-    }
     /// The value when the polynomial has no symbols.
     pub fn as_const(&self) -> Option<i128> {
         match self.0.len() {

@@ -117,9 +117,6 @@ impl Dim {
             _ => None,
         }
     }
-    pub fn is_const(&self) -> bool {
-        self.as_const().is_some()
-    }
     pub fn eval(&self, b: &Bindings) -> u64 {
         let vals = [b.b as i128, b.t as i128, b.p as i128];
         let mut total: i128 = 0;

@@ -150,13 +150,6 @@ impl<'a> Ctx<'a> {
         self.g.output(name, n);
     }
 
-    /// Output channels per token of a linear (denoiser) head: `patch^2 x channels`.
-    pub fn shape_of_output_channels(&self, spec: &crate::spec::ModelSpec) -> u64 {
-        let lat = spec.tokenizer.token_channels;
-        let ch = if spec.sampler.learned_variance { 2 * lat } else { lat };
-        spec.backbone.patch * spec.backbone.patch * ch
-    }
-
     pub fn shape(&self, n: N) -> Vec<Dim> {
         self.g.ty(n).shape.clone()
     }
