@@ -218,3 +218,56 @@ impl fmt::Display for Poly {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(v: &[(&str, i128)]) -> HashMap<String, i128> {
+        v.iter().map(|(k, x)| (k.to_string(), *x)).collect()
+    }
+
+    #[test]
+    fn sums_cancel_to_the_canonical_zero() {
+        let (d, w) = (Poly::var("d"), Poly::var("w"));
+        let p = d.mul(&w).add(&Poly::constant(3));
+        assert_eq!(p.sub(&p), Poly::zero());
+        assert_eq!(p.scale(0), Poly::zero());
+        assert_eq!(p.add(&w.scale(-1)).add(&w), p);
+        assert_eq!(Poly::constant(0), Poly::zero());
+    }
+
+    #[test]
+    fn products_collect_powers() {
+        let (d, w) = (Poly::var("d"), Poly::var("w"));
+        let p = d.add(&w).mul(&d.sub(&w));
+        assert_eq!(p.to_string(), "d^2 - w^2");
+        assert_eq!(p.degree(), 2);
+        assert_eq!(w.mul(&d).mul(&w).to_string(), "d*w^2");
+        assert_eq!(p.symbols().into_iter().collect::<Vec<_>>(), ["d", "w"]);
+    }
+
+    #[test]
+    fn evaluation_is_checked() {
+        let (d, w) = (Poly::var("d"), Poly::var("w"));
+        let p = d.mul(&w).mul(&w).scale(18).add(&Poly::constant(-3));
+        assert_eq!(p.eval(&values(&[("d", 2), ("w", 10)])), Ok(18 * 2 * 100 - 3));
+        assert_eq!(p.eval(&values(&[("d", 2)])), Err("no value for symbol `w`".into()));
+        assert_eq!(d.mul(&d).eval(&values(&[("d", i128::MAX)])), Err("overflow".into()));
+        assert_eq!(Poly::constant(7).as_const(), Some(7));
+        assert_eq!(d.as_const(), None);
+    }
+
+    #[test]
+    fn exact_division_substitution_and_splitting() {
+        let (d, w) = (Poly::var("d"), Poly::var("w"));
+        let p = d.mul(&w).scale(6).add(&w.scale(4));
+        assert_eq!(p.div_exact(&w.scale(2)), Some(d.scale(3).add(&Poly::constant(2))));
+        assert_eq!(p.div_exact(&d), None, "w*4 has no d");
+        assert_eq!(p.div_exact(&Poly::constant(4)), None, "6 is not a multiple of 4");
+        assert_eq!(p.substitute("d", &w.add(&Poly::constant(1))).to_string(), "6*w^2 + 10*w");
+        let parts = p.split(&["d"]);
+        assert_eq!(parts.get(&vec![1]), Some(&w.scale(6)));
+        assert_eq!(parts.get(&vec![0]), Some(&w.scale(4)));
+    }
+}
