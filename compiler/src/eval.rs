@@ -41,7 +41,7 @@ type Active = (usize, String, Span, Span);
 
 /// Where names are looked up: bodies innermost first, then derived values.
 #[derive(Clone)]
-pub(crate) struct Scope<'a> {
+pub(crate) struct EvalScope<'a> {
     pub bodies: Vec<&'a MBody>,
     pub derived: &'a BTreeMap<String, N>,
     /// Loop variables of `params ... for i in ..` (bound for keys, not shapes).
@@ -51,13 +51,13 @@ pub(crate) struct Scope<'a> {
     active: std::rc::Rc<RefCell<Vec<Active>>>,
 }
 
-impl<'a> Scope<'a> {
+impl<'a> EvalScope<'a> {
     pub fn new(bodies: Vec<&'a MBody>, derived: &'a BTreeMap<String, N>) -> Self {
-        Scope { bodies, derived, locals: vec![], active: Default::default() }
+        EvalScope { bodies, derived, locals: vec![], active: Default::default() }
     }
     /// The same derived values with a different chain of bodies.
     pub(crate) fn with_bodies(&self, bodies: Vec<&'a MBody>) -> Self {
-        Scope { bodies, derived: self.derived, locals: self.locals.clone(), active: self.active.clone() }
+        EvalScope { bodies, derived: self.derived, locals: self.locals.clone(), active: self.active.clone() }
     }
 
     /// Evaluate a numeric expression.

@@ -2,7 +2,7 @@
 //! that what is left over is reported as unknown (with "did you mean"). Errors
 //! are collected; accessors return `None` and checking goes on.
 
-use crate::eval::{type_error, Scope, N};
+use crate::eval::{type_error, EvalScope, N};
 use ecarc_grammar::ast::{Expr, ExprKind};
 use ecarc_grammar::diag::did_you_mean;
 use ecarc_grammar::merged::{Component, MBody, MField, MValue};
@@ -14,7 +14,7 @@ const MAX_UNKNOWN_REPORTED: usize = 5;
 
 pub(crate) struct Reader<'a> {
     pub body: &'a MBody,
-    pub scope: Scope<'a>,
+    pub scope: EvalScope<'a>,
     /// What this body is, for messages: "backbone", "sampler", ...
     pub what: &'static str,
     /// Where to point when a required key is missing.
@@ -24,7 +24,13 @@ pub(crate) struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
-    pub fn new(body: &'a MBody, scope: Scope<'a>, what: &'static str, at: Span, diags: &'a RefCell<Vec<Diag>>) -> Self {
+    pub fn new(
+        body: &'a MBody,
+        scope: EvalScope<'a>,
+        what: &'static str,
+        at: Span,
+        diags: &'a RefCell<Vec<Diag>>,
+    ) -> Self {
         Reader { body, scope, what, at, known: RefCell::new(vec![]), diags }
     }
 

@@ -2,7 +2,7 @@
 //! `scales in { [...], [...] }`) is expanded into design points, each a plain
 //! merged body that the checker handles like any model.
 
-use crate::eval::{Scope, N};
+use crate::eval::{EvalScope, N};
 use ecarc_grammar::ast::{Expr, ExprKind, Num};
 use ecarc_grammar::merged::{Choice, MBody, MEntry, MValue};
 use ecarc_grammar::{Diag, Span};
@@ -139,7 +139,7 @@ fn options(
         }
         Choice::Range { lo, hi, inclusive, step, span } => {
             let empty = BTreeMap::new();
-            let scope = Scope::new(vec![], &empty);
+            let scope = EvalScope::new(vec![], &empty);
             let num = |e: &Expr, diags: &mut Vec<Diag>| match scope.num(e) {
                 Ok(n) => Some(n),
                 Err(d) if d.code == "E0315" => {

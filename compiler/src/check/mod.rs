@@ -6,7 +6,7 @@
 //! sampler, distill), `cross` the rules between components, and `params`
 //! evaluates the declared tensors.
 
-use crate::eval::{Scope, N};
+use crate::eval::{EvalScope, N};
 use crate::reader::Reader;
 use crate::spec::*;
 use ecarc_grammar::ast::Ident;
@@ -144,7 +144,7 @@ impl<'a> Checker<'a> {
     }
 
     fn reader(&self, body: &'a MBody, chain: Vec<&'a MBody>, what: &'static str, at: Span) -> Reader<'a> {
-        Reader::new(body, Scope::new(chain, self.empty), what, at, self.diags)
+        Reader::new(body, EvalScope::new(chain, self.empty), what, at, self.diags)
     }
 
     /// The same checker with derived values known so far in scope.
@@ -324,7 +324,7 @@ impl<'a> Checker<'a> {
                 });
                 continue;
             }
-            if let Ok(b) = Scope::new(vec![body], &derived).num(&c.bound).map_err(|d| self.error(d)) {
+            if let Ok(b) = EvalScope::new(vec![body], &derived).num(&c.bound).map_err(|d| self.error(d)) {
                 constraints.push(ConstraintSpec {
                     metric: c.metric.name.clone(),
                     op: c.op.as_str().into(),

@@ -2,7 +2,7 @@
 //! placeholders, into [`ParamGroupSpec`]s.
 
 use super::{Checker, MAX_TENSORS};
-use crate::eval::{Scope, N};
+use crate::eval::{EvalScope, N};
 use crate::spec::*;
 use ecarc_grammar::ast::{Expr, ExprKind, Ident, ParamGroup, ParamKind};
 use ecarc_grammar::diag::did_you_mean;
@@ -36,7 +36,7 @@ pub(crate) fn needs_expansion(g: &ParamGroup) -> bool {
 }
 
 /// Replace each `{expr}` in a key template by its value (loop variables in scope).
-fn fill_placeholders(template: &str, sc: &Scope, span: Span, err: &dyn Fn(Diag)) -> Option<String> {
+fn fill_placeholders(template: &str, sc: &EvalScope, span: Span, err: &dyn Fn(Diag)) -> Option<String> {
     let mut out = String::with_capacity(template.len());
     let mut rest = template;
     while let Some(open) = rest.find('{') {
@@ -128,7 +128,7 @@ impl<'c, 'a> ParamCtx<'c, 'a> {
         params: &mut Vec<ParamGroupSpec>,
         buffers: &mut Vec<ParamGroupSpec>,
     ) {
-        let scope = Scope::new(chain, self.derived);
+        let scope = EvalScope::new(chain, self.derived);
         for g in body.param_groups() {
             let specs = if needs_expansion(g) {
                 self.group_expanded(g, &scope, owner)
@@ -147,7 +147,7 @@ impl<'c, 'a> ParamCtx<'c, 'a> {
     /// A group evaluated copy by copy: nested loops, a `when a OP b` guard,
     /// shapes or keys that depend on the loop variables. Each copy that passes
     /// the guard becomes its own [`ParamGroupSpec`] with `index` = the loop values.
-    fn group_expanded(&self, g: &ParamGroup, scope: &Scope<'c>, owner: &str) -> Vec<ParamGroupSpec> {
+    fn group_expanded(&self, g: &ParamGroup, scope: &EvalScope<'c>, owner: &str) -> Vec<ParamGroupSpec> {
         if let Some(c) = &g.condition {
             match self.flag(&c.flag, scope) {
                 Some(v) if v != c.negated => {}
@@ -266,7 +266,7 @@ impl<'c, 'a> ParamCtx<'c, 'a> {
         out
     }
 
-    fn flag(&self, name: &Ident, scope: &Scope) -> Option<bool> {
+    fn flag(&self, name: &Ident, scope: &EvalScope) -> Option<bool> {
         if let Some(&v) = self.flags.get(name.name.as_str()) {
             return Some(v);
         }
@@ -300,7 +300,7 @@ impl<'c, 'a> ParamCtx<'c, 'a> {
         None
     }
 
-    fn group(&self, g: &ParamGroup, scope: &Scope<'c>, owner: &str) -> Option<ParamGroupSpec> {
+    fn group(&self, g: &ParamGroup, scope: &EvalScope<'c>, owner: &str) -> Option<ParamGroupSpec> {
         if let Some(c) = &g.condition {
             let v = self.flag(&c.flag, scope)?;
             if v == c.negated {

@@ -2,7 +2,7 @@
 //! (`linear`, `norm`, `modulate`, ...) so that lowering code reads like the
 //! architecture it builds.
 
-use super::params::{ParamIndex, Scope};
+use super::params::{ParamIndex, ParamScope};
 use crate::ir::op::{Binary, Unary};
 use crate::ir::{Dim, Graph, Op, TensorType, F};
 use ecarc_grammar::{Diag, Span};
@@ -17,7 +17,7 @@ pub struct Missing {
     pub role: String,
     /// The copy index asked for (`[]` outside loops, `[layer]`, `[level, block]`).
     pub index: Vec<u64>,
-    pub scope: Scope,
+    pub scope: ParamScope,
 }
 
 impl Missing {
@@ -28,9 +28,9 @@ impl Missing {
             idx => format!(" for copy {idx:?}"),
         };
         let what = match self.scope {
-            Scope::Backbone => "backbone (or its block)",
-            Scope::Head => "head",
-            Scope::Tokenizer => "tokenizer",
+            ParamScope::Backbone => "backbone (or its block)",
+            ParamScope::Head => "head",
+            ParamScope::Tokenizer => "tokenizer",
         };
         let mut d = Diag::error("E0601", format!("the {what} declares no tensor with role `{}`{at}", self.role)).help(
             format!("this architecture needs it: add `{} \"KEY\" [DIMS]` to a `params` group of the {what}", self.role),
@@ -45,7 +45,7 @@ impl Missing {
 pub struct Ctx<'a> {
     pub g: Graph,
     idx: &'a ParamIndex,
-    pub scope: Scope,
+    pub scope: ParamScope,
     params: HashMap<String, N>,
     sources: HashMap<String, N>,
     /// The span attached to nodes created now (the component being lowered).
@@ -59,7 +59,7 @@ pub fn d(v: u64) -> Dim {
 }
 
 impl<'a> Ctx<'a> {
-    pub fn new(name: &str, idx: &'a ParamIndex, scope: Scope, param_spans: &'a HashMap<String, Span>) -> Self {
+    pub fn new(name: &str, idx: &'a ParamIndex, scope: ParamScope, param_spans: &'a HashMap<String, Span>) -> Self {
         Ctx {
             g: Graph::new(name),
             idx,

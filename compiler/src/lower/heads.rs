@@ -96,7 +96,7 @@ pub const FLOW_MAP_STEPS: u32 = 64;
 pub fn flow_map(c: &mut Ctx, spec: &ModelSpec, logits: N) -> Res<N> {
     let s = c.shape(logits);
     let scope = c.scope;
-    c.scope = crate::lower::params::Scope::Tokenizer;
+    c.scope = crate::lower::params::ParamScope::Tokenizer;
     let book = c.p("codebook", None);
     c.scope = scope;
     let mut book = book?;

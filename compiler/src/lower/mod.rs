@@ -23,7 +23,7 @@ use ctx::{d, Ctx, Missing};
 use ecarc_grammar::merged::{MBody, MValue};
 use ecarc_grammar::{Diag, Span};
 pub use heads::TokenChoice;
-use params::{ParamIndex, Scope};
+use params::{ParamIndex, ParamScope};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
@@ -132,7 +132,7 @@ fn program(
     name: &str,
     idx: &ParamIndex,
     spans: &SpecSpans,
-    scope: Scope,
+    scope: ParamScope,
     span: Option<Span>,
     build: impl FnOnce(&mut Ctx) -> Result<(), Missing>,
 ) -> Result<Graph, Diag> {
@@ -146,7 +146,7 @@ pub fn lower_with(spec: &ModelSpec, spans: &SpecSpans, opts: Options) -> Result<
     let idx = ParamIndex::new(spec);
     let cfg = spec.distill.is_none() && opts.guidance.unwrap_or_else(|| uses_cfg(spec));
     let stages = spec.schedule.stages();
-    let has_pos_start = idx.get(Scope::Backbone, "pos_start", None).is_some();
+    let has_pos_start = idx.get(ParamScope::Backbone, "pos_start", None).is_some();
     let prefix = prefix_len(spec, has_pos_start);
     let b = Dim::sym(Sym::B);
     let mut graphs = Vec::new();
@@ -187,10 +187,10 @@ pub fn lower_with(spec: &ModelSpec, spans: &SpecSpans, opts: Options) -> Result<
     // ---- the tokenizer: its decoder, and the glue around it ---------------
     // The decoder runs once per image after the stages; its cost is reported
     // apart (tokenizers are not part of the generator by the counting conventions).
-    let has_decoder = idx.get(Scope::Tokenizer, "dec_conv_in", None).is_some();
-    let has_codebook = idx.get(Scope::Tokenizer, "codebook", None).is_some();
+    let has_decoder = idx.get(ParamScope::Tokenizer, "dec_conv_in", None).is_some();
+    let has_codebook = idx.get(ParamScope::Tokenizer, "codebook", None).is_some();
     let tok = |name: &str, build: &dyn Fn(&mut Ctx) -> Result<(), Missing>| {
-        program(name, &idx, spans, Scope::Tokenizer, spans.tokenizer, |c| build(c))
+        program(name, &idx, spans, ParamScope::Tokenizer, spans.tokenizer, |c| build(c))
     };
     if has_decoder {
         graphs.push(tok("decode", &|c| decoder::decode(c, spec))?);
@@ -223,11 +223,11 @@ pub fn lower_with(spec: &ModelSpec, spans: &SpecSpans, opts: Options) -> Result<
     for (k, slot) in transitions.iter_mut().enumerate() {
         let name = format!("transition.{k}");
         let g = match (msvq, tk.kind) {
-            (true, _) if k >= first_scale => {
-                program(&name, &idx, spans, Scope::Tokenizer, spans.schedule, |c| transition::residual_vq(c, spec, k))?
-            }
+            (true, _) if k >= first_scale => program(&name, &idx, spans, ParamScope::Tokenizer, spans.schedule, |c| {
+                transition::residual_vq(c, spec, k)
+            })?,
             (false, TokenizerKind::Vae) if !raster && spec.distill.is_none() && k + 1 < stages.len() => {
-                program(&name, &idx, spans, Scope::Tokenizer, spans.schedule, |c| {
+                program(&name, &idx, spans, ParamScope::Tokenizer, spans.schedule, |c| {
                     transition::upsample_renoise(c, spec, k);
                     Ok(())
                 })?
@@ -258,7 +258,11 @@ pub fn lower_with(spec: &ModelSpec, spans: &SpecSpans, opts: Options) -> Result<
         let out_ty = |n: &str| fwd_g.outputs.iter().find(|(o, _)| o == n).map(|(_, i)| fwd_g.g[*i].ty.clone());
         let (logits_ty, x_out_ty) = match (out_ty("logits"), out_ty("x_out")) {
             (Some(l), Some(x)) => (l, x),
-            _ => return Err(Missing { role: "dd_out".into(), index: vec![], scope: Scope::Head }.to_diag(spans.head)),
+            _ => {
+                return Err(
+                    Missing { role: "dd_out".into(), index: vec![], scope: ParamScope::Head }.to_diag(spans.head)
+                )
+            }
         };
         let konst = |t: &TensorType, i: usize| t.shape[i].as_const().unwrap_or(0);
         let (vocab, dim) = (konst(&logits_ty, 2), konst(&x_out_ty, 2));
@@ -336,13 +340,14 @@ pub fn lower_with(spec: &ModelSpec, spans: &SpecSpans, opts: Options) -> Result<
     }
     let flow_head = matches!(spec.head.kind, HeadKind::FlowMlp | HeadKind::FlowTransformer);
     if flow_head {
-        graphs.push(program("head.step", &idx, spans, Scope::Head, spans.head, |c| {
+        graphs.push(program("head.step", &idx, spans, ParamScope::Head, spans.head, |c| {
             heads::flow_step(c, spec, &Dim::sym(Sym::T), cfg)
         })?);
     }
     // The solver update of a denoiser backbone (DiT).
     if denoiser {
-        graphs.push(program("solver.step", &idx, spans, Scope::Head, spans.head, |c| solver::solver_step(c, spec))?);
+        graphs
+            .push(program("solver.step", &idx, spans, ParamScope::Head, spans.head, |c| solver::solver_step(c, spec))?);
     }
     // Heun's rule averages the start and two Euler steps of whatever integrates.
     if spec.sampler.solver == Solver::Heun && (flow_head || denoiser) {
@@ -369,7 +374,7 @@ pub fn lower_with(spec: &ModelSpec, spans: &SpecSpans, opts: Options) -> Result<
         })?);
     }
     if pairs {
-        let dim = idx.get(Scope::Tokenizer, "codebook", None).map_or(tk.token_channels, |c| c.shape[1]);
+        let dim = idx.get(ParamScope::Tokenizer, "codebook", None).map_or(tk.token_channels, |c| c.shape[1]);
         graphs.push(tok("append.noise", &|c| {
             glue::append(c, DType::F32, &[dim]);
             Ok(())
@@ -432,10 +437,10 @@ fn step_graph(
     cfg: bool,
     choice: TokenChoice,
 ) -> Result<Graph, Missing> {
-    let mut c = Ctx::new(name, idx, Scope::Backbone, &spans.params);
+    let mut c = Ctx::new(name, idx, ParamScope::Backbone, &spans.params);
     c.span = spans.backbone;
     let out = lower_backbone(&mut c, spec, step)?;
-    c.scope = Scope::Head;
+    c.scope = ParamScope::Head;
     c.span = spans.head.or(spans.backbone);
     let teacher_forced = step.teacher_forced;
     match spec.head.kind {

@@ -15,7 +15,7 @@ pub struct Declared {
 
 /// Where a role is looked up: the group owners, in order of preference.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Scope {
+pub enum ParamScope {
     /// The backbone and its blocks (and model-level groups).
     Backbone,
     /// The head first, then the backbone (heads may use backbone-level tensors).
@@ -23,12 +23,12 @@ pub enum Scope {
     Tokenizer,
 }
 
-impl Scope {
+impl ParamScope {
     fn owners(self) -> &'static [&'static str] {
         match self {
-            Scope::Backbone => &["backbone.block", "backbone", "model", "distill"],
-            Scope::Head => &["head", "backbone", "model", "distill"],
-            Scope::Tokenizer => &["tokenizer"],
+            ParamScope::Backbone => &["backbone.block", "backbone", "model", "distill"],
+            ParamScope::Head => &["head", "backbone", "model", "distill"],
+            ParamScope::Tokenizer => &["tokenizer"],
         }
     }
 }
@@ -73,11 +73,11 @@ impl ParamIndex {
         }
     }
 
-    pub fn get(&self, scope: Scope, role: &str, copy: Option<u64>) -> Option<&Declared> {
+    pub fn get(&self, scope: ParamScope, role: &str, copy: Option<u64>) -> Option<&Declared> {
         self.get_at(scope, role, copy.as_slice())
     }
 
-    pub fn get_at(&self, scope: Scope, role: &str, index: &[u64]) -> Option<&Declared> {
+    pub fn get_at(&self, scope: ParamScope, role: &str, index: &[u64]) -> Option<&Declared> {
         let decls = self.map.get(&(role.to_string(), index.to_vec()))?;
         scope.owners().iter().find_map(|o| decls.iter().find(|d| d.owner == *o))
     }

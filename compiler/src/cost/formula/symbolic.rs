@@ -2,7 +2,7 @@
 //! polynomial in the model's literal fields (the leaves).
 
 use super::Poly;
-use crate::eval::{Scope, N};
+use crate::eval::{EvalScope, N};
 use ecarc_grammar::ast::{BinOp, Expr, ExprKind, Num};
 use ecarc_grammar::merged::{MBody, MValue};
 use std::cell::RefCell;
@@ -101,7 +101,7 @@ impl Sym {
 
     /// The checker's numeric value of `e` (loop variables bound).
     pub(super) fn numeric(&self, e: &Expr, chain: &[Link]) -> Result<N, ecarc_grammar::Diag> {
-        let mut scope = Scope::new(chain.iter().map(|l| l.0).collect(), &self.derived_num);
+        let mut scope = EvalScope::new(chain.iter().map(|l| l.0).collect(), &self.derived_num);
         scope.locals = self.locals.borrow().iter().map(|(k, v)| (k.clone(), N::Int(*v as i64))).collect();
         scope.num(e)
     }
