@@ -3,8 +3,8 @@
 //!
 //! This module holds the entry points, the [`Checker`] and the model check;
 //! each component has its own module (tokenizer, backbone, head, schedule,
-//! sampler, distill), `cross` the rules between components, and `params`
-//! evaluates the declared tensors.
+//! sampler, distill), `cross` the rules between components, `params`
+//! evaluates the declared tensors and `derived` lists the derived values.
 
 use crate::eval::{EvalScope, N};
 use crate::reader::Reader;
@@ -18,6 +18,7 @@ use std::collections::{BTreeMap, HashMap};
 
 mod backbone;
 mod cross;
+mod derived;
 mod distill;
 mod entries;
 mod head;
@@ -28,9 +29,10 @@ mod schedule;
 mod tokenizer;
 
 use cross::Checked;
+pub(crate) use derived::{channels_name, derived_values};
 pub use entries::ENTRY_KEYS;
-pub(crate) use params::needs_expansion;
 use params::ParamCtx;
+pub(crate) use params::{group_flags, needs_expansion};
 pub use sampler::sampler_rules;
 
 /// Metrics a `where` constraint may bound (computed by the cost model).
@@ -254,28 +256,8 @@ impl<'a> Checker<'a> {
         });
 
         // ---- derived values and declared tensors ---------------------------
-        let grid = schedule.final_grid();
-        let mut derived = early.clone();
-        let int = |v: u64| N::Int(v as i64);
-        derived.insert("head_dim".into(), int(backbone.head_dim));
-        derived.insert("ffn_hidden".into(), int(backbone.block.ffn_hidden));
-        derived.insert("tokens".into(), int(schedule.total_tokens()));
-        derived.insert("stages".into(), int(schedule.num_stages()));
-        derived.insert("grid".into(), int(grid[0]));
-        derived.insert("classes".into(), int(classes));
-        derived.insert("patch".into(), int(backbone.patch));
-        derived.insert("cond_dim".into(), int(backbone.width));
-        derived.insert("token_channels".into(), int(tokenizer.token_channels));
-        derived.insert("levels".into(), int(tokenizer.ch_mult.len() as u64));
-        if tokenizer.kind == TokenizerKind::Vae {
-            derived.insert("latent_channels".into(), int(tokenizer.token_channels));
-        } else {
-            derived.insert("code_dim".into(), int(tokenizer.token_channels));
-        }
-        if let Some(v) = tokenizer.vocab {
-            derived.insert("vocab".into(), int(v));
-        }
-        let flags: BTreeMap<&str, bool> = [("distilled", distill.is_some())].into_iter().collect();
+        let derived = derived_values(classes, &tokenizer, &backbone, &schedule);
+        let flags = group_flags(distill.is_some());
         // The owners of `params`/`buffers` groups, in the order they are evaluated,
         // each with its chain of bodies.
         let mut owners: Vec<(&'static str, Vec<&'a MBody>)> = vec![

@@ -35,6 +35,11 @@ pub(crate) fn needs_expansion(g: &ParamGroup) -> bool {
         || g.prefix.as_ref().is_some_and(|p| has_computed_placeholder(&p.value, &[var]))
 }
 
+/// The conditions a group's `when` may name besides the boolean fields in scope.
+pub(crate) fn group_flags(distilled: bool) -> BTreeMap<&'static str, bool> {
+    BTreeMap::from([("distilled", distilled)])
+}
+
 /// Replace each `{expr}` in a key template by its value (loop variables in scope).
 fn fill_placeholders(template: &str, sc: &EvalScope, span: Span, err: &dyn Fn(Diag)) -> Option<String> {
     let mut out = String::with_capacity(template.len());

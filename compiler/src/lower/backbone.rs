@@ -11,9 +11,11 @@ use crate::spec::*;
 
 type Res<T> = Result<T, Missing>;
 
-/// What the step's token sequence holds.
+/// What the step's token sequence holds. `D` counts the body tokens: a [`Dim`]
+/// here, a polynomial in the model's fields in the cost formulas
+/// (`cost/formula/macs.rs`), which walk the same sequences.
 #[derive(Clone, Debug, PartialEq)]
-pub enum Seq {
+pub enum Seq<D = Dim> {
     /// Only the start token(s) (class token / start position): the first step.
     Prefix,
     /// Only `T` embedded tokens: later steps.
@@ -24,7 +26,7 @@ pub enum Seq {
     /// the start tokens take. A first stage with more tokens than start tokens
     /// feeds its own starting state there (position `j` takes token `j`, as
     /// every later stage does), so the start tokens replace its first `skip`.
-    PrefixAndBody { body: Dim, skip: u64 },
+    PrefixAndBody { body: D, skip: u64 },
 }
 
 /// How the per-image inputs (tokens, `x`, the latent, `t`) become the
@@ -70,12 +72,52 @@ pub struct BackboneOut {
     pub class_emb: N,
 }
 
-/// Number of start tokens the sequence begins with (0 when none).
-pub fn prefix_len(spec: &ModelSpec, has_pos_start: bool) -> u64 {
+/// What the sequence begins with, before the body tokens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SeqStart {
+    /// `cond_tokens` class tokens.
+    ClassTokens,
+    /// One learned start position (a declared `pos_start`).
+    StartPosition,
+    Nothing,
+}
+
+pub(crate) fn seq_start(spec: &ModelSpec, has_pos_start: bool) -> SeqStart {
     match spec.backbone.condition {
-        Conditioning::ClassToken => spec.backbone.cond_tokens,
-        _ if has_pos_start => 1,
-        _ => 0,
+        Conditioning::ClassToken => SeqStart::ClassTokens,
+        _ if has_pos_start => SeqStart::StartPosition,
+        _ => SeqStart::Nothing,
+    }
+}
+
+/// Number of start tokens the sequence begins with (0 when none).
+pub(crate) fn prefix_len(spec: &ModelSpec, has_pos_start: bool) -> u64 {
+    match seq_start(spec, has_pos_start) {
+        SeqStart::ClassTokens => spec.backbone.cond_tokens,
+        SeqStart::StartPosition => 1,
+        SeqStart::Nothing => 0,
+    }
+}
+
+/// The sequence of a whole teacher-forced pass: the `prefix` start tokens, if
+/// any, then `body` tokens.
+pub(crate) fn forward_seq<D>(prefix: u64, body: D) -> Seq<D> {
+    if prefix > 0 {
+        Seq::PrefixAndBody { body, skip: 0 }
+    } else {
+        Seq::Body
+    }
+}
+
+/// The sequence of the first stage's own step (`step.first`), `None` without
+/// start tokens (`step.next` runs it): only the start tokens when they are the
+/// whole stage, else the start tokens then `body()` (the stage's other tokens),
+/// whose positions the start tokens take first.
+pub(crate) fn first_seq<D>(prefix: u64, first_tokens: u64, body: impl FnOnce() -> D) -> Option<Seq<D>> {
+    match prefix {
+        0 => None,
+        p if p == first_tokens => Some(Seq::Prefix),
+        p => Some(Seq::PrefixAndBody { body: body(), skip: p.min(first_tokens) }),
     }
 }
 

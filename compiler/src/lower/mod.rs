@@ -4,21 +4,21 @@
 //! when the backbone is itself the denoiser), then its head (a categorical
 //! sample, or the flow head's ODE steps over the stage's time segment).
 
-pub mod backbone;
-pub mod ctx;
-pub mod decoder;
-pub mod diffusion;
-pub mod glue;
-pub mod heads;
-pub mod params;
+pub(crate) mod backbone;
+pub(crate) mod ctx;
+pub(crate) mod decoder;
+pub(crate) mod diffusion;
+pub(crate) mod glue;
+pub(crate) mod heads;
+pub(crate) mod params;
 pub mod plans;
-pub mod solver;
-pub mod transition;
+pub(crate) mod solver;
+pub(crate) mod transition;
 
 use crate::ir::{DType, Dim, Graph, Sym, TensorType};
 use crate::plan::{Plan, SeqLayout};
 use crate::spec::*;
-use backbone::{cached_step, lower_backbone, prefix_len, Doubling, Seq, Step};
+use backbone::{cached_step, first_seq, forward_seq, lower_backbone, prefix_len, Doubling, Seq, Step};
 use ctx::{d, Ctx, Missing};
 use ecarc_grammar::merged::{MBody, MValue};
 use ecarc_grammar::{Diag, Span};
@@ -118,8 +118,14 @@ pub fn uses_cfg(spec: &ModelSpec) -> bool {
     spec.distill.is_none() && (spec.sampler.cfg != 1.0 || spec.sampler.cfg_schedule == CfgSchedule::Linear)
 }
 
+/// Whether the teacher-forced `forward` feeds every token (a DD student on a
+/// raster schedule), not every token after the start token(s).
+pub(crate) fn forward_feeds_every_token(spec: &ModelSpec) -> bool {
+    spec.distill.is_some() && matches!(spec.schedule.layout, Layout::Raster { .. })
+}
+
 /// Whether the backbone itself is the denoiser, run at every solver step (DiT).
-fn backbone_per_solver_step(spec: &ModelSpec) -> bool {
+pub(crate) fn backbone_per_solver_step(spec: &ModelSpec) -> bool {
     spec.head.kind == HeadKind::Linear
 }
 
@@ -160,9 +166,9 @@ pub fn lower_with(spec: &ModelSpec, spans: &SpecSpans, opts: Options) -> Result<
     // lists the class position as its leading 1x1 stage (VAR-DD: 681).
     let total = spec.schedule.total_tokens();
     let raster = matches!(spec.schedule.layout, Layout::Raster { .. });
-    let body = if spec.distill.is_some() && raster { total } else { total.saturating_sub(prefix) };
+    let body = if forward_feeds_every_token(spec) { total } else { total.saturating_sub(prefix) };
     let positions = body + prefix;
-    let fwd_seq = if prefix > 0 { Seq::PrefixAndBody { body: d(body), skip: 0 } } else { Seq::Body };
+    let fwd_seq = forward_seq(prefix, d(body));
     let fwd = Step {
         seq: fwd_seq.clone(),
         batch: b.clone(),
@@ -310,11 +316,7 @@ pub fn lower_with(spec: &ModelSpec, spans: &SpecSpans, opts: Options) -> Result<
         }
         return Err(d);
     }
-    let first_seq = match prefix {
-        0 => None,
-        p if p == first_tokens => Some(Seq::Prefix),
-        p => Some(Seq::PrefixAndBody { body: d(first_tokens.saturating_sub(p)), skip: p.min(first_tokens) }),
-    };
+    let first_seq = first_seq(prefix, first_tokens, || d(first_tokens.saturating_sub(prefix)));
     if let Some(seq) = first_seq.clone() {
         let mut st = cached_step(seq, cfg, layout.positions());
         st.tokens = d(first_tokens);

@@ -1,12 +1,16 @@
 //! Assembling a model's formula: its symbols and derived values, its declared
 //! tensors (cross-checked against the spec), then the forward's and the sample's MACs.
 
-use super::groups::{Groups, Index, Scope3};
-use super::macs::{c, Macs, Seq, P, T};
+use super::decls::Index;
+use super::groups::Groups;
+use super::macs::{c, Macs, P, T};
 use super::schedule::{aggregate, schedule_values, SCHEDULE_SYMBOLS};
 use super::symbolic::{Link, Sym};
 use super::{Formula, Poly};
-use crate::eval::N;
+use crate::check::{channels_name, derived_values, group_flags};
+use crate::lower::backbone::{first_seq, forward_seq, seq_start, Seq, SeqStart};
+use crate::lower::params::ParamScope;
+use crate::lower::{backbone_per_solver_step, forward_feeds_every_token};
 use crate::spec::*;
 use ecarc_grammar::merged::{MBody, MValue};
 use std::cell::RefCell;
@@ -32,29 +36,9 @@ pub(super) fn build(spec: &ModelSpec, body: &MBody) -> Result<(Formula, BTreeMap
     let tok: [Link; 2] = [(tok_body, "tokenizer"), model];
 
     // The checker's numeric derived values (for leaves of non-polynomial text).
-    let int = |v: u64| N::Int(v as i64);
     let (b, t) = (&spec.backbone, &spec.tokenizer);
-    let mut derived_num: BTreeMap<String, N> = BTreeMap::new();
-    for (k, v) in [
-        ("classes", spec.classes),
-        ("token_channels", t.token_channels),
-        ("cond_dim", b.width),
-        ("head_dim", b.head_dim),
-        ("patch", b.patch),
-        ("time_embed", b.time_embed),
-        ("ffn_hidden", b.block.ffn_hidden),
-        ("tokens", spec.schedule.total_tokens()),
-        ("stages", spec.schedule.num_stages()),
-        ("grid", spec.schedule.final_grid()[0]),
-        ("levels", t.ch_mult.len() as u64),
-    ] {
-        derived_num.insert(k.into(), int(v));
-    }
-    let channels = if t.kind == TokenizerKind::Vae { "latent_channels" } else { "code_dim" };
-    derived_num.insert(channels.into(), int(t.token_channels));
-    if let Some(v) = t.vocab {
-        derived_num.insert("vocab".into(), int(v));
-    }
+    let derived_num = derived_values(spec.classes, t, b, &spec.schedule);
+    let channels = channels_name(t);
 
     let sym = Sym {
         derived: BTreeMap::new(),
@@ -117,7 +101,7 @@ pub(super) fn build(spec: &ModelSpec, body: &MBody) -> Result<(Formula, BTreeMap
     }
 
     // ---- declared tensors, in the checker's (and ParamIndex's) order
-    let groups = Groups { sym: &sym, distilled: spec.distill.is_some() };
+    let groups = Groups { sym: &sym, flags: group_flags(spec.distill.is_some()) };
     let distill_chain: Option<[Link; 2]> = distill_body.map(|d| [(d, "distill"), model]);
     let model_chain = [model];
     let mut chains: Vec<(&[Link], &'static str)> =
@@ -163,7 +147,7 @@ pub(super) fn build(spec: &ModelSpec, body: &MBody) -> Result<(Formula, BTreeMap
             .collect();
         return Err(format!("declared tensors differ from the spec: {}", diff.join(", ")));
     }
-    let idx = Index { decls: params.into_iter().chain(buffers).chain(tok_params).collect() };
+    let idx = Index::new(params.into_iter().chain(buffers).chain(tok_params).collect());
 
     // ---- MACs
     let flow = matches!(spec.head.kind, HeadKind::FlowMlp | HeadKind::FlowTransformer);
@@ -177,23 +161,23 @@ pub(super) fn build(spec: &ModelSpec, body: &MBody) -> Result<(Formula, BTreeMap
     let area = if g[0] == g[1] { grid.mul(&grid) } else { grid.mul(&sym.leaf("grid_w", g[1] as i128)?) };
     let m = Macs { spec, idx: &idx, sym: &sym, depth, width, head_depth, head_width, area };
 
-    // The start token(s): `prefix_len`.
-    let prefix = match b.condition {
-        Conditioning::ClassToken => sym.own_field("cond_tokens", &bb, Some(1))?,
-        _ if idx.has(Scope3::Backbone, "pos_start", None) => c(1),
-        _ => c(0),
+    // The start token(s), as the lowering's `prefix_len` counts them.
+    let prefix = match seq_start(spec, idx.has(ParamScope::Backbone, "pos_start", None)) {
+        SeqStart::ClassTokens => sym.own_field("cond_tokens", &bb, Some(1))?,
+        SeqStart::StartPosition => c(1),
+        SeqStart::Nothing => c(0),
     };
     let prefix_n = sym.value(&prefix)?;
+    let prefix_n = u64::try_from(prefix_n).map_err(|_| format!("{prefix_n} start tokens"))?;
     let one = c(1);
 
     // Teacher-forced forward: batch 1, nothing cached. A teacher feeds every
     // token but the last (the start token(s) predict the first stage); a DD
     // forward on a raster schedule feeds every token after the start token(s).
     let tokens = Poly::var("tokens");
-    let raster = matches!(spec.schedule.layout, Layout::Raster { .. });
-    let body_n = if spec.distill.is_some() && raster { tokens.clone() } else { tokens.sub(&prefix) };
+    let body_n = if forward_feeds_every_token(spec) { tokens.clone() } else { tokens.sub(&prefix) };
     let positions = body_n.add(&prefix);
-    let fwd_seq = if prefix_n > 0 { Seq::PrefixAndBody(body_n) } else { Seq::Body };
+    let fwd_seq = forward_seq(prefix_n, body_n);
     let forward = m.backbone(&fwd_seq, &one, &positions, &Poly::zero())?.add(&m.step_head(&one, &positions)?);
 
     let sample = if let Some(d) = &spec.distill {
@@ -206,12 +190,12 @@ pub(super) fn build(spec: &ModelSpec, body: &MBody) -> Result<(Formula, BTreeMap
     } else {
         let cfg = crate::lower::uses_cfg(spec);
         let bt = c(if cfg { 2 } else { 1 });
-        let per_step = spec.head.kind == HeadKind::Linear;
+        let per_step = backbone_per_solver_step(spec);
         // Network evaluations per solver step (Heun evaluates twice); the
         // solver's own update is elementwise (no MACs).
         let evals = c(if spec.sampler.solver == Solver::Heun { 2 } else { 1 });
         let stages = spec.schedule.stages();
-        let first_tokens = stages.first().map_or(0, |s| s.tokens) as i128;
+        let first_tokens = stages.first().map_or(0, |s| s.tokens);
         let (t, p) = (Poly::var(T), Poly::var(P));
         // Every backbone run as `step.next` ...
         let next = m.backbone(&Seq::Body, &bt, &t, &p)?.add(&m.step_head(&bt, &t)?);
@@ -220,11 +204,7 @@ pub(super) fn build(spec: &ModelSpec, body: &MBody) -> Result<(Formula, BTreeMap
             sample = sample.mul(&evals);
         }
         // ... corrected for the first stage's `step.first` program.
-        let first_seq = match prefix_n {
-            0 => None,
-            p if p == first_tokens => Some(Seq::Prefix),
-            _ => Some(Seq::PrefixAndBody(t.sub(&prefix))),
-        };
+        let first_seq = first_seq(prefix_n, first_tokens, || t.sub(&prefix));
         if let Some(seq) = &first_seq {
             let zero = Poly::zero();
             let mut diff = m.backbone(seq, &bt, &t, &zero)?.sub(&m.backbone(&Seq::Body, &bt, &t, &zero)?);

@@ -1,94 +1,23 @@
-//! Declared tensors, symbolically: the generator's `params`/`buffers` groups
-//! evaluated with symbolic shapes, and looked up by role like the lowering does.
+//! The generator's `params`/`buffers` groups evaluated with symbolic shapes,
+//! as the checker evaluates them (`check/params.rs`) with numbers.
 
+use super::decls::Decl;
 use super::symbolic::{Link, Sym};
-use super::Poly;
 use crate::eval::N;
 use ecarc_grammar::ast::{Expr, ParamGroup, ParamKind};
 use ecarc_grammar::merged::MValue;
-
-pub(super) struct Decl {
-    owner: &'static str,
-    pub(super) role: String,
-    /// Loop values of a group expanded copy by copy (`[]` otherwise).
-    index: Vec<u64>,
-    /// Copies `start..start + count` (numeric), with the count as a polynomial.
-    repeat: Option<(u64, u64, Poly)>,
-    pub(super) shape: Vec<Poly>,
-}
-
-impl Decl {
-    pub(super) fn numel(&self) -> Poly {
-        self.shape.iter().fold(Poly::constant(1), |a, d| a.mul(d))
-    }
-    /// `out * in` of a linear weight `[out, in]`.
-    pub(super) fn linear(&self) -> Result<Poly, String> {
-        match self.shape.as_slice() {
-            [o, i, ..] => Ok(o.mul(i)),
-            _ => Err(format!("`{}` is not a [out, in] weight", self.role)),
-        }
-    }
-    pub(super) fn copies(&self) -> Poly {
-        self.repeat.as_ref().map_or(Poly::constant(1), |r| r.2.clone())
-    }
-    /// Whether the declaration answers the copy index `at` (`ParamIndex::get_at`).
-    fn has_copy(&self, at: &[u64]) -> bool {
-        let k = self.index.len();
-        match &self.repeat {
-            None => at == self.index.as_slice(),
-            Some((s, n, _)) => at.len() == k + 1 && at[..k] == self.index[..] && *s <= at[k] && at[k] < s + n,
-        }
-    }
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(super) enum Scope3 {
-    Backbone,
-    Head,
-    Tokenizer,
-}
-
-impl Scope3 {
-    fn owners(self) -> &'static [&'static str] {
-        match self {
-            Scope3::Backbone => &["backbone.block", "backbone", "model", "distill"],
-            Scope3::Head => &["head", "backbone", "model", "distill"],
-            Scope3::Tokenizer => &["tokenizer"],
-        }
-    }
-}
-
-/// `ParamIndex` over symbolic declarations, in the same order and preference.
-pub(super) struct Index {
-    pub(super) decls: Vec<Decl>,
-}
-
-impl Index {
-    pub(super) fn get(&self, scope: Scope3, role: &str, copy: Option<u64>) -> Option<usize> {
-        scope.owners().iter().find_map(|o| {
-            self.decls.iter().position(|d| d.owner == *o && d.role == role && d.has_copy(copy.as_slice()))
-        })
-    }
-    pub(super) fn has(&self, scope: Scope3, role: &str, copy: Option<u64>) -> bool {
-        self.get(scope, role, copy).is_some()
-    }
-    pub(super) fn need(&self, scope: Scope3, role: &str, copy: Option<u64>) -> Result<&Decl, String> {
-        self.get(scope, role, copy).map(|i| &self.decls[i]).ok_or_else(|| {
-            let at = copy.map_or(String::new(), |i| format!(" for layer {i}"));
-            format!("no tensor with role `{role}`{at} (the lowering needs it)")
-        })
-    }
-}
+use std::collections::BTreeMap;
 
 pub(super) struct Groups<'s> {
     pub(super) sym: &'s Sym,
-    pub(super) distilled: bool,
+    /// The checker's conditions (`distilled`).
+    pub(super) flags: BTreeMap<&'static str, bool>,
 }
 
 impl Groups<'_> {
     fn flag(&self, name: &str, chain: &[Link]) -> Result<bool, String> {
-        if name == "distilled" {
-            return Ok(self.distilled);
+        if let Some(&v) = self.flags.get(name) {
+            return Ok(v);
         }
         for (b, _) in chain {
             if let Some(f) = b.field(name) {

@@ -1,21 +1,17 @@
 //! MACs, following the lowering (`lower/`) node by node.
 
-use super::groups::{Decl, Index, Scope3};
+use super::decls::{Decl, Index};
 use super::symbolic::Sym;
 use super::Poly;
+use crate::lower::backbone::Seq;
+use crate::lower::params::ParamScope;
+use crate::lower::transition::{leads_with_class_stage, phi_conv};
 use crate::spec::*;
 use std::collections::BTreeMap;
 
 /// Runtime symbols of a step program: tokens of the step and cached positions.
 pub(super) const T: &str = "$T";
 pub(super) const P: &str = "$P";
-
-#[derive(Clone)]
-pub(super) enum Seq {
-    Prefix,
-    Body,
-    PrefixAndBody(Poly),
-}
 
 pub(super) struct Macs<'a> {
     pub(super) spec: &'a ModelSpec,
@@ -35,7 +31,7 @@ pub(super) fn c(v: i128) -> Poly {
 }
 
 impl Macs<'_> {
-    fn lin(&self, scope: Scope3, role: &str, copy: Option<u64>) -> Result<Poly, String> {
+    fn lin(&self, scope: ParamScope, role: &str, copy: Option<u64>) -> Result<Poly, String> {
         self.idx.need(scope, role, copy)?.linear()
     }
 
@@ -43,7 +39,7 @@ impl Macs<'_> {
     /// role are an error when `required`, else skipped.
     fn layers(
         &self,
-        scope: Scope3,
+        scope: ParamScope,
         role: &str,
         n: &Poly,
         required: bool,
@@ -71,7 +67,7 @@ impl Macs<'_> {
         Ok(out)
     }
 
-    fn presence(&self, scope: Scope3, roles: &[&str], copy: Option<u64>) -> Result<(), String> {
+    fn presence(&self, scope: ParamScope, roles: &[&str], copy: Option<u64>) -> Result<(), String> {
         for r in roles {
             self.idx.need(scope, r, copy)?;
         }
@@ -79,9 +75,9 @@ impl Macs<'_> {
     }
 
     /// `lower_backbone`: conditioning, embedding, layers.
-    pub(super) fn backbone(&self, seq: &Seq, bt: &Poly, t: &Poly, past: &Poly) -> Result<Poly, String> {
+    pub(super) fn backbone(&self, seq: &Seq<Poly>, bt: &Poly, t: &Poly, past: &Poly) -> Result<Poly, String> {
         let (spec, bb) = (self.spec, &self.spec.backbone);
-        let s = Scope3::Backbone;
+        let s = ParamScope::Backbone;
         let mut m = Poly::zero();
         self.presence(s, &["class_table"], None)?;
         if bb.condition == Conditioning::AdalnTimeClass {
@@ -91,7 +87,7 @@ impl Macs<'_> {
         let body = match seq {
             Seq::Prefix => None,
             Seq::Body => Some(t.clone()),
-            Seq::PrefixAndBody(n) => Some(n.clone()),
+            Seq::PrefixAndBody { body, .. } => Some(body.clone()),
         };
         if !matches!(seq, Seq::Body) && self.idx.has(s, "pos_start", None) {
             self.presence(s, &["pos_start"], None)?;
@@ -152,7 +148,7 @@ impl Macs<'_> {
 
     /// `embed_tokens` of `n` body tokens.
     fn embed(&self, bt: &Poly, n: &Poly) -> Result<Poly, String> {
-        let s = Scope3::Backbone;
+        let s = ParamScope::Backbone;
         if self.idx.has(s, "token_table", None) {
             return Ok(Poly::zero());
         }
@@ -174,7 +170,7 @@ impl Macs<'_> {
 
     /// The head part of a step program (`step_graph` after the backbone).
     pub(super) fn step_head(&self, bt: &Poly, t: &Poly) -> Result<Poly, String> {
-        let s = Scope3::Head;
+        let s = ParamScope::Head;
         let rows = bt.mul(t);
         let out_norm = || -> Result<Poly, String> {
             if self.idx.has(s, "head_ada", None) {
@@ -200,7 +196,7 @@ impl Macs<'_> {
 
     /// `heads::flow_step`: one ODE step of a flow head over `t` tokens.
     pub(super) fn flow_step(&self, bt: &Poly, t: &Poly) -> Result<Poly, String> {
-        let s = Scope3::Head;
+        let s = ParamScope::Head;
         let rows = bt.mul(t);
         let mut m = bt.mul(&self.lin(s, "time_in", None)?);
         m = m.add(&bt.mul(&self.lin(s, "time_out", None)?));
@@ -239,17 +235,17 @@ impl Macs<'_> {
             // Raster schedules have none; continuous ones only resize (no MACs).
             return Ok(Poly::zero());
         }
-        let s = Scope3::Tokenizer;
+        let s = ParamScope::Tokenizer;
         let phi = spec.tokenizer.phi.as_ref().ok_or("msvq without phi")?;
         let n = spec.schedule.num_stages();
         // A distilled schedule's leading stage (the class position) has no codes.
-        let lead = u64::from(spec.distill.is_some() && phi.map.len() as u64 + 1 == n);
+        let lead = u64::from(leads_with_class_stage(spec, phi));
         let mut by_decl: BTreeMap<usize, u64> = BTreeMap::new();
         for k in 0..(n - lead) as usize {
             if spec.distill.is_none() {
                 self.presence(s, &["codebook"], None)?;
             }
-            let conv = phi.map.get(k).copied().unwrap_or(*phi.map.last().unwrap_or(&0));
+            let conv = phi_conv(phi, k);
             let i = self.idx.get(s, "phi_conv", Some(conv)).ok_or("no tensor with role `phi_conv`")?;
             self.presence(s, &["phi_conv_bias"], Some(conv))?;
             *by_decl.entry(i).or_default() += 1;

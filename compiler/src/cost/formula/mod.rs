@@ -49,6 +49,7 @@
 
 mod build;
 mod compiled;
+mod decls;
 mod groups;
 mod macs;
 mod poly;
