@@ -2,7 +2,8 @@
 //! that what is left over is reported as unknown (with "did you mean"). Errors
 //! are collected; accessors return `None` and checking goes on.
 
-use crate::eval::{type_error, EvalScope, N};
+use crate::eval::{type_error, EvalScope};
+use ecarc_grammar::ast::Num;
 use ecarc_grammar::ast::{Expr, ExprKind};
 use ecarc_grammar::diag::did_you_mean;
 use ecarc_grammar::merged::{Component, MBody, MField, MValue};
@@ -75,7 +76,7 @@ impl<'a> Reader<'a> {
         }
     }
 
-    pub(crate) fn num_of(&self, e: &Expr) -> Option<N> {
+    pub(crate) fn num_of(&self, e: &Expr) -> Option<Num> {
         match self.scope.num(e) {
             Ok(n) => Some(n),
             Err(d) => {
@@ -108,8 +109,8 @@ impl<'a> Reader<'a> {
 
     pub(crate) fn int_of(&self, e: &Expr, key: &str) -> Option<i64> {
         match self.num_of(e)? {
-            N::Int(i) => Some(i),
-            N::Float(x) => {
+            Num::Int(i) => Some(i),
+            Num::Float(x) => {
                 self.error(
                     Diag::error("E0302", format!("`{key}` must be an integer"))
                         .label(e.span, format!("this is {}, not a whole number", crate::eval::fmt_f64(x)))

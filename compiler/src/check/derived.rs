@@ -3,8 +3,8 @@
 //! `params` groups with them and the cost formulas (`cost/formula/build.rs`)
 //! value their non-polynomial leaves with them, so both read the same list.
 
-use crate::eval::N;
 use crate::spec::{BackboneSpec, ScheduleSpec, TokenizerKind, TokenizerSpec};
+use ecarc_grammar::ast::Num;
 use std::collections::BTreeMap;
 
 /// The name of a tokenizer's channels per token: `latent_channels` for a VAE,
@@ -23,8 +23,8 @@ pub(crate) fn derived_values(
     tokenizer: &TokenizerSpec,
     backbone: &BackboneSpec,
     schedule: &ScheduleSpec,
-) -> BTreeMap<String, N> {
-    let int = |v: u64| N::Int(v as i64);
+) -> BTreeMap<String, Num> {
+    let int = |v: u64| Num::Int(v as i64);
     let mut derived = BTreeMap::new();
     for (k, v) in [
         ("classes", classes),

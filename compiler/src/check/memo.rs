@@ -373,15 +373,15 @@ pub(super) struct Ctx<'a> {
 }
 
 /// Derived values as part of a cache key: each (name, value) in the map's order.
-pub(super) fn derived_key(map: &BTreeMap<String, N>) -> Vec<u64> {
+pub(super) fn derived_key(map: &BTreeMap<String, Num>) -> Vec<u64> {
     let mut key = Vec::with_capacity(map.len() * 3);
     for (k, v) in map {
         let mut h = FxHasher::default();
         h.write(k.as_bytes());
         key.push(h.finish());
         match *v {
-            N::Int(i) => key.extend([0, i as u64]),
-            N::Float(f) => key.extend([1, f.to_bits()]),
+            Num::Int(i) => key.extend([0, i as u64]),
+            Num::Float(f) => key.extend([1, f.to_bits()]),
         }
     }
     key
@@ -409,7 +409,7 @@ impl<'a> Ctx<'a> {
         &self,
         checker: &Checker<'a>,
         owners: &[(&'static str, Vec<&'a MBody>)],
-        derived: &BTreeMap<String, N>,
+        derived: &BTreeMap<String, Num>,
         flags: &BTreeMap<&'static str, bool>,
     ) -> Option<(Vec<Arc<OwnerGroups>>, u64)> {
         // Each derived value once: (hash of its name, kind, bits), and a hash of
@@ -420,8 +420,8 @@ impl<'a> Ctx<'a> {
                 let mut h = FxHasher::default();
                 h.write(k.as_bytes());
                 let (tag, bits) = match *v {
-                    N::Int(i) => (0, i as u64),
-                    N::Float(f) => (1, f.to_bits()),
+                    Num::Int(i) => (0, i as u64),
+                    Num::Float(f) => (1, f.to_bits()),
                 };
                 (k.as_str(), [h.finish(), tag, bits])
             })
@@ -512,7 +512,7 @@ fn evaluate_owner<'a>(
     checker: &Checker<'a>,
     owner: &'static str,
     chain: &[&'a MBody],
-    derived: &BTreeMap<String, N>,
+    derived: &BTreeMap<String, Num>,
     flags: &BTreeMap<&'static str, bool>,
     id: u32,
 ) -> OwnerGroups {

@@ -6,10 +6,11 @@
 //! sampler, distill), `cross` the rules between components, `params`
 //! evaluates the declared tensors and `derived` lists the derived values.
 
-use crate::eval::{EvalScope, N};
+use crate::eval::EvalScope;
 use crate::reader::Reader;
 use crate::spec::*;
 use ecarc_grammar::ast::Ident;
+use ecarc_grammar::ast::Num;
 use ecarc_grammar::diag::did_you_mean;
 use ecarc_grammar::merged::{Component, MBody, MValue};
 use ecarc_grammar::{Diag, Span};
@@ -69,7 +70,7 @@ pub(crate) fn check_model_counted(name: &Ident, body: &MBody) -> (Result<ModelSp
 
 struct Checker<'a> {
     diags: &'a RefCell<Vec<Diag>>,
-    empty: &'a BTreeMap<String, N>,
+    empty: &'a BTreeMap<String, Num>,
     /// Reuse of earlier results when checking many points of one search space
     /// (see [`memo`]); `None` checks everything afresh.
     memo: Option<memo::Ctx<'a>>,
@@ -150,7 +151,7 @@ impl<'a> Checker<'a> {
     }
 
     /// The same checker with derived values known so far in scope.
-    fn with_derived(&self, derived: &'a BTreeMap<String, N>) -> Checker<'a> {
+    fn with_derived(&self, derived: &'a BTreeMap<String, Num>) -> Checker<'a> {
         Checker { diags: self.diags, empty: derived, memo: self.memo }
     }
 
@@ -168,26 +169,26 @@ impl<'a> Checker<'a> {
             Some((b, &c.body, block_body(&c.body)?))
         });
         // Later components may refer to what is known by now (`width cond_dim`).
-        let mut early: BTreeMap<String, N> = BTreeMap::new();
+        let mut early: BTreeMap<String, Num> = BTreeMap::new();
         if let Some(c) = classes {
-            early.insert("classes".into(), N::Int(c));
+            early.insert("classes".into(), Num::Int(c));
         }
         if let Some((t, _)) = &tokenizer {
-            early.insert("token_channels".into(), N::Int(t.token_channels as i64));
+            early.insert("token_channels".into(), Num::Int(t.token_channels as i64));
             early.insert(
                 if t.kind == TokenizerKind::Vae { "latent_channels" } else { "code_dim" }.into(),
-                N::Int(t.token_channels as i64),
+                Num::Int(t.token_channels as i64),
             );
             if let Some(v) = t.vocab {
-                early.insert("vocab".into(), N::Int(v as i64));
+                early.insert("vocab".into(), Num::Int(v as i64));
             }
         }
         if let Some((b, _, _)) = &backbone {
-            early.insert("cond_dim".into(), N::Int(b.width as i64));
-            early.insert("head_dim".into(), N::Int(b.head_dim as i64));
-            early.insert("patch".into(), N::Int(b.patch as i64));
-            early.insert("time_embed".into(), N::Int(b.time_embed as i64));
-            early.insert("ffn_hidden".into(), N::Int(b.block.ffn_hidden as i64));
+            early.insert("cond_dim".into(), Num::Int(b.width as i64));
+            early.insert("head_dim".into(), Num::Int(b.head_dim as i64));
+            early.insert("patch".into(), Num::Int(b.patch as i64));
+            early.insert("time_embed".into(), Num::Int(b.time_embed as i64));
+            early.insert("ffn_hidden".into(), Num::Int(b.block.ffn_hidden as i64));
         }
         let later = self.with_derived(&early);
         let early_key = memo::derived_key(&early);

@@ -3,7 +3,7 @@
 
 use super::decls::Decl;
 use super::symbolic::{Link, Sym};
-use crate::eval::N;
+use ecarc_grammar::ast::Num;
 use ecarc_grammar::ast::{Expr, ParamGroup, ParamKind};
 use ecarc_grammar::merged::MValue;
 use std::collections::BTreeMap;
@@ -121,7 +121,7 @@ impl Groups<'_> {
 
     fn copy(&self, g: &ParamGroup, chain: &[Link], owner: &'static str, at: &[i128]) -> Result<Vec<Decl>, String> {
         if let Some(gd) = &g.guard {
-            let num = |e: &Expr| self.sym.numeric(e, chain).map(N::as_f64).map_err(|d| d.message);
+            let num = |e: &Expr| self.sym.numeric(e, chain).map(Num::as_f64).map_err(|d| d.message);
             let (a, b) = (num(&gd.lhs)?, num(&gd.rhs)?);
             if !gd.op.holds(a, b) {
                 return Ok(vec![]);

@@ -2,7 +2,7 @@
 //! polynomial in the model's literal fields (the leaves).
 
 use super::Poly;
-use crate::eval::{EvalScope, N};
+use crate::eval::EvalScope;
 use ecarc_grammar::ast::{BinOp, Expr, ExprKind, Num};
 use ecarc_grammar::merged::{MBody, MValue};
 use std::cell::RefCell;
@@ -15,7 +15,7 @@ pub(super) struct Sym {
     /// Derived names when no field of the chain has them.
     pub(super) derived: BTreeMap<String, Poly>,
     /// The checker's numeric derived values, for non-polynomial leaves.
-    pub(super) derived_num: BTreeMap<String, N>,
+    pub(super) derived_num: BTreeMap<String, Num>,
     /// Value of every leaf created so far.
     pub(super) values: RefCell<BTreeMap<String, i128>>,
     /// Loop variables bound while a group is expanded copy by copy.
@@ -87,22 +87,22 @@ impl Sym {
     fn opaque(&self, e: &Expr, chain: &[Link]) -> Result<Poly, String> {
         let text = self.text(e);
         match self.numeric(e, chain) {
-            Ok(N::Int(v)) => {
+            Ok(Num::Int(v)) => {
                 let name = match chain.first().map(|l| l.1) {
                     Some(p) if !p.is_empty() => format!("{p}:({text})"),
                     _ => format!("({text})"),
                 };
                 self.leaf(&name, v as i128)
             }
-            Ok(N::Float(x)) => Err(format!("`{text}` is {x}, not an integer")),
+            Ok(Num::Float(x)) => Err(format!("`{text}` is {x}, not an integer")),
             Err(d) => Err(format!("`{text}`: {}", d.message)),
         }
     }
 
     /// The checker's numeric value of `e` (loop variables bound).
-    pub(super) fn numeric(&self, e: &Expr, chain: &[Link]) -> Result<N, ecarc_grammar::Diag> {
+    pub(super) fn numeric(&self, e: &Expr, chain: &[Link]) -> Result<Num, ecarc_grammar::Diag> {
         let mut scope = EvalScope::new(chain.iter().map(|l| l.0).collect(), &self.derived_num);
-        scope.locals = self.locals.borrow().iter().map(|(k, v)| (k.clone(), N::Int(*v as i64))).collect();
+        scope.locals = self.locals.borrow().iter().map(|(k, v)| (k.clone(), Num::Int(*v as i64))).collect();
         scope.num(e)
     }
 
