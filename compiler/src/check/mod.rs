@@ -73,7 +73,7 @@ struct Checker<'a> {
     empty: &'a BTreeMap<String, Num>,
     /// Reuse of earlier results when checking many points of one search space
     /// (see [`memo`]); `None` checks everything afresh.
-    memo: Option<memo::Ctx<'a>>,
+    memo: Option<memo::MemoCtx<'a>>,
 }
 
 /// What [`Checker::model`] produces: the checked parts of a model.

@@ -4,12 +4,10 @@
 //! (conditioning kind, positions, mask, block structure) and from which tensor
 //! roles the model declares; there is no family switch.
 
-use super::ctx::{d, Ctx, Missing, N};
+use super::ctx::{d, Ctx, Res, N};
 use crate::ir::op::{Binary, Mask, Unary};
 use crate::ir::{Dim, Op, Sym, TensorType, F};
 use crate::spec::*;
-
-type Res<T> = Result<T, Missing>;
 
 /// What the step's token sequence holds. `D` counts the body tokens: a [`Dim`]
 /// here, a polynomial in the model's fields in the cost formulas
@@ -45,7 +43,7 @@ pub enum Doubling {
 
 /// Shape of one backbone step.
 #[derive(Clone, Debug)]
-pub struct Step {
+pub struct BackboneStep {
     pub seq: Seq,
     /// Batch of the program (`B`, or `2*B` under classifier-free guidance).
     pub batch: Dim,
@@ -141,14 +139,14 @@ fn per_image(c: &mut Ctx, name: &str, ty: TensorType, doubling: Doubling) -> N {
 }
 
 /// The batch of the per-image inputs of a step.
-fn image_batch(step: &Step) -> Dim {
+fn image_batch(step: &BackboneStep) -> Dim {
     match step.doubling {
         Doubling::None => step.batch.clone(),
         Doubling::Guided | Doubling::FirstHalf => step.batch.div_c(2).expect("a doubled batch is even"),
     }
 }
 
-pub fn lower_backbone(c: &mut Ctx, spec: &ModelSpec, step: &Step) -> Res<BackboneOut> {
+pub fn lower_backbone(c: &mut Ctx, spec: &ModelSpec, step: &BackboneStep) -> Res<BackboneOut> {
     let bb = &spec.backbone;
     let bt = step.batch.clone();
     let t = step.tokens.clone();
@@ -239,7 +237,7 @@ pub fn lower_backbone(c: &mut Ctx, spec: &ModelSpec, step: &Step) -> Res<Backbon
 
 /// Embed `n` body tokens: by table (discrete indices), by a linear map of
 /// continuous tokens / code vectors, or by patchifying a latent map.
-fn embed_tokens(c: &mut Ctx, spec: &ModelSpec, step: &Step, n: &Dim) -> Res<N> {
+fn embed_tokens(c: &mut Ctx, spec: &ModelSpec, step: &BackboneStep, n: &Dim) -> Res<N> {
     let bb = &spec.backbone;
     let (bt, b) = (&step.batch, image_batch(step));
     if c.has("token_table", None) {
@@ -281,7 +279,7 @@ struct Attend {
     past: Dim,
 }
 
-fn attention_of(c: &mut Ctx, spec: &ModelSpec, step: &Step) -> Attend {
+fn attention_of(c: &mut Ctx, spec: &ModelSpec, step: &BackboneStep) -> Attend {
     // A cached block-causal step holds one whole stage and sees every cached
     // position: no mask. A teacher-forced pass needs the levels.
     let mask = match spec.backbone.attn {
@@ -455,9 +453,9 @@ fn block(
 
 /// The symbolic step used for KV-cached generation, with a cache of
 /// `capacity` positions.
-pub fn cached_step(seq: Seq, cfg: bool, capacity: u64) -> Step {
+pub fn cached_step(seq: Seq, cfg: bool, capacity: u64) -> BackboneStep {
     let b = Dim::sym(Sym::B);
-    Step {
+    BackboneStep {
         seq,
         batch: if cfg { b.mul_c(2) } else { b },
         doubling: if cfg { Doubling::Guided } else { Doubling::None },

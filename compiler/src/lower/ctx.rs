@@ -20,6 +20,9 @@ pub struct Missing {
     pub scope: ParamScope,
 }
 
+/// What a lowering step gives: a missing tensor stops it.
+pub type Res<T> = Result<T, Missing>;
+
 impl Missing {
     pub fn to_diag(&self, span: Option<Span>) -> Diag {
         let at = match self.index.as_slice() {

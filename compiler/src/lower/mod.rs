@@ -18,7 +18,7 @@ pub(crate) mod transition;
 use crate::ir::{DType, Dim, Graph, Sym, TensorType};
 use crate::plan::{Plan, SeqLayout};
 use crate::spec::*;
-use backbone::{cached_step, first_seq, forward_seq, lower_backbone, prefix_len, Doubling, Seq, Step};
+use backbone::{cached_step, first_seq, forward_seq, lower_backbone, prefix_len, BackboneStep, Doubling, Seq};
 use ctx::{d, Ctx, Missing};
 use ecarc_grammar::merged::{MBody, MValue};
 use ecarc_grammar::{Diag, Span};
@@ -63,7 +63,7 @@ impl Program {
 
 /// Choices that change what the lowering makes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Options {
+pub struct LowerOptions {
     /// How a categorical head chooses tokens (`FlowMap`: `ecarc dd-pairs`,
     /// whose plan is called `pairs`).
     pub choice: TokenChoice,
@@ -130,7 +130,7 @@ pub(crate) fn backbone_per_solver_step(spec: &ModelSpec) -> bool {
 }
 
 pub fn lower(spec: &ModelSpec, spans: &SpecSpans) -> Result<Program, Diag> {
-    lower_with(spec, spans, Options::default())
+    lower_with(spec, spans, LowerOptions::default())
 }
 
 /// One lowered program in a context of `scope`, spanned by `span`.
@@ -148,7 +148,7 @@ fn program(
     Ok(c.g)
 }
 
-pub fn lower_with(spec: &ModelSpec, spans: &SpecSpans, opts: Options) -> Result<Program, Diag> {
+pub fn lower_with(spec: &ModelSpec, spans: &SpecSpans, opts: LowerOptions) -> Result<Program, Diag> {
     let idx = ParamIndex::new(spec);
     let cfg = spec.distill.is_none() && opts.guidance.unwrap_or_else(|| uses_cfg(spec));
     let stages = spec.schedule.stages();
@@ -169,7 +169,7 @@ pub fn lower_with(spec: &ModelSpec, spans: &SpecSpans, opts: Options) -> Result<
     let body = if forward_feeds_every_token(spec) { total } else { total.saturating_sub(prefix) };
     let positions = body + prefix;
     let fwd_seq = forward_seq(prefix, d(body));
-    let fwd = Step {
+    let fwd = BackboneStep {
         seq: fwd_seq.clone(),
         batch: b.clone(),
         doubling: Doubling::None,
@@ -183,7 +183,7 @@ pub fn lower_with(spec: &ModelSpec, spans: &SpecSpans, opts: Options) -> Result<
     let denoiser = backbone_per_solver_step(spec);
     if denoiser {
         // DiT's `forward_with_cfg`: the first half's latent twice, guided.
-        let guided = Step { batch: b.mul_c(2), doubling: Doubling::FirstHalf, ..fwd.clone() };
+        let guided = BackboneStep { batch: b.mul_c(2), doubling: Doubling::FirstHalf, ..fwd.clone() };
         graphs.push(
             step_graph("forward.guided", spec, &idx, spans, &guided, true, choice)
                 .map_err(|m| m.to_diag(spans.backbone))?,
@@ -435,7 +435,7 @@ fn step_graph(
     spec: &ModelSpec,
     idx: &ParamIndex,
     spans: &SpecSpans,
-    step: &Step,
+    step: &BackboneStep,
     cfg: bool,
     choice: TokenChoice,
 ) -> Result<Graph, Missing> {

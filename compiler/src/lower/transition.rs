@@ -8,12 +8,10 @@
 //! Raster schedules need none: the sampled token is the next step's input.
 //! Outputs are per image; a guided step doubles its own input.
 
-use super::ctx::{d, Ctx, Missing, N};
+use super::ctx::{d, Ctx, Res, N};
 use crate::ir::op::{Binary, Resample};
 use crate::ir::{Dim, Op, Sym, TensorType};
 use crate::spec::*;
-
-type Res<T> = Result<T, Missing>;
 
 /// `[B, h*w, C]` tokens -> `[B, C, h, w]` map.
 fn to_map(c: &mut Ctx, x: N, b: &Dim, grid: [u64; 2], ch: u64) -> N {

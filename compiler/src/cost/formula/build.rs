@@ -2,10 +2,10 @@
 //! tensors (cross-checked against the spec), then the forward's and the sample's MACs.
 
 use super::decls::Index;
-use super::groups::Groups;
+use super::groups::SymbolicGroups;
 use super::macs::{c, Macs, P, T};
 use super::schedule::{aggregate, schedule_values, SCHEDULE_SYMBOLS};
-use super::symbolic::{Link, Sym};
+use super::symbolic::{Link, SymbolicEvaluator};
 use super::{Formula, Poly};
 use crate::check::{channels_name, derived_values, group_flags};
 use crate::lower::backbone::{first_seq, forward_seq, seq_start, Seq, SeqStart};
@@ -40,7 +40,7 @@ pub(super) fn build(spec: &ModelSpec, body: &MBody) -> Result<(Formula, BTreeMap
     let derived_num = derived_values(spec.classes, t, b, &spec.schedule);
     let channels = channels_name(t);
 
-    let sym = Sym {
+    let sym = SymbolicEvaluator {
         derived: BTreeMap::new(),
         derived_num,
         values: RefCell::new(BTreeMap::new()),
@@ -93,7 +93,7 @@ pub(super) fn build(spec: &ModelSpec, body: &MBody) -> Result<(Formula, BTreeMap
     if let Some(v) = t.vocab {
         derived.insert("vocab".into(), leaf("vocab", v)?);
     }
-    let sym = Sym { derived, ..sym };
+    let sym = SymbolicEvaluator { derived, ..sym };
     for (p, v, what) in [(&width, b.width, "width"), (&depth, b.depth, "depth"), (&patch, b.patch, "patch")] {
         if sym.value(p)? != v as i128 {
             return Err(format!("backbone {what}: formula gives {}, the spec {v}", sym.value(p)?));
@@ -101,7 +101,7 @@ pub(super) fn build(spec: &ModelSpec, body: &MBody) -> Result<(Formula, BTreeMap
     }
 
     // ---- declared tensors, in the checker's (and ParamIndex's) order
-    let groups = Groups { sym: &sym, flags: group_flags(spec.distill.is_some()) };
+    let groups = SymbolicGroups { sym: &sym, flags: group_flags(spec.distill.is_some()) };
     let distill_chain: Option<[Link; 2]> = distill_body.map(|d| [(d, "distill"), model]);
     let model_chain = [model];
     let mut chains: Vec<(&[Link], &'static str)> =

@@ -2,19 +2,19 @@
 //! as the checker evaluates them (`check/params.rs`) with numbers.
 
 use super::decls::Decl;
-use super::symbolic::{Link, Sym};
+use super::symbolic::{Link, SymbolicEvaluator};
 use ecarc_grammar::ast::Num;
 use ecarc_grammar::ast::{Expr, ParamGroup, ParamKind};
 use ecarc_grammar::merged::MValue;
 use std::collections::BTreeMap;
 
-pub(super) struct Groups<'s> {
-    pub(super) sym: &'s Sym,
+pub(super) struct SymbolicGroups<'s> {
+    pub(super) sym: &'s SymbolicEvaluator,
     /// The checker's conditions (`distilled`).
     pub(super) flags: BTreeMap<&'static str, bool>,
 }
 
-impl Groups<'_> {
+impl SymbolicGroups<'_> {
     fn flag(&self, name: &str, chain: &[Link]) -> Result<bool, String> {
         if let Some(&v) = self.flags.get(name) {
             return Ok(v);

@@ -1,7 +1,7 @@
 //! MACs, following the lowering (`lower/`) node by node.
 
 use super::decls::{Decl, Index};
-use super::symbolic::Sym;
+use super::symbolic::SymbolicEvaluator;
 use super::Poly;
 use crate::lower::backbone::Seq;
 use crate::lower::params::ParamScope;
@@ -16,7 +16,7 @@ pub(super) const P: &str = "$P";
 pub(super) struct Macs<'a> {
     pub(super) spec: &'a ModelSpec,
     pub(super) idx: &'a Index,
-    pub(super) sym: &'a Sym,
+    pub(super) sym: &'a SymbolicEvaluator,
     /// Backbone depth and width, head depth and width (flow heads).
     pub(super) depth: Poly,
     pub(super) width: Poly,

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 /// A body and its component path (`""` for the model, `backbone.block`, ...).
 pub(super) type Link<'a> = (&'a MBody, &'static str);
 
-pub(super) struct Sym {
+pub(super) struct SymbolicEvaluator {
     /// Derived names when no field of the chain has them.
     pub(super) derived: BTreeMap<String, Poly>,
     /// The checker's numeric derived values, for non-polynomial leaves.
@@ -40,7 +40,7 @@ fn num_to_i128(n: &Num) -> Option<i128> {
     }
 }
 
-impl Sym {
+impl SymbolicEvaluator {
     pub(super) fn leaf(&self, name: &str, value: i128) -> Result<Poly, String> {
         let mut v = self.values.borrow_mut();
         match v.get(name) {
