@@ -217,7 +217,7 @@ pub fn lower_backbone(c: &mut Ctx, spec: &ModelSpec, step: &BackboneStep) -> Res
         let lv = c.op(Op::Embedding, &[levels_table, levels]);
         x = c.add(x, lv);
     }
-    let rope = if bb.positions == Positions::Rope2d {
+    let rope = if bb.positions == PositionEncoding::Rope2d {
         let ty = TensorType::f32(vec![t.clone(), d(bb.head_dim / 2)]);
         Some((c.input("rope_cos", ty.clone()), c.input("rope_sin", ty)))
     } else {
