@@ -57,7 +57,7 @@ mod schedule;
 mod symbolic;
 
 pub use compiled::Compiled;
-pub use poly::{Mono, Poly};
+pub use poly::Poly;
 pub use schedule::{schedule_values, SCHEDULE_SYMBOLS};
 
 use crate::spec::ModelSpec;

@@ -6,13 +6,13 @@ use std::fmt;
 
 /// A monomial: symbols with their powers (>= 1), sorted by name.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Mono(Vec<(String, u32)>);
+pub(crate) struct Mono(Vec<(String, u32)>);
 
 impl Mono {
-    pub fn degree(&self) -> u32 {
+    pub(crate) fn degree(&self) -> u32 {
         self.0.iter().map(|(_, p)| p).sum()
     }
-    pub fn factors(&self) -> &[(String, u32)] {
+    pub(crate) fn factors(&self) -> &[(String, u32)] {
         &self.0
     }
     fn mul(&self, o: &Mono) -> Mono {
@@ -62,7 +62,7 @@ impl Poly {
         Poly(BTreeMap::from([(Mono(vec![(name.to_string(), 1)]), 1)]))
     }
     /// The value when the polynomial has no symbols.
-    pub fn as_const(&self) -> Option<i128> {
+    pub(crate) fn as_const(&self) -> Option<i128> {
         match self.0.len() {
             0 => Some(0),
             1 => self.0.get(&Mono::default()).copied(),
@@ -70,7 +70,7 @@ impl Poly {
         }
     }
     /// Terms, monomial -> coefficient.
-    pub fn terms(&self) -> impl Iterator<Item = (&Mono, i128)> {
+    pub(crate) fn terms(&self) -> impl Iterator<Item = (&Mono, i128)> {
         self.0.iter().map(|(m, &c)| (m, c))
     }
     pub fn degree(&self) -> u32 {
@@ -124,7 +124,7 @@ impl Poly {
         Some(Poly(out))
     }
     /// Replace symbol `s` by the polynomial `by`.
-    pub fn substitute(&self, s: &str, by: &Poly) -> Poly {
+    pub(crate) fn substitute(&self, s: &str, by: &Poly) -> Poly {
         let mut out = Poly::zero();
         for (m, &c) in &self.0 {
             let p = m.power_of(s);
@@ -170,7 +170,7 @@ impl Poly {
         self.eval(&h)
     }
     /// Terms in display order: higher degree first, then by symbol names.
-    pub fn ordered_terms(&self) -> Vec<(&Mono, i128)> {
+    pub(crate) fn ordered_terms(&self) -> Vec<(&Mono, i128)> {
         let mut t: Vec<(&Mono, i128)> = self.terms().collect();
         t.sort_by(|a, b| b.0.degree().cmp(&a.0.degree()).then_with(|| a.0.cmp(b.0)));
         t
