@@ -46,6 +46,14 @@
 //! changes the schedule sets the schedule symbols (e.g. with
 //! [`Compiled::set_schedule`]), one that changes `backbone.depth` of a LlamaGen
 //! model must also set `ffn_hidden` (a rounded, non-polynomial value there).
+//!
+//! **Shared rules.** The formulas take from the lowering its role lookup
+//! (`ParamIndex`, `ParamScope`), its step sequences (`Seq`, the start tokens,
+//! `forward_seq`, `first_seq`) and its transition rules, and from the checker
+//! its derived values, `params` conditions and expansion test. What remains a
+//! mirror is the arithmetic itself: `macs.rs` walks the lowering's programs and
+//! `groups.rs`/`symbolic.rs` evaluate groups and expressions, with polynomials
+//! where those compute numbers; `tests/it/formula.rs` pins them equal.
 
 mod build;
 mod compiled;
