@@ -390,7 +390,7 @@ fn compile_all(file: &std::path::Path, sets: &[Override], color: bool) -> Result
             (Outcome::Model(spec), Some(body)) => {
                 let mut spec = spec.as_ref().clone();
                 spec.name = ecarc_compiler::session::variant_name(&spec.name, sets);
-                let opts = ecarc_compiler::lower::Options {
+                let opts = ecarc_compiler::lower::LowerOptions {
                     unoptimised: UNOPTIMISED.load(std::sync::atomic::Ordering::Relaxed),
                     ..Default::default()
                 };

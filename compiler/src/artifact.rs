@@ -26,7 +26,7 @@ pub struct Artifact {
 
 /// Lower and cost a checked model.
 pub fn compile(spec: &ModelSpec, spans: &SpecSpans, sources: Vec<String>) -> Result<Artifact, Diag> {
-    compile_with(spec, spans, sources, lower::Options::default())
+    compile_with(spec, spans, sources, lower::LowerOptions::default())
 }
 
 /// [`compile`] with lowering options (`-O0`: `Options::unoptimised`).
@@ -34,7 +34,7 @@ pub fn compile_with(
     spec: &ModelSpec,
     spans: &SpecSpans,
     sources: Vec<String>,
-    opts: lower::Options,
+    opts: lower::LowerOptions,
 ) -> Result<Artifact, Diag> {
     let program = lower::lower_with(spec, spans, opts)?;
     let report = cost::report(spec, &program, &[Device::this_cpu(), Device::h100()]);

@@ -11,67 +11,39 @@ use std::collections::BTreeMap;
 /// Fields may refer to fields at most this deep (evaluation recurses).
 pub(crate) const MAX_REFERENCE_DEPTH: usize = 64;
 
-/// A number: integers stay exact.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub(crate) enum N {
-    Int(i64),
-    Float(f64),
-}
-
-impl N {
-    pub(crate) fn as_f64(self) -> f64 {
-        match self {
-            N::Int(i) => i as f64,
-            N::Float(f) => f,
-        }
-    }
-}
-
-impl std::fmt::Display for N {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            N::Int(i) => write!(f, "{i}"),
-            N::Float(x) => write!(f, "{x}"),
-        }
-    }
-}
-
 /// A field being evaluated: (body pointer, key, the reference that asked for it, the field).
 type Active = (usize, String, Span, Span);
 
 /// Where names are looked up: bodies innermost first, then derived values.
 #[derive(Clone)]
-pub(crate) struct Scope<'a> {
+pub(crate) struct EvalScope<'a> {
     pub bodies: Vec<&'a MBody>,
-    pub derived: &'a BTreeMap<String, N>,
+    pub derived: &'a BTreeMap<String, Num>,
     /// Loop variables of `params ... for i in ..` (bound for keys, not shapes).
-    pub locals: Vec<(String, N)>,
+    pub locals: Vec<(String, Num)>,
     /// Fields being evaluated, for cycle detection: (body pointer, key, the
     /// reference that asked for it, the field).
     active: std::rc::Rc<RefCell<Vec<Active>>>,
 }
 
-impl<'a> Scope<'a> {
-    pub fn new(bodies: Vec<&'a MBody>, derived: &'a BTreeMap<String, N>) -> Self {
-        Scope { bodies, derived, locals: vec![], active: Default::default() }
+impl<'a> EvalScope<'a> {
+    pub fn new(bodies: Vec<&'a MBody>, derived: &'a BTreeMap<String, Num>) -> Self {
+        EvalScope { bodies, derived, locals: vec![], active: Default::default() }
     }
     /// The same derived values with a different chain of bodies.
     pub(crate) fn with_bodies(&self, bodies: Vec<&'a MBody>) -> Self {
-        Scope { bodies, derived: self.derived, locals: self.locals.clone(), active: self.active.clone() }
+        EvalScope { bodies, derived: self.derived, locals: self.locals.clone(), active: self.active.clone() }
     }
 
     /// Evaluate a numeric expression.
-    pub fn num(&self, e: &Expr) -> Result<N, Diag> {
+    pub fn num(&self, e: &Expr) -> Result<Num, Diag> {
         match &e.kind {
-            ExprKind::Number { value, .. } => Ok(match value {
-                Num::Int(i) => N::Int(*i),
-                Num::Float(f) => N::Float(*f),
-            }),
+            ExprKind::Number { value, .. } => Ok(*value),
             ExprKind::Paren(inner) => self.num(inner),
             ExprKind::Index { name, index } => self.element(name, index, e.span),
             ExprKind::Neg(inner) => match self.num(inner)? {
-                N::Int(i) => i.checked_neg().map(N::Int).ok_or_else(|| overflow(e.span)),
-                N::Float(f) => Ok(N::Float(-f)),
+                Num::Int(i) => i.checked_neg().map(Num::Int).ok_or_else(|| overflow(e.span)),
+                Num::Float(f) => Ok(Num::Float(-f)),
             },
             ExprKind::Binary { op, lhs, rhs } => {
                 let (a, b) = (self.num(lhs)?, self.num(rhs)?);
@@ -80,7 +52,7 @@ impl<'a> Scope<'a> {
             ExprKind::Name(n) => self.name(n, e.span),
             ExprKind::Call { name, args } => {
                 let vals: Vec<f64> =
-                    args.iter().map(|a| self.num(&a.value).map(N::as_f64)).collect::<Result<_, _>>()?;
+                    args.iter().map(|a| self.num(&a.value).map(Num::as_f64)).collect::<Result<_, _>>()?;
                 let need = |k: usize| -> Result<(), Diag> {
                     if vals.len() == k {
                         Ok(())
@@ -126,11 +98,11 @@ impl<'a> Scope<'a> {
                             need(2)?;
                         }
                         let f = if name.name == "min" { f64::min } else { f64::max };
-                        let nums: Vec<N> = args.iter().map(|a| self.num(&a.value)).collect::<Result<_, _>>()?;
-                        if nums.iter().all(|n| matches!(n, N::Int(_))) {
-                            let ints = nums.iter().map(|n| if let N::Int(i) = n { *i } else { 0 });
+                        let nums: Vec<Num> = args.iter().map(|a| self.num(&a.value)).collect::<Result<_, _>>()?;
+                        if nums.iter().all(|n| matches!(n, Num::Int(_))) {
+                            let ints = nums.iter().map(|n| if let Num::Int(i) = n { *i } else { 0 });
                             let v = if name.name == "min" { ints.min() } else { ints.max() };
-                            return Ok(N::Int(v.unwrap_or(0)));
+                            return Ok(Num::Int(v.unwrap_or(0)));
                         }
                         vals.iter().copied().fold(vals[0], f)
                     }
@@ -194,10 +166,10 @@ impl<'a> Scope<'a> {
     }
 
     /// `name[index]`: an element of a list-valued field in scope.
-    fn element(&self, name: &ecarc_grammar::ast::Ident, index: &Expr, span: Span) -> Result<N, Diag> {
+    fn element(&self, name: &ecarc_grammar::ast::Ident, index: &Expr, span: Span) -> Result<Num, Diag> {
         let i = match self.num(index)? {
-            N::Int(i) => i,
-            N::Float(x) => {
+            Num::Int(i) => i,
+            Num::Float(x) => {
                 return Err(Diag::error("E0319", "a list index must be an integer")
                     .label(index.span, format!("this is {}", fmt_f64(x)))
                     .help("index lists with whole numbers, e.g. `ch_mult[l]`"))
@@ -229,7 +201,7 @@ impl<'a> Scope<'a> {
             .help("index a list-valued field of this block or an enclosing one"))
     }
 
-    fn name(&self, n: &str, span: Span) -> Result<N, Diag> {
+    fn name(&self, n: &str, span: Span) -> Result<Num, Diag> {
         if let Some((_, v)) = self.locals.iter().rev().find(|(k, _)| k == n) {
             return Ok(*v);
         }
@@ -300,9 +272,9 @@ impl<'a> Scope<'a> {
 
 pub(crate) const FUNCTIONS: &[&str] = &["ln", "exp", "sqrt", "min", "max"];
 
-fn finite(v: f64, span: Span) -> Result<N, Diag> {
+fn finite(v: f64, span: Span) -> Result<Num, Diag> {
     if v.is_finite() {
-        Ok(N::Float(v))
+        Ok(Num::Float(v))
     } else {
         Err(Diag::error("E0316", "result is not a finite number")
             .label(span, "this evaluates to infinity or NaN")
@@ -344,21 +316,21 @@ pub(crate) fn fmt_f64(x: f64) -> String {
     }
 }
 
-fn binary(op: BinOp, a: N, b: N, span: Span, rhs_span: Span) -> Result<N, Diag> {
+fn binary(op: BinOp, a: Num, b: Num, span: Span, rhs_span: Span) -> Result<Num, Diag> {
     match (a, b) {
-        (N::Int(x), N::Int(y)) => match op {
-            BinOp::Add => x.checked_add(y).map(N::Int).ok_or_else(|| overflow(span)),
-            BinOp::Sub => x.checked_sub(y).map(N::Int).ok_or_else(|| overflow(span)),
-            BinOp::Mul => x.checked_mul(y).map(N::Int).ok_or_else(|| overflow(span)),
+        (Num::Int(x), Num::Int(y)) => match op {
+            BinOp::Add => x.checked_add(y).map(Num::Int).ok_or_else(|| overflow(span)),
+            BinOp::Sub => x.checked_sub(y).map(Num::Int).ok_or_else(|| overflow(span)),
+            BinOp::Mul => x.checked_mul(y).map(Num::Int).ok_or_else(|| overflow(span)),
             BinOp::Div => {
                 if y == 0 {
                     Err(Diag::error("E0318", "division by zero")
                         .label(rhs_span, "this is zero")
                         .help("the divisor must not be zero; check the fields it is computed from"))
                 } else if x.checked_rem(y) == Some(0) {
-                    x.checked_div(y).map(N::Int).ok_or_else(|| overflow(span))
+                    x.checked_div(y).map(Num::Int).ok_or_else(|| overflow(span))
                 } else {
-                    Ok(N::Float(x as f64 / y as f64))
+                    Ok(Num::Float(x as f64 / y as f64))
                 }
             }
         },

@@ -2,8 +2,8 @@
 //! layer), then the graph IR, passes and cost model built on it.
 
 pub mod check;
-pub mod eval;
-pub mod reader;
+pub(crate) mod eval;
+pub(crate) mod reader;
 pub mod spec;
 
 pub use spec::ModelSpec;

@@ -2,7 +2,8 @@
 //! that what is left over is reported as unknown (with "did you mean"). Errors
 //! are collected; accessors return `None` and checking goes on.
 
-use crate::eval::{type_error, Scope, N};
+use crate::eval::{type_error, EvalScope};
+use ecarc_grammar::ast::Num;
 use ecarc_grammar::ast::{Expr, ExprKind};
 use ecarc_grammar::diag::did_you_mean;
 use ecarc_grammar::merged::{Component, MBody, MField, MValue};
@@ -14,7 +15,7 @@ const MAX_UNKNOWN_REPORTED: usize = 5;
 
 pub(crate) struct Reader<'a> {
     pub body: &'a MBody,
-    pub scope: Scope<'a>,
+    pub scope: EvalScope<'a>,
     /// What this body is, for messages: "backbone", "sampler", ...
     pub what: &'static str,
     /// Where to point when a required key is missing.
@@ -24,7 +25,13 @@ pub(crate) struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
-    pub fn new(body: &'a MBody, scope: Scope<'a>, what: &'static str, at: Span, diags: &'a RefCell<Vec<Diag>>) -> Self {
+    pub fn new(
+        body: &'a MBody,
+        scope: EvalScope<'a>,
+        what: &'static str,
+        at: Span,
+        diags: &'a RefCell<Vec<Diag>>,
+    ) -> Self {
         Reader { body, scope, what, at, known: RefCell::new(vec![]), diags }
     }
 
@@ -69,7 +76,7 @@ impl<'a> Reader<'a> {
         }
     }
 
-    pub(crate) fn num_of(&self, e: &Expr) -> Option<N> {
+    pub(crate) fn num_of(&self, e: &Expr) -> Option<Num> {
         match self.scope.num(e) {
             Ok(n) => Some(n),
             Err(d) => {
@@ -102,8 +109,8 @@ impl<'a> Reader<'a> {
 
     pub(crate) fn int_of(&self, e: &Expr, key: &str) -> Option<i64> {
         match self.num_of(e)? {
-            N::Int(i) => Some(i),
-            N::Float(x) => {
+            Num::Int(i) => Some(i),
+            Num::Float(x) => {
                 self.error(
                     Diag::error("E0302", format!("`{key}` must be an integer"))
                         .label(e.span, format!("this is {}, not a whole number", crate::eval::fmt_f64(x)))

@@ -2,7 +2,7 @@
 //! `scales in { [...], [...] }`) is expanded into design points, each a plain
 //! merged body that the checker handles like any model.
 
-use crate::eval::{Scope, N};
+use crate::eval::EvalScope;
 use ecarc_grammar::ast::{Expr, ExprKind, Num};
 use ecarc_grammar::merged::{Choice, MBody, MEntry, MValue};
 use ecarc_grammar::{Diag, Span};
@@ -139,7 +139,7 @@ fn options(
         }
         Choice::Range { lo, hi, inclusive, step, span } => {
             let empty = BTreeMap::new();
-            let scope = Scope::new(vec![], &empty);
+            let scope = EvalScope::new(vec![], &empty);
             let num = |e: &Expr, diags: &mut Vec<Diag>| match scope.num(e) {
                 Ok(n) => Some(n),
                 Err(d) if d.code == "E0315" => {
@@ -162,9 +162,9 @@ fn options(
             let (lo_n, hi_n) = (num(lo, diags)?, num(hi, diags)?);
             let step_n = match step {
                 Some(s) => num(s, diags)?,
-                None => N::Int(1),
+                None => Num::Int(1),
             };
-            let all_int = matches!((lo_n, hi_n, step_n), (N::Int(_), N::Int(_), N::Int(_)));
+            let all_int = matches!((lo_n, hi_n, step_n), (Num::Int(_), Num::Int(_), Num::Int(_)));
             let (l, h, s) = (lo_n.as_f64(), hi_n.as_f64(), step_n.as_f64());
             if s <= 0.0 {
                 diags.push(
@@ -199,10 +199,10 @@ fn options(
             let mut vals = Vec::new();
             for i in 0..count_f as u64 {
                 let v = if all_int {
-                    let (N::Int(a), N::Int(st)) = (lo_n, step_n) else { unreachable!() };
-                    N::Int(a + i as i64 * st)
+                    let (Num::Int(a), Num::Int(st)) = (lo_n, step_n) else { unreachable!() };
+                    Num::Int(a + i as i64 * st)
                 } else {
-                    N::Float(l + i as f64 * s)
+                    Num::Float(l + i as f64 * s)
                 };
                 if !*inclusive && v.as_f64() >= h - 1e-12 {
                     break;
@@ -212,11 +212,8 @@ fn options(
             let labels = vals.iter().map(|v| v.to_string()).collect();
             let options = vals
                 .into_iter()
-                .map(|v| {
-                    let (value, text) = match v {
-                        N::Int(i) => (Num::Int(i), i.to_string()),
-                        N::Float(f) => (Num::Float(f), format!("{f}")),
-                    };
+                .map(|value| {
+                    let text = value.to_string();
                     MValue::Expr(Expr { kind: ExprKind::Number { value, text }, span: *span })
                 })
                 .collect();

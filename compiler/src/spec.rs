@@ -81,7 +81,7 @@ pub enum AttnMask {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Positions {
+pub enum PositionEncoding {
     Learned,
     Sincos2d,
     Rope2d,
@@ -104,7 +104,7 @@ pub struct BackboneSpec {
     pub condition: Conditioning,
     pub cond_tokens: u64,
     pub attn: AttnMask,
-    pub positions: Positions,
+    pub positions: PositionEncoding,
     pub rope_base: f64,
     pub qk_norm: QkNorm,
     pub qk_scale_max: f64,

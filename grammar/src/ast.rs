@@ -241,11 +241,29 @@ pub struct Expr {
     pub span: Span,
 }
 
-/// A literal number as written: integers stay exact.
+/// A number, as written or as the checker evaluates it: integers stay exact.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 pub enum Num {
     Int(i64),
     Float(f64),
+}
+
+impl Num {
+    pub fn as_f64(self) -> f64 {
+        match self {
+            Num::Int(i) => i as f64,
+            Num::Float(f) => f,
+        }
+    }
+}
+
+impl std::fmt::Display for Num {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Num::Int(i) => write!(f, "{i}"),
+            Num::Float(x) => write!(f, "{x}"),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

@@ -7,7 +7,7 @@ use crate::common::{model_files, root, spec_of};
 use ecarc_compiler::ir::{Graph, Op};
 use ecarc_compiler::kernel::traffic::{self, Dispatches};
 use ecarc_compiler::kernel::Expr;
-use ecarc_compiler::lower::{lower, lower_with, Options, Program};
+use ecarc_compiler::lower::{lower, lower_with, LowerOptions, Program};
 use ecarc_compiler::pass::Pipeline;
 use ecarc_compiler::plan::Keep;
 use ecarc_runtime::driver::{Generator, Quiet, SampleOptions, SampleOutput};
@@ -33,7 +33,7 @@ fn sample(name: &str, sets: &[&str], unoptimised: bool) -> SampleOutput {
     let spec = spec_of(&root().join(format!("examples/tiny/{name}.ecar")), sets);
     let w = Weights::random(&spec, 0);
     let backend = Reference::new();
-    let opts = Options { unoptimised, ..Options::default() };
+    let opts = LowerOptions { unoptimised, ..LowerOptions::default() };
     let program = lower_with(&spec, &Default::default(), opts).expect("lowers");
     assert_eq!(program.optimise, !unoptimised);
     let params = w.upload(&backend).unwrap();

@@ -509,7 +509,7 @@ fn emitted_designs_check_and_cost_the_same() {
 }
 
 /// The file checks to one concrete model whose IR figures are the record's.
-fn assert_costs(path: &Path, rec: &search::record::Record) {
+fn assert_costs(path: &Path, rec: &search::record::DesignRecord) {
     let s = check_paths(&[path], &[]);
     assert!(!s.has_errors(), "{}:\n{}", path.display(), s.render_diags());
     let spec = match &s.models[..] {

@@ -34,7 +34,11 @@ impl<'a> Checker<'a> {
         );
         let positions = r.word(
             "positions",
-            &[("learned", Positions::Learned), ("sincos_2d", Positions::Sincos2d), ("rope_2d", Positions::Rope2d)],
+            &[
+                ("learned", PositionEncoding::Learned),
+                ("sincos_2d", PositionEncoding::Sincos2d),
+                ("rope_2d", PositionEncoding::Rope2d),
+            ],
             None,
         );
         let rope_base = r.float("rope_base", Some(10000.0), 1.0, 1e12, "10000");
@@ -59,7 +63,7 @@ impl<'a> Checker<'a> {
             );
         }
         let head_dim = width / heads;
-        if positions == Some(Positions::Rope2d) && ok && head_dim % 4 != 0 {
+        if positions == Some(PositionEncoding::Rope2d) && ok && head_dim % 4 != 0 {
             ok = false;
             r.error(
                 Diag::error("E0402", "2D RoPE needs a head dimension divisible by 4")

@@ -79,7 +79,7 @@ const OWNERS: [(&str, &str); 6] = [
 
 /// Which axes each unit can observe (indices into the space's axes).
 #[derive(Clone, Debug)]
-struct Plan {
+struct AxisVisibility {
     units: [Vec<u32>; 6],
     owners: [Vec<u32>; 6],
     /// Per owner, the names its groups can look up (so the derived values that
@@ -87,8 +87,8 @@ struct Plan {
     owner_names: [Option<std::collections::BTreeSet<String>>; 6],
 }
 
-impl Plan {
-    fn new(axes: &[Axis]) -> Plan {
+impl AxisVisibility {
+    fn new(axes: &[Axis]) -> AxisVisibility {
         // An axis at the model's top level is visible to every unit (names are
         // looked up there); one inside a component only to that component's units.
         let visible = |component: &str| -> Vec<u32> {
@@ -98,14 +98,14 @@ impl Plan {
                 .map(|(i, _)| i as u32)
                 .collect()
         };
-        Plan {
+        AxisVisibility {
             units: Unit::ALL.map(|u| visible(u.key())),
             owners: OWNERS.map(|(_, c)| visible(c)),
             owner_names: [None, None, None, None, None, None],
         }
     }
 
-    /// [`Plan::new`], with each owner's groups keyed only by the derived values
+    /// [`AxisVisibility::new`], with each owner's groups keyed only by the derived values
     /// it can name. What an owner's groups can look up: names in its component
     /// (every option of a choice; a name found there is evaluated in the same
     /// bodies) and in the model's top-level fields (the model owner: only
@@ -328,7 +328,7 @@ pub struct MemoStats {
 /// The reusable results for one search space. Not shared between threads:
 /// give each worker its own (the results do not depend on which one computed them).
 pub struct Memo {
-    plan: Plan,
+    visibility: AxisVisibility,
     caches: RefCell<Caches>,
     /// The key being built (no allocation for a cache hit).
     key: RefCell<Vec<u64>>,
@@ -337,7 +337,7 @@ pub struct Memo {
 impl Memo {
     /// A memo for the points of a space with these axes (from [`crate::space::axes`]).
     pub fn new(axes: &[Axis]) -> Memo {
-        Memo { plan: Plan::new(axes), caches: RefCell::default(), key: RefCell::default() }
+        Memo { visibility: AxisVisibility::new(axes), caches: RefCell::default(), key: RefCell::default() }
     }
 
     /// [`Memo::new`] for the space `body` (the model with its alternatives):
@@ -350,14 +350,14 @@ impl Memo {
     /// What each owner's groups can name in the space `body` (the model with
     /// its alternatives, not a point of it).
     pub(crate) fn names_for_space(body: &MBody) -> OwnerNames {
-        OwnerNames(Plan::owner_names(body))
+        OwnerNames(AxisVisibility::owner_names(body))
     }
 
     /// [`Memo::for_space`] with the names computed beforehand.
     pub(crate) fn with_names(axes: &[Axis], names: OwnerNames) -> Memo {
-        let mut plan = Plan::new(axes);
-        plan.owner_names = names.0;
-        Memo { plan, caches: RefCell::default(), key: RefCell::default() }
+        let mut visibility = AxisVisibility::new(axes);
+        visibility.owner_names = names.0;
+        Memo { visibility, caches: RefCell::default(), key: RefCell::default() }
     }
     pub fn stats(&self) -> MemoStats {
         self.caches.borrow().stats
@@ -366,28 +366,28 @@ impl Memo {
 
 /// The checker's handle on a memo while it checks one point.
 #[derive(Clone, Copy)]
-pub(super) struct Ctx<'a> {
+pub(super) struct MemoCtx<'a> {
     memo: &'a Memo,
     /// The option chosen on each axis.
     choice: &'a [u32],
 }
 
 /// Derived values as part of a cache key: each (name, value) in the map's order.
-pub(super) fn derived_key(map: &BTreeMap<String, N>) -> Vec<u64> {
+pub(super) fn derived_key(map: &BTreeMap<String, Num>) -> Vec<u64> {
     let mut key = Vec::with_capacity(map.len() * 3);
     for (k, v) in map {
         let mut h = FxHasher::default();
         h.write(k.as_bytes());
         key.push(h.finish());
         match *v {
-            N::Int(i) => key.extend([0, i as u64]),
-            N::Float(f) => key.extend([1, f.to_bits()]),
+            Num::Int(i) => key.extend([0, i as u64]),
+            Num::Float(f) => key.extend([1, f.to_bits()]),
         }
     }
     key
 }
 
-impl<'a> Ctx<'a> {
+impl<'a> MemoCtx<'a> {
     /// Count tensors evaluated afresh.
     pub(super) fn evaluated(&self, tensors: u64) {
         self.memo.caches.borrow_mut().stats.tensors += tensors;
@@ -409,7 +409,7 @@ impl<'a> Ctx<'a> {
         &self,
         checker: &Checker<'a>,
         owners: &[(&'static str, Vec<&'a MBody>)],
-        derived: &BTreeMap<String, N>,
+        derived: &BTreeMap<String, Num>,
         flags: &BTreeMap<&'static str, bool>,
     ) -> Option<(Vec<Arc<OwnerGroups>>, u64)> {
         // Each derived value once: (hash of its name, kind, bits), and a hash of
@@ -420,8 +420,8 @@ impl<'a> Ctx<'a> {
                 let mut h = FxHasher::default();
                 h.write(k.as_bytes());
                 let (tag, bits) = match *v {
-                    N::Int(i) => (0, i as u64),
-                    N::Float(f) => (1, f.to_bits()),
+                    Num::Int(i) => (0, i as u64),
+                    Num::Float(f) => (1, f.to_bits()),
                 };
                 (k.as_str(), [h.finish(), tag, bits])
             })
@@ -433,7 +433,7 @@ impl<'a> Ctx<'a> {
         for (owner, chain) in owners {
             let k = OWNERS.iter().position(|(o, _)| o == owner).expect("a known owner");
             extra.clear();
-            let names = &self.memo.plan.owner_names[k];
+            let names = &self.memo.visibility.owner_names[k];
             for (name, e) in &entries {
                 if names.as_ref().is_none_or(|n| n.contains(*name)) {
                     extra.extend_from_slice(e);
@@ -441,7 +441,7 @@ impl<'a> Ctx<'a> {
             }
             extra.push(present);
             extra.extend_from_slice(&flag_key);
-            let key = self.key(100 + k as u64, &self.memo.plan.owners[k], &extra);
+            let key = self.key(100 + k as u64, &self.memo.visibility.owners[k], &extra);
             let cached = self.memo.caches.borrow().owners.get(key.as_slice()).cloned();
             let groups = match cached {
                 Some(g) => {
@@ -512,7 +512,7 @@ fn evaluate_owner<'a>(
     checker: &Checker<'a>,
     owner: &'static str,
     chain: &[&'a MBody],
-    derived: &BTreeMap<String, N>,
+    derived: &BTreeMap<String, Num>,
     flags: &BTreeMap<&'static str, bool>,
     id: u32,
 ) -> OwnerGroups {
@@ -547,7 +547,7 @@ impl<'a> Checker<'a> {
     ) -> Option<T> {
         let Some(ctx) = self.memo else { return f() };
         let k = Unit::ALL.iter().position(|&u| u == unit).expect("a unit");
-        let key = ctx.key(k as u64, &ctx.memo.plan.units[k], extra);
+        let key = ctx.key(k as u64, &ctx.memo.visibility.units[k], extra);
         {
             let mut c = ctx.memo.caches.borrow_mut();
             if let Some((value, diags)) = c.units.get(key.as_slice()) {
@@ -599,7 +599,7 @@ pub struct CheckedPoint {
 pub fn check_point(name: &Ident, body: &MBody, choice: &[u32], memo: &Memo) -> Result<CheckedPoint, Vec<Diag>> {
     let diags = RefCell::new(Vec::new());
     let empty = BTreeMap::new();
-    let ctx = Ctx { memo, choice };
+    let ctx = MemoCtx { memo, choice };
     let parts = Checker { diags: &diags, empty: &empty, memo: Some(ctx) }.model(name, body);
     let diags = diags.into_inner();
     let p = match parts {

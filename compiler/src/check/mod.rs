@@ -3,13 +3,14 @@
 //!
 //! This module holds the entry points, the [`Checker`] and the model check;
 //! each component has its own module (tokenizer, backbone, head, schedule,
-//! sampler, distill), `cross` the rules between components, and `params`
-//! evaluates the declared tensors.
+//! sampler, distill), `cross` the rules between components, `params`
+//! evaluates the declared tensors and `derived` lists the derived values.
 
-use crate::eval::{Scope, N};
+use crate::eval::EvalScope;
 use crate::reader::Reader;
 use crate::spec::*;
 use ecarc_grammar::ast::Ident;
+use ecarc_grammar::ast::Num;
 use ecarc_grammar::diag::did_you_mean;
 use ecarc_grammar::merged::{Component, MBody, MValue};
 use ecarc_grammar::{Diag, Span};
@@ -18,6 +19,7 @@ use std::collections::{BTreeMap, HashMap};
 
 mod backbone;
 mod cross;
+mod derived;
 mod distill;
 mod entries;
 mod head;
@@ -28,9 +30,10 @@ mod schedule;
 mod tokenizer;
 
 use cross::Checked;
+pub(crate) use derived::{channels_name, derived_values};
 pub use entries::ENTRY_KEYS;
-pub(crate) use params::needs_expansion;
 use params::ParamCtx;
+pub(crate) use params::{group_flags, needs_expansion};
 pub use sampler::sampler_rules;
 
 /// Metrics a `where` constraint may bound (computed by the cost model).
@@ -67,10 +70,10 @@ pub(crate) fn check_model_counted(name: &Ident, body: &MBody) -> (Result<ModelSp
 
 struct Checker<'a> {
     diags: &'a RefCell<Vec<Diag>>,
-    empty: &'a BTreeMap<String, N>,
+    empty: &'a BTreeMap<String, Num>,
     /// Reuse of earlier results when checking many points of one search space
     /// (see [`memo`]); `None` checks everything afresh.
-    memo: Option<memo::Ctx<'a>>,
+    memo: Option<memo::MemoCtx<'a>>,
 }
 
 /// What [`Checker::model`] produces: the checked parts of a model.
@@ -144,11 +147,11 @@ impl<'a> Checker<'a> {
     }
 
     fn reader(&self, body: &'a MBody, chain: Vec<&'a MBody>, what: &'static str, at: Span) -> Reader<'a> {
-        Reader::new(body, Scope::new(chain, self.empty), what, at, self.diags)
+        Reader::new(body, EvalScope::new(chain, self.empty), what, at, self.diags)
     }
 
     /// The same checker with derived values known so far in scope.
-    fn with_derived(&self, derived: &'a BTreeMap<String, N>) -> Checker<'a> {
+    fn with_derived(&self, derived: &'a BTreeMap<String, Num>) -> Checker<'a> {
         Checker { diags: self.diags, empty: derived, memo: self.memo }
     }
 
@@ -166,26 +169,26 @@ impl<'a> Checker<'a> {
             Some((b, &c.body, block_body(&c.body)?))
         });
         // Later components may refer to what is known by now (`width cond_dim`).
-        let mut early: BTreeMap<String, N> = BTreeMap::new();
+        let mut early: BTreeMap<String, Num> = BTreeMap::new();
         if let Some(c) = classes {
-            early.insert("classes".into(), N::Int(c));
+            early.insert("classes".into(), Num::Int(c));
         }
         if let Some((t, _)) = &tokenizer {
-            early.insert("token_channels".into(), N::Int(t.token_channels as i64));
+            early.insert("token_channels".into(), Num::Int(t.token_channels as i64));
             early.insert(
                 if t.kind == TokenizerKind::Vae { "latent_channels" } else { "code_dim" }.into(),
-                N::Int(t.token_channels as i64),
+                Num::Int(t.token_channels as i64),
             );
             if let Some(v) = t.vocab {
-                early.insert("vocab".into(), N::Int(v as i64));
+                early.insert("vocab".into(), Num::Int(v as i64));
             }
         }
         if let Some((b, _, _)) = &backbone {
-            early.insert("cond_dim".into(), N::Int(b.width as i64));
-            early.insert("head_dim".into(), N::Int(b.head_dim as i64));
-            early.insert("patch".into(), N::Int(b.patch as i64));
-            early.insert("time_embed".into(), N::Int(b.time_embed as i64));
-            early.insert("ffn_hidden".into(), N::Int(b.block.ffn_hidden as i64));
+            early.insert("cond_dim".into(), Num::Int(b.width as i64));
+            early.insert("head_dim".into(), Num::Int(b.head_dim as i64));
+            early.insert("patch".into(), Num::Int(b.patch as i64));
+            early.insert("time_embed".into(), Num::Int(b.time_embed as i64));
+            early.insert("ffn_hidden".into(), Num::Int(b.block.ffn_hidden as i64));
         }
         let later = self.with_derived(&early);
         let early_key = memo::derived_key(&early);
@@ -254,28 +257,8 @@ impl<'a> Checker<'a> {
         });
 
         // ---- derived values and declared tensors ---------------------------
-        let grid = schedule.final_grid();
-        let mut derived = early.clone();
-        let int = |v: u64| N::Int(v as i64);
-        derived.insert("head_dim".into(), int(backbone.head_dim));
-        derived.insert("ffn_hidden".into(), int(backbone.block.ffn_hidden));
-        derived.insert("tokens".into(), int(schedule.total_tokens()));
-        derived.insert("stages".into(), int(schedule.num_stages()));
-        derived.insert("grid".into(), int(grid[0]));
-        derived.insert("classes".into(), int(classes));
-        derived.insert("patch".into(), int(backbone.patch));
-        derived.insert("cond_dim".into(), int(backbone.width));
-        derived.insert("token_channels".into(), int(tokenizer.token_channels));
-        derived.insert("levels".into(), int(tokenizer.ch_mult.len() as u64));
-        if tokenizer.kind == TokenizerKind::Vae {
-            derived.insert("latent_channels".into(), int(tokenizer.token_channels));
-        } else {
-            derived.insert("code_dim".into(), int(tokenizer.token_channels));
-        }
-        if let Some(v) = tokenizer.vocab {
-            derived.insert("vocab".into(), int(v));
-        }
-        let flags: BTreeMap<&str, bool> = [("distilled", distill.is_some())].into_iter().collect();
+        let derived = derived_values(classes, &tokenizer, &backbone, &schedule);
+        let flags = group_flags(distill.is_some());
         // The owners of `params`/`buffers` groups, in the order they are evaluated,
         // each with its chain of bodies.
         let mut owners: Vec<(&'static str, Vec<&'a MBody>)> = vec![
@@ -324,7 +307,7 @@ impl<'a> Checker<'a> {
                 });
                 continue;
             }
-            if let Ok(b) = Scope::new(vec![body], &derived).num(&c.bound).map_err(|d| self.error(d)) {
+            if let Ok(b) = EvalScope::new(vec![body], &derived).num(&c.bound).map_err(|d| self.error(d)) {
                 constraints.push(ConstraintSpec {
                     metric: c.metric.name.clone(),
                     op: c.op.as_str().into(),

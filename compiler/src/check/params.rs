@@ -2,8 +2,9 @@
 //! placeholders, into [`ParamGroupSpec`]s.
 
 use super::{Checker, MAX_TENSORS};
-use crate::eval::{Scope, N};
+use crate::eval::EvalScope;
 use crate::spec::*;
+use ecarc_grammar::ast::Num;
 use ecarc_grammar::ast::{Expr, ExprKind, Ident, ParamGroup, ParamKind};
 use ecarc_grammar::diag::did_you_mean;
 use ecarc_grammar::merged::{MBody, MValue};
@@ -35,8 +36,13 @@ pub(crate) fn needs_expansion(g: &ParamGroup) -> bool {
         || g.prefix.as_ref().is_some_and(|p| has_computed_placeholder(&p.value, &[var]))
 }
 
+/// The conditions a group's `when` may name besides the boolean fields in scope.
+pub(crate) fn group_flags(distilled: bool) -> BTreeMap<&'static str, bool> {
+    BTreeMap::from([("distilled", distilled)])
+}
+
 /// Replace each `{expr}` in a key template by its value (loop variables in scope).
-fn fill_placeholders(template: &str, sc: &Scope, span: Span, err: &dyn Fn(Diag)) -> Option<String> {
+fn fill_placeholders(template: &str, sc: &EvalScope, span: Span, err: &dyn Fn(Diag)) -> Option<String> {
     let mut out = String::with_capacity(template.len());
     let mut rest = template;
     while let Some(open) = rest.find('{') {
@@ -53,7 +59,7 @@ fn fill_placeholders(template: &str, sc: &Scope, span: Span, err: &dyn Fn(Diag))
             _ => None,
         };
         match value {
-            Some(N::Int(v)) if v >= 0 => out.push_str(&v.to_string()),
+            Some(Num::Int(v)) if v >= 0 => out.push_str(&v.to_string()),
             _ => {
                 err(Diag::error("E0436", format!("the key placeholder `{{{inner}}}` is not a non-negative integer"))
                     .label(span, "in this key")
@@ -112,7 +118,7 @@ fn declare_key(seen: &mut HashMap<String, Span>, key: String, at: Span) -> Resul
 /// Evaluates `params`/`buffers` groups with the derived values in scope.
 pub(super) struct ParamCtx<'c, 'a> {
     pub(super) checker: &'c Checker<'a>,
-    pub(super) derived: &'c BTreeMap<String, N>,
+    pub(super) derived: &'c BTreeMap<String, Num>,
     pub(super) flags: &'c BTreeMap<&'static str, bool>,
     /// Full key -> where it was declared, to report duplicates.
     pub(super) seen: RefCell<HashMap<String, Span>>,
@@ -128,7 +134,7 @@ impl<'c, 'a> ParamCtx<'c, 'a> {
         params: &mut Vec<ParamGroupSpec>,
         buffers: &mut Vec<ParamGroupSpec>,
     ) {
-        let scope = Scope::new(chain, self.derived);
+        let scope = EvalScope::new(chain, self.derived);
         for g in body.param_groups() {
             let specs = if needs_expansion(g) {
                 self.group_expanded(g, &scope, owner)
@@ -147,7 +153,7 @@ impl<'c, 'a> ParamCtx<'c, 'a> {
     /// A group evaluated copy by copy: nested loops, a `when a OP b` guard,
     /// shapes or keys that depend on the loop variables. Each copy that passes
     /// the guard becomes its own [`ParamGroupSpec`] with `index` = the loop values.
-    fn group_expanded(&self, g: &ParamGroup, scope: &Scope<'c>, owner: &str) -> Vec<ParamGroupSpec> {
+    fn group_expanded(&self, g: &ParamGroup, scope: &EvalScope<'c>, owner: &str) -> Vec<ParamGroupSpec> {
         if let Some(c) = &g.condition {
             match self.flag(&c.flag, scope) {
                 Some(v) if v != c.negated => {}
@@ -158,7 +164,7 @@ impl<'c, 'a> ParamCtx<'c, 'a> {
         let mut loops: Vec<(String, i64, i64)> = Vec::new();
         for r in g.repeat.iter().chain(g.inner.iter()) {
             let (lo, hi) = match (scope.num(&r.lo), scope.num(&r.hi)) {
-                (Ok(N::Int(lo)), Ok(N::Int(hi))) if 0 <= lo && lo <= hi => (lo, hi),
+                (Ok(Num::Int(lo)), Ok(Num::Int(hi))) if 0 <= lo && lo <= hi => (lo, hi),
                 (Err(e), _) | (_, Err(e)) => {
                     err(e);
                     return vec![];
@@ -190,7 +196,7 @@ impl<'c, 'a> ParamCtx<'c, 'a> {
         let mut assignment: Vec<i64> = loops.iter().map(|l| l.1).collect();
         'copies: for _ in 0..copies {
             let mut sc = scope.clone();
-            sc.locals = loops.iter().zip(&assignment).map(|((v, _, _), &x)| (v.clone(), N::Int(x))).collect();
+            sc.locals = loops.iter().zip(&assignment).map(|((v, _, _), &x)| (v.clone(), Num::Int(x))).collect();
             // advance the odometer for the next round (last loop fastest)
             let current = assignment.clone();
             for k in (0..loops.len()).rev() {
@@ -217,7 +223,7 @@ impl<'c, 'a> ParamCtx<'c, 'a> {
                 let mut shape = Vec::new();
                 for dim in &d.shape {
                     match sc.num(dim) {
-                        Ok(N::Int(v)) if v >= 1 => shape.push(v as u64),
+                        Ok(Num::Int(v)) if v >= 1 => shape.push(v as u64),
                         Ok(v) => {
                             err(Diag::error("E0433", "a tensor dimension must be a positive integer")
                                 .label(dim.span, format!("this is {v}"))
@@ -266,7 +272,7 @@ impl<'c, 'a> ParamCtx<'c, 'a> {
         out
     }
 
-    fn flag(&self, name: &Ident, scope: &Scope) -> Option<bool> {
+    fn flag(&self, name: &Ident, scope: &EvalScope) -> Option<bool> {
         if let Some(&v) = self.flags.get(name.name.as_str()) {
             return Some(v);
         }
@@ -300,7 +306,7 @@ impl<'c, 'a> ParamCtx<'c, 'a> {
         None
     }
 
-    fn group(&self, g: &ParamGroup, scope: &Scope<'c>, owner: &str) -> Option<ParamGroupSpec> {
+    fn group(&self, g: &ParamGroup, scope: &EvalScope<'c>, owner: &str) -> Option<ParamGroupSpec> {
         if let Some(c) = &g.condition {
             let v = self.flag(&c.flag, scope)?;
             if v == c.negated {
@@ -316,7 +322,7 @@ impl<'c, 'a> ParamCtx<'c, 'a> {
                 let lo = scope.num(&r.lo).map_err(err).ok()?;
                 let hi = scope.num(&r.hi).map_err(err).ok()?;
                 match (lo, hi) {
-                    (N::Int(lo), N::Int(hi)) if 0 <= lo && lo <= hi => {
+                    (Num::Int(lo), Num::Int(hi)) if 0 <= lo && lo <= hi => {
                         let prefix_has =
                             g.prefix.as_ref().is_some_and(|p| p.value.contains(&format!("{{{}}}", r.var.name)));
                         let decls_have = g.decls.iter().all(|d| d.key.value.contains(&format!("{{{}}}", r.var.name)));
@@ -336,8 +342,8 @@ impl<'c, 'a> ParamCtx<'c, 'a> {
                     }
                     _ => {
                         let why = match (lo, hi) {
-                            (N::Int(l), N::Int(h)) if l > h => format!("{lo}..{hi} runs backwards"),
-                            (N::Int(l), _) if l < 0 => format!("{lo}..{hi} starts below 0"),
+                            (Num::Int(l), Num::Int(h)) if l > h => format!("{lo}..{hi} runs backwards"),
+                            (Num::Int(l), _) if l < 0 => format!("{lo}..{hi} starts below 0"),
                             _ => format!("{lo}..{hi} is not a range of integers"),
                         };
                         err(Diag::error("E0304", "loop bounds must be integers with 0 <= lo <= hi")
@@ -353,11 +359,11 @@ impl<'c, 'a> ParamCtx<'c, 'a> {
             let mut shape = Vec::new();
             for dim in &d.shape {
                 match scope.num(dim) {
-                    Ok(N::Int(v)) if v >= 1 => shape.push(v as u64),
+                    Ok(Num::Int(v)) if v >= 1 => shape.push(v as u64),
                     Ok(v) => {
                         let shown = match v {
-                            N::Float(x) => crate::eval::fmt_f64(x),
-                            N::Int(i) => i.to_string(),
+                            Num::Float(x) => crate::eval::fmt_f64(x),
+                            Num::Int(i) => i.to_string(),
                         };
                         err(Diag::error("E0433", "a tensor dimension must be a positive integer")
                             .label(dim.span, format!("this is {shown}"))

@@ -61,7 +61,7 @@ pub fn graph_macs(g: &Graph) -> Dim {
 }
 
 /// Bytes of every tensor a graph reads from parameters.
-pub fn weight_bytes(g: &Graph) -> u64 {
+pub(crate) fn weight_bytes(g: &Graph) -> u64 {
     g.g.node_indices()
         .filter(|&n| matches!(g.g[n].op, Op::Param { .. }))
         .map(|n| g.g[n].ty.numel().as_const().unwrap_or(0) * g.g[n].ty.dtype.bytes())
@@ -145,7 +145,7 @@ pub struct CostReport {
 
 /// Whether a program is one network evaluation (what bounds latency when
 /// MACs do not): a backbone step, a flow head step, a whole forward.
-pub fn is_network(program: &str) -> bool {
+pub(crate) fn is_network(program: &str) -> bool {
     program.starts_with("step.") || program == "head.step" || program == "forward"
 }
 

@@ -54,7 +54,7 @@ impl Bindings {
 }
 
 /// Exponents of (B, T, P) in one monomial.
-type Mono = [u8; 3];
+type Exponents = [u8; 3];
 
 /// A polynomial: (monomial, coefficient) pairs sorted by monomial, no zero
 /// coefficients; the constant term has the all-zero monomial. A small sorted
@@ -62,9 +62,9 @@ type Mono = [u8; 3];
 /// term (lowering and costing build many of these). Arithmetic saturates.
 /// Serialised as its canonical text (`"2*B*T + P"`).
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Dim(Vec<(Mono, i64)>);
+pub struct Dim(Vec<(Exponents, i64)>);
 
-fn mono_syms(m: &Mono) -> Vec<Sym> {
+fn mono_syms(m: &Exponents) -> Vec<Sym> {
     let mut v = Vec::new();
     for (i, s) in Sym::ALL.iter().enumerate() {
         v.extend(std::iter::repeat_n(*s, m[i] as usize));
@@ -117,9 +117,6 @@ impl Dim {
             _ => None,
         }
     }
-    pub fn is_const(&self) -> bool {
-        self.as_const().is_some()
-    }
     pub fn eval(&self, b: &Bindings) -> u64 {
         let vals = [b.b as i128, b.t as i128, b.p as i128];
         let mut total: i128 = 0;
@@ -135,9 +132,9 @@ impl Dim {
         u64::try_from(total.max(0)).unwrap_or(u64::MAX)
     }
     /// Merge sorted (monomial, coefficient) pairs, summing equal monomials.
-    fn from_terms(mut terms: Vec<(Mono, i64)>) -> Dim {
+    fn from_terms(mut terms: Vec<(Exponents, i64)>) -> Dim {
         terms.sort_unstable_by_key(|a| a.0);
-        let mut out: Vec<(Mono, i64)> = Vec::with_capacity(terms.len());
+        let mut out: Vec<(Exponents, i64)> = Vec::with_capacity(terms.len());
         for (m, c) in terms {
             match out.last_mut() {
                 Some((lm, lc)) if *lm == m => *lc = lc.saturating_add(c),

@@ -4,16 +4,16 @@
 //! (conditioning kind, positions, mask, block structure) and from which tensor
 //! roles the model declares; there is no family switch.
 
-use super::ctx::{d, Ctx, Missing, N};
+use super::ctx::{d, Ctx, Res, N};
 use crate::ir::op::{Binary, Mask, Unary};
 use crate::ir::{Dim, Op, Sym, TensorType, F};
 use crate::spec::*;
 
-type Res<T> = Result<T, Missing>;
-
-/// What the step's token sequence holds.
+/// What the step's token sequence holds. `D` counts the body tokens: a [`Dim`]
+/// here, a polynomial in the model's fields in the cost formulas
+/// (`cost/formula/macs.rs`), which walk the same sequences.
 #[derive(Clone, Debug, PartialEq)]
-pub enum Seq {
+pub enum Seq<D = Dim> {
     /// Only the start token(s) (class token / start position): the first step.
     Prefix,
     /// Only `T` embedded tokens: later steps.
@@ -24,7 +24,7 @@ pub enum Seq {
     /// the start tokens take. A first stage with more tokens than start tokens
     /// feeds its own starting state there (position `j` takes token `j`, as
     /// every later stage does), so the start tokens replace its first `skip`.
-    PrefixAndBody { body: Dim, skip: u64 },
+    PrefixAndBody { body: D, skip: u64 },
 }
 
 /// How the per-image inputs (tokens, `x`, the latent, `t`) become the
@@ -43,7 +43,7 @@ pub enum Doubling {
 
 /// Shape of one backbone step.
 #[derive(Clone, Debug)]
-pub struct Step {
+pub struct BackboneStep {
     pub seq: Seq,
     /// Batch of the program (`B`, or `2*B` under classifier-free guidance).
     pub batch: Dim,
@@ -70,12 +70,52 @@ pub struct BackboneOut {
     pub class_emb: N,
 }
 
-/// Number of start tokens the sequence begins with (0 when none).
-pub fn prefix_len(spec: &ModelSpec, has_pos_start: bool) -> u64 {
+/// What the sequence begins with, before the body tokens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SeqStart {
+    /// `cond_tokens` class tokens.
+    ClassTokens,
+    /// One learned start position (a declared `pos_start`).
+    StartPosition,
+    Nothing,
+}
+
+pub(crate) fn seq_start(spec: &ModelSpec, has_pos_start: bool) -> SeqStart {
     match spec.backbone.condition {
-        Conditioning::ClassToken => spec.backbone.cond_tokens,
-        _ if has_pos_start => 1,
-        _ => 0,
+        Conditioning::ClassToken => SeqStart::ClassTokens,
+        _ if has_pos_start => SeqStart::StartPosition,
+        _ => SeqStart::Nothing,
+    }
+}
+
+/// Number of start tokens the sequence begins with (0 when none).
+pub(crate) fn prefix_len(spec: &ModelSpec, has_pos_start: bool) -> u64 {
+    match seq_start(spec, has_pos_start) {
+        SeqStart::ClassTokens => spec.backbone.cond_tokens,
+        SeqStart::StartPosition => 1,
+        SeqStart::Nothing => 0,
+    }
+}
+
+/// The sequence of a whole teacher-forced pass: the `prefix` start tokens, if
+/// any, then `body` tokens.
+pub(crate) fn forward_seq<D>(prefix: u64, body: D) -> Seq<D> {
+    if prefix > 0 {
+        Seq::PrefixAndBody { body, skip: 0 }
+    } else {
+        Seq::Body
+    }
+}
+
+/// The sequence of the first stage's own step (`step.first`), `None` without
+/// start tokens (`step.next` runs it): only the start tokens when they are the
+/// whole stage, else the start tokens then `body()` (the stage's other tokens),
+/// whose positions the start tokens take first.
+pub(crate) fn first_seq<D>(prefix: u64, first_tokens: u64, body: impl FnOnce() -> D) -> Option<Seq<D>> {
+    match prefix {
+        0 => None,
+        p if p == first_tokens => Some(Seq::Prefix),
+        p => Some(Seq::PrefixAndBody { body: body(), skip: p.min(first_tokens) }),
     }
 }
 
@@ -99,14 +139,14 @@ fn per_image(c: &mut Ctx, name: &str, ty: TensorType, doubling: Doubling) -> N {
 }
 
 /// The batch of the per-image inputs of a step.
-fn image_batch(step: &Step) -> Dim {
+fn image_batch(step: &BackboneStep) -> Dim {
     match step.doubling {
         Doubling::None => step.batch.clone(),
         Doubling::Guided | Doubling::FirstHalf => step.batch.div_c(2).expect("a doubled batch is even"),
     }
 }
 
-pub fn lower_backbone(c: &mut Ctx, spec: &ModelSpec, step: &Step) -> Res<BackboneOut> {
+pub fn lower_backbone(c: &mut Ctx, spec: &ModelSpec, step: &BackboneStep) -> Res<BackboneOut> {
     let bb = &spec.backbone;
     let bt = step.batch.clone();
     let t = step.tokens.clone();
@@ -177,7 +217,7 @@ pub fn lower_backbone(c: &mut Ctx, spec: &ModelSpec, step: &Step) -> Res<Backbon
         let lv = c.op(Op::Embedding, &[levels_table, levels]);
         x = c.add(x, lv);
     }
-    let rope = if bb.positions == Positions::Rope2d {
+    let rope = if bb.positions == PositionEncoding::Rope2d {
         let ty = TensorType::f32(vec![t.clone(), d(bb.head_dim / 2)]);
         Some((c.input("rope_cos", ty.clone()), c.input("rope_sin", ty)))
     } else {
@@ -197,7 +237,7 @@ pub fn lower_backbone(c: &mut Ctx, spec: &ModelSpec, step: &Step) -> Res<Backbon
 
 /// Embed `n` body tokens: by table (discrete indices), by a linear map of
 /// continuous tokens / code vectors, or by patchifying a latent map.
-fn embed_tokens(c: &mut Ctx, spec: &ModelSpec, step: &Step, n: &Dim) -> Res<N> {
+fn embed_tokens(c: &mut Ctx, spec: &ModelSpec, step: &BackboneStep, n: &Dim) -> Res<N> {
     let bb = &spec.backbone;
     let (bt, b) = (&step.batch, image_batch(step));
     if c.has("token_table", None) {
@@ -239,7 +279,7 @@ struct Attend {
     past: Dim,
 }
 
-fn attention_of(c: &mut Ctx, spec: &ModelSpec, step: &Step) -> Attend {
+fn attention_of(c: &mut Ctx, spec: &ModelSpec, step: &BackboneStep) -> Attend {
     // A cached block-causal step holds one whole stage and sees every cached
     // position: no mask. A teacher-forced pass needs the levels.
     let mask = match spec.backbone.attn {
@@ -413,9 +453,9 @@ fn block(
 
 /// The symbolic step used for KV-cached generation, with a cache of
 /// `capacity` positions.
-pub fn cached_step(seq: Seq, cfg: bool, capacity: u64) -> Step {
+pub fn cached_step(seq: Seq, cfg: bool, capacity: u64) -> BackboneStep {
     let b = Dim::sym(Sym::B);
-    Step {
+    BackboneStep {
         seq,
         batch: if cfg { b.mul_c(2) } else { b },
         doubling: if cfg { Doubling::Guided } else { Doubling::None },

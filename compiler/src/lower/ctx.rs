@@ -2,7 +2,7 @@
 //! (`linear`, `norm`, `modulate`, ...) so that lowering code reads like the
 //! architecture it builds.
 
-use super::params::{ParamIndex, Scope};
+use super::params::{ParamIndex, ParamScope};
 use crate::ir::op::{Binary, Unary};
 use crate::ir::{Dim, Graph, Op, TensorType, F};
 use ecarc_grammar::{Diag, Span};
@@ -17,8 +17,11 @@ pub struct Missing {
     pub role: String,
     /// The copy index asked for (`[]` outside loops, `[layer]`, `[level, block]`).
     pub index: Vec<u64>,
-    pub scope: Scope,
+    pub scope: ParamScope,
 }
+
+/// What a lowering step gives: a missing tensor stops it.
+pub type Res<T> = Result<T, Missing>;
 
 impl Missing {
     pub fn to_diag(&self, span: Option<Span>) -> Diag {
@@ -28,9 +31,9 @@ impl Missing {
             idx => format!(" for copy {idx:?}"),
         };
         let what = match self.scope {
-            Scope::Backbone => "backbone (or its block)",
-            Scope::Head => "head",
-            Scope::Tokenizer => "tokenizer",
+            ParamScope::Backbone => "backbone (or its block)",
+            ParamScope::Head => "head",
+            ParamScope::Tokenizer => "tokenizer",
         };
         let mut d = Diag::error("E0601", format!("the {what} declares no tensor with role `{}`{at}", self.role)).help(
             format!("this architecture needs it: add `{} \"KEY\" [DIMS]` to a `params` group of the {what}", self.role),
@@ -45,7 +48,7 @@ impl Missing {
 pub struct Ctx<'a> {
     pub g: Graph,
     idx: &'a ParamIndex,
-    pub scope: Scope,
+    pub scope: ParamScope,
     params: HashMap<String, N>,
     sources: HashMap<String, N>,
     /// The span attached to nodes created now (the component being lowered).
@@ -59,7 +62,7 @@ pub fn d(v: u64) -> Dim {
 }
 
 impl<'a> Ctx<'a> {
-    pub fn new(name: &str, idx: &'a ParamIndex, scope: Scope, param_spans: &'a HashMap<String, Span>) -> Self {
+    pub fn new(name: &str, idx: &'a ParamIndex, scope: ParamScope, param_spans: &'a HashMap<String, Span>) -> Self {
         Ctx {
             g: Graph::new(name),
             idx,
@@ -148,13 +151,6 @@ impl<'a> Ctx<'a> {
 
     pub fn output(&mut self, name: &str, n: N) {
         self.g.output(name, n);
-    }
-
-    /// Output channels per token of a linear (denoiser) head: `patch^2 x channels`.
-    pub fn shape_of_output_channels(&self, spec: &crate::spec::ModelSpec) -> u64 {
-        let lat = spec.tokenizer.token_channels;
-        let ch = if spec.sampler.learned_variance { 2 * lat } else { lat };
-        spec.backbone.patch * spec.backbone.patch * ch
     }
 
     pub fn shape(&self, n: N) -> Vec<Dim> {

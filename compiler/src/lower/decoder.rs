@@ -12,12 +12,10 @@
 //! upsample convs `[level]` (the level they lead into: `l` for the upsample
 //! after level `l`).
 
-use super::ctx::{d, Ctx, Missing, N};
+use super::ctx::{d, Ctx, Res, N};
 use crate::ir::op::{Binary, Mask, Unary};
 use crate::ir::{Dim, Op, Sym, TensorType, F};
 use crate::spec::*;
-
-type Res<T> = Result<T, Missing>;
 
 const GROUPS: u32 = 32;
 const EPS: f64 = 1e-6;

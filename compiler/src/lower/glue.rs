@@ -4,11 +4,9 @@
 //! sequence. They are programs like any other, so plans name them as entries
 //! and values stay on the device of whichever backend runs the plan.
 
-use super::ctx::{d, Ctx, Missing, N};
+use super::ctx::{d, Ctx, Res, N};
 use crate::ir::{Dim, Op, Sym, TensorType, F};
 use crate::spec::*;
-
-type Res<T> = Result<T, Missing>;
 
 fn b() -> Dim {
     Dim::sym(Sym::B)

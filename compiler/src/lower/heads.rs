@@ -3,12 +3,10 @@
 //! `head_nm`, LlamaGen's final norm, DiT's final layer) are found by role.
 
 use super::backbone::BackboneOut;
-use super::ctx::{d, Ctx, Missing, N};
+use super::ctx::{d, Ctx, Res, N};
 use crate::ir::op::{Mask, Unary};
 use crate::ir::{Dim, Op, TensorType, F};
 use crate::spec::*;
-
-type Res<T> = Result<T, Missing>;
 
 /// Hidden states after the backbone's output norm: VAR-style adaLN before the
 /// head (`head_ada`), a final RMS/LayerNorm (`final_norm`), or none.
@@ -96,7 +94,7 @@ pub const FLOW_MAP_STEPS: u32 = 64;
 pub fn flow_map(c: &mut Ctx, spec: &ModelSpec, logits: N) -> Res<N> {
     let s = c.shape(logits);
     let scope = c.scope;
-    c.scope = crate::lower::params::Scope::Tokenizer;
+    c.scope = crate::lower::params::ParamScope::Tokenizer;
     let book = c.p("codebook", None);
     c.scope = scope;
     let mut book = book?;

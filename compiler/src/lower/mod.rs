@@ -4,26 +4,26 @@
 //! when the backbone is itself the denoiser), then its head (a categorical
 //! sample, or the flow head's ODE steps over the stage's time segment).
 
-pub mod backbone;
-pub mod ctx;
-pub mod decoder;
-pub mod diffusion;
-pub mod glue;
-pub mod heads;
-pub mod params;
+pub(crate) mod backbone;
+pub(crate) mod ctx;
+pub(crate) mod decoder;
+pub(crate) mod diffusion;
+pub(crate) mod glue;
+pub(crate) mod heads;
+pub(crate) mod params;
 pub mod plans;
-pub mod solver;
-pub mod transition;
+pub(crate) mod solver;
+pub(crate) mod transition;
 
 use crate::ir::{DType, Dim, Graph, Sym, TensorType};
 use crate::plan::{Plan, SeqLayout};
 use crate::spec::*;
-use backbone::{cached_step, lower_backbone, prefix_len, Doubling, Seq, Step};
+use backbone::{cached_step, first_seq, forward_seq, lower_backbone, prefix_len, BackboneStep, Doubling, Seq};
 use ctx::{d, Ctx, Missing};
 use ecarc_grammar::merged::{MBody, MValue};
 use ecarc_grammar::{Diag, Span};
 pub use heads::TokenChoice;
-use params::{ParamIndex, Scope};
+use params::{ParamIndex, ParamScope};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
@@ -72,7 +72,7 @@ impl Program {
 
 /// Choices that change what the lowering makes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Options {
+pub struct LowerOptions {
     /// How a categorical head chooses tokens (`FlowMap`: `ecarc dd-pairs`,
     /// whose plan is called `pairs`).
     pub choice: TokenChoice,
@@ -130,13 +130,19 @@ pub fn uses_cfg(spec: &ModelSpec) -> bool {
     spec.distill.is_none() && (spec.sampler.cfg != 1.0 || spec.sampler.cfg_schedule == CfgSchedule::Linear)
 }
 
+/// Whether the teacher-forced `forward` feeds every token (a DD student on a
+/// raster schedule), not every token after the start token(s).
+pub(crate) fn forward_feeds_every_token(spec: &ModelSpec) -> bool {
+    spec.distill.is_some() && matches!(spec.schedule.layout, Layout::Raster { .. })
+}
+
 /// Whether the backbone itself is the denoiser, run at every solver step (DiT).
-fn backbone_per_solver_step(spec: &ModelSpec) -> bool {
+pub(crate) fn backbone_per_solver_step(spec: &ModelSpec) -> bool {
     spec.head.kind == HeadKind::Linear
 }
 
 pub fn lower(spec: &ModelSpec, spans: &SpecSpans) -> Result<Program, Diag> {
-    lower_with(spec, spans, Options::default())
+    lower_with(spec, spans, LowerOptions::default())
 }
 
 /// One lowered program in a context of `scope`, spanned by `span`.
@@ -144,7 +150,7 @@ fn program(
     name: &str,
     idx: &ParamIndex,
     spans: &SpecSpans,
-    scope: Scope,
+    scope: ParamScope,
     span: Option<Span>,
     build: impl FnOnce(&mut Ctx) -> Result<(), Missing>,
 ) -> Result<Graph, Diag> {
@@ -154,17 +160,17 @@ fn program(
     Ok(c.g)
 }
 
-pub fn lower_with(spec: &ModelSpec, spans: &SpecSpans, opts: Options) -> Result<Program, Diag> {
+pub fn lower_with(spec: &ModelSpec, spans: &SpecSpans, opts: LowerOptions) -> Result<Program, Diag> {
     let mut p = lower_programs(spec, spans, opts)?;
     p.optimise = !opts.unoptimised;
     Ok(p)
 }
 
-fn lower_programs(spec: &ModelSpec, spans: &SpecSpans, opts: Options) -> Result<Program, Diag> {
+fn lower_programs(spec: &ModelSpec, spans: &SpecSpans, opts: LowerOptions) -> Result<Program, Diag> {
     let idx = ParamIndex::new(spec);
     let cfg = spec.distill.is_none() && opts.guidance.unwrap_or_else(|| uses_cfg(spec));
     let stages = spec.schedule.stages();
-    let has_pos_start = idx.get(Scope::Backbone, "pos_start", None).is_some();
+    let has_pos_start = idx.get(ParamScope::Backbone, "pos_start", None).is_some();
     let prefix = prefix_len(spec, has_pos_start);
     let b = Dim::sym(Sym::B);
     let mut graphs = Vec::new();
@@ -178,10 +184,10 @@ fn lower_programs(spec: &ModelSpec, spans: &SpecSpans, opts: Options) -> Result<
     // lists the class position as its leading 1x1 stage (VAR-DD: 681).
     let total = spec.schedule.total_tokens();
     let raster = matches!(spec.schedule.layout, Layout::Raster { .. });
-    let body = if spec.distill.is_some() && raster { total } else { total.saturating_sub(prefix) };
+    let body = if forward_feeds_every_token(spec) { total } else { total.saturating_sub(prefix) };
     let positions = body + prefix;
-    let fwd_seq = if prefix > 0 { Seq::PrefixAndBody { body: d(body), skip: 0 } } else { Seq::Body };
-    let fwd = Step {
+    let fwd_seq = forward_seq(prefix, d(body));
+    let fwd = BackboneStep {
         seq: fwd_seq.clone(),
         batch: b.clone(),
         doubling: Doubling::None,
@@ -195,7 +201,7 @@ fn lower_programs(spec: &ModelSpec, spans: &SpecSpans, opts: Options) -> Result<
     let denoiser = backbone_per_solver_step(spec);
     if denoiser {
         // DiT's `forward_with_cfg`: the first half's latent twice, guided.
-        let guided = Step { batch: b.mul_c(2), doubling: Doubling::FirstHalf, ..fwd.clone() };
+        let guided = BackboneStep { batch: b.mul_c(2), doubling: Doubling::FirstHalf, ..fwd.clone() };
         graphs.push(
             step_graph("forward.guided", spec, &idx, spans, &guided, true, choice)
                 .map_err(|m| m.to_diag(spans.backbone))?,
@@ -205,10 +211,10 @@ fn lower_programs(spec: &ModelSpec, spans: &SpecSpans, opts: Options) -> Result<
     // ---- the tokenizer: its decoder, and the glue around it ---------------
     // The decoder runs once per image after the stages; its cost is reported
     // apart (tokenizers are not part of the generator by the counting conventions).
-    let has_decoder = idx.get(Scope::Tokenizer, "dec_conv_in", None).is_some();
-    let has_codebook = idx.get(Scope::Tokenizer, "codebook", None).is_some();
+    let has_decoder = idx.get(ParamScope::Tokenizer, "dec_conv_in", None).is_some();
+    let has_codebook = idx.get(ParamScope::Tokenizer, "codebook", None).is_some();
     let tok = |name: &str, build: &dyn Fn(&mut Ctx) -> Result<(), Missing>| {
-        program(name, &idx, spans, Scope::Tokenizer, spans.tokenizer, |c| build(c))
+        program(name, &idx, spans, ParamScope::Tokenizer, spans.tokenizer, |c| build(c))
     };
     if has_decoder {
         graphs.push(tok("decode", &|c| decoder::decode(c, spec))?);
@@ -241,11 +247,11 @@ fn lower_programs(spec: &ModelSpec, spans: &SpecSpans, opts: Options) -> Result<
     for (k, slot) in transitions.iter_mut().enumerate() {
         let name = format!("transition.{k}");
         let g = match (msvq, tk.kind) {
-            (true, _) if k >= first_scale => {
-                program(&name, &idx, spans, Scope::Tokenizer, spans.schedule, |c| transition::residual_vq(c, spec, k))?
-            }
+            (true, _) if k >= first_scale => program(&name, &idx, spans, ParamScope::Tokenizer, spans.schedule, |c| {
+                transition::residual_vq(c, spec, k)
+            })?,
             (false, TokenizerKind::Vae) if !raster && spec.distill.is_none() && k + 1 < stages.len() => {
-                program(&name, &idx, spans, Scope::Tokenizer, spans.schedule, |c| {
+                program(&name, &idx, spans, ParamScope::Tokenizer, spans.schedule, |c| {
                     transition::upsample_renoise(c, spec, k);
                     Ok(())
                 })?
@@ -276,7 +282,11 @@ fn lower_programs(spec: &ModelSpec, spans: &SpecSpans, opts: Options) -> Result<
         let out_ty = |n: &str| fwd_g.outputs.iter().find(|(o, _)| o == n).map(|(_, i)| fwd_g.g[*i].ty.clone());
         let (logits_ty, x_out_ty) = match (out_ty("logits"), out_ty("x_out")) {
             (Some(l), Some(x)) => (l, x),
-            _ => return Err(Missing { role: "dd_out".into(), index: vec![], scope: Scope::Head }.to_diag(spans.head)),
+            _ => {
+                return Err(
+                    Missing { role: "dd_out".into(), index: vec![], scope: ParamScope::Head }.to_diag(spans.head)
+                )
+            }
         };
         let konst = |t: &TensorType, i: usize| t.shape[i].as_const().unwrap_or(0);
         let (vocab, dim) = (konst(&logits_ty, 2), konst(&x_out_ty, 2));
@@ -324,11 +334,7 @@ fn lower_programs(spec: &ModelSpec, spans: &SpecSpans, opts: Options) -> Result<
         }
         return Err(d);
     }
-    let first_seq = match prefix {
-        0 => None,
-        p if p == first_tokens => Some(Seq::Prefix),
-        p => Some(Seq::PrefixAndBody { body: d(first_tokens.saturating_sub(p)), skip: p.min(first_tokens) }),
-    };
+    let first_seq = first_seq(prefix, first_tokens, || d(first_tokens.saturating_sub(prefix)));
     if let Some(seq) = first_seq.clone() {
         let mut st = cached_step(seq, cfg, layout.positions());
         st.tokens = d(first_tokens);
@@ -354,13 +360,14 @@ fn lower_programs(spec: &ModelSpec, spans: &SpecSpans, opts: Options) -> Result<
     }
     let flow_head = matches!(spec.head.kind, HeadKind::FlowMlp | HeadKind::FlowTransformer);
     if flow_head {
-        graphs.push(program("head.step", &idx, spans, Scope::Head, spans.head, |c| {
+        graphs.push(program("head.step", &idx, spans, ParamScope::Head, spans.head, |c| {
             heads::flow_step(c, spec, &Dim::sym(Sym::T), cfg)
         })?);
     }
     // The solver update of a denoiser backbone (DiT).
     if denoiser {
-        graphs.push(program("solver.step", &idx, spans, Scope::Head, spans.head, |c| solver::solver_step(c, spec))?);
+        graphs
+            .push(program("solver.step", &idx, spans, ParamScope::Head, spans.head, |c| solver::solver_step(c, spec))?);
     }
     // Heun's rule averages the start and two Euler steps of whatever integrates.
     if spec.sampler.solver == Solver::Heun && (flow_head || denoiser) {
@@ -387,7 +394,7 @@ fn lower_programs(spec: &ModelSpec, spans: &SpecSpans, opts: Options) -> Result<
         })?);
     }
     if pairs {
-        let dim = idx.get(Scope::Tokenizer, "codebook", None).map_or(tk.token_channels, |c| c.shape[1]);
+        let dim = idx.get(ParamScope::Tokenizer, "codebook", None).map_or(tk.token_channels, |c| c.shape[1]);
         graphs.push(tok("append.noise", &|c| {
             glue::append(c, DType::F32, &[dim]);
             Ok(())
@@ -446,14 +453,14 @@ fn step_graph(
     spec: &ModelSpec,
     idx: &ParamIndex,
     spans: &SpecSpans,
-    step: &Step,
+    step: &BackboneStep,
     cfg: bool,
     choice: TokenChoice,
 ) -> Result<Graph, Missing> {
-    let mut c = Ctx::new(name, idx, Scope::Backbone, &spans.params);
+    let mut c = Ctx::new(name, idx, ParamScope::Backbone, &spans.params);
     c.span = spans.backbone;
     let out = lower_backbone(&mut c, spec, step)?;
-    c.scope = Scope::Head;
+    c.scope = ParamScope::Head;
     c.span = spans.head.or(spans.backbone);
     let teacher_forced = step.teacher_forced;
     match spec.head.kind {

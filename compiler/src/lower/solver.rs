@@ -7,12 +7,10 @@
 //!   the beta schedule (`beta linear(start, end)`, `train_steps`, respacing).
 //! - Flow solvers (Euler; Heun evaluates twice): `x + dt * v`.
 
-use super::ctx::{d, Ctx, Missing, N};
+use super::ctx::{d, Ctx, Res, N};
 use crate::ir::op::{Binary, Unary};
 use crate::ir::{Dim, Op, Sym, TensorType};
 use crate::spec::*;
-
-type Res<T> = Result<T, Missing>;
 
 /// `[B, T, p*p*C]` per-token outputs -> `[B, C, g*p, g*p]` map (DiT's unpatchify).
 fn unpatchify(c: &mut Ctx, out: N, b: &Dim, grid: [u64; 2], p: u64, ch: u64) -> N {

@@ -8,12 +8,10 @@
 //! Raster schedules need none: the sampled token is the next step's input.
 //! Outputs are per image; a guided step doubles its own input.
 
-use super::ctx::{d, Ctx, Missing, N};
+use super::ctx::{d, Ctx, Res, N};
 use crate::ir::op::{Binary, Resample};
 use crate::ir::{Dim, Op, Sym, TensorType};
 use crate::spec::*;
-
-type Res<T> = Result<T, Missing>;
 
 /// `[B, h*w, C]` tokens -> `[B, C, h, w]` map.
 fn to_map(c: &mut Ctx, x: N, b: &Dim, grid: [u64; 2], ch: u64) -> N {
@@ -35,6 +33,17 @@ fn resize(c: &mut Ctx, m: N, mode: Resample, grid: [u64; 2]) -> N {
     c.op(Op::Resize { mode, h: d(grid[0]), w: d(grid[1]) }, &[m])
 }
 
+/// Whether a distilled model's schedule leads with the class position as a
+/// stage of its own, which has no code (VAR-DD: one stage more than phi's map).
+pub(crate) fn leads_with_class_stage(spec: &ModelSpec, phi: &PhiSpec) -> bool {
+    spec.distill.is_some() && phi.map.len() as u64 + 1 == spec.schedule.num_stages()
+}
+
+/// The phi conv of scale `k`: `map[k]`, the last one past the map's end.
+pub(crate) fn phi_conv(phi: &PhiSpec, k: usize) -> u64 {
+    phi.map.get(k).copied().unwrap_or(*phi.map.last().unwrap_or(&0))
+}
+
 /// After stage `k` of a residual multi-scale VQ schedule. A distilled model
 /// (VAR-DD) hands over continuous code vectors (`codes`) instead of token
 /// indices, and its schedule's leading stage is the class position, which has
@@ -46,7 +55,7 @@ pub fn residual_vq(c: &mut Ctx, spec: &ModelSpec, k: usize) -> Res<()> {
     let fin = spec.schedule.final_grid();
     let phi = spec.tokenizer.phi.as_ref().expect("msvq has phi (checked)");
     let distilled = spec.distill.is_some();
-    let scale = if distilled && phi.map.len() + 1 == stages.len() { k.saturating_sub(1) } else { k };
+    let scale = if leads_with_class_stage(spec, phi) { k.saturating_sub(1) } else { k };
     let grid = stages[k].grid;
     let codes = if distilled {
         c.input("codes", TensorType::f32(vec![b.clone(), d(stages[k].tokens), d(ch)]))
@@ -58,7 +67,7 @@ pub fn residual_vq(c: &mut Ctx, spec: &ModelSpec, k: usize) -> Res<()> {
     let map = to_map(c, codes, &b, grid, ch);
     let up = resize(c, map, Resample::Bicubic, fin);
     // phi_k(h) = (1 - mix) h + mix conv3x3(h); the conv of scale k is map[k].
-    let conv = phi.map.get(scale).copied().unwrap_or(*phi.map.last().unwrap_or(&0));
+    let conv = phi_conv(phi, scale);
     let w = c.p("phi_conv", Some(conv))?;
     let bias = c.p("phi_conv_bias", Some(conv))?;
     let conv = c.op(Op::Conv2d { stride: 1, pad: 1 }, &[up, w, bias]);

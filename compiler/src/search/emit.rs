@@ -124,11 +124,11 @@ fn overrides(
 ) -> Result<String, String> {
     // A tree of components: path prefix -> nested block.
     #[derive(Default)]
-    struct Node {
+    struct Block {
         fields: Vec<(String, String)>,
-        children: Vec<(String, Node)>,
+        children: Vec<(String, Block)>,
     }
-    fn insert(node: &mut Node, path: &[String], value: String) {
+    fn insert(node: &mut Block, path: &[String], value: String) {
         if path.len() == 1 {
             node.fields.push((path[0].clone(), value));
             return;
@@ -136,18 +136,18 @@ fn overrides(
         let i = match node.children.iter().position(|(k, _)| *k == path[0]) {
             Some(i) => i,
             None => {
-                node.children.push((path[0].clone(), Node::default()));
+                node.children.push((path[0].clone(), Block::default()));
                 node.children.len() - 1
             }
         };
         insert(&mut node.children[i].1, &path[1..], value);
     }
-    fn write(node: &Node) -> String {
+    fn write(node: &Block) -> String {
         let mut parts: Vec<String> = node.fields.iter().map(|(k, v)| format!("{k} {v}")).collect();
         parts.extend(node.children.iter().map(|(k, n)| format!("{k} {{\n{}\n}}", write(n))));
         parts.join("\n")
     }
-    let mut root = Node::default();
+    let mut root = Block::default();
     for (a, &c) in space.axes.iter().zip(choice) {
         let option = &a.options[c as usize];
         let text = match option {

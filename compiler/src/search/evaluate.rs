@@ -109,7 +109,7 @@ impl Space {
 
 /// What one design gave.
 #[derive(Clone, Debug)]
-pub enum Outcome {
+pub enum DesignOutcome {
     /// Checked, costed and within every constraint.
     Valid(Values),
     /// Checked and costed, but outside the constraints listed (indices into
@@ -232,7 +232,7 @@ impl<'s> Evaluator<'s> {
     }
 
     /// Check and cost design `index`; test the model's constraints.
-    pub(crate) fn eval(&mut self, index: u128) -> Outcome {
+    pub(crate) fn eval(&mut self, index: u128) -> DesignOutcome {
         self.choice = space::choice(&self.space.axes, index);
         for (k, a) in self.space.axes.iter().enumerate() {
             if self.current[k] != self.choice[k] {
@@ -242,22 +242,22 @@ impl<'s> Evaluator<'s> {
         }
         let point = match check_point(&self.space.name, &self.body, &self.choice, &self.memo) {
             Ok(p) => p,
-            Err(diags) => return Outcome::Invalid(diags.into_iter().filter(Diag::is_error).collect()),
+            Err(diags) => return DesignOutcome::Invalid(diags.into_iter().filter(Diag::is_error).collect()),
         };
         let mut values = match self.cost(&point) {
             Ok(v) => v,
-            Err(d) => return Outcome::Invalid(vec![d]),
+            Err(d) => return DesignOutcome::Invalid(vec![d]),
         };
         let mut failed = Vec::new();
         for c in &point.constraints {
             let c = match Constraint::from_spec(c) {
                 Ok(c) => c,
-                Err(e) => return Outcome::Invalid(vec![Diag::error("E0440", e)]),
+                Err(e) => return DesignOutcome::Invalid(vec![Diag::error("E0440", e)]),
             };
             if values.get(c.metric).is_none() {
                 match self.lowered(&point) {
                     Ok(peak) => values.set(Metric::PeakActivationBytes, peak),
-                    Err(d) => return Outcome::Invalid(vec![d]),
+                    Err(d) => return DesignOutcome::Invalid(vec![d]),
                 }
             }
             let v = values.get(c.metric).expect("computed");
@@ -266,9 +266,9 @@ impl<'s> Evaluator<'s> {
             }
         }
         if failed.is_empty() {
-            Outcome::Valid(values)
+            DesignOutcome::Valid(values)
         } else {
-            Outcome::Rejected(values, failed)
+            DesignOutcome::Rejected(values, failed)
         }
     }
 

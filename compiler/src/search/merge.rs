@@ -5,14 +5,14 @@
 
 use super::invalid::merge_reported;
 use super::pareto::{Front, Point};
-use super::record::{Record, RejectedCount, SearchResult};
+use super::record::{DesignRecord, RejectedCount, SearchResult};
 use std::collections::BTreeMap;
 
 /// Merge results; `allow_partial` accepts a set that misses shards.
 pub fn merge(results: Vec<SearchResult>, allow_partial: bool) -> Result<SearchResult, String> {
     let mut it = results.into_iter();
     let mut out = it.next().ok_or("nothing to merge")?;
-    let mut front: Front<Record> = out.front.drain(..).map(|r| point(&out.objectives, r)).collect();
+    let mut front: Front<DesignRecord> = out.front.drain(..).map(|r| point(&out.objectives, r)).collect();
     for r in it {
         if r.fingerprint != out.fingerprint || r.shard_count != out.shard_count {
             return Err(format!(
@@ -50,11 +50,11 @@ pub fn merge(results: Vec<SearchResult>, allow_partial: bool) -> Result<SearchRe
             out.shard_count
         ));
     }
-    out.front = front.into_sorted().into_iter().map(|p| Record { ties: p.ties, ..p.data }).collect();
+    out.front = front.into_sorted().into_iter().map(|p| DesignRecord { ties: p.ties, ..p.data }).collect();
     Ok(out)
 }
 
-fn point(objectives: &[super::objective::Objective], r: Record) -> Point<Record> {
+fn point(objectives: &[super::objective::Objective], r: DesignRecord) -> Point<DesignRecord> {
     Point {
         objectives: objectives.iter().map(|o| o.key(r.value(o.metric).unwrap_or(i128::MAX))).collect(),
         index: r.index,

@@ -5,7 +5,7 @@
 //! `fonts/DejaVu-LICENSE.txt`), so no system font is needed.
 
 use super::objective::Objective;
-use super::record::{Record, SearchResult};
+use super::record::{DesignRecord, SearchResult};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use std::path::Path;
@@ -67,7 +67,7 @@ where
     let pts: Vec<(f64, f64)> = r
         .front
         .iter()
-        .filter_map(|rec: &Record| Some((rec.value(x.metric)? as f64, rec.value(y.metric)? as f64)))
+        .filter_map(|rec: &DesignRecord| Some((rec.value(x.metric)? as f64, rec.value(y.metric)? as f64)))
         .collect();
     let range = |v: &mut dyn Iterator<Item = f64>| {
         let (lo, hi) = v.fold((f64::MAX, f64::MIN), |(a, b), x| (a.min(x), b.max(x)));

@@ -12,7 +12,7 @@ pub(crate) const FORMAT: &str = "ecarc-search/1";
 
 /// One design on the front.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Record {
+pub struct DesignRecord {
     /// The design's index in the space (mixed radix over the axes, last fastest).
     pub index: u128,
     /// The option of each axis, `(path, option)`, in axis order.
@@ -31,7 +31,7 @@ pub struct Record {
     pub ties: u64,
 }
 
-impl Record {
+impl DesignRecord {
     pub(crate) fn value(&self, m: Metric) -> Option<i128> {
         match m {
             Metric::Params => Some(self.params),
@@ -102,7 +102,7 @@ pub struct SearchResult {
     pub counts: Counts,
     pub rejected: Vec<RejectedCount>,
     /// The Pareto front, sorted by the objectives (first objective first).
-    pub front: Vec<Record>,
+    pub front: Vec<DesignRecord>,
     /// Broken designs by problem, most frequent first.
     pub invalid: Vec<InvalidGroup>,
     /// The backend that measured `seconds_per_image`, if any.

@@ -9,11 +9,11 @@
 //! number of threads, any scheduling and any sharding.
 
 use super::design::{Designs, Selection};
-use super::evaluate::{EvalStats, Evaluator, Outcome, Space};
+use super::evaluate::{DesignOutcome, EvalStats, Evaluator, Space};
 use super::invalid::Groups;
 use super::objective::{Metric, Objective, Values};
 use super::pareto::Front;
-use super::record::{fingerprint, AxisInfo, Counts, Record, RejectedCount, SearchResult, FORMAT};
+use super::record::{fingerprint, AxisInfo, Counts, DesignRecord, RejectedCount, SearchResult, FORMAT};
 use super::shard::Shard;
 use crate::check::memo::MemoStats;
 use rayon::prelude::*;
@@ -131,26 +131,26 @@ pub fn run(
                     Ok(o) => o,
                     Err(_) => {
                         *slot = None;
-                        Outcome::Invalid(vec![ecarc_grammar::Diag::error(
+                        DesignOutcome::Invalid(vec![ecarc_grammar::Diag::error(
                             "E0699",
                             "internal: checking or costing this design panicked (a bug in ecarc)",
                         )])
                     }
                 };
                 match outcome {
-                    Outcome::Valid(v) => {
+                    DesignOutcome::Valid(v) => {
                         p.counts.valid += 1;
                         let objectives =
                             opts.objectives.iter().map(|o| o.key(v.get(o.metric).expect("computed"))).collect();
                         p.front.offer(objectives, index, v);
                     }
-                    Outcome::Rejected(_, failed) => {
+                    DesignOutcome::Rejected(_, failed) => {
                         p.counts.rejected += 1;
                         for c in failed {
                             *p.rejected.entry(c.to_string()).or_default() += 1;
                         }
                     }
-                    Outcome::Invalid(diags) => {
+                    DesignOutcome::Invalid(diags) => {
                         p.counts.invalid += 1;
                         p.invalid.add(index, &diags);
                     }
@@ -210,8 +210,8 @@ pub fn run(
 }
 
 /// The record of a design on the front.
-pub(crate) fn record(space: &Space, index: u128, v: &Values, ties: u64) -> Record {
-    Record {
+pub(crate) fn record(space: &Space, index: u128, v: &Values, ties: u64) -> DesignRecord {
+    DesignRecord {
         index,
         design: space.assignment(index),
         params: v.get(Metric::Params).unwrap_or(0),

@@ -55,17 +55,6 @@ pub struct Checkpoint {
     pub tensors: BTreeMap<String, HostTensor>,
 }
 
-impl Checkpoint {
-    /// `top level` or the `a.b` path, for messages.
-    pub fn nesting_text(&self) -> String {
-        if self.nesting.is_empty() {
-            "the top level".into()
-        } else {
-            format!("`{}`", self.nesting)
-        }
-    }
-}
-
 /// Read `path`: a PyTorch zip checkpoint or a safetensors file (told apart
 /// by content, not by name). `key` picks the state dict (`a.b`) instead of
 /// the automatic search; for safetensors it is a key prefix to select and

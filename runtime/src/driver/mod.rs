@@ -24,7 +24,7 @@ use crate::backend::{Backend, Buffer, Executable, Params};
 use crate::error::{Result, RuntimeError};
 use crate::tensor::HostTensor;
 use ecarc_compiler::ir::{Op, TensorType};
-use ecarc_compiler::lower::{Options, Program};
+use ecarc_compiler::lower::{LowerOptions, Program};
 use ecarc_compiler::plan::Keep;
 use ecarc_compiler::spec::ModelSpec;
 use std::collections::{BTreeSet, HashMap};
@@ -155,7 +155,7 @@ impl<'b> Generator<'b> {
     pub fn new(spec: ModelSpec, program: Program, backend: &'b dyn Backend, params: Params) -> Result<Self> {
         let prepared = Prepared::new(&program, backend, &params)?;
         let other_guidance = if spec.distill.is_none() && program.sample_plan().is_some() {
-            let opts = Options { guidance: Some(!program.cfg), unoptimised: !program.optimise, ..Options::default() };
+            let opts = LowerOptions { guidance: Some(!program.cfg), unoptimised: !program.optimise, ..LowerOptions::default() };
             let mut other =
                 ecarc_compiler::lower::lower_with(&spec, &ecarc_compiler::lower::SpecSpans::default(), opts)
                     .map_err(|d| RuntimeError::Invalid(format!("the model does not lower: {}", d.message)))?;
@@ -176,7 +176,7 @@ impl<'b> Generator<'b> {
 
     /// Lower `spec` and put `weights` on the backend.
     pub fn from_spec(spec: ModelSpec, backend: &'b dyn Backend, weights: &crate::weights::Weights) -> Result<Self> {
-        Generator::from_spec_with(spec, backend, weights, Options::default())
+        Generator::from_spec_with(spec, backend, weights, LowerOptions::default())
     }
 
     /// [`Generator::from_spec`] with lowering options (`dd-pairs` lowers the
@@ -185,7 +185,7 @@ impl<'b> Generator<'b> {
         spec: ModelSpec,
         backend: &'b dyn Backend,
         weights: &crate::weights::Weights,
-        opts: Options,
+        opts: LowerOptions,
     ) -> Result<Self> {
         let program = ecarc_compiler::lower::lower_with(&spec, &ecarc_compiler::lower::SpecSpans::default(), opts)
             .map_err(|d| RuntimeError::Invalid(format!("the model does not lower: {}", d.message)))?;

@@ -8,7 +8,7 @@ use crate::backend::Backend;
 use crate::error::{Result, RuntimeError};
 use crate::tensor::HostTensor;
 use crate::weights::Weights;
-use ecarc_compiler::lower::{lower_with, Options, Program, SpecSpans, TokenChoice};
+use ecarc_compiler::lower::{lower_with, LowerOptions, Program, SpecSpans, TokenChoice};
 use ecarc_compiler::plan::Keep;
 use ecarc_compiler::spec::{HeadKind, ModelSpec};
 use std::collections::BTreeMap;
@@ -153,7 +153,7 @@ pub fn pairs_program(spec: &ModelSpec) -> Result<Program> {
     if spec.head.kind != HeadKind::Categorical {
         return Err(RuntimeError::Invalid("dd-pairs needs a teacher with a categorical head (VAR, LlamaGen)".into()));
     }
-    lower_with(spec, &SpecSpans::default(), Options { choice: TokenChoice::FlowMap, ..Options::default() })
+    lower_with(spec, &SpecSpans::default(), LowerOptions { choice: TokenChoice::FlowMap, ..LowerOptions::default() })
         .map_err(|d| RuntimeError::Invalid(format!("the model does not lower: {}", d.message)))
 }
 

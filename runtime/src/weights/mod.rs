@@ -74,7 +74,7 @@ use crate::backend::{Backend, Buffer};
 use crate::error::{Result, RuntimeError};
 use crate::rng::SeededRng;
 use crate::tensor::HostTensor;
-use ecarc_compiler::spec::Positions;
+use ecarc_compiler::spec::PositionEncoding;
 use ecarc_compiler::ModelSpec;
 use rayon::prelude::*;
 use safetensors::SafeTensors;
@@ -110,7 +110,7 @@ impl Weights {
             .par_iter()
             .map(|d| {
                 // A fixed sin-cos position table is not learned: it is the table.
-                if d.role == "pos_table" && spec.backbone.positions == Positions::Sincos2d {
+                if d.role == "pos_table" && spec.backbone.positions == PositionEncoding::Sincos2d {
                     let grid = spec.schedule.final_grid();
                     let width = *d.shape.last().unwrap_or(&0);
                     return (d.key.clone(), sincos_2d(width, grid[0] as usize, grid[1] as usize, d.shape.clone()));

@@ -129,7 +129,7 @@ fn random_values_follow_the_table() {
         for d in declared_tensors(&spec).iter().filter(|d| d.kind.is_param()) {
             let v = w.get(&d.key).unwrap().as_f32().unwrap();
             assert!(v.iter().all(|x| x.is_finite()), "{name}: `{}` not finite", d.key);
-            if d.role == "pos_table" && spec.backbone.positions == Positions::Sincos2d {
+            if d.role == "pos_table" && spec.backbone.positions == PositionEncoding::Sincos2d {
                 // The fixed table itself, not a random draw.
                 let g = spec.schedule.final_grid();
                 let want = sincos_2d(d.shape[2], g[0] as usize, g[1] as usize, d.shape.clone());
