@@ -3,7 +3,8 @@
 //! `tests/ir/NAME.expected` beside it holds what the directive gives:
 //!
 //! - `; run: PASS[, PASS...]`: the program after those passes (verified after
-//!   each), printed;
+//!   each), printed; after `mem`, its memory plan follows, with the arena laid
+//!   out at B=1 T=1 P=1 (`ir::memory::render`);
 //! - `; verify`: what the verifier says of the program, one problem a line;
 //! - `; interpret B=1 T=2 P=0`: the program's outputs on the reference backend
 //!   under those bindings. `; input "NAME" = [v, ...]` gives a source's
@@ -14,6 +15,7 @@
 //! `.expected` files instead: review them as you would any snapshot.
 
 use crate::common::root;
+use ecarc_compiler::ir::memory::render;
 use ecarc_compiler::ir::text::{parse, print};
 use ecarc_compiler::ir::verify::verify;
 use ecarc_compiler::ir::{Bindings, DType, Graph, Op};
@@ -128,7 +130,12 @@ fn outcome(test: &FileTest) -> String {
         let mut g = parsed.unwrap_or_else(|e| panic!("the program does not parse: {e}"));
         let names: Vec<&str> = passes.split(',').map(str::trim).collect();
         Pipeline::named(&names).unwrap().checked().run(&mut g).unwrap();
-        print(&g, None)
+        let mut out = print(&g, None);
+        if let Some(plan) = &g.memory {
+            plan.check(&g).unwrap_or_else(|e| panic!("the memory plan does not fit:\n{}", e.join("\n")));
+            out.push_str(&render(&g, &Bindings::new(1, 1, 1)));
+        }
+        out
     } else if d == "verify" {
         match parsed.map(|g| verify(&g)) {
             Err(e) => format!("parse: {e}\n"),

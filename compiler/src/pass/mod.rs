@@ -6,6 +6,7 @@
 //! (a program in the text form, a directive, the expected result).
 
 pub mod dce;
+pub mod mem;
 
 use crate::ir::Graph;
 
@@ -21,12 +22,13 @@ pub trait Pass {
 pub fn by_name(name: &str) -> Option<Box<dyn Pass>> {
     match name {
         "dce" => Some(Box::new(dce::Dce)),
+        "mem" => Some(Box::new(mem::Mem)),
         _ => None,
     }
 }
 
 /// The names [`by_name`] knows, in pipeline order.
-pub const PASS_NAMES: &[&str] = &["dce"];
+pub const PASS_NAMES: &[&str] = &["dce", "mem"];
 
 /// Passes run in order, with the verifier after each when `checked`.
 pub struct Pipeline {
