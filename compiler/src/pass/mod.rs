@@ -5,8 +5,10 @@
 //! program after the pipeline up to that pass, and `tests/ir/` holds filetests
 //! (a program in the text form, a directive, the expected result).
 
+pub mod cse;
 pub mod dce;
 pub mod mem;
+mod rewrite;
 
 use crate::ir::Graph;
 
@@ -21,6 +23,7 @@ pub trait Pass {
 /// Every pass by name, in the order the standard pipeline runs them.
 pub fn by_name(name: &str) -> Option<Box<dyn Pass>> {
     match name {
+        "cse" => Some(Box::new(cse::Cse)),
         "dce" => Some(Box::new(dce::Dce)),
         "mem" => Some(Box::new(mem::Mem)),
         _ => None,
@@ -28,7 +31,7 @@ pub fn by_name(name: &str) -> Option<Box<dyn Pass>> {
 }
 
 /// The names [`by_name`] knows, in pipeline order.
-pub const PASS_NAMES: &[&str] = &["dce", "mem"];
+pub const PASS_NAMES: &[&str] = &["cse", "dce", "mem"];
 
 /// Passes run in order, with the verifier after each when `checked`.
 pub struct Pipeline {
