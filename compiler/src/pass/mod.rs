@@ -7,6 +7,7 @@
 
 pub mod cse;
 pub mod dce;
+pub mod fold;
 pub mod mem;
 mod rewrite;
 
@@ -25,13 +26,14 @@ pub fn by_name(name: &str) -> Option<Box<dyn Pass>> {
     match name {
         "cse" => Some(Box::new(cse::Cse)),
         "dce" => Some(Box::new(dce::Dce)),
+        "fold" => Some(Box::new(fold::Fold)),
         "mem" => Some(Box::new(mem::Mem)),
         _ => None,
     }
 }
 
 /// The names [`by_name`] knows, in pipeline order.
-pub const PASS_NAMES: &[&str] = &["cse", "dce", "mem"];
+pub const PASS_NAMES: &[&str] = &["cse", "dce", "fold", "mem"];
 
 /// Passes run in order, with the verifier after each when `checked`.
 pub struct Pipeline {
