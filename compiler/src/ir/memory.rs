@@ -120,6 +120,37 @@ fn intersect(a: &[(u32, u32)], b: &[(u32, u32)]) -> bool {
     false
 }
 
+/// Offsets of slots placed in `order`, each at the lowest aligned offset
+/// clear of the slots placed before it that are alive with it; and the total.
+fn pack(order: &[usize], sizes: &[u64], life: &[Vec<(u32, u32)>]) -> (Vec<u64>, u64) {
+    let mut offsets = vec![0u64; sizes.len()];
+    let mut placed: Vec<usize> = Vec::with_capacity(sizes.len());
+    let mut total = 0u64;
+    for &s in order {
+        let size = align(sizes[s]);
+        if size == 0 {
+            continue;
+        }
+        let mut taken: Vec<(u64, u64)> = placed
+            .iter()
+            .filter(|&&p| intersect(&life[s], &life[p]))
+            .map(|&p| (offsets[p], offsets[p] + align(sizes[p])))
+            .collect();
+        taken.sort_unstable();
+        let mut at = 0u64;
+        for (lo, hi) in taken {
+            if lo >= at.saturating_add(size) {
+                break;
+            }
+            at = at.max(hi);
+        }
+        offsets[s] = at;
+        total = total.max(at.saturating_add(size));
+        placed.push(s);
+    }
+    (offsets, total)
+}
+
 impl MemoryPlan {
     /// For each value, the index in `values` of the value that owns the
     /// memory it is in (the root of its group).
@@ -155,9 +186,10 @@ impl MemoryPlan {
         per
     }
 
-    /// Slot sizes and offsets under `b`: slots by decreasing size (then by
-    /// first use), each at the lowest aligned offset where it overlaps no
-    /// slot already placed whose lifetime meets its own.
+    /// Slot sizes and offsets under `b`. Two greedy packings, the smaller
+    /// kept: slots by decreasing size (then first use), and slots by first
+    /// use (then decreasing size); each slot goes at the lowest aligned offset
+    /// where it overlaps no slot already placed whose lifetime meets its own.
     pub fn layout(&self, g: &Graph, b: &Bindings) -> ArenaLayout {
         let n = self.slots as usize;
         let mut sizes = vec![0u64; n];
@@ -166,33 +198,40 @@ impl MemoryPlan {
             *s = (*s).max(Liveness::bytes(g, NodeIndex::new(v.node as usize), b));
         }
         let life = self.lifetimes();
+        let first = |s: usize| life[s].first().map_or(0, |l| l.0);
         let mut by_size: Vec<usize> = (0..n).collect();
-        by_size.sort_by_key(|&s| (std::cmp::Reverse(sizes[s]), life[s].first().map_or(0, |l| l.0), s));
-        let mut offsets = vec![0u64; n];
-        let mut placed: Vec<usize> = Vec::with_capacity(n);
-        let mut total = 0u64;
-        for s in by_size {
-            let size = align(sizes[s]);
-            if size > 0 {
-                let mut taken: Vec<(u64, u64)> = placed
-                    .iter()
-                    .filter(|&&p| sizes[p] > 0 && intersect(&life[s], &life[p]))
-                    .map(|&p| (offsets[p], offsets[p] + align(sizes[p])))
-                    .collect();
-                taken.sort_unstable();
-                let mut at = 0u64;
-                for (lo, hi) in taken {
-                    if lo >= at.saturating_add(size) {
-                        break;
-                    }
-                    at = at.max(hi);
-                }
-                offsets[s] = at;
-                total = total.max(at.saturating_add(size));
-            }
-            placed.push(s);
-        }
+        by_size.sort_by_key(|&s| (std::cmp::Reverse(sizes[s]), first(s), s));
+        let mut by_start: Vec<usize> = (0..n).collect();
+        by_start.sort_by_key(|&s| (first(s), std::cmp::Reverse(sizes[s]), s));
+        let (a, b) = (pack(&by_size, &sizes, &life), pack(&by_start, &sizes, &life));
+        let (offsets, total) = if b.1 < a.1 { b } else { a };
         ArenaLayout { offsets, sizes, total }
+    }
+
+    /// The most bytes (each slot's rounded up to [`ALIGN`]) of the slots in
+    /// use at any one position under `b`: no layout of this plan's slots is
+    /// smaller, and [`MemoryPlan::layout`]'s total is this when its packing
+    /// leaves no gap.
+    pub fn live_bound(&self, g: &Graph, b: &Bindings) -> u64 {
+        let mut sizes = vec![0u64; self.slots as usize];
+        for v in &self.values {
+            let s = &mut sizes[v.slot as usize];
+            *s = (*s).max(Liveness::bytes(g, NodeIndex::new(v.node as usize), b));
+        }
+        let mut delta: Vec<i128> = vec![0; self.values.len() + 1];
+        for (s, life) in self.lifetimes().iter().enumerate() {
+            for &(from, to) in life {
+                let to = (to as usize).min(self.values.len() - 1);
+                delta[from as usize] += align(sizes[s]) as i128;
+                delta[to + 1] -= align(sizes[s]) as i128;
+            }
+        }
+        let (mut live, mut most) = (0i128, 0i128);
+        for d in delta {
+            live += d;
+            most = most.max(live);
+        }
+        most as u64
     }
 
     /// Whether the plan fits `g`: every needed non-parameter node placed once,
@@ -360,8 +399,7 @@ pub fn in_place_op(op: &Op, operands: &[NodeIndex], o: NodeIndex) -> bool {
 /// ```
 pub fn render(g: &Graph, b: &Bindings) -> String {
     let Some(plan) = &g.memory else { return "memory: no plan\n".into() };
-    let num: HashMap<usize, usize> =
-        super::text::order(g).iter().enumerate().map(|(i, n)| (n.index(), i)).collect();
+    let num: HashMap<usize, usize> = super::text::order(g).iter().enumerate().map(|(i, n)| (n.index(), i)).collect();
     let name = |node: u32| num.get(&(node as usize)).map_or_else(|| format!("<node {node}>"), |i| format!("%{i}"));
     let lay = plan.layout(g, b);
     let mut out = format!("memory: {} slots, arena {} bytes at B={} T={} P={}\n", plan.slots, lay.total, b.b, b.t, b.p);

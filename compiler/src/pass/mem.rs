@@ -71,7 +71,8 @@ pub fn plan(g: &Graph, l: &Liveness) -> MemoryPlan {
         let group = |x: &petgraph::stable_graph::NodeIndex, root: &[usize]| at.get(&x.index()).map(|&j| root[j]);
         let r = if let Some(s) = l.writes_into[n.index()].filter(|s| at.contains_key(&s.index())) {
             Reuse::Update { of: s.index() as u32 }
-        } else if let (Op::Reshape { .. }, Some(x)) = (&g.g[n].op, operands.first().filter(|x| at.contains_key(&x.index())))
+        } else if let (Op::Reshape { .. }, Some(x)) =
+            (&g.g[n].op, operands.first().filter(|x| at.contains_key(&x.index())))
         {
             Reuse::Alias { of: x.index() as u32 }
         } else {
@@ -150,7 +151,14 @@ mod tests {
     }
 
     fn largest_value(g: &Graph, b: &Bindings) -> u64 {
-        g.memory.as_ref().unwrap().values.iter().map(|v| Liveness::bytes(g, NodeIndex::new(v.node as usize), b)).max().unwrap_or(0)
+        g.memory
+            .as_ref()
+            .unwrap()
+            .values
+            .iter()
+            .map(|v| Liveness::bytes(g, NodeIndex::new(v.node as usize), b))
+            .max()
+            .unwrap_or(0)
     }
 
     /// No two values alive at once (and not sharing memory on purpose)
@@ -228,7 +236,8 @@ mod tests {
         let reuse: Vec<Reuse> = plan.values.iter().map(|v| v.reuse).collect();
         let of = |i: usize| plan.values[i].node;
         assert_eq!(plan.values.len(), 5);
-        let exp = plan.values.iter().position(|v| g.g[NodeIndex::new(v.node as usize)].op == Op::Unary(Unary::Exp)).unwrap();
+        let exp =
+            plan.values.iter().position(|v| g.g[NodeIndex::new(v.node as usize)].op == Op::Unary(Unary::Exp)).unwrap();
         assert_eq!(reuse[exp], Reuse::Own);
         let add = exp + 1;
         assert_eq!(reuse[add], Reuse::InPlace { of: of(exp) });
