@@ -3,7 +3,8 @@
 //! `tests/ir/NAME.expected` beside it holds what the directive gives:
 //!
 //! - `; run: PASS[, PASS...]`: the program after those passes (verified after
-//!   each), printed;
+//!   each), printed; after `mem`, its memory plan follows, with the arena laid
+//!   out at B=1 T=1 P=1 (`ir::memory::render`);
 //! - `; verify`: what the verifier says of the program, one problem a line;
 //! - `; interpret B=1 T=2 P=0`: the program's outputs on the reference backend
 //!   under those bindings. `; input "NAME" = [v, ...]` gives a source's
@@ -14,6 +15,7 @@
 //! `.expected` files instead: review them as you would any snapshot.
 
 use crate::common::root;
+use ecarc_compiler::ir::memory::render;
 use ecarc_compiler::ir::text::{parse, print};
 use ecarc_compiler::ir::verify::verify;
 use ecarc_compiler::ir::{Bindings, DType, Graph, Op};
@@ -26,13 +28,13 @@ use std::fmt::Write;
 use std::path::Path;
 
 /// The directives and the program text of a filetest.
-struct FileTest {
-    directive: String,
-    inputs: HashMap<String, Vec<f64>>,
-    program: String,
+pub(crate) struct FileTest {
+    pub directive: String,
+    pub inputs: HashMap<String, Vec<f64>>,
+    pub program: String,
 }
 
-fn read(path: &Path) -> FileTest {
+pub(crate) fn read(path: &Path) -> FileTest {
     let text = std::fs::read_to_string(path).unwrap();
     let (mut directive, mut inputs, mut program) = (String::new(), HashMap::new(), String::new());
     for line in text.lines() {
@@ -69,8 +71,13 @@ fn bindings(words: &str) -> Bindings {
     b
 }
 
-/// The outputs of `g` on the reference backend, as text.
-fn interpret(g: &Graph, b: &Bindings, given: &HashMap<String, Vec<f64>>) -> String {
+/// The outputs of `g` on the reference backend under `b`, each source filled
+/// from `given` or else as the module docs say; an error as its text.
+pub(crate) fn run_reference(
+    g: &Graph,
+    b: &Bindings,
+    given: &HashMap<String, Vec<f64>>,
+) -> Result<Vec<(String, HostTensor)>, String> {
     let r = Reference::new();
     let mut inputs: HashMap<String, Buffer> = HashMap::new();
     let mut states: HashMap<String, Buffer> = HashMap::new();
@@ -98,17 +105,22 @@ fn interpret(g: &Graph, b: &Bindings, given: &HashMap<String, Vec<f64>>) -> Stri
         };
         to.insert(name.clone(), r.upload(&t).unwrap());
     }
-    let exe = r.prepare(g, &params).unwrap();
+    let exe = r.prepare(g, &params).map_err(|e| e.to_string())?;
     let args = Args {
         inputs: inputs.iter().map(|(k, v)| (k.as_str(), v)).collect(),
         states: states.iter().map(|(k, v)| (k.as_str(), v.clone())).collect(),
     };
+    let outs = r.run(&exe, b, args).map_err(|e| e.to_string())?;
+    Ok(outs.into_iter().map(|(name, buf)| (name, r.download(&buf).unwrap())).collect())
+}
+
+/// The outputs of `g` on the reference backend, as text.
+fn interpret(g: &Graph, b: &Bindings, given: &HashMap<String, Vec<f64>>) -> String {
     let mut out = String::new();
-    match r.run(&exe, b, args) {
+    match run_reference(g, b, given) {
         Err(e) => writeln!(out, "error: {e}").unwrap(),
         Ok(outs) => {
-            for (name, buf) in outs {
-                let t = r.download(&buf).unwrap();
+            for (name, t) in outs {
                 let values: Vec<String> = match (t.as_f32(), t.as_i64()) {
                     (Some(v), _) => v.iter().map(|x| format!("{x:.5}")).collect(),
                     (_, Some(v)) => v.iter().map(|x| x.to_string()).collect(),
@@ -128,7 +140,12 @@ fn outcome(test: &FileTest) -> String {
         let mut g = parsed.unwrap_or_else(|e| panic!("the program does not parse: {e}"));
         let names: Vec<&str> = passes.split(',').map(str::trim).collect();
         Pipeline::named(&names).unwrap().checked().run(&mut g).unwrap();
-        print(&g, None)
+        let mut out = print(&g, None);
+        if let Some(plan) = &g.memory {
+            plan.check(&g).unwrap_or_else(|e| panic!("the memory plan does not fit:\n{}", e.join("\n")));
+            out.push_str(&render(&g, &Bindings::new(1, 1, 1)));
+        }
+        out
     } else if d == "verify" {
         match parsed.map(|g| verify(&g)) {
             Err(e) => format!("parse: {e}\n"),

@@ -15,6 +15,7 @@ mod hostile;
 mod ir_files;
 mod models;
 mod parity;
+mod passes;
 mod plan;
 mod readme;
 mod robustness;

@@ -4,6 +4,7 @@
 
 use super::dim::Dim;
 use super::infer::infer;
+use super::memory::MemoryPlan;
 use super::op::{DType, Op};
 use ecarc_grammar::Span;
 use petgraph::stable_graph::{NodeIndex, StableGraph};
@@ -56,11 +57,15 @@ pub struct Graph {
     /// ([`super::verify`] checks this).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub updates: Vec<String>,
+    /// The slot of every value, once the `mem` pass has planned memory
+    /// (`ir/memory.rs`); a rewrite after it drops the plan.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<MemoryPlan>,
 }
 
 impl Graph {
     pub fn new(name: impl Into<String>) -> Self {
-        Graph { name: name.into(), g: StableGraph::new(), outputs: vec![], updates: vec![] }
+        Graph { name: name.into(), g: StableGraph::new(), outputs: vec![], updates: vec![], memory: None }
     }
 
     /// Add a node with operands, inferring its type. Panics on a type error:

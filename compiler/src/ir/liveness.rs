@@ -12,6 +12,9 @@ use petgraph::stable_graph::NodeIndex;
 use petgraph::visit::NodeIndexable;
 use std::collections::BTreeMap;
 
+/// The last-use position of a value read after the run (an output).
+pub const END: usize = usize::MAX;
+
 #[derive(Clone, Debug)]
 pub struct Liveness {
     /// Every node, in a topological order.
@@ -68,44 +71,62 @@ impl Liveness {
         self.order.iter().copied().filter(|n| !self.needed[n.index()])
     }
 
+    /// The position of each node in [`Liveness::order`], by index
+    /// (`usize::MAX` for an index that is no node).
+    pub fn positions(&self) -> Vec<usize> {
+        let bound = self.needed.len();
+        let mut p = vec![usize::MAX; bound];
+        for (i, n) in self.order.iter().enumerate() {
+            p[n.index()] = i;
+        }
+        p
+    }
+
+    /// The position after which each needed node's value is no longer read,
+    /// by index: its last needed reader's position, its own when nothing
+    /// reads it, and [`END`] for an output (read after the run).
+    pub fn last_uses(&self, g: &Graph) -> Vec<usize> {
+        let pos = self.positions();
+        let mut last: Vec<usize> = pos.clone();
+        for &n in self.order.iter().filter(|n| self.needed[n.index()]) {
+            for o in &self.operands[n.index()] {
+                last[o.index()] = last[o.index()].max(pos[n.index()]);
+            }
+        }
+        for (_, n) in &g.outputs {
+            last[n.index()] = END;
+        }
+        last
+    }
+
+    /// The node whose memory `n`'s value lives in: the root of its chain of
+    /// in-place writers (`n` itself unless it is a declared state update).
+    pub fn root(&self, mut n: NodeIndex) -> NodeIndex {
+        while let Some(s) = self.writes_into[n.index()] {
+            n = s;
+        }
+        n
+    }
+
+    /// Bytes of a node's value under `b`.
+    pub fn bytes(g: &Graph, n: NodeIndex, b: &Bindings) -> u64 {
+        g.g[n].ty.numel().eval(b).saturating_mul(g.g[n].ty.dtype.bytes())
+    }
+
     /// Peak bytes of live activations when the needed nodes run in this order
     /// and each value is freed after its last use. Parameters are not
     /// activations; carried state is. A node that writes in place adds nothing
     /// (it reuses its state's memory, which lives until both are dead).
     pub fn peak_bytes(&self, g: &Graph, b: &Bindings) -> u64 {
-        let pos: Vec<usize> = {
-            let mut p = vec![usize::MAX; g.g.node_bound()];
-            for (i, n) in self.order.iter().enumerate() {
-                p[n.index()] = i;
-            }
-            p
-        };
-        let outputs: Vec<NodeIndex> = g.outputs.iter().map(|(_, n)| *n).collect();
-        // The position after which a node's value is no longer read.
-        let last_use = |n: NodeIndex| -> usize {
-            if outputs.contains(&n) {
-                return usize::MAX;
-            }
-            g.g.neighbors_directed(n, petgraph::Direction::Outgoing)
-                .filter(|m| self.needed[m.index()])
-                .map(|m| pos[m.index()])
-                .max()
-                .unwrap_or(pos[n.index()])
-        };
+        let pos = self.positions();
+        let last_use = self.last_uses(g);
         // Memory belongs to the root of a chain of in-place writers and is
         // freed after the last use of any node in the chain.
-        let root = |mut n: NodeIndex| {
-            while let Some(s) = self.writes_into[n.index()] {
-                n = s;
-            }
-            n
-        };
         let mut free_at: Vec<usize> = vec![0; g.g.node_bound()];
         for &n in self.order.iter().filter(|n| self.needed[n.index()]) {
-            let r = root(n);
-            free_at[r.index()] = free_at[r.index()].max(last_use(n)).max(pos[n.index()]);
+            let r = self.root(n);
+            free_at[r.index()] = free_at[r.index()].max(last_use[n.index()]).max(pos[n.index()]);
         }
-        let size = |n: NodeIndex| g.g[n].ty.numel().eval(b) * g.g[n].ty.dtype.bytes();
         let (mut live, mut peak) = (0u64, 0u64);
         let mut frees: BTreeMap<usize, u64> = BTreeMap::new();
         for (i, &n) in self.order.iter().enumerate() {
@@ -113,8 +134,9 @@ impl Liveness {
                 continue;
             }
             if self.writes_into[n.index()].is_none() {
-                live += size(n);
-                *frees.entry(free_at[n.index()]).or_default() += size(n);
+                let size = Self::bytes(g, n, b);
+                live += size;
+                *frees.entry(free_at[n.index()]).or_default() += size;
             }
             peak = peak.max(live);
             if let Some(f) = frees.remove(&i) {

@@ -6,6 +6,7 @@ pub mod dot;
 pub mod graph;
 pub mod infer;
 pub mod liveness;
+pub mod memory;
 pub mod op;
 pub mod text;
 pub mod verify;

@@ -19,6 +19,9 @@ impl Pass for Dce {
         for n in &dead {
             g.g.remove_node(*n);
         }
+        if !dead.is_empty() {
+            g.memory = None;
+        }
         !dead.is_empty()
     }
 }

@@ -57,6 +57,8 @@ impl Pass for Fuse {
             renamed.insert(r, replace(g, r, k, &inputs));
         }
         if changed {
+            // A memory plan is for the graph it was made for.
+            g.memory = None;
             super::dce::Dce.run(g);
         }
         changed

@@ -5,8 +5,12 @@
 //! program after the pipeline up to that pass, and `tests/ir/` holds filetests
 //! (a program in the text form, a directive, the expected result).
 
+pub mod cse;
 pub mod dce;
+pub mod fold;
 pub mod fuse;
+pub mod mem;
+mod rewrite;
 
 use crate::ir::Graph;
 
@@ -21,22 +25,25 @@ pub trait Pass {
 /// Every pass by name, in the order the standard pipeline runs them.
 pub fn by_name(name: &str) -> Option<Box<dyn Pass>> {
     match name {
+        "cse" => Some(Box::new(cse::Cse)),
         "dce" => Some(Box::new(dce::Dce)),
+        "fold" => Some(Box::new(fold::Fold)),
         "fuse" => Some(Box::new(fuse::Fuse)),
+        "mem" => Some(Box::new(mem::Mem)),
         _ => None,
     }
 }
 
 /// The names [`by_name`] knows, in pipeline order.
-pub const PASS_NAMES: &[&str] = &["dce", "fuse"];
+pub const PASS_NAMES: &[&str] = &["cse", "dce", "fold", "fuse", "mem"];
 
 /// The passes lowering runs on every program: rewrites within the graph IR,
 /// whose result the cost model, `ecarc graph` and the snapshots read.
-pub const LOWERING_PASSES: &[&str] = &["dce"];
+pub const LOWERING_PASSES: &[&str] = &["cse", "dce", "fold"];
 
 /// The passes a backend's program goes through before `prepare` (unless
 /// `-O0`): fusion into kernels, then memory planning.
-pub const KERNEL_PASSES: &[&str] = &["fuse"];
+pub const KERNEL_PASSES: &[&str] = &["fuse", "mem"];
 
 /// Passes run in order, with the verifier after each when `checked`.
 pub struct Pipeline {

@@ -155,7 +155,11 @@ impl<'b> Generator<'b> {
     pub fn new(spec: ModelSpec, program: Program, backend: &'b dyn Backend, params: Params) -> Result<Self> {
         let prepared = Prepared::new(&program, backend, &params)?;
         let other_guidance = if spec.distill.is_none() && program.sample_plan().is_some() {
-            let opts = LowerOptions { guidance: Some(!program.cfg), unoptimised: !program.optimise, ..LowerOptions::default() };
+            let opts = LowerOptions {
+                guidance: Some(!program.cfg),
+                unoptimised: !program.optimise,
+                ..LowerOptions::default()
+            };
             let mut other =
                 ecarc_compiler::lower::lower_with(&spec, &ecarc_compiler::lower::SpecSpans::default(), opts)
                     .map_err(|d| RuntimeError::Invalid(format!("the model does not lower: {}", d.message)))?;
