@@ -468,6 +468,8 @@ fn cmd_build(
     Ok(ExitCode::SUCCESS)
 }
 
+// One argument per `graph` flag, as clap parsed them.
+#[allow(clippy::too_many_arguments)]
 fn cmd_graph(
     file: &std::path::Path,
     sets: &[Override],

@@ -313,5 +313,5 @@ fn dims_text(d: &[Dim]) -> String {
 }
 
 fn types_text<'a>(t: impl Iterator<Item = &'a TensorType>) -> String {
-    format!("({})", t.map(|t| type_str(t)).collect::<Vec<_>>().join(", "))
+    format!("({})", t.map(type_str).collect::<Vec<_>>().join(", "))
 }
