@@ -387,14 +387,20 @@ impl ParamGroupSpec {
         };
         for i in copies {
             for t in &self.tensors {
-                let mut key = format!("{}{}", self.prefix, t.key);
-                if let (Some(i), Some(r)) = (i, &self.repeat) {
-                    key = key.replace(&format!("{{{}}}", r.var), &i.to_string());
-                }
-                out.push((key, t.shape.clone()));
+                out.push((self.key(t, i), t.shape.clone()));
             }
         }
         out
+    }
+    /// The checkpoint key of tensor `t` in copy `copy` of a repeated group:
+    /// the prefix, then the key with `{var}` replaced by the copy's index.
+    /// The one home of key substitution.
+    pub fn key(&self, t: &TensorSpec, copy: Option<u64>) -> String {
+        let key = format!("{}{}", self.prefix, t.key);
+        match (copy, &self.repeat) {
+            (Some(i), Some(r)) => key.replace(&format!("{{{}}}", r.var), &i.to_string()),
+            _ => key,
+        }
     }
     /// Number of scalars in the group.
     pub fn numel(&self) -> u128 {

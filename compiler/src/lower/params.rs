@@ -85,11 +85,8 @@ impl ParamIndex {
     fn add_group(&mut self, g: &ParamGroupSpec) {
         for (copy, index) in copies(&g.index, g.repeat.as_ref().map(|r| (r.start, r.count))) {
             for t in &g.tensors {
-                let template = format!("{}{}", g.prefix, t.key);
-                let mut key = template.clone();
-                if let (Some(i), Some(r)) = (copy, &g.repeat) {
-                    key = key.replace(&format!("{{{}}}", r.var), &i.to_string());
-                }
+                let template = g.key(t, None);
+                let key = g.key(t, copy);
                 let d = DeclaredTensor { owner: g.owner.clone(), key, template, shape: t.shape.clone() };
                 self.insert(&t.role, index.clone(), d);
             }
