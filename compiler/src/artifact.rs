@@ -37,7 +37,12 @@ pub fn compile_with(
     opts: lower::LowerOptions,
 ) -> Result<Artifact, Diag> {
     let program = lower::lower_with(spec, spans, opts)?;
-    let report = cost::report(spec, &program, &[Device::this_cpu(), Device::h100()]);
+    let mut report = cost::report(spec, &program, &[Device::this_cpu(), Device::h100()]);
+    if program.optimise {
+        // A program the kernel passes cannot take is a compiler bug; the
+        // driver reports it when the program runs.
+        report.optimiser = cost::optimiser::report(&program, spec.schedule.stages().len()).ok();
+    }
     Ok(Artifact {
         format: FORMAT,
         ecarc_version: env!("CARGO_PKG_VERSION").to_string(),

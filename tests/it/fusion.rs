@@ -5,7 +5,7 @@
 
 use crate::common::{model_files, root, spec_of};
 use ecarc_compiler::ir::{Graph, Op};
-use ecarc_compiler::kernel::traffic::{self, Dispatches};
+use ecarc_compiler::kernel::traffic::{self, Counter, Dispatches};
 use ecarc_compiler::kernel::Expr;
 use ecarc_compiler::lower::{lower, lower_with, LowerOptions, Program};
 use ecarc_compiler::pass::Pipeline;
@@ -66,8 +66,8 @@ fn per_sample(path: &std::path::Path) -> (Dispatches, Dispatches, Vec<Graph>) {
     let plan = p.sample_plan().expect("a sample plan");
     let before: HashMap<&str, &Graph> = p.graphs.iter().map(|g| (g.name.as_str(), g)).collect();
     let after: HashMap<&str, &Graph> = f.iter().map(|g| (g.name.as_str(), g)).collect();
-    let u = traffic::of_plan(plan, &before, 1, traffic::unfused);
-    let d = traffic::of_plan(plan, &after, 1, traffic::dispatched);
+    let u = traffic::of_plan(plan, &before, 1, Counter::unfused);
+    let d = traffic::of_plan(plan, &after, 1, Counter::dispatched);
     (u, d, f)
 }
 
@@ -75,19 +75,28 @@ fn per_sample(path: &std::path::Path) -> (Dispatches, Dispatches, Vec<Graph>) {
 fn published_models_dispatch_fewer_kernels_and_move_fewer_bytes() {
     for m in ["ecar_l", "var_d16", "llamagen_l", "dit_xl2"] {
         let (u, d, graphs) = per_sample(&root().join(format!("models/{m}.ecar")));
+        let fewer = |a: u64, b: u64| 1.0 - b as f64 / a as f64;
+        let (ub, db) = (u.bytes - u.cache_bytes, d.bytes - d.cache_bytes);
         eprintln!(
-            "{m}: kernels {} -> {} ({:.2}x fewer), activation bytes {} -> {} ({:.0}% fewer)",
+            "{m}: kernels {} -> {} ({:.2}x fewer), activation bytes {} -> {} ({:.0}% fewer; KV-cache reads {} of them; the rest {:.0}% fewer)",
             u.kernels,
             d.kernels,
             u.kernels as f64 / d.kernels as f64,
             u.bytes,
             d.bytes,
-            100.0 * (1.0 - d.bytes as f64 / u.bytes as f64)
+            100.0 * fewer(u.bytes, d.bytes),
+            d.cache_bytes,
+            100.0 * fewer(ub, db),
         );
-        // The targets are 3x fewer kernels and 40% fewer bytes; what
-        // is reached today is asserted (docs/passes.md gives the figures).
-        assert!(u.kernels >= 2 * d.kernels, "{m}: {} -> {} kernels is less than 2x fewer", u.kernels, d.kernels);
-        assert!(d.bytes < u.bytes, "{m}: {} -> {} bytes", u.bytes, d.bytes);
+        // The targets: 3x fewer kernels, 40% fewer bytes. Attention
+        // reads the same KV-cache rows fused or not; in LlamaGen's 256 raster
+        // steps those reads are most of the bytes, so there the 40% is asserted
+        // of the bytes fusion can change (docs/passes.md).
+        assert!(u.kernels >= 3 * d.kernels, "{m}: {} -> {} kernels is less than 3x fewer", u.kernels, d.kernels);
+        assert!(fewer(ub, db) >= 0.4, "{m}: {ub} -> {db} bytes besides the KV cache");
+        if m != "llamagen_l" {
+            assert!(fewer(u.bytes, d.bytes) >= 0.4, "{m}: {} -> {} bytes", u.bytes, d.bytes);
+        }
         // No kernel with two anchors (the verifier's rule, asserted here too).
         for g in &graphs {
             for n in g.g.node_weights() {
@@ -109,6 +118,17 @@ fn every_model_fuses_and_verifies() {
     }
 }
 
+/// The backbone step (`step.next`) of a published model with `depth`
+/// blocks, after the kernel passes.
+fn fused_step(model: &str, depth: u32) -> Graph {
+    let set = format!("backbone.depth={depth}");
+    let spec = spec_of(&root().join(format!("models/{model}.ecar")), &[set.as_str()]);
+    let p = lower(&spec, &Default::default()).expect("lowers");
+    let mut g = p.graph("step.next").expect("a step.next program").clone();
+    Pipeline::kernels().checked().run(&mut g).unwrap_or_else(|e| panic!("{e}"));
+    g
+}
+
 /// Kernels one transformer block adds to a backbone step: the step program
 /// fused at depth 2 minus at depth 1, split into kernels over the step's
 /// tokens (`[B, T, C]` or a KV cache written in place) and the conditioning
@@ -116,11 +136,7 @@ fn every_model_fuses_and_verifies() {
 /// counts on its own line.
 fn kernels_per_block(model: &str) -> (usize, usize) {
     let count = |depth: u32| {
-        let set = format!("backbone.depth={depth}");
-        let spec = spec_of(&root().join(format!("models/{model}.ecar")), &[set.as_str()]);
-        let p = lower(&spec, &Default::default()).expect("lowers");
-        let mut g = p.graph("step.next").expect("a step.next program").clone();
-        Pipeline::kernels().checked().run(&mut g).unwrap_or_else(|e| panic!("{e}"));
+        let g = fused_step(model, depth);
         let mut token = 0;
         let mut cond = 0;
         for n in g.g.node_weights() {
@@ -151,5 +167,17 @@ fn a_transformer_block_is_a_few_kernels_per_step() {
         eprintln!("{m}: {token} kernels per block per step, plus {cond} conditioning (adaLN) projection(s)");
         assert!(token <= most, "{m}: a block is {token} kernels per step (at most {most})");
         assert!(cond <= 1, "{m}: {cond} conditioning kernels per block");
+    }
+}
+
+#[test]
+fn fused_and_kernel_ir_of_one_block_per_family() {
+    // The backbone step of each family with one block, after `fuse` and
+    // `mem`: the fused graph with every kernel's IR under its `fused` node.
+    for m in ["ecar_l", "var_d16", "llamagen_l", "dit_xl2"] {
+        let text = ecarc_compiler::ir::text::print(&fused_step(m, 1), None);
+        insta::with_settings!({snapshot_suffix => m, omit_expression => true, prepend_module_to_snapshot => false}, {
+            insta::assert_snapshot!("fused_block", text);
+        });
     }
 }

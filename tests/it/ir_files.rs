@@ -7,7 +7,10 @@
 //!   out at B=1 T=1 P=1 (`ir::memory::render`);
 //! - `; verify`: what the verifier says of the program, one problem a line;
 //! - `; interpret B=1 T=2 P=0`: the program's outputs on the reference backend
-//!   under those bindings. `; input "NAME" = [v, ...]` gives a source's
+//!   under those bindings. After a `; run:` directive, the outputs of the
+//!   program before and after the passes follow the printed program: once
+//!   when the two are bit for bit equal, else both (each fused group checked
+//!   on the kernel IR's interpreter against the ops it replaced). `; input "NAME" = [v, ...]` gives a source's
 //!   values (inputs, states and params alike); the others are filled with
 //!   `(k * 7 mod 11 - 5) / 4` (f32) or `k mod 3` (i64) for element `k`.
 //!
@@ -30,6 +33,8 @@ use std::path::Path;
 /// The directives and the program text of a filetest.
 pub(crate) struct FileTest {
     pub directive: String,
+    /// An `interpret` directive after a `run:` one: its bindings.
+    pub interpret_after: Option<String>,
     pub inputs: HashMap<String, Vec<f64>>,
     pub program: String,
 }
@@ -37,6 +42,7 @@ pub(crate) struct FileTest {
 pub(crate) fn read(path: &Path) -> FileTest {
     let text = std::fs::read_to_string(path).unwrap();
     let (mut directive, mut inputs, mut program) = (String::new(), HashMap::new(), String::new());
+    let mut interpret_after = None;
     for line in text.lines() {
         let Some(d) = line.trim_start().strip_prefix(';') else {
             program.push_str(line);
@@ -51,9 +57,11 @@ pub(crate) fn read(path: &Path) -> FileTest {
             inputs.insert(name, values);
         } else if !d.is_empty() && directive.is_empty() {
             directive = d.to_string();
+        } else if let (Some(words), true) = (d.strip_prefix("interpret"), directive.starts_with("run:")) {
+            interpret_after = Some(words.to_string());
         }
     }
-    FileTest { directive, inputs, program }
+    FileTest { directive, interpret_after, inputs, program }
 }
 
 fn bindings(words: &str) -> Bindings {
@@ -78,11 +86,23 @@ pub(crate) fn run_reference(
     b: &Bindings,
     given: &HashMap<String, Vec<f64>>,
 ) -> Result<Vec<(String, HostTensor)>, String> {
+    run_reference_from(g, g, b, given)
+}
+
+/// [`run_reference`] of `g`, a rewrite of `original`: the sources filled are
+/// the original's, and the packed parameters of merged linears are stacked
+/// from them as the driver does.
+pub(crate) fn run_reference_from(
+    original: &Graph,
+    g: &Graph,
+    b: &Bindings,
+    given: &HashMap<String, Vec<f64>>,
+) -> Result<Vec<(String, HostTensor)>, String> {
     let r = Reference::new();
     let mut inputs: HashMap<String, Buffer> = HashMap::new();
     let mut states: HashMap<String, Buffer> = HashMap::new();
     let mut params: HashMap<String, Buffer> = HashMap::new();
-    for n in g.g.node_weights() {
+    for n in original.g.node_weights() {
         let (name, to) = match &n.op {
             Op::Input { name } => (name, &mut inputs),
             Op::State { name } => (name, &mut states),
@@ -105,6 +125,7 @@ pub(crate) fn run_reference(
         };
         to.insert(name.clone(), r.upload(&t).unwrap());
     }
+    ecarc_runtime::driver::bind_packed_params(g, &r, &mut params).map_err(|e| e.to_string())?;
     let exe = r.prepare(g, &params).map_err(|e| e.to_string())?;
     let args = Args {
         inputs: inputs.iter().map(|(k, v)| (k.as_str(), v)).collect(),
@@ -116,8 +137,12 @@ pub(crate) fn run_reference(
 
 /// The outputs of `g` on the reference backend, as text.
 fn interpret(g: &Graph, b: &Bindings, given: &HashMap<String, Vec<f64>>) -> String {
+    outputs_text(run_reference(g, b, given))
+}
+
+fn outputs_text(outs: Result<Vec<(String, HostTensor)>, String>) -> String {
     let mut out = String::new();
-    match run_reference(g, b, given) {
+    match outs {
         Err(e) => writeln!(out, "error: {e}").unwrap(),
         Ok(outs) => {
             for (name, t) in outs {
@@ -137,13 +162,27 @@ fn outcome(test: &FileTest) -> String {
     let parsed = parse(&test.program);
     let d = test.directive.as_str();
     if let Some(passes) = d.strip_prefix("run:") {
-        let mut g = parsed.unwrap_or_else(|e| panic!("the program does not parse: {e}"));
+        let original = parsed.unwrap_or_else(|e| panic!("the program does not parse: {e}"));
+        let mut g = original.clone();
         let names: Vec<&str> = passes.split(',').map(str::trim).collect();
         Pipeline::named(&names).unwrap().checked().run(&mut g).unwrap();
         let mut out = print(&g, None);
         if let Some(plan) = &g.memory {
             plan.check(&g).unwrap_or_else(|e| panic!("the memory plan does not fit:\n{}", e.join("\n")));
             out.push_str(&render(&g, &Bindings::new(1, 1, 1)));
+        }
+        if let Some(words) = &test.interpret_after {
+            let b = bindings(words);
+            let before = run_reference(&original, &b, &test.inputs);
+            let after = run_reference_from(&original, &g, &b, &test.inputs);
+            let same = matches!((&before, &after), (Ok(x), Ok(y)) if x == y);
+            let (before, after) = (outputs_text(before), outputs_text(after));
+            if same {
+                writeln!(out, "; interpret{words}: bit for bit equal before and after").unwrap();
+                out.push_str(&after);
+            } else {
+                writeln!(out, "; interpret{words}: before\n{before}; after\n{after}").unwrap();
+            }
         }
         out
     } else if d == "verify" {

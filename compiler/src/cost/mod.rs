@@ -5,6 +5,7 @@
 //! convolutions count; norms, softmax and activations do not.
 
 pub mod formula;
+pub mod optimiser;
 pub mod render;
 
 use crate::ir::dim::product;
@@ -141,6 +142,10 @@ pub struct CostReport {
     /// The largest live set of activations of any run, one image.
     pub peak_activation_bytes: u64,
     pub estimates: Vec<Estimate>,
+    /// What the optimiser does (kernels, bytes moved, planned peak): set by
+    /// `artifact::compile_with` when the program is optimised.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub optimiser: Option<optimiser::OptimiserReport>,
 }
 
 /// Whether a program is one network evaluation (what bounds latency when
@@ -242,5 +247,6 @@ pub fn report(spec: &ModelSpec, prog: &Program, devices: &[Device]) -> CostRepor
                 compute_bound_fraction: if s > 0.0 { c / s } else { 0.0 },
             })
             .collect(),
+        optimiser: None,
     }
 }

@@ -117,6 +117,10 @@ pub fn render(r: &CostReport) -> String {
     let _ =
         writeln!(s, "Peak activations (one image, freed after last use): {}", bytes(r.peak_activation_bytes as u128));
     let _ = writeln!(s, "{rule}");
+    if let Some(o) = &r.optimiser {
+        optimiser(&mut s, o);
+        let _ = writeln!(s, "{rule}");
+    }
     for e in &r.estimates {
         let _ = writeln!(
             s,
@@ -128,6 +132,46 @@ pub fn render(r: &CostReport) -> String {
     }
     let _ = write!(s, "{rule}");
     s
+}
+
+fn ratio(b: super::optimiser::BeforeAfter) -> String {
+    format!("{:.2}x", b.before as f64 / b.after.max(1) as f64)
+}
+
+fn fewer(b: super::optimiser::BeforeAfter) -> String {
+    format!("{:.0}% fewer", 100.0 * (1.0 - b.after as f64 / b.before.max(1) as f64))
+}
+
+/// The optimiser's section: kernels and bytes per stage and per sample,
+/// kernels and peak activations per program.
+fn optimiser(s: &mut String, o: &super::optimiser::OptimiserReport) {
+    let kb = |b: super::optimiser::BeforeAfter| format!("{} -> {}", grouped(b.before.into()), grouped(b.after.into()));
+    let mb = |b: super::optimiser::BeforeAfter| format!("{} -> {}", bytes(b.before.into()), bytes(b.after.into()));
+    let _ = writeln!(s, "Optimiser (fuse, mem; one image; `-O0` runs without it)");
+    let _ = writeln!(s, "{:<7} {:>34} {:>35}", "stage", "kernels unfused -> fused", "activation bytes moved");
+    let line = |s: &mut String, label: &str, k, b| {
+        let _ = writeln!(s, "{label:<7} {:>25} {:>8} {:>23} {:>11}", kb(k), ratio(k), mb(b), fewer(b));
+    };
+    let n = o.stages.len();
+    for (i, st) in o.stages.iter().enumerate() {
+        if n > 12 && (6..n - 3).contains(&i) {
+            if i == 6 {
+                let sum = |f: fn(&super::optimiser::StageFusion) -> super::optimiser::BeforeAfter| {
+                    o.stages[6..n - 3].iter().map(f).fold(Default::default(), |a: super::optimiser::BeforeAfter, b| {
+                        super::optimiser::BeforeAfter { before: a.before + b.before, after: a.after + b.after }
+                    })
+                };
+                line(s, &format!("({})", n - 9), sum(|x| x.kernels), sum(|x| x.bytes));
+            }
+            continue;
+        }
+        line(s, &(st.index + 1).to_string(), st.kernels, st.bytes);
+    }
+    line(s, "sample", o.sample_kernels, o.sample_bytes);
+    let _ = writeln!(s, "{:<20} {:>6} {:>18} {:>31}", "program", "runs", "kernels per run", "peak: unplanned -> arena");
+    for p in &o.programs {
+        let _ = writeln!(s, "{:<20} {:>6} {:>18} {:>31}", p.name, p.runs, kb(p.kernels_per_run), mb(p.peak));
+    }
 }
 
 /// One line comparing two models: whole-sample MACs and which side is

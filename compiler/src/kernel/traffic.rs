@@ -12,7 +12,6 @@
 use super::{Expr, KId};
 use crate::ir::{Bindings, Dim, Graph, Op, TensorType};
 use crate::plan::Plan;
-use petgraph::stable_graph::NodeIndex;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
@@ -21,12 +20,15 @@ pub struct Dispatches {
     pub kernels: u64,
     /// Activation bytes read and written.
     pub bytes: u64,
+    /// Of `bytes`, the KV-cache rows attention reads: the same fused or not.
+    pub cache_bytes: u64,
 }
 
 impl std::ops::AddAssign for Dispatches {
     fn add_assign(&mut self, o: Dispatches) {
         self.kernels += o.kernels;
         self.bytes += o.bytes;
+        self.cache_bytes += o.cache_bytes;
     }
 }
 
@@ -35,34 +37,125 @@ fn is_view(op: &Op) -> bool {
     matches!(op, Op::Reshape { .. } | Op::Permute { .. } | Op::Slice { .. })
 }
 
-fn count(g: &Graph, b: &Bindings, views: bool) -> Dispatches {
-    let Some(live) = crate::ir::liveness::Liveness::of(g) else { return Dispatches::default() };
-    let bytes = |n: NodeIndex| g.g[n].ty.numel().eval(b) * g.g[n].ty.dtype.bytes();
-    let mut d = Dispatches::default();
-    for &n in live.order.iter().filter(|n| live.needed[n.index()]) {
-        let op = &g.g[n].op;
-        if op.is_source() || (views && is_view(op)) {
-            continue;
+/// What one run of a program dispatches, with sizes still symbolic: built
+/// once per program (one liveness walk), evaluated per run's bindings.
+pub struct Counter {
+    kernels: Vec<Dispatch>,
+}
+
+struct Dispatch {
+    /// Bytes written.
+    written: Dim,
+    /// Operands read (weights excluded): all of `bytes`, or of a KV cache
+    /// with `rows` rows only the attention's `keys` rows.
+    reads: Vec<Read>,
+}
+
+struct Read {
+    bytes: Dim,
+    cache: Option<(Dim, Dim)>,
+}
+
+impl Counter {
+    /// Every non-source op a kernel; with `views`, layout ops are views.
+    fn of(g: &Graph, views: bool) -> Counter {
+        let Some(live) = crate::ir::liveness::Liveness::of(g) else { return Counter { kernels: vec![] } };
+        let bytes = |ty: &TensorType| ty.numel().mul_c(ty.dtype.bytes());
+        let mut kernels = Vec::new();
+        for &n in live.order.iter().filter(|n| live.needed[n.index()]) {
+            let op = &g.g[n].op;
+            if op.is_source() || (views && is_view(op)) {
+                continue;
+            }
+            let operands = &live.operands[n.index()];
+            if let Op::WriteSlice { .. } = op {
+                let slice = bytes(&g.g[operands[1]].ty);
+                kernels.push(Dispatch { written: slice.clone(), reads: vec![Read { bytes: slice, cache: None }] });
+                continue;
+            }
+            // A kernel that writes a state's slice in place moves the slice, not the state.
+            let store = match op {
+                Op::Fused(k) => k.store().map(|(src, _, _)| bytes(k.ty(src))),
+                _ => None,
+            };
+            let skip = usize::from(store.is_some());
+            let written = store.unwrap_or_else(|| bytes(&g.g[n].ty));
+            let reads = operands
+                .iter()
+                .enumerate()
+                .skip(skip)
+                .filter(|(_, &o)| !matches!(g.g[o].op, Op::Param { .. }))
+                .map(|(i, &o)| {
+                    let ty = &g.g[o].ty;
+                    let cache = match (attention_keys(op, i), ty.rank().checked_sub(2)) {
+                        (Some(keys), Some(axis)) => Some((ty.shape[axis].clone(), keys.clone())),
+                        _ => None,
+                    };
+                    let read = match op {
+                        Op::Fused(k) => sliced_read(k, i),
+                        _ => None,
+                    };
+                    Read { bytes: read.unwrap_or_else(|| bytes(ty)), cache }
+                })
+                .collect();
+            kernels.push(Dispatch { written, reads });
         }
-        d.kernels += 1;
-        let operands = &live.operands[n.index()];
-        if let Op::WriteSlice { .. } = op {
-            d.bytes += 2 * bytes(operands[1]);
-            continue;
-        }
-        // A kernel that writes a state's slice in place moves the slice, not the state.
-        let store = match op {
-            Op::Fused(k) => k.store().map(|(src, _, _)| k.ty(src).numel().eval(b) * 4),
-            _ => None,
-        };
-        d.bytes += store.unwrap_or_else(|| bytes(n));
-        for (i, &o) in operands.iter().enumerate().skip(usize::from(store.is_some())) {
-            if !matches!(g.g[o].op, Op::Param { .. }) {
-                d.bytes += read_bytes(op, i, &g.g[o].ty, b);
+        Counter { kernels }
+    }
+
+    /// One run under `b`.
+    pub fn eval(&self, b: &Bindings) -> Dispatches {
+        let mut d = Dispatches { kernels: self.kernels.len() as u64, ..Dispatches::default() };
+        for k in &self.kernels {
+            d.bytes += k.written.eval(b);
+            for r in &k.reads {
+                let all = r.bytes.eval(b);
+                d.bytes += match &r.cache {
+                    Some((rows, keys)) => {
+                        let rows = rows.eval(b).max(1);
+                        let read = all / rows * keys.eval(b).min(rows);
+                        d.cache_bytes += read;
+                        read
+                    }
+                    None => all,
+                };
             }
         }
+        d
     }
-    d
+
+    /// `g` as lowered, unfused: every op a kernel.
+    pub fn unfused(g: &Graph) -> Counter {
+        Counter::of(g, false)
+    }
+
+    /// `g` after the `fuse` pass, as dispatched.
+    pub fn dispatched(g: &Graph) -> Counter {
+        Counter::of(g, true)
+    }
+}
+
+/// Bytes of kernel input `i` read when the kernel reads it only through
+/// slices (the parts of a merged GEMM's result, q/k/v of one projection):
+/// the slices' elements, not the whole input.
+fn sliced_read(k: &super::Kernel, i: usize) -> Option<Dim> {
+    let loads: Vec<KId> = (0..k.nodes.len() as KId)
+        .filter(|&id| matches!(k.nodes[id as usize].expr, Expr::Load(l) if l as usize == i))
+        .collect();
+    let mut slices: Vec<KId> = Vec::new();
+    for (id, n) in k.nodes.iter().enumerate() {
+        let reads_load = n.expr.operands().iter().any(|o| loads.contains(o));
+        match &n.expr {
+            Expr::Map { x, map: super::Layout::Slice { .. } } if loads.contains(x) => slices.push(id as KId),
+            _ if reads_load => return None,
+            _ => {}
+        }
+    }
+    if slices.is_empty() {
+        return None;
+    }
+    let ty = &k.inputs[i];
+    Some(slices.iter().fold(Dim::c(0), |acc, &id| acc.add(&k.ty(id).numel().mul_c(ty.dtype.bytes()))))
 }
 
 /// The keys an attention reads of operand `i` when it is a key or value
@@ -81,40 +174,20 @@ fn attention_keys(op: &Op, i: usize) -> Option<&Dim> {
     }
 }
 
-/// Bytes of operand `i` (of type `ty`) that `op` reads.
-fn read_bytes(op: &Op, i: usize, ty: &TensorType, b: &Bindings) -> u64 {
-    let all = ty.numel().eval(b) * ty.dtype.bytes();
-    match (attention_keys(op, i), ty.rank().checked_sub(2)) {
-        (Some(keys), Some(axis)) => {
-            let rows = ty.shape[axis].eval(b).max(1);
-            all / rows * keys.eval(b).min(rows)
-        }
-        _ => all,
-    }
-}
-
-/// One run of `g`, every op a kernel (`g` as lowered, unfused).
-pub fn unfused(g: &Graph, b: &Bindings) -> Dispatches {
-    count(g, b, false)
-}
-
-/// One run of `g` as dispatched (`g` after the `fuse` pass).
-pub fn dispatched(g: &Graph, b: &Bindings) -> Dispatches {
-    count(g, b, true)
-}
-
 /// Every run of a plan for `images` images, each program counted by `each`
-/// under the run's bindings; programs not in `graphs` count nothing.
+/// (`Counter::unfused` or `Counter::dispatched`) under the run's bindings;
+/// programs not in `graphs` count nothing.
 pub fn of_plan(
     plan: &Plan,
     graphs: &HashMap<&str, &Graph>,
     images: u64,
-    each: impl Fn(&Graph, &Bindings) -> Dispatches,
+    each: impl Fn(&Graph) -> Counter,
 ) -> Dispatches {
+    let counters: HashMap<&str, Counter> = graphs.iter().map(|(&name, g)| (name, each(g))).collect();
     let mut d = Dispatches::default();
     for (e, i) in plan.runs() {
-        if let Some(g) = graphs.get(e.program.as_str()) {
-            d += each(g, &e.bindings(images, i));
+        if let Some(c) = counters.get(e.program.as_str()) {
+            d += c.eval(&e.bindings(images, i));
         }
     }
     d

@@ -38,7 +38,8 @@ impl Pass for Fuse {
         "fuse"
     }
     fn run(&self, g: &mut Graph) -> bool {
-        let Some(order) = g.topo() else { return false };
+        let merged = super::merge::merge_shared_linears(g);
+        let Some(order) = g.topo() else { return merged };
         let plan = decide(g, &order);
         // Build every kernel on the unchanged graph, then replace the roots in
         // order, so a kernel's inputs that were roots themselves are renamed.
@@ -50,7 +51,7 @@ impl Pass for Fuse {
                 (r, k, inputs)
             })
             .collect();
-        let changed = !kernels.is_empty();
+        let changed = merged || !kernels.is_empty();
         let mut renamed: HashMap<NodeIndex, NodeIndex> = HashMap::new();
         for (r, k, inputs) in kernels {
             let inputs: Vec<NodeIndex> = inputs.iter().map(|n| *renamed.get(n).unwrap_or(n)).collect();
@@ -138,14 +139,49 @@ fn readers(g: &Graph, n: NodeIndex, outputs: &[NodeIndex]) -> Readers {
     r
 }
 
-/// Whether an operand of element-wise `n` is an anchor of `n`'s shape read
-/// only by `n`, directly: an anchor that could take `n` as its epilogue.
-fn feeds_epilogue(g: &Graph, n: NodeIndex, outputs: &[NodeIndex]) -> bool {
-    g.operands(n).into_iter().any(|a| {
-        kind(g, a) == Kind::Anchor && g.g[a].ty.shape == g.g[n].ty.shape && {
-            let r = readers(g, a, outputs);
-            !r.escapes && r.list.iter().all(|x| x.0 == n && !x.2)
+/// The anchor whose result `o` is, directly or through slices of its last
+/// axis (how a merged GEMM's parts are read: `merge.rs`).
+fn anchor_behind(g: &Graph, o: NodeIndex) -> Option<NodeIndex> {
+    match (&g.g[o].op, kind(g, o)) {
+        (_, Kind::Anchor) => Some(o),
+        (Op::Slice { axis, .. }, _) if *axis as usize + 1 == g.g[o].ty.rank() => anchor_behind(g, g.operands(o)[0]),
+        _ => None,
+    }
+}
+
+/// Whether the layout ops between `a` and its readers are all slices of the
+/// last axis (so a reader indexes `a`'s rows as its own).
+fn read_by_rows(g: &Graph, a: NodeIndex) -> bool {
+    g.g.edges_directed(a, Direction::Outgoing).all(|e| {
+        let c = e.target();
+        match (&g.g[c].op, kind(g, c)) {
+            (Op::Slice { axis, .. }, Kind::Layout) => *axis as usize + 1 == g.g[c].ty.rank() && read_by_rows(g, c),
+            (_, Kind::Layout) => false,
+            _ => true,
         }
+    })
+}
+
+/// Whether `a` and `n` have the same rows (every axis but the last).
+fn same_rows(g: &Graph, a: NodeIndex, n: NodeIndex) -> bool {
+    let (x, y) = (&g.g[a].ty.shape, &g.g[n].ty.shape);
+    x.len() == y.len() && x[..x.len().saturating_sub(1)] == y[..y.len().saturating_sub(1)]
+}
+
+/// Whether an operand of element-wise `n` is an anchor of `n`'s rows that
+/// could take `n` as its epilogue: read only by `n`, or by pointwise ops
+/// whose one reader is `n` (SwiGLU's `silu(a) * b` on a merged GEMM), by
+/// rows.
+fn feeds_epilogue(g: &Graph, n: NodeIndex, outputs: &[NodeIndex]) -> bool {
+    g.operands(n).into_iter().filter_map(|o| anchor_behind(g, o)).any(|a| {
+        let r = readers(g, a, outputs);
+        let feeds_n = |c: NodeIndex| {
+            c == n || {
+                let rc = readers(g, c, outputs);
+                pointwise(g, c) && !rc.escapes && rc.list.iter().all(|x| x.0 == n && !x.2)
+            }
+        };
+        same_rows(g, a, n) && read_by_rows(g, a) && !r.escapes && r.list.iter().all(|x| feeds_n(x.0))
     })
 }
 
@@ -210,23 +246,32 @@ fn decide(g: &Graph, order: &[NodeIndex]) -> Plan {
                     }
                     Some(c_root)
                 }
-                Kind::Anchor => {
-                    let direct = reads.iter().all(|x| !x.2);
-                    let ok = direct
-                        && pointwise(g, c)
-                        && epilogue_ok[c.index()]
-                        && g.g[c].ty.shape == g.g[n].ty.shape
-                        && !has_anchor[c_root.index()]
-                        && !has_rows[c_root.index()];
-                    if !ok {
-                        return None;
-                    }
-                    has_anchor[c_root.index()] = true;
-                    Some(c_root)
-                }
                 _ => None,
             }
         });
+        // An anchor joins the kernel every one of its readers is in (its
+        // epilogue): pointwise readers of its shape, read directly, or of
+        // its rows through slices of the last axis (a merged GEMM's parts).
+        let joined = if k != Kind::Anchor || rd.escapes || distinct.is_empty() {
+            joined
+        } else {
+            root[distinct[0].index()].filter(|&c_root| {
+                let ok = read_by_rows(g, n)
+                    && distinct.iter().all(|&c| {
+                        root[c.index()] == Some(c_root)
+                            && pointwise(g, c)
+                            && epilogue_ok[c.index()]
+                            && same_rows(g, n, c)
+                            && (g.g[c].ty.shape == g.g[n].ty.shape || rd.list.iter().all(|x| x.0 != c || x.2))
+                    })
+                    && !has_anchor[c_root.index()]
+                    && !has_rows[c_root.index()];
+                if ok {
+                    has_anchor[c_root.index()] = true;
+                }
+                ok
+            })
+        };
         root[n.index()] = Some(joined.unwrap_or(n));
         if pointwise(g, n) && !in_prologue[n.index()] {
             epilogue_ok[n.index()] = match joined {

@@ -10,6 +10,7 @@ pub mod dce;
 pub mod fold;
 pub mod fuse;
 pub mod mem;
+pub mod merge;
 mod rewrite;
 
 use crate::ir::Graph;

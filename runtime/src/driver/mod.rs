@@ -12,11 +12,13 @@
 pub mod estimate;
 mod forward;
 mod interpret;
+mod packed;
 mod sample;
 mod settings;
 mod sources;
 
 pub use interpret::PlanRun;
+pub use packed::bind_packed_params;
 pub use sample::{pairs, pairs_program};
 pub use settings::Settings;
 
@@ -106,7 +108,7 @@ pub(crate) struct Prepared {
 }
 
 impl Prepared {
-    fn new(program: &Program, backend: &dyn Backend, params: &Params) -> Result<Prepared> {
+    fn new(program: &Program, backend: &dyn Backend, params: &mut Params) -> Result<Prepared> {
         let mut exes = HashMap::new();
         let mut ports = HashMap::new();
         let kernels = ecarc_compiler::pass::Pipeline::kernels();
@@ -114,6 +116,7 @@ impl Prepared {
             let exe = if program.optimise {
                 let mut fused = g.clone();
                 kernels.run(&mut fused).map_err(|e| RuntimeError::Invalid(format!("optimiser bug: {e}")))?;
+                bind_packed_params(&fused, backend, params)?;
                 backend.prepare(&fused, params)?
             } else {
                 backend.prepare(g, params)?
@@ -152,8 +155,8 @@ pub struct Generator<'b> {
 impl<'b> Generator<'b> {
     /// Prepare every program and the plans' host tables once. `params` need
     /// hold only the tensors the plans that will run read.
-    pub fn new(spec: ModelSpec, program: Program, backend: &'b dyn Backend, params: Params) -> Result<Self> {
-        let prepared = Prepared::new(&program, backend, &params)?;
+    pub fn new(spec: ModelSpec, program: Program, backend: &'b dyn Backend, mut params: Params) -> Result<Self> {
+        let prepared = Prepared::new(&program, backend, &mut params)?;
         let other_guidance = if spec.distill.is_none() && program.sample_plan().is_some() {
             let opts = LowerOptions {
                 guidance: Some(!program.cfg),
@@ -167,7 +170,7 @@ impl<'b> Generator<'b> {
                 other.sample_plan().map(|p| p.programs()).unwrap_or_default().into_iter().map(String::from).collect();
             other.graphs.retain(|g| keep.contains(&g.name));
             other.plans.retain(|p| p.name == "sample");
-            let prepared = Prepared::new(&other, backend, &params)?;
+            let prepared = Prepared::new(&other, backend, &mut params)?;
             Some((other, prepared))
         } else {
             None
