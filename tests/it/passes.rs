@@ -5,7 +5,7 @@
 //! models fit in no more than the unplanned peak.
 
 use crate::common::{root, spec_of};
-use crate::ir_files::{read, run_reference};
+use crate::ir_files::{read, run_reference, run_reference_from};
 use ecarc_compiler::ir::liveness::Liveness;
 use ecarc_compiler::ir::memory::ALIGN;
 use ecarc_compiler::ir::op::{Binary, Unary, F};
@@ -79,9 +79,10 @@ fn rewrite_filetests_compute_the_same_bits() {
     }
 }
 
-/// A random small program of element-wise and layout ops over a few inputs
-/// and constants (0, 1 and -1e-300 among them, so that the fold rules find
-/// work), some ops repeated (for `cse`), ill-typed picks skipped.
+/// A random small program of element-wise, layout, norm and GEMM ops over a
+/// few inputs, weights and constants (0, 1 and -1e-300 among them, so that
+/// the fold rules find work), some ops repeated (for `cse`), linears sharing
+/// an input (for the merge in `fuse`), ill-typed picks skipped.
 fn random_program(steps: &[(u8, usize, usize)], outs: &[usize]) -> Graph {
     let mut g = Graph::new("random");
     let (b, t) = (Dim::sym(Sym::B), Dim::sym(Sym::T));
@@ -95,11 +96,17 @@ fn random_program(steps: &[(u8, usize, usize)], outs: &[usize]) -> Graph {
     for c in [1.0, 0.0, -1e-300, 0.5, 2.0] {
         vals.push(g.add(Op::Const { value: F::new(c) }, &[], None));
     }
+    let square = TensorType::f32(vec![Dim::c(4), Dim::c(4)]);
+    let w1 = g.source(Op::Param { key: "w1".into() }, square.clone(), None);
+    let w2 = g.source(Op::Param { key: "w2".into() }, square, None);
+    let bias = g.source(Op::Param { key: "bias".into() }, TensorType::f32(vec![Dim::c(4)]), None);
+    let v = vals[2];
     for &(k, i, j) in steps {
         let (x, y) = (vals[i % vals.len()], vals[j % vals.len()]);
         let shape = g.ty(x).shape.clone();
         let rank = shape.len() as u8;
-        let (op, operands): (Op, Vec<NodeIndex>) = match k % 20 {
+        let four = shape.last() == Some(&Dim::c(4));
+        let (op, operands): (Op, Vec<NodeIndex>) = match k % 26 {
             0 => (Op::Unary(Unary::Neg), vec![x]),
             1 => (Op::Unary(Unary::Tanh), vec![x]),
             2 => (Op::Unary(Unary::Exp), vec![x]),
@@ -128,6 +135,19 @@ fn random_program(steps: &[(u8, usize, usize)], outs: &[usize]) -> Graph {
             17 if rank > 0 => (Op::Softmax, vec![x]),
             // Repeat an earlier op on the same operands.
             18 | 19 if !g.g[x].op.is_source() => (g.g[x].op.clone(), g.operands(x)),
+            20 if four => (Op::Linear, vec![x, w1]),
+            // Two linears of one input (SwiGLU's shape): merged by `fuse`.
+            21 if four => {
+                let a = g.add(Op::Linear, &[x, w1], None);
+                let c = g.add(Op::Linear, &[x, w2], None);
+                let a = g.add(Op::Unary(Unary::Silu), &[a], None);
+                vals.push(a);
+                (Op::Binary(Binary::Mul), vec![a, c])
+            }
+            22 if four => (Op::Linear, vec![x, w2, bias]),
+            23 if four => (Op::LayerNorm { eps: F::new(1e-5) }, if j % 2 == 0 { vec![x] } else { vec![x, v, v] }),
+            24 if four => (Op::RmsNorm { eps: F::new(1e-6) }, vec![x, v]),
+            25 if four && rank >= 2 => (Op::MatMul, vec![x, w1]),
             _ => continue,
         };
         if let Ok(n) = g.try_add(op, &operands, None) {
@@ -142,10 +162,10 @@ fn random_program(steps: &[(u8, usize, usize)], outs: &[usize]) -> Graph {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(64))]
+    #![proptest_config(ProptestConfig::with_cases(256))]
     #[test]
     fn the_pipeline_keeps_what_random_programs_compute(
-        steps in prop::collection::vec((0u8..20, 0usize..64, 0usize..64), 1..24),
+        steps in prop::collection::vec((0u8..26, 0usize..64, 0usize..64), 1..24),
         outs in prop::collection::vec(0usize..64, 0..3),
         values in prop::collection::vec(-3.0f64..3.0, 8..9),
     ) {
@@ -164,7 +184,7 @@ proptest! {
             }
         }
         let x = run_reference(&before, &b, &given).unwrap();
-        let y = run_reference(&after, &b, &given).unwrap();
+        let y = run_reference_from(&before, &after, &b, &given).unwrap();
         // Stricter than |a - b| <= 1e-5 + 1e-5 |b|: every rewrite is exact.
         if let Err(e) = same_bits(&x, &y) {
             prop_assert!(false, "{e}\nbefore:\n{}after:\n{}", print(&before, None), print(&after, None));
