@@ -53,19 +53,25 @@ pub struct OptimiserReport {
 /// the kernel passes (`fuse`, `mem`) run here on a copy of each program, as
 /// the driver runs them before a backend prepares it.
 pub fn report(prog: &Program, stages: usize) -> Result<OptimiserReport, String> {
-    let pipeline = Pipeline::kernels();
-    let mut fused: BTreeMap<&str, Graph> = BTreeMap::new();
-    for g in &prog.graphs {
-        let mut f = g.clone();
-        pipeline.run(&mut f).map_err(|e| format!("{}: {e}", g.name))?;
-        fused.insert(g.name.as_str(), f);
-    }
-    // One counter per program, evaluated per run.
-    let counters: BTreeMap<&str, (Counter, Counter)> = prog
+    // Programs are independent: the kernel passes and the counts of each
+    // in parallel.
+    use rayon::prelude::*;
+    let done: Vec<(Graph, Counter, Counter)> = prog
         .graphs
-        .iter()
-        .map(|g| (g.name.as_str(), (Counter::unfused(g), Counter::dispatched(&fused[g.name.as_str()]))))
-        .collect();
+        .par_iter()
+        .map(|g| {
+            let mut f = g.clone();
+            Pipeline::kernels().run(&mut f).map_err(|e| format!("{}: {e}", g.name))?;
+            let (before, after) = (Counter::unfused(g), Counter::dispatched(&f));
+            Ok((f, before, after))
+        })
+        .collect::<Result<_, String>>()?;
+    let mut fused: BTreeMap<&str, Graph> = BTreeMap::new();
+    let mut counters: BTreeMap<&str, (Counter, Counter)> = BTreeMap::new();
+    for (g, (f, before, after)) in prog.graphs.iter().zip(done) {
+        fused.insert(g.name.as_str(), f);
+        counters.insert(g.name.as_str(), (before, after));
+    }
     let mut per_stage = vec![(Dispatches::default(), Dispatches::default()); stages.max(1)];
     let mut runs: BTreeMap<&str, u64> = BTreeMap::new();
     let mut largest: BTreeMap<&str, Bindings> = BTreeMap::new();

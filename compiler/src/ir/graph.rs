@@ -90,6 +90,22 @@ impl Graph {
         Ok(n)
     }
 
+    /// A node whose type its builder knows (a `fused` node takes its root's):
+    /// no inference. Only for passes, which `Pipeline::checked` verifies after.
+    pub(crate) fn add_typed(
+        &mut self,
+        op: Op,
+        operands: &[NodeIndex],
+        ty: TensorType,
+        span: Option<Span>,
+    ) -> NodeIndex {
+        let n = self.g.add_node(Node { op, ty, span });
+        for (i, &o) in operands.iter().enumerate() {
+            self.g.add_edge(o, n, i as Operand);
+        }
+        n
+    }
+
     /// A source node with an explicit type (inputs, params, state; a `Const`
     /// goes through [`Graph::add`], which infers its scalar type).
     pub fn source(&mut self, op: Op, ty: TensorType, span: Option<Span>) -> NodeIndex {

@@ -38,30 +38,49 @@ fn is_view(op: &Op) -> bool {
 }
 
 /// What one run of a program dispatches, with sizes still symbolic: built
-/// once per program (one liveness walk), evaluated per run's bindings.
+/// once per program (one liveness walk), evaluated per run's bindings (and
+/// remembered per bindings: a sample runs a program under few of them).
 pub struct Counter {
     kernels: Vec<Dispatch>,
+    seen: std::cell::RefCell<HashMap<Bindings, Dispatches>>,
 }
 
 struct Dispatch {
-    /// Bytes written.
-    written: Dim,
+    written: Bytes,
     /// Operands read (weights excluded): all of `bytes`, or of a KV cache
     /// with `rows` rows only the attention's `keys` rows.
     reads: Vec<Read>,
 }
 
+/// Bytes of tensors: the sum over `parts` of element size times the
+/// product of the shape, evaluated per run (no polynomial products).
+#[derive(Clone)]
+struct Bytes {
+    parts: Vec<(Vec<Dim>, u64)>,
+}
+
+impl Bytes {
+    fn of(ty: &TensorType) -> Bytes {
+        Bytes { parts: vec![(ty.shape.clone(), ty.dtype.bytes())] }
+    }
+    fn eval(&self, b: &Bindings) -> u64 {
+        self.parts.iter().map(|(shape, size)| shape.iter().map(|d| d.eval(b)).product::<u64>() * size).sum()
+    }
+}
+
 struct Read {
-    bytes: Dim,
+    bytes: Bytes,
     cache: Option<(Dim, Dim)>,
 }
 
 impl Counter {
     /// Every non-source op a kernel; with `views`, layout ops are views.
     fn of(g: &Graph, views: bool) -> Counter {
-        let Some(live) = crate::ir::liveness::Liveness::of(g) else { return Counter { kernels: vec![] } };
-        let bytes = |ty: &TensorType| ty.numel().mul_c(ty.dtype.bytes());
         let mut kernels = Vec::new();
+        let Some(live) = crate::ir::liveness::Liveness::of(g) else {
+            return Counter { kernels, seen: Default::default() };
+        };
+        let bytes = Bytes::of;
         for &n in live.order.iter().filter(|n| live.needed[n.index()]) {
             let op = &g.g[n].op;
             if op.is_source() || (views && is_view(op)) {
@@ -100,11 +119,14 @@ impl Counter {
                 .collect();
             kernels.push(Dispatch { written, reads });
         }
-        Counter { kernels }
+        Counter { kernels, seen: Default::default() }
     }
 
     /// One run under `b`.
     pub fn eval(&self, b: &Bindings) -> Dispatches {
+        if let Some(d) = self.seen.borrow().get(b) {
+            return *d;
+        }
         let mut d = Dispatches { kernels: self.kernels.len() as u64, ..Dispatches::default() };
         for k in &self.kernels {
             d.bytes += k.written.eval(b);
@@ -121,6 +143,7 @@ impl Counter {
                 };
             }
         }
+        self.seen.borrow_mut().insert(*b, d);
         d
     }
 
@@ -138,7 +161,7 @@ impl Counter {
 /// Bytes of kernel input `i` read when the kernel reads it only through
 /// slices (the parts of a merged GEMM's result, q/k/v of one projection):
 /// the slices' elements, not the whole input.
-fn sliced_read(k: &super::Kernel, i: usize) -> Option<Dim> {
+fn sliced_read(k: &super::Kernel, i: usize) -> Option<Bytes> {
     let loads: Vec<KId> = (0..k.nodes.len() as KId)
         .filter(|&id| matches!(k.nodes[id as usize].expr, Expr::Load(l) if l as usize == i))
         .collect();
@@ -154,8 +177,8 @@ fn sliced_read(k: &super::Kernel, i: usize) -> Option<Dim> {
     if slices.is_empty() {
         return None;
     }
-    let ty = &k.inputs[i];
-    Some(slices.iter().fold(Dim::c(0), |acc, &id| acc.add(&k.ty(id).numel().mul_c(ty.dtype.bytes()))))
+    let size = k.inputs[i].dtype.bytes();
+    Some(Bytes { parts: slices.iter().map(|&id| (k.ty(id).shape.clone(), size)).collect() })
 }
 
 /// The keys an attention reads of operand `i` when it is a key or value

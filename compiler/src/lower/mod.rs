@@ -411,12 +411,14 @@ fn lower_programs(spec: &ModelSpec, spans: &SpecSpans, opts: LowerOptions) -> Re
 /// The standard pass pipeline on every program, before the plans bind their
 /// ports (so a source that dead-code elimination removes is never bound).
 fn optimise(graphs: &mut [Graph], unoptimised: bool) {
-    let pipeline = if unoptimised { crate::pass::Pipeline::minimal() } else { crate::pass::Pipeline::standard() };
-    for g in graphs {
+    use rayon::prelude::*;
+    // Programs are independent: one pipeline each, in parallel.
+    graphs.par_iter_mut().for_each(|g| {
+        let pipeline = if unoptimised { crate::pass::Pipeline::minimal() } else { crate::pass::Pipeline::standard() };
         if let Err(e) = pipeline.run(g) {
             panic!("lowering bug: {e}");
         }
-    }
+    });
 }
 
 /// The program, its plans verified in debug builds (a plan that does not

@@ -496,7 +496,9 @@ impl Builder<'_> {
 /// Replace root `r` by a `fused` node reading `inputs`.
 fn replace(g: &mut Graph, r: NodeIndex, kernel: Kernel, inputs: &[NodeIndex]) -> NodeIndex {
     let span = g.g[r].span;
-    let f = g.add(Op::Fused(Box::new(kernel)), inputs, span);
+    // The kernel computes the root's value: its type, no inference.
+    let ty = g.g[r].ty.clone();
+    let f = g.add_typed(Op::Fused(Box::new(kernel)), inputs, ty, span);
     let out: Vec<(NodeIndex, u8)> =
         g.g.edges_directed(r, Direction::Outgoing).map(|e| (e.target(), *e.weight())).collect();
     for (c, w) in out {
