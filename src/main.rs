@@ -68,6 +68,7 @@ fn remove_temporary_files_on_signals() {
     }
 }
 
+mod bench_cmd;
 mod dot_doc;
 mod import_cmd;
 mod progress;
@@ -180,6 +181,10 @@ enum Command {
     /// Search a space of designs: check and cost every design (or a sample), keep
     /// the Pareto front of the objectives within the `where` constraints.
     Search(search_cmd::SearchArgs),
+    /// Measure how fast a model samples on a backend: median seconds per image and
+    /// per stage, FLOP/s and bytes/s against the machine's measured limits
+    /// (`--machine`), prepare time, and the ratio against a second model (`--vs`).
+    Bench(bench_cmd::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -211,6 +216,7 @@ fn main() -> ExitCode {
         Command::Run(cmd) => run_cmd::run(cmd, &cli.sets, color),
         Command::Import(args) => import_cmd::run(args, &cli.sets, color),
         Command::Search(args) => search_cmd::run(args, &cli.sets, color),
+        Command::Bench(args) => bench_cmd::run(args, &cli.sets, color),
     };
     match result {
         Ok(code) => code,

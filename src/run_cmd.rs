@@ -218,7 +218,7 @@ pub struct InitWeightsArgs {
 }
 
 /// Why a command stopped.
-enum Fail {
+pub(crate) enum Fail {
     /// Already reported (model diagnostics): just the exit status.
     Reported(ExitCode),
     /// An error line and `help:` lines.
@@ -256,7 +256,12 @@ pub fn run(cmd: RunCommand, sets: &[Override], color: bool) -> Result<ExitCode, 
         RunCommand::DdPairs(a) => dd_pairs(a, sets, color),
         RunCommand::InitWeights(a) => init_weights(a, sets, color),
     };
-    Ok(match result {
+    Ok(report(result))
+}
+
+/// The exit status of a command's result, its error reported on stderr.
+pub(crate) fn report(result: Result<(), Fail>) -> ExitCode {
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(Fail::Reported(code)) => code,
         Err(Fail::Msg(msg, help)) => {
@@ -267,13 +272,13 @@ pub fn run(cmd: RunCommand, sets: &[Override], color: bool) -> Result<ExitCode, 
             }
             ExitCode::from(1)
         }
-    })
+    }
 }
 
 // ---- loading ------------------------------------------------------------------
 
 /// The one model of `file` (or the one named `model`), checked and lowered.
-fn load_model(file: &Path, model: Option<&str>, sets: &[Override], color: bool) -> Result<Artifact, Fail> {
+pub(crate) fn load_model(file: &Path, model: Option<&str>, sets: &[Override], color: bool) -> Result<Artifact, Fail> {
     let mut all = crate::compile_all(file, sets, color).map_err(Fail::Reported)?;
     let names = || all.iter().map(|a| format!("`{}`", a.spec.name)).collect::<Vec<_>>().join(", ");
     match model {
@@ -290,13 +295,13 @@ fn load_model(file: &Path, model: Option<&str>, sets: &[Override], color: bool) 
     }
 }
 
-fn backend(name: BackendName) -> Result<Box<dyn Backend>, Fail> {
+pub(crate) fn backend(name: BackendName) -> Result<Box<dyn Backend>, Fail> {
     Ok(ecarc_runtime::backend_by_name(name.name())?)
 }
 
 /// The checkpoint files, or random weights (said on stderr). `needed`: the
 /// parameters the command's plans read; the files may leave out the others.
-fn load_weights(spec: &ModelSpec, paths: &[PathBuf], needed: &BTreeSet<String>) -> Result<Weights, Fail> {
+pub(crate) fn load_weights(spec: &ModelSpec, paths: &[PathBuf], needed: &BTreeSet<String>) -> Result<Weights, Fail> {
     if paths.is_empty() {
         eprintln!(
             "note: no --weights given: `{}` runs on random weights (seed {RANDOM_WEIGHTS_SEED}); its images are noise",

@@ -8,6 +8,7 @@ pub mod checkpoint;
 pub mod driver;
 pub mod error;
 pub mod image_out;
+pub mod machine;
 pub mod memory;
 pub mod output;
 pub mod reference;

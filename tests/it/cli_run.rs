@@ -661,3 +661,41 @@ fn given_noise_replaces_the_drawn_noise() {
     let err = fails(["sample", model("var"), "--class", "2", "--noise", p(&noise), "-o", p(&dir.join("e.png"))]);
     assert!(err.contains("does not start from noise"), "{err}");
 }
+
+#[test]
+fn bench_reports_medians_rates_and_the_ratio_of_two_models() {
+    // The machine's limits are measured once into this test's own cache.
+    let cache = temp_dir("bench");
+    let o = ecarc()
+        .env("XDG_CACHE_HOME", &cache)
+        .args(["bench", "--runs", "3", "--warmup", "0", "--json", "--vs"])
+        .arg(tiny("llamagen"))
+        .arg(tiny("var"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let m = &v["model"];
+    assert_eq!(m["model"], "tiny_var");
+    assert_eq!(m["run_seconds"].as_array().unwrap().len(), 3);
+    let mut runs: Vec<f64> = m["run_seconds"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+    runs.sort_by(f64::total_cmp);
+    assert_eq!(m["seconds_per_image"].as_f64().unwrap(), runs[1], "the median of three runs");
+    let stages: Vec<&str> = m["stages"].as_array().unwrap().iter().map(|s| s[0].as_str().unwrap()).collect();
+    assert_eq!(stages.last(), Some(&"decode"), "{stages:?}");
+    let flops = m["flops_per_s"].as_f64().unwrap();
+    let macs = m["macs"].as_f64().unwrap();
+    assert!((flops - 2.0 * macs / runs[1]).abs() <= 1e-6 * flops);
+    assert!(v["machine"]["fma_flops"].as_f64().unwrap() > 1e9);
+    assert!(v["machine"]["read_bytes_per_s"].as_f64().unwrap() > 1e8);
+    assert!(cache.join("ecarc/machine.json").is_file(), "the limits are cached");
+    let second = &v["vs"];
+    assert_eq!(second["model"], "tiny_llamagen");
+    let ratio = v["speed_ratio"].as_f64().unwrap();
+    assert_eq!(ratio, second["seconds_per_image"].as_f64().unwrap() / m["seconds_per_image"].as_f64().unwrap());
+
+    // A missing model file is an `error:` line and exit status 1.
+    let o = ecarc().env("XDG_CACHE_HOME", &cache).args(["bench", "no/such/model.ecar"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("error"), "{}", stderr(&o));
+}

@@ -148,6 +148,20 @@ pub struct CostReport {
     pub optimiser: Option<optimiser::OptimiserReport>,
 }
 
+/// Weight bytes one sample of one image reads: each run reads every
+/// parameter of its program once (the decoder apart, as for the MACs).
+pub fn sample_weight_bytes(prog: &Program) -> u128 {
+    let per: HashMap<&str, u64> = prog.graphs.iter().map(|g| (g.name.as_str(), weight_bytes(g))).collect();
+    prog.sample_plan()
+        .map(|p| {
+            p.runs()
+                .filter(|(e, _)| e.program != "decode")
+                .map(|(e, _)| per.get(e.program.as_str()).copied().unwrap_or(0) as u128)
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
 /// Whether a program is one network evaluation (what bounds latency when
 /// MACs do not): a backbone step, a flow head step, a whole forward.
 pub(crate) fn is_network(program: &str) -> bool {

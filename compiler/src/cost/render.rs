@@ -18,7 +18,7 @@ pub(crate) fn grouped(v: u128) -> String {
 }
 
 /// MACs in the most readable unit (`155.03 GMAC`).
-pub(crate) fn macs(v: u128) -> String {
+pub fn macs(v: u128) -> String {
     let f = v as f64;
     if f >= 1e12 {
         format!("{:.2} TMAC", f / 1e12)
@@ -31,7 +31,7 @@ pub(crate) fn macs(v: u128) -> String {
     }
 }
 
-pub(crate) fn bytes(v: u128) -> String {
+pub fn bytes(v: u128) -> String {
     let f = v as f64;
     if f >= 1e9 {
         format!("{:.2} GB", f / 1e9)
