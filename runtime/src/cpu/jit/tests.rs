@@ -615,3 +615,191 @@ proptest! {
         prop_assert!(r.is_ok(), "{}\nseed {seed}, kernel: {k:#?}", r.unwrap_err());
     }
 }
+
+// ---- the models' kernels ------------------------------------------------------
+
+/// Every fused kernel of a model's programs (after `Pipeline::kernels()`),
+/// each with the bindings its plans run it under (first and second
+/// iteration, `images` images), deduplicated.
+fn model_kernels(path: &std::path::Path, images: u64) -> Vec<(Kernel, Bindings)> {
+    use ecarc_compiler::session::{check_paths, Outcome};
+    let s = check_paths(&[path], &[]);
+    assert!(!s.has_errors(), "{} does not check", path.display());
+    let Some(Outcome::Model(spec)) = s.models.into_iter().next().map(|m| m.outcome) else {
+        panic!("{}: one model expected", path.display())
+    };
+    let program = ecarc_compiler::lower::lower(&spec, &Default::default()).expect("lowers");
+    let mut binds: std::collections::HashMap<&str, Vec<Bindings>> = Default::default();
+    for plan in &program.plans {
+        for item in &plan.items {
+            for e in item.entries() {
+                for i in 0..item.times().min(2) {
+                    let b = e.bindings(images, i);
+                    let v = binds.entry(e.program.as_str()).or_default();
+                    if !v.contains(&b) {
+                        v.push(b);
+                    }
+                }
+            }
+        }
+    }
+    let pipeline = ecarc_compiler::pass::Pipeline::kernels();
+    let mut out: Vec<(Kernel, Bindings)> = vec![];
+    for g in &program.graphs {
+        let mut f = g.clone();
+        pipeline.run(&mut f).unwrap_or_else(|e| panic!("{e}"));
+        for n in f.g.node_weights() {
+            if let Op::Fused(k) = &n.op {
+                for b in binds.get(g.name.as_str()).into_iter().flatten() {
+                    if !out.iter().any(|(k2, b2)| **k == *k2 && b == b2) {
+                        out.push(((**k).clone(), *b));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The anchor-free parts of an anchored kernel: each non-load operand of
+/// the anchor as a kernel of its own (prologues), and the kernel with the
+/// anchor read as a new input (the epilogue).
+fn split_at_anchor(k: &Kernel) -> Vec<Kernel> {
+    let Some(a) = k.nodes.iter().position(|n| matches!(n.expr, Expr::Anchor { .. })) else { return vec![k.clone()] };
+    let mut out = vec![];
+    for &o in &k.anchor().unwrap().1.to_vec() {
+        if !matches!(k.nodes[o as usize].expr, Expr::Load(_)) {
+            out.push(Kernel { inputs: k.inputs.clone(), nodes: k.nodes[..=o as usize].to_vec() });
+        }
+    }
+    if a + 1 < k.nodes.len() {
+        let mut e = k.clone();
+        e.inputs.push(e.nodes[a].ty.clone());
+        e.nodes[a].expr = Expr::Load(e.inputs.len() as u32 - 1);
+        out.push(e);
+    }
+    out
+}
+
+fn repo() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+#[test]
+fn every_tiny_model_kernel_compiles_and_agrees() {
+    let mut fails = vec![];
+    let (mut whole, mut parts) = (0, 0);
+    for name in ["var", "llamagen", "ecar", "dit", "var_dd", "llamagen_dd"] {
+        let path = repo().join(format!("examples/tiny/{name}.ecar"));
+        for (i, (k, b)) in model_kernels(&path, 2).iter().enumerate() {
+            let anchored = k.anchor().is_some();
+            for (j, part) in split_at_anchor(k).iter().enumerate() {
+                if anchored {
+                    parts += 1;
+                } else {
+                    whole += 1;
+                }
+                if let Err(e) = check_with(part, b, i as u64 * 31 + j as u64, &[Lay::Dense], false) {
+                    fails.push(format!("{name} kernel {i} part {j} under {b:?}: {e}\n{}", part_text(part)));
+                }
+            }
+        }
+    }
+    eprintln!("{whole} anchor-free kernels and {parts} prologues/epilogues checked");
+    assert!(whole > 10 && parts > 10, "{whole} kernels, {parts} parts");
+    assert!(fails.is_empty(), "{} failed:\n{}", fails.len(), fails.join("\n"));
+}
+
+fn part_text(k: &Kernel) -> String {
+    k.nodes.iter().enumerate().map(|(i, n)| format!("  %{i} = {:?}\n", n.expr)).collect()
+}
+
+/// Compile time of every anchor-free kernel (and anchored kernel's parts)
+/// of `models/ecar_l.ecar`, and JIT vs interpreter speed of a softmax and a
+/// layer norm: `cargo test --profile ci -p ecarc-runtime jit_figures --
+/// --ignored --nocapture`.
+#[test]
+#[ignore]
+fn jit_figures() {
+    let all = model_kernels(&repo().join("models/ecar_l.ecar"), 1);
+    let mut seen: Vec<(&Kernel, &Bindings)> = vec![];
+    for (k, b) in &all {
+        if !seen.iter().any(|(k2, b2)| *k2 == k && *b2 == b) {
+            seen.push((k, b));
+        }
+    }
+    let free: Vec<(Kernel, Bindings)> =
+        seen.iter().filter(|(k, _)| k.anchor().is_none()).map(|(k, b)| ((*k).clone(), **b)).collect();
+    let parts: Vec<(Kernel, Bindings)> = seen
+        .iter()
+        .filter(|(k, _)| k.anchor().is_some())
+        .flat_map(|(k, b)| split_at_anchor(k).into_iter().map(move |p| (p, **b)))
+        .collect();
+    for (label, set) in [("anchor-free kernels", &free), ("prologues/epilogues", &parts)] {
+        let t = std::time::Instant::now();
+        let mut ok = 0;
+        for (k, b) in set.iter() {
+            let strides: Vec<Vec<usize>> = k
+                .inputs
+                .iter()
+                .map(|t| super::row_major(&t.shape.iter().map(|d| d.eval(b) as usize).collect::<Vec<_>>()))
+                .collect();
+            match JitKernel::compile(k, b, &strides) {
+                Ok(_) => ok += 1,
+                Err(e) => eprintln!("  refused: {e}"),
+            }
+        }
+        eprintln!(
+            "ecar_l: {ok}/{} {label} (kernel x bindings) compiled in {:.3} s",
+            set.len(),
+            t.elapsed().as_secs_f64()
+        );
+    }
+    for (name, k) in
+        [("softmax [512, 1024]", softmax(&[512, 1024])), ("layer_norm [512, 1024]", layernorm(&[512, 1024]))]
+    {
+        let b = Bindings::default();
+        let shapes: Vec<Vec<usize>> =
+            k.inputs.iter().map(|t| t.shape.iter().map(|d| d.eval(&b) as usize).collect()).collect();
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let vals: Vec<Vec<f32>> =
+            shapes.iter().map(|s| (0..s.iter().product()).map(|_| value(&mut rng, false)).collect()).collect();
+        let strides: Vec<Vec<usize>> = shapes.iter().map(|s| super::row_major(s)).collect();
+        let t = std::time::Instant::now();
+        let jit = JitKernel::compile(&k, &b, &strides).unwrap();
+        let compile = t.elapsed().as_secs_f64();
+        let args: Vec<JitArg> = vals.iter().map(|v| JitArg::F32(v)).collect();
+        let n = 512 * 1024;
+        let mut out = vec![0f32; n];
+        let reps = 20;
+        jit.run_checked(&args, &mut out).unwrap();
+        let t = std::time::Instant::now();
+        for _ in 0..reps {
+            jit.run_checked(&args, &mut out).unwrap();
+        }
+        let jit_s = t.elapsed().as_secs_f64() / reps as f64;
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+        let one_s = pool.install(|| {
+            let t = std::time::Instant::now();
+            for _ in 0..reps {
+                jit.run_checked(&args, &mut out).unwrap();
+            }
+            t.elapsed().as_secs_f64() / reps as f64
+        });
+        let values: Vec<Value> =
+            vals.iter().zip(&shapes).map(|(v, s)| Value { shape: s.clone(), data: Data::F32(v.clone()) }).collect();
+        let t = std::time::Instant::now();
+        let want = interpret::run(&k, &values.iter().collect::<Vec<_>>(), &b, &NoAnchors).unwrap();
+        let interp_s = t.elapsed().as_secs_f64();
+        let Data::F32(want) = want.data else { unreachable!() };
+        assert!(out.iter().zip(&want).all(|(a, b)| same_bits(*a, *b)));
+        eprintln!(
+            "{name}: compile {:.2} ms; jit {:.1} Melem/s ({} threads), {:.1} Melem/s (1 thread); interpreter {:.2} Melem/s",
+            compile * 1e3,
+            n as f64 / jit_s / 1e6,
+            rayon::current_num_threads(),
+            n as f64 / one_s / 1e6,
+            n as f64 / interp_s / 1e6
+        );
+    }
+}
