@@ -35,11 +35,19 @@ pub(super) struct Plan<'a> {
     pub out_strides: Vec<usize>,
     /// Reachable reductions in node order; scratch `s` holds `reduces[s]`.
     pub reduces: Vec<KId>,
+    /// Operands of reductions that later stages read again and that cost
+    /// enough to store rather than recompute, with the stage that stores
+    /// them (their reduction's); scratch `reduces.len() + k` holds `kept[k]`.
+    pub kept: Vec<(KId, usize)>,
 }
 
 impl Plan<'_> {
     pub fn scratch_index(&self, n: KId) -> usize {
         self.reduces.iter().position(|&r| r == n).expect("a planned reduction")
+    }
+    /// Where a kept node is stored: its scratch index and storing stage.
+    fn kept_at(&self, n: KId) -> Option<(usize, usize)> {
+        self.kept.iter().position(|&(k, _)| k == n).map(|i| (self.reduces.len() + i, self.kept[i].1))
     }
     /// The rows and the row length of a stage's index space.
     pub fn stage_space(&self, stage: usize) -> (Vec<usize>, usize) {
@@ -70,6 +78,7 @@ struct Gen<'p, 'a, 'b> {
     /// Node values already emitted at an index, valid at the current point.
     memo: HashMap<(KId, Vec<Ix>), Value>,
     unary_sig: Option<cranelift_codegen::ir::SigRef>,
+    stage: usize,
 }
 
 fn flags() -> MemFlagsData {
@@ -122,13 +131,13 @@ pub(super) fn emit_stage(
     config: cranelift_codegen::isa::TargetFrontendConfig,
 ) -> Result<(), String> {
     let b = FunctionBuilder::new(func, fctx);
-    let mut g = Gen { p, b, ptrs: vec![], memo: HashMap::new(), unary_sig: None };
+    let mut g = Gen { p, b, ptrs: vec![], memo: HashMap::new(), unary_sig: None, stage };
     let entry = g.b.create_block();
     g.b.append_block_params_for_function_params(entry);
     g.b.switch_to_block(entry);
     let params = g.b.block_params(entry).to_vec();
     let (table, begin, end) = (params[0], params[1], params[2]);
-    let slots = p.k.inputs.len() + 1 + p.reduces.len();
+    let slots = p.k.inputs.len() + 1 + p.reduces.len() + p.kept.len();
     for s in 0..slots {
         let v = g.b.ins().load(types::I64, flags(), table, (s * 8) as i32);
         g.ptrs.push(v);
@@ -185,6 +194,15 @@ pub(super) fn emit_stage(
             let mut idx = lead_ix.clone();
             idx.push(Ix::V(j));
             let v = g.eval(*x, &idx)?;
+            if let Some((slot, st)) = p.kept_at(*x) {
+                if st == stage {
+                    let flat = g.ravel(&idx, &p.shapes[*x as usize]);
+                    let base = g.ptrs[p.k.inputs.len() + 1 + slot];
+                    let off = g.mul(flat, 4);
+                    let addr = g.addr(base, off);
+                    g.b.ins().store(flags(), v, addr, 0);
+                }
+            }
             let next = match op {
                 Reduce::Sum => g.b.ins().fadd(acc, v),
                 Reduce::Max => {
@@ -316,7 +334,16 @@ impl Gen<'_, '_, '_> {
         if let Some(&v) = self.memo.get(&key) {
             return Ok(v);
         }
-        let v = self.emit(n, idx)?;
+        let v = match self.p.kept_at(n) {
+            Some((slot, st)) if st < self.stage => {
+                let flat = self.ravel(idx, &self.p.shapes[n as usize]);
+                let base = self.ptrs[self.p.k.inputs.len() + 1 + slot];
+                let off = self.mul(flat, 4);
+                let addr = self.addr(base, off);
+                self.b.ins().load(types::F32, flags(), addr, 0)
+            }
+            _ => self.emit(n, idx)?,
+        };
         self.memo.insert(key, v);
         Ok(v)
     }

@@ -50,7 +50,8 @@ impl Drop for Code {
 /// A kernel compiled to native code for one set of shapes and input strides.
 pub struct JitKernel {
     stages: Vec<Stage>,
-    /// Element counts of the scratch buffers (one per reduction).
+    /// Element counts of the scratch buffers (one per reduction, one per
+    /// kept operand).
     scratch: Vec<usize>,
     dtypes: Vec<DType>,
     /// Elements each input's view spans (largest offset + 1; 0 if empty).
@@ -90,6 +91,57 @@ fn isa() -> Result<OwnedTargetIsa, String> {
         ib.finish(settings::Flags::new(fb)).map_err(|e| format!("cranelift ISA: {e}"))
     })
     .clone()
+}
+
+/// A node cost (distinct nodes, a call counting [`CALL_COST`]) at or above
+/// which a reduction's operand that later stages read again is stored by
+/// its reduction's stage instead of being computed twice.
+const KEEP_COST: usize = 8;
+const CALL_COST: usize = 8;
+
+/// The reductions' operands worth keeping, with the stage storing each.
+fn keep(k: &Kernel, reach: &[bool], reduces: &[KId]) -> Vec<(KId, usize)> {
+    let mut kept: Vec<(KId, usize)> = vec![];
+    for (s, &r) in reduces.iter().enumerate() {
+        let Expr::Reduce { x, .. } = k.nodes[r as usize].expr else { continue };
+        if kept.iter().any(|&(y, _)| y == x) {
+            continue;
+        }
+        let readers = (0..k.nodes.len())
+            .filter(|&i| reach[i] && i != r as usize && k.nodes[i].expr.operands().contains(&x))
+            .count();
+        if readers == 0 {
+            continue;
+        }
+        // Distinct nodes computed for `x`, down to loads, reductions and kept nodes.
+        let mut seen = vec![false; k.nodes.len()];
+        let mut stack = vec![x];
+        let mut cost = 0;
+        while let Some(n) = stack.pop() {
+            if std::mem::replace(&mut seen[n as usize], true) {
+                continue;
+            }
+            let e = &k.nodes[n as usize].expr;
+            cost += match e {
+                Expr::Unary(u, _)
+                    if !matches!(u, ecarc_compiler::ir::op::Unary::Neg | ecarc_compiler::ir::op::Unary::Sqrt) =>
+                {
+                    CALL_COST
+                }
+                Expr::Const(_) => 0,
+                _ => 1,
+            };
+            if n == x || !(matches!(e, Expr::Reduce { .. }) || kept.iter().any(|&(y, _)| y == n)) {
+                if !matches!(e, Expr::Reduce { .. }) {
+                    stack.extend(e.operands());
+                }
+            }
+        }
+        if cost >= KEEP_COST {
+            kept.push((x, s));
+        }
+    }
+    kept
 }
 
 /// The largest element offset + 1 of a view (0 when empty).
@@ -178,7 +230,8 @@ impl JitKernel {
             .map(|i| i as KId)
             .collect();
         let nodes_read = reach.iter().filter(|&&r| r).count();
-        let plan = codegen::Plan { k, shapes, strides: input_strides, starts, result, out_strides, reduces };
+        let kept = keep(k, &reach, &reduces);
+        let plan = codegen::Plan { k, shapes, strides: input_strides, starts, result, out_strides, reduces, kept };
 
         let isa = isa()?;
         let call_conv = isa.default_call_conv();
@@ -196,6 +249,9 @@ impl JitKernel {
             ctx.func.signature = sig;
             ctx.func.name = UserFuncName::user(0, id.as_u32());
             codegen::emit_stage(&plan, s, &mut ctx.func, &mut fctx, call_conv, config)?;
+            if std::env::var_os("ECARC_JIT_CLIF").is_some() {
+                eprintln!("{}", ctx.func.display());
+            }
             module.define_function(id, &mut ctx).map_err(|e| format!("cranelift: {e:?}"))?;
             module.clear_context(&mut ctx);
             ids.push(id);
@@ -220,7 +276,12 @@ impl JitKernel {
                 Stage { f, rows, row_work }
             })
             .collect();
-        let scratch = plan.reduces.iter().map(|&r| plan.shapes[r as usize].iter().product::<usize>()).collect();
+        let scratch = plan
+            .reduces
+            .iter()
+            .chain(plan.kept.iter().map(|(x, _)| x))
+            .map(|&r| plan.shapes[r as usize].iter().product::<usize>())
+            .collect();
         let spans = in_shapes.iter().zip(input_strides).map(|(s, st)| span(s, st)).collect();
         let out_span = span(&plan.shapes[result as usize], &plan.out_strides);
         Ok(JitKernel {
