@@ -131,10 +131,9 @@ fn keep(k: &Kernel, reach: &[bool], reduces: &[KId]) -> Vec<(KId, usize)> {
                 Expr::Const(_) => 0,
                 _ => 1,
             };
-            if n == x || !(matches!(e, Expr::Reduce { .. }) || kept.iter().any(|&(y, _)| y == n)) {
-                if !matches!(e, Expr::Reduce { .. }) {
-                    stack.extend(e.operands());
-                }
+            let stored = n != x && kept.iter().any(|&(y, _)| y == n);
+            if !stored && !matches!(e, Expr::Reduce { .. }) {
+                stack.extend(e.operands());
             }
         }
         if cost >= KEEP_COST {
