@@ -93,6 +93,13 @@ fn isa() -> Result<OwnedTargetIsa, String> {
     .clone()
 }
 
+/// Whether to emit the final stage's `f32x4` loop (`ECARC_JIT_SIMD=0`
+/// turns it off, to compare).
+fn simd() -> bool {
+    static SIMD: OnceLock<bool> = OnceLock::new();
+    *SIMD.get_or_init(|| std::env::var("ECARC_JIT_SIMD").map_or(true, |v| v != "0"))
+}
+
 /// A node cost (distinct nodes, a call counting [`CALL_COST`]) at or above
 /// which a reduction's operand that later stages read again is stored by
 /// its reduction's stage instead of being computed twice.
@@ -230,7 +237,17 @@ impl JitKernel {
             .collect();
         let nodes_read = reach.iter().filter(|&&r| r).count();
         let kept = keep(k, &reach, &reduces);
-        let plan = codegen::Plan { k, shapes, strides: input_strides, starts, result, out_strides, reduces, kept };
+        let plan = codegen::Plan {
+            k,
+            shapes,
+            strides: input_strides,
+            starts,
+            result,
+            out_strides,
+            reduces,
+            kept,
+            simd: simd(),
+        };
 
         let isa = isa()?;
         let call_conv = isa.default_call_conv();

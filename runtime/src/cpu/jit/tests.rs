@@ -606,7 +606,7 @@ fn generated(seed: u64) -> Kernel {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(400))]
+    #![proptest_config(ProptestConfig::with_cases(1000))]
     #[test]
     fn generated_kernels_equal_the_interpreter(seed in any::<u64>(), lay in 0..3usize) {
         let k = generated(seed);
