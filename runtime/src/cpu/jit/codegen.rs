@@ -189,7 +189,12 @@ pub(super) fn emit_stage(
             let j = g.b.append_block_param(head, types::I64);
             let acc = g.b.append_block_param(head, types::F32);
             let zero = g.b.ins().iconst(types::I64, 0);
-            g.b.ins().jump(head, &[BlockArg::Value(zero), BlockArg::Value(init)]);
+            let (start, init) = if p.simd && x_len >= LANES as usize {
+                g.vector_reduce(&lead_ix, *x, *op, x_len, init)?
+            } else {
+                (zero, init)
+            };
+            g.b.ins().jump(head, &[BlockArg::Value(start), BlockArg::Value(init)]);
             g.b.switch_to_block(head);
             let more = g.b.ins().icmp_imm_s(IntCC::SignedLessThan, j, x_len as i64);
             g.b.ins().brif(more, body, &[], done, &[]);
@@ -207,15 +212,7 @@ pub(super) fn emit_stage(
                     g.b.ins().store(flags(), v, addr, 0);
                 }
             }
-            let next = match op {
-                Reduce::Sum => g.b.ins().fadd(acc, v),
-                Reduce::Max => {
-                    let gt = g.b.ins().fcmp(FloatCC::GreaterThan, v, acc);
-                    let nan = g.b.ins().fcmp(FloatCC::Unordered, v, v);
-                    let take = g.b.ins().bor(gt, nan);
-                    g.b.ins().select(take, v, acc)
-                }
-            };
+            let next = g.fold(*op, acc, v);
             let j1 = g.b.ins().iadd_imm_s(j, 1);
             g.b.ins().jump(head, &[BlockArg::Value(j1), BlockArg::Value(next)]);
             g.memo = saved;
@@ -268,6 +265,19 @@ pub(super) fn emit_stage(
 }
 
 impl Gen<'_, '_, '_> {
+    /// One step of a reduction's fold, as the interpreter's.
+    fn fold(&mut self, op: Reduce, acc: Value, v: Value) -> Value {
+        match op {
+            Reduce::Sum => self.b.ins().fadd(acc, v),
+            Reduce::Max => {
+                let gt = self.b.ins().fcmp(FloatCC::GreaterThan, v, acc);
+                let nan = self.b.ins().fcmp(FloatCC::Unordered, v, v);
+                let take = self.b.ins().bor(gt, nan);
+                self.b.ins().select(take, v, acc)
+            }
+        }
+    }
+
     fn val(&mut self, i: Ix) -> Value {
         match i {
             Ix::C(c) => self.b.ins().iconst(types::I64, c),
@@ -643,6 +653,59 @@ impl Gen<'_, '_, '_> {
         self.vmemo = vsaved;
         self.b.switch_to_block(done);
         Ok(rest)
+    }
+
+    /// A reduction's operand 4 lanes at a time, folded lane by lane in
+    /// index order (the same sequence of f32 operations as the scalar
+    /// loop); the first `j` and the accumulator it leaves for the tail.
+    fn vector_reduce(
+        &mut self,
+        lead: &[Ix],
+        x: KId,
+        op: Reduce,
+        len: usize,
+        init: Value,
+    ) -> Result<(Value, Value), String> {
+        let p = self.p;
+        let head = self.b.create_block();
+        let body = self.b.create_block();
+        let done = self.b.create_block();
+        let j = self.b.append_block_param(head, types::I64);
+        let acc = self.b.append_block_param(head, types::F32);
+        let rest = self.b.append_block_param(done, types::I64);
+        let out = self.b.append_block_param(done, types::F32);
+        let zero = self.b.ins().iconst(types::I64, 0);
+        self.b.ins().jump(head, &[BlockArg::Value(zero), BlockArg::Value(init)]);
+        self.b.switch_to_block(head);
+        let more = self.b.ins().icmp_imm_s(IntCC::SignedLessThan, j, len as i64 - LANES + 1);
+        self.b.ins().brif(more, body, &[], done, &[BlockArg::Value(j), BlockArg::Value(acc)]);
+        self.b.switch_to_block(body);
+        let (saved, vsaved) = (self.memo.clone(), self.vmemo.clone());
+        let mut base = lead.to_vec();
+        base.push(Ix::V(j));
+        let mut step = vec![0; lead.len()];
+        step.push(1);
+        let v = self.veval(x, &base, &step)?;
+        if let Some((slot, st)) = p.kept_at(x) {
+            if st == self.stage {
+                let flat = self.ravel(&base, &p.shapes[x as usize]);
+                let ptr = self.ptrs[p.k.inputs.len() + 1 + slot];
+                let off = self.mul(flat, 4);
+                let addr = self.addr(ptr, off);
+                self.b.ins().store(vflags(), v, addr, 0);
+            }
+        }
+        let mut a = acc;
+        for l in 0..LANES as u8 {
+            let e = self.b.ins().extractlane(v, l);
+            a = self.fold(op, a, e);
+        }
+        let j4 = self.b.ins().iadd_imm_s(j, LANES);
+        self.b.ins().jump(head, &[BlockArg::Value(j4), BlockArg::Value(a)]);
+        self.memo = saved;
+        self.vmemo = vsaved;
+        self.b.switch_to_block(done);
+        Ok((rest, out))
     }
 
     fn splat(&mut self, x: Value) -> Value {
