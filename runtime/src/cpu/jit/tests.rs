@@ -755,6 +755,34 @@ fn jit_figures() {
             t.elapsed().as_secs_f64()
         );
     }
+    // Every model: every kernel (or anchored kernel's part) compiles.
+    let mut files: Vec<_> = std::fs::read_dir(repo().join("models"))
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "ecar"))
+        .collect();
+    files.sort();
+    for f in files {
+        let t = std::time::Instant::now();
+        let (mut n, mut bad) = (0, vec![]);
+        for (k, b) in model_kernels(&f, 1) {
+            for part in split_at_anchor(&k) {
+                n += 1;
+                let strides: Vec<Vec<usize>> = part
+                    .inputs
+                    .iter()
+                    .map(|t| super::row_major(&t.shape.iter().map(|d| d.eval(&b) as usize).collect::<Vec<_>>()))
+                    .collect();
+                if let Err(e) = JitKernel::compile(&part, &b, &strides) {
+                    bad.push(e);
+                }
+            }
+        }
+        eprintln!("{}: {n} kernels and parts, {} refused, {:.3} s", f.display(), bad.len(), t.elapsed().as_secs_f64());
+        for e in bad.iter().take(3) {
+            eprintln!("  refused: {e}");
+        }
+    }
     for (name, k) in
         [("softmax [512, 1024]", softmax(&[512, 1024])), ("layer_norm [512, 1024]", layernorm(&[512, 1024]))]
     {
