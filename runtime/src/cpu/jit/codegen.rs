@@ -83,6 +83,8 @@ struct Gen<'p, 'a, 'b> {
     stage: usize,
     /// Node vectors emitted at a (base index, step per lane), valid here.
     vmemo: HashMap<(KId, Vec<Ix>, Vec<i64>), Value>,
+    /// Index values known to be multiples of [`LANES`].
+    aligned: std::collections::HashSet<Value>,
 }
 
 fn flags() -> MemFlagsData {
@@ -135,7 +137,16 @@ pub(super) fn emit_stage(
     config: cranelift_codegen::isa::TargetFrontendConfig,
 ) -> Result<(), String> {
     let b = FunctionBuilder::new(func, fctx);
-    let mut g = Gen { p, b, ptrs: vec![], memo: HashMap::new(), unary_sig: None, stage, vmemo: HashMap::new() };
+    let mut g = Gen {
+        p,
+        b,
+        ptrs: vec![],
+        memo: HashMap::new(),
+        unary_sig: None,
+        stage,
+        vmemo: HashMap::new(),
+        aligned: Default::default(),
+    };
     let entry = g.b.create_block();
     g.b.append_block_params_for_function_params(entry);
     g.b.switch_to_block(entry);
@@ -284,21 +295,39 @@ impl Gen<'_, '_, '_> {
             Ix::V(v) => v,
         }
     }
+    /// Whether an index is known to be a multiple of [`LANES`] (the vector
+    /// loop's `j`, and sums and products that keep it so).
+    fn aligned(&self, i: Ix) -> bool {
+        match i {
+            Ix::C(c) => c % LANES == 0,
+            Ix::V(v) => self.aligned.contains(&v),
+        }
+    }
+    fn mark(&mut self, i: Ix, aligned: bool) -> Ix {
+        if let (Ix::V(v), true) = (i, aligned) {
+            self.aligned.insert(v);
+        }
+        i
+    }
     fn add(&mut self, a: Ix, c: Ix) -> Ix {
-        match (a, c) {
+        let al = self.aligned(a) && self.aligned(c);
+        let r = match (a, c) {
             (Ix::C(x), Ix::C(y)) => Ix::C(x + y),
             (Ix::C(0), v) | (v, Ix::C(0)) => v,
             (Ix::V(v), Ix::C(y)) | (Ix::C(y), Ix::V(v)) => Ix::V(self.b.ins().iadd_imm_s(v, y)),
             (Ix::V(x), Ix::V(y)) => Ix::V(self.b.ins().iadd(x, y)),
-        }
+        };
+        self.mark(r, al)
     }
     fn mul(&mut self, a: Ix, c: i64) -> Ix {
-        match a {
+        let al = self.aligned(a) || c % LANES == 0;
+        let r = match a {
             Ix::C(x) => Ix::C(x * c),
             _ if c == 0 => Ix::C(0),
             v if c == 1 => v,
             Ix::V(v) => Ix::V(self.b.ins().imul_imm_s(v, c)),
-        }
+        };
+        self.mark(r, al)
     }
     fn udiv(&mut self, a: Ix, c: i64) -> Ix {
         match a {
@@ -308,11 +337,13 @@ impl Gen<'_, '_, '_> {
         }
     }
     fn urem(&mut self, a: Ix, c: i64) -> Ix {
-        match a {
+        let al = self.aligned(a) && c % LANES == 0;
+        let r = match a {
             Ix::C(x) => Ix::C(x % c.max(1)),
             _ if c <= 1 => Ix::C(0),
             Ix::V(v) => Ix::V(self.b.ins().urem_imm_s(v, c)),
-        }
+        };
+        self.mark(r, al)
     }
     fn addr(&mut self, base: Value, byte_off: Ix) -> Value {
         match byte_off {
@@ -626,6 +657,7 @@ impl Gen<'_, '_, '_> {
         self.b.ins().brif(more, body, &[], done, &[BlockArg::Value(j)]);
         self.b.switch_to_block(body);
         let (saved, vsaved) = (self.memo.clone(), self.vmemo.clone());
+        self.aligned.insert(j);
         let mut base = lead.to_vec();
         base.push(Ix::V(j));
         let mut step = vec![0; lead.len()];
@@ -681,6 +713,7 @@ impl Gen<'_, '_, '_> {
         self.b.ins().brif(more, body, &[], done, &[BlockArg::Value(j), BlockArg::Value(acc)]);
         self.b.switch_to_block(body);
         let (saved, vsaved) = (self.memo.clone(), self.vmemo.clone());
+        self.aligned.insert(j);
         let mut base = lead.to_vec();
         base.push(Ix::V(j));
         let mut step = vec![0; lead.len()];
@@ -844,6 +877,25 @@ impl Gen<'_, '_, '_> {
                                 for (q, &k) in fa[fr].iter().enumerate() {
                                     b2[k] = parts[q];
                                 }
+                            } else if self.aligned(flat)
+                                && fr.end > fr.start
+                                && from[fa[fr.end - 1]] as i64 % LANES == 0
+                                && ta[tr.clone()]
+                                    .iter()
+                                    .zip(super::row_major(&t_ext))
+                                    .map(|(&k, d)| step[k] * d as i64)
+                                    .sum::<i64>()
+                                    == 1
+                            {
+                                // A split whose lanes stay in one row of its
+                                // innermost axis: `flat` is a multiple of 4
+                                // and that axis's extent too.
+                                let f_ext: Vec<usize> = fa[fr.clone()].iter().map(|&k| from[k]).collect();
+                                let parts = self.unravel(flat, &f_ext);
+                                for (q, &k) in fa[fr.clone()].iter().enumerate() {
+                                    b2[k] = parts[q];
+                                }
+                                s2[fa[fr.end - 1]] = 1;
                             } else {
                                 return self.lanes(n, base, step);
                             }

@@ -294,6 +294,21 @@ fn maps_permute_reshape_slice_broadcast() {
         kb.map(x, to, Layout::Reshape);
         check(&kb.done());
     }
+    // Splits of the result's last axis: lanes in one row of the innermost
+    // axis (vectorised), and not (a slice moves them off alignment).
+    for (from, to) in [(&[2, 3, 2, 4][..], &[2, 3, 8][..]), (&[2, 16], &[32]), (&[3, 8], &[24]), (&[2, 3, 6], &[2, 18])]
+    {
+        let mut kb = Kb::default();
+        let x = kb.input(from);
+        let r = kb.map(x, to, Layout::Reshape);
+        kb.same(r, Expr::Unary(Unary::Neg, r));
+        check(&kb.done());
+    }
+    let mut kb = Kb::default();
+    let x = kb.input(&[2, 3, 4]);
+    let r = kb.map(x, &[2, 12], Layout::Reshape);
+    kb.map(r, &[2, 9], Layout::Slice { axis: 1, start: Dim::c(2) });
+    check(&kb.done());
     // Slice, with a symbolic start.
     let mut kb = Kb::default();
     let x = kb.input(&[4, 9]);
@@ -435,7 +450,15 @@ struct Gen {
 
 impl Gen {
     fn shape(&mut self, rank: usize) -> Vec<u64> {
-        (0..rank).map(|_| self.rng.random_range(1..=6)).collect()
+        (0..rank)
+            .map(|_| {
+                if self.rng.random_bool(0.1) {
+                    [8, 12, 16][self.rng.random_range(0..3)]
+                } else {
+                    self.rng.random_range(1..=6)
+                }
+            })
+            .collect()
     }
     fn node(&mut self, s: &[u64], depth: u32) -> KId {
         if let Some(&(_, id)) = self.pool.iter().find(|(ps, _)| ps == s) {
