@@ -311,6 +311,25 @@ impl JitKernel {
         })
     }
 
+    /// What the code compiled for `k` under `b` depends on besides `k` and
+    /// the input strides: every node's concrete shape and every `Slice`
+    /// start. A store kernel's `WriteSlice` start is not in it (the caller
+    /// offsets `out`), so bindings with equal keys, such as the decode steps
+    /// of a KV-cache write, can share one `JitKernel` (caching on kernel,
+    /// key and strides); the slice must still fit its destination, which
+    /// `run_checked` checks through the length of `out`.
+    pub fn specialisation(k: &Kernel, b: &Bindings) -> Vec<u64> {
+        let mut key = vec![];
+        for n in &k.nodes {
+            key.push(n.ty.shape.len() as u64);
+            key.extend(n.ty.shape.iter().map(|d| d.eval(b)));
+            if let Expr::Map { map: Layout::Slice { start, .. }, .. } = &n.expr {
+                key.push(start.eval(b));
+            }
+        }
+        key
+    }
+
     /// Whether the kernel writes a slice of its input 0 in place.
     pub fn is_store(&self) -> bool {
         self.store
