@@ -187,6 +187,21 @@ impl JitKernel {
             }
         }
         let shapes: Vec<Vec<usize>> = k.nodes.iter().map(|n| concrete(&n.ty.shape)).collect();
+        // Index arithmetic is i64, folded at compile time: keep every extent,
+        // size and span far from overflowing it.
+        let limit = 1usize << 40;
+        let fits =
+            |s: &[usize]| s.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d.max(1))).is_some_and(|n| n < limit);
+        if let Some(i) = shapes.iter().position(|s| !fits(s)) {
+            return Err(format!("kernel node {i}: shape {:?} too large", shapes[i]));
+        }
+        for (i, (s, st)) in in_shapes.iter().zip(input_strides).enumerate() {
+            let span =
+                s.iter().zip(st).try_fold(0usize, |acc, (&d, &t)| acc.checked_add(d.saturating_sub(1).checked_mul(t)?));
+            if span.is_none_or(|n| n >= limit) {
+                return Err(format!("input {i}: a view of {s:?} with strides {st:?} spans too much"));
+            }
+        }
         let mut starts = HashMap::new();
         for (i, n) in k.nodes.iter().enumerate() {
             match &n.expr {
@@ -279,7 +294,7 @@ impl JitKernel {
                 }
                 None => len,
             };
-            stages.push((lead.iter().product::<usize>(), len * nodes_read));
+            stages.push((lead.iter().product::<usize>(), len.saturating_mul(nodes_read)));
         }
         module.finalize_definitions().map_err(|e| format!("cranelift: {e}"))?;
         let stages = ids
@@ -352,6 +367,7 @@ impl JitKernel {
     /// first written element (the destination's strides, only the slice is
     /// written). `out` overlaps no input that is read.
     pub unsafe fn run(&self, inputs: &[*const u8], out: *mut f32) {
+        debug_assert_eq!(inputs.len(), self.dtypes.len(), "one pointer per input");
         let mut scratch: Vec<Vec<f32>> = self.scratch.iter().map(|&n| vec![0f32; n]).collect();
         let mut table: Vec<*mut u8> = inputs.iter().map(|&p| p as *mut u8).collect();
         table.push(out as *mut u8);
@@ -362,7 +378,7 @@ impl JitKernel {
                 continue;
             }
             let threads = rayon::current_num_threads();
-            if threads > 1 && st.rows > 1 && st.rows * st.row_work >= PARALLEL_WORK {
+            if threads > 1 && st.rows > 1 && st.rows.saturating_mul(st.row_work) >= PARALLEL_WORK {
                 let chunks = st.rows.min(threads * 4);
                 let f = st.f;
                 (0..chunks).into_par_iter().for_each(|c| {

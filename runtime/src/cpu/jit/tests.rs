@@ -437,6 +437,9 @@ fn unsupported_kernels_are_refused() {
     let k = kb.done();
     let err = JitKernel::compile(&k, &Bindings::default(), &[vec![3, 1], vec![3, 1]]).err().unwrap();
     assert!(err.contains("anchor"), "{err}");
+    // Too large to index: refused.
+    let k = softmax(&[1 << 30, 1 << 30]);
+    assert!(JitKernel::compile(&k, &Bindings::default(), &[vec![1 << 30, 1]]).is_err());
     // Wrong strides: refused.
     let k = softmax(&[2, 3]);
     assert!(JitKernel::compile(&k, &Bindings::default(), &[vec![1]]).is_err());
