@@ -85,6 +85,11 @@ struct Gen<'p, 'a, 'b> {
     vmemo: HashMap<(KId, Vec<Ix>, Vec<i64>), Value>,
     /// Index values known to be multiples of [`LANES`].
     aligned: std::collections::HashSet<Value>,
+    /// The stage's row (its leading index) and the rows' shape.
+    lead: Vec<Ix>,
+    lead_shape: Vec<usize>,
+    /// Whether the stage reads scratch at a row other than its own.
+    cross_row: bool,
 }
 
 fn flags() -> MemFlagsData {
@@ -135,7 +140,7 @@ pub(super) fn emit_stage(
     fctx: &mut FunctionBuilderContext,
     call_conv: CallConv,
     config: cranelift_codegen::isa::TargetFrontendConfig,
-) -> Result<(), String> {
+) -> Result<bool, String> {
     let b = FunctionBuilder::new(func, fctx);
     let mut g = Gen {
         p,
@@ -146,6 +151,9 @@ pub(super) fn emit_stage(
         stage,
         vmemo: HashMap::new(),
         aligned: Default::default(),
+        lead: vec![],
+        lead_shape: vec![],
+        cross_row: false,
     };
     let entry = g.b.create_block();
     g.b.append_block_params_for_function_params(entry);
@@ -185,6 +193,8 @@ pub(super) fn emit_stage(
             rest = g.udiv(rest, d as i64);
         }
     }
+    g.lead = lead_ix.clone();
+    g.lead_shape = lead.clone();
     let next_row = g.b.ins().iadd_imm_s(row, 1);
     match p.reduces.get(stage) {
         Some(&r) => {
@@ -271,11 +281,20 @@ pub(super) fn emit_stage(
     g.b.switch_to_block(exit);
     g.b.ins().return_(&[]);
     g.b.seal_all_blocks();
+    let row_local = !g.cross_row;
     g.b.finalize(config);
-    Ok(())
+    Ok(row_local)
 }
 
 impl Gen<'_, '_, '_> {
+    /// Note a scratch read at row `idx` of `shape` (both without the last
+    /// axis): whether it is the stage's own row.
+    fn note_row(&mut self, idx: &[Ix], shape: &[usize]) {
+        if idx != self.lead.as_slice() || shape != self.lead_shape.as_slice() {
+            self.cross_row = true;
+        }
+    }
+
     /// One step of a reduction's fold, as the interpreter's.
     fn fold(&mut self, op: Reduce, acc: Value, v: Value) -> Value {
         match op {
@@ -382,6 +401,8 @@ impl Gen<'_, '_, '_> {
         }
         let v = match self.p.kept_at(n) {
             Some((slot, st)) if st < self.stage => {
+                let r = idx.len() - 1;
+                self.note_row(&idx[..r], &self.p.shapes[n as usize][..r]);
                 let flat = self.ravel(idx, &self.p.shapes[n as usize]);
                 let base = self.ptrs[self.p.k.inputs.len() + 1 + slot];
                 let off = self.mul(flat, 4);
@@ -477,6 +498,7 @@ impl Gen<'_, '_, '_> {
             Expr::Reduce { .. } => {
                 let shape = &p.shapes[n as usize];
                 let r = shape.len() - 1;
+                self.note_row(&idx[..r], &shape[..r]);
                 let row = self.ravel(&idx[..r], &shape[..r]);
                 let s = self.p.scratch_index(n);
                 let base = self.ptrs[p.k.inputs.len() + 1 + s];
@@ -766,6 +788,11 @@ impl Gen<'_, '_, '_> {
                 let shape = &self.p.shapes[n as usize];
                 let flat_step: i64 = step.iter().zip(super::row_major(shape)).map(|(&s, d)| s * d as i64).sum();
                 if flat_step == 1 {
+                    let r = base.len() - 1;
+                    self.note_row(&base[..r], &shape[..r]);
+                    if step[..r].iter().any(|&s| s != 0) {
+                        self.cross_row = true;
+                    }
                     let flat = self.ravel(base, shape);
                     let ptr = self.ptrs[self.p.k.inputs.len() + 1 + slot];
                     let off = self.mul(flat, 4);

@@ -60,6 +60,10 @@ pub struct JitKernel {
     out_span: usize,
     /// Whether the kernel writes a slice of its input 0 ([`Kernel::store`]).
     store: bool,
+    /// Whether every stage has the same rows and reads scratch only at its
+    /// own row: then a block of rows runs all stages before the next block
+    /// (one parallel sweep, the block's values still in cache).
+    rowwise: bool,
     _code: Code,
 }
 
@@ -67,6 +71,17 @@ pub struct JitKernel {
 // only touched again to free it on drop, which needs `&mut self`.
 unsafe impl Send for Code {}
 unsafe impl Sync for Code {}
+
+/// How [`JitKernel::exec`] orders the blocks of rows of a `rowwise` kernel.
+#[derive(Clone, Copy, Debug)]
+enum Order {
+    /// Blocks over the threads when the kernel is large enough.
+    Auto,
+    /// One row a block, in order or reversed, on this thread: a test that a
+    /// `rowwise` kernel reads no other row's scratch.
+    #[cfg_attr(not(test), allow(dead_code))]
+    RowByRow { reverse: bool },
+}
 
 /// A safe argument of [`JitKernel::run_checked`].
 #[derive(Clone, Copy, Debug)]
@@ -272,6 +287,7 @@ impl JitKernel {
         let mut fctx = FunctionBuilderContext::new();
         let mut ids = vec![];
         let mut stages = vec![];
+        let (mut row_local, mut leads) = (true, vec![]);
         for s in 0..=plan.reduces.len() {
             let sig = codegen::stage_signature(call_conv);
             let id = module
@@ -279,7 +295,8 @@ impl JitKernel {
                 .map_err(|e| format!("declare: {e}"))?;
             ctx.func.signature = sig;
             ctx.func.name = UserFuncName::user(0, id.as_u32());
-            codegen::emit_stage(&plan, s, &mut ctx.func, &mut fctx, call_conv, config)?;
+            row_local &= codegen::emit_stage(&plan, s, &mut ctx.func, &mut fctx, call_conv, config)?;
+            leads.push(plan.stage_space(s).0);
             if std::env::var_os("ECARC_JIT_CLIF").is_some() {
                 eprintln!("{}", ctx.func.display());
             }
@@ -322,6 +339,7 @@ impl JitKernel {
             spans,
             out_span,
             store,
+            rowwise: row_local && leads.windows(2).all(|w| w[0] == w[1]),
             _code: Code(Some(module)),
         })
     }
@@ -367,17 +385,50 @@ impl JitKernel {
     /// first written element (the destination's strides, only the slice is
     /// written). `out` overlaps no input that is read.
     pub unsafe fn run(&self, inputs: &[*const u8], out: *mut f32) {
+        // SAFETY: the caller's contract.
+        unsafe { self.exec(inputs, out, Order::Auto) }
+    }
+
+    /// # Safety
+    /// As [`Self::run`].
+    unsafe fn exec(&self, inputs: &[*const u8], out: *mut f32, order: Order) {
         debug_assert_eq!(inputs.len(), self.dtypes.len(), "one pointer per input");
         let mut scratch: Vec<Vec<f32>> = self.scratch.iter().map(|&n| vec![0f32; n]).collect();
         let mut table: Vec<*mut u8> = inputs.iter().map(|&p| p as *mut u8).collect();
         table.push(out as *mut u8);
         table.extend(scratch.iter_mut().map(|s| s.as_mut_ptr() as *mut u8));
         let addr = table.as_ptr() as usize;
+        let threads = rayon::current_num_threads();
+        if self.rowwise && self.stages.len() > 1 {
+            let rows = self.stages[0].rows;
+            let work = self.stages.iter().fold(0usize, |a, s| a.saturating_add(s.rows.saturating_mul(s.row_work)));
+            let blocks = match order {
+                Order::Auto if threads > 1 && rows > 1 && work >= PARALLEL_WORK => rows.min(threads * 4),
+                Order::Auto => 1,
+                Order::RowByRow { .. } => rows,
+            };
+            let block = |c: usize| {
+                let (b, e) = (rows * c / blocks, rows * (c + 1) / blocks);
+                for st in &self.stages {
+                    // SAFETY: blocks write disjoint rows and read only their
+                    // own rows of scratch (`rowwise`); the caller's contract.
+                    unsafe { (st.f)(addr as *const *mut u8, b as i64, e as i64) };
+                }
+            };
+            match order {
+                Order::RowByRow { reverse: true } => (0..blocks).rev().for_each(block),
+                Order::RowByRow { reverse: false } => (0..blocks).for_each(block),
+                Order::Auto if blocks > 1 => (0..blocks).into_par_iter().for_each(block),
+                Order::Auto => block(0),
+            }
+            drop(table);
+            drop(scratch);
+            return;
+        }
         for st in &self.stages {
             if st.rows == 0 {
                 continue;
             }
-            let threads = rayon::current_num_threads();
             if threads > 1 && st.rows > 1 && st.rows.saturating_mul(st.row_work) >= PARALLEL_WORK {
                 let chunks = st.rows.min(threads * 4);
                 let f = st.f;
@@ -399,6 +450,10 @@ impl JitKernel {
     /// kernel `inputs[0]` is not read (any slice will do) and `out` starts
     /// at the destination's first written element.
     pub fn run_checked(&self, inputs: &[JitArg], out: &mut [f32]) -> Result<(), String> {
+        self.run_checked_in(inputs, out, Order::Auto)
+    }
+
+    fn run_checked_in(&self, inputs: &[JitArg], out: &mut [f32], order: Order) -> Result<(), String> {
         if inputs.len() != self.dtypes.len() {
             return Err(format!("the kernel takes {} inputs, given {}", self.dtypes.len(), inputs.len()));
         }
@@ -422,7 +477,7 @@ impl JitKernel {
             return Err(format!("the output has {} elements, the result spans {}", out.len(), self.out_span));
         }
         // SAFETY: bounds and dtypes checked above; `out` is a unique borrow.
-        unsafe { self.run(&ptrs, out.as_mut_ptr()) };
+        unsafe { self.exec(&ptrs, out.as_mut_ptr(), order) };
         Ok(())
     }
 }
