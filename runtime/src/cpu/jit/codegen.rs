@@ -6,10 +6,14 @@
 //! `extern "C" fn(ptrs: *const *mut u8, row_begin: i64, row_end: i64)`:
 //! a stage per reachable `Reduce` node (in node order) writing the row's
 //! fold into a scratch buffer, then the final stage writing the result. The
-//! pointer table is `[inputs.., out, scratch..]`. Every stage loops over its
-//! rows (all axes but the last, flattened) and, innermost, along the last
-//! axis; at each index the expression DAG is emitted with its index maps
-//! composed into index arithmetic at compile time ([`Ix`] folds constants).
+//! pointer table is `[inputs.., out, scratch..]` (scratch: one buffer per
+//! reduction, then one per kept operand, [`Plan::kept`]). Every stage loops
+//! over its rows (all axes but the last, flattened) and, innermost, along
+//! the last axis, 4 lanes at a time (`f32x4`) then a scalar tail; at each
+//! index the expression DAG is emitted with its index maps composed into
+//! index arithmetic at compile time ([`Ix`] folds constants). The vector
+//! path evaluates a node at `base + lane * step`, and falls back lane by
+//! lane to the scalar code where the lanes' indices are not affine.
 
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{types, AbiParam, BlockArg, Endianness, InstBuilder, MemFlagsData, Signature, Value};
