@@ -440,6 +440,12 @@ fn store_writes_only_the_slice() {
 }
 
 #[test]
+fn a_compiled_kernel_is_shared_between_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<JitKernel>();
+}
+
+#[test]
 fn unsupported_kernels_are_refused() {
     // (An i64 input is read only by an anchor: `Kernel::verify`.)
     // An anchor: refused, not a panic.
@@ -752,7 +758,8 @@ fn every_tiny_model_kernel_compiles_and_agrees() {
                 } else {
                     whole += 1;
                 }
-                if let Err(e) = check_with(part, b, i as u64 * 31 + j as u64, &[Lay::Dense], false) {
+                let lays = [[Lay::Dense, Lay::Padded], [Lay::Reversed, Lay::Dense]][(i + j) % 2];
+                if let Err(e) = check_with(part, b, i as u64 * 31 + j as u64, &lays, false) {
                     fails.push(format!("{name} kernel {i} part {j} under {b:?}: {e}\n{}", part_text(part)));
                 }
             }
