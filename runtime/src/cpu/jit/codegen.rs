@@ -16,7 +16,10 @@
 //! lane to the scalar code where the lanes' indices are not affine.
 
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
-use cranelift_codegen::ir::{types, AbiParam, BlockArg, Endianness, InstBuilder, MemFlagsData, Signature, Value};
+use cranelift_codegen::ir::{
+    types, AbiParam, BlockArg, Endianness, InstBuilder, MemFlagsData, SigRef, Signature, StackSlot, StackSlotData,
+    StackSlotKind, Value,
+};
 use cranelift_codegen::isa::CallConv;
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use ecarc_compiler::ir::op::{Binary, Unary};
@@ -94,6 +97,9 @@ struct Gen<'p, 'a, 'b> {
     lead_shape: Vec<usize>,
     /// Whether the stage reads scratch at a row other than its own.
     cross_row: bool,
+    call_conv: CallConv,
+    /// The 4-lane shims' stack slot and signature, once made.
+    slot: Option<(StackSlot, SigRef)>,
 }
 
 fn flags() -> MemFlagsData {
@@ -114,6 +120,37 @@ shim!(shim_gelu, Unary::Gelu);
 shim!(shim_gelu_tanh, Unary::GeluTanh);
 shim!(shim_exp, Unary::Exp);
 shim!(shim_tanh, Unary::Tanh);
+
+/// The shims 4 lanes a call, in place: one call (and one save of the
+/// live vector registers) per vector instead of four.
+macro_rules! shim4 {
+    ($name:ident, $u:expr) => {
+        /// # Safety
+        /// `p` points at 4 writable f32.
+        unsafe extern "C" fn $name(p: *mut f32) {
+            for l in 0..4 {
+                // SAFETY: the generated code passes a 16-byte stack slot.
+                unsafe { *p.add(l) = $u.apply(*p.add(l)) };
+            }
+        }
+    };
+}
+shim4!(shim4_silu, Unary::Silu);
+shim4!(shim4_gelu, Unary::Gelu);
+shim4!(shim4_gelu_tanh, Unary::GeluTanh);
+shim4!(shim4_exp, Unary::Exp);
+shim4!(shim4_tanh, Unary::Tanh);
+
+fn shim4_of(u: Unary) -> Option<unsafe extern "C" fn(*mut f32)> {
+    match u {
+        Unary::Silu => Some(shim4_silu),
+        Unary::Gelu => Some(shim4_gelu),
+        Unary::GeluTanh => Some(shim4_gelu_tanh),
+        Unary::Exp => Some(shim4_exp),
+        Unary::Tanh => Some(shim4_tanh),
+        Unary::Neg | Unary::Sqrt => None,
+    }
+}
 
 fn shim_of(u: Unary) -> Option<extern "C" fn(f32) -> f32> {
     match u {
@@ -158,6 +195,8 @@ pub(super) fn emit_stage(
         lead: vec![],
         lead_shape: vec![],
         cross_row: false,
+        call_conv,
+        slot: None,
     };
     let entry = g.b.create_block();
     g.b.append_block_params_for_function_params(entry);
@@ -767,6 +806,18 @@ impl Gen<'_, '_, '_> {
         Ok((rest, out))
     }
 
+    /// The 16-byte stack slot the 4-lane shims work in, and their signature.
+    fn lanes_slot(&mut self) -> (StackSlot, SigRef) {
+        if self.slot.is_none() {
+            let slot = self.b.create_sized_stack_slot(StackSlotData::new(StackSlotKind::ExplicitSlot, 16, 4));
+            let mut sig = Signature::new(self.call_conv);
+            sig.params.push(AbiParam::new(types::I64));
+            let sig = self.b.import_signature(sig);
+            self.slot = Some((slot, sig));
+        }
+        self.slot.expect("just made")
+    }
+
     fn splat(&mut self, x: Value) -> Value {
         self.b.ins().splat(types::F32X4, x)
     }
@@ -941,17 +992,13 @@ impl Gen<'_, '_, '_> {
                     Unary::Neg => self.b.ins().fneg(v),
                     Unary::Sqrt => self.b.ins().sqrt(v),
                     _ => {
-                        let f = shim_of(*u).expect("a shim for every call");
-                        let sig = self.unary_sig.expect("declared at entry");
-                        let mut out = v;
-                        for l in 0..LANES as u8 {
-                            let x = self.b.ins().extractlane(v, l);
-                            let callee = self.b.ins().iconst(types::I64, f as usize as i64);
-                            let call = self.b.ins().call_indirect(sig, callee, &[x]);
-                            let r = self.b.inst_results(call)[0];
-                            out = self.b.ins().insertlane(out, r, l);
-                        }
-                        out
+                        let f = shim4_of(*u).expect("a shim for every call");
+                        let (slot, sig) = self.lanes_slot();
+                        self.b.ins().stack_store(types::I64, v, slot, 0);
+                        let at = self.b.ins().stack_addr(types::I64, slot, 0);
+                        let callee = self.b.ins().iconst(types::I64, f as usize as i64);
+                        self.b.ins().call_indirect(sig, callee, &[at]);
+                        self.b.ins().stack_load(types::I64, types::F32X4, slot, 0)
                     }
                 }
             }
