@@ -282,7 +282,9 @@ impl JitKernel {
         let isa = isa()?;
         let call_conv = isa.default_call_conv();
         let config = isa.frontend_config();
-        let mut module = JITModule::new(JITBuilder::with_isa(isa, default_libcall_names()));
+        // Owned by `code` from the start, so an error below frees it too.
+        let mut code = Code(Some(JITModule::new(JITBuilder::with_isa(isa, default_libcall_names()))));
+        let module = code.0.as_mut().expect("just made");
         let mut ctx = module.make_context();
         let mut fctx = FunctionBuilderContext::new();
         let mut ids = vec![];
@@ -340,7 +342,7 @@ impl JitKernel {
             out_span,
             store,
             rowwise: row_local && leads.windows(2).all(|w| w[0] == w[1]),
-            _code: Code(Some(module)),
+            _code: code,
         })
     }
 
