@@ -67,29 +67,10 @@ struct Comment {
 
 /// Byte ranges of `//` comments outside strings.
 fn scan_comments(text: &str) -> Vec<Comment> {
-    let b = text.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'"' => {
-                i += 1;
-                while i < b.len() && b[i] != b'"' && b[i] != b'\n' {
-                    i += if b[i] == b'\\' { 2 } else { 1 };
-                }
-                i += 1;
-            }
-            b'/' if b.get(i + 1) == Some(&b'/') => {
-                let start = i;
-                while i < b.len() && b[i] != b'\n' {
-                    i += 1;
-                }
-                out.push(Comment { start: start as u32, end: i as u32 });
-            }
-            _ => i += 1,
-        }
-    }
-    out
+    crate::lex::comments(text.as_bytes())
+        .into_iter()
+        .map(|r| Comment { start: r.start as u32, end: r.end as u32 })
+        .collect()
 }
 
 /// Components with at most this many plain fields fit on one line...

@@ -3,6 +3,7 @@
 
 pub mod ast;
 pub mod diag;
+pub mod lex;
 pub mod parser;
 pub mod source;
 

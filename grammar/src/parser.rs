@@ -65,22 +65,9 @@ pub fn parse_set_value(file: FileId, text: &str) -> Result<FieldValue, Vec<Diag>
 }
 
 fn check_nesting(file: FileId, text: &str) -> Result<(), Vec<Diag>> {
-    let bytes = text.as_bytes();
     let mut depth = 0usize;
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'"' => {
-                i += 1;
-                while i < bytes.len() && bytes[i] != b'"' && bytes[i] != b'\n' {
-                    i += if bytes[i] == b'\\' { 2 } else { 1 };
-                }
-            }
-            b'/' if bytes.get(i + 1) == Some(&b'/') => {
-                while i < bytes.len() && bytes[i] != b'\n' {
-                    i += 1;
-                }
-            }
+    for (i, b) in crate::lex::code_bytes(text.as_bytes()) {
+        match b {
             b'{' | b'[' | b'(' => {
                 depth += 1;
                 if depth > MAX_NESTING {
@@ -92,7 +79,6 @@ fn check_nesting(file: FileId, text: &str) -> Result<(), Vec<Diag>> {
             b'}' | b']' | b')' => depth = depth.saturating_sub(1),
             _ => {}
         }
-        i += 1;
     }
     Ok(())
 }
@@ -574,19 +560,7 @@ fn trim_trailing_trivia(text: &str, start: usize, mut end: usize) -> usize {
 
 /// Byte offset of a `//` comment in one line, outside string literals.
 fn comment_start(line: &str) -> Option<usize> {
-    let b = line.as_bytes();
-    let mut i = 0;
-    let mut in_string = false;
-    while i < b.len() {
-        match b[i] {
-            b'\\' if in_string => i += 1,
-            b'"' => in_string = !in_string,
-            b'/' if !in_string && b.get(i + 1) == Some(&b'/') => return Some(i),
-            _ => {}
-        }
-        i += 1;
-    }
-    None
+    crate::lex::comments(line.as_bytes()).first().map(|r| r.start)
 }
 
 /// A comparison operator from its text.

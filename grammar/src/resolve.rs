@@ -367,28 +367,14 @@ pub fn explain_syntax_error(d: Diag, text: &str) -> Diag {
     let span_at = |start: usize, len: usize| Span::new(at.file, start, start + len);
     // `{` still open at `pos` (strings and comments skipped).
     let mut open = Vec::new();
-    let bytes = text.as_bytes();
-    let mut i = 0;
-    while i < pos {
-        match bytes[i] {
-            b'"' => {
-                i += 1;
-                while i < pos && bytes[i] != b'"' && bytes[i] != b'\n' {
-                    i += if bytes[i] == b'\\' { 2 } else { 1 };
-                }
-            }
-            b'/' if bytes.get(i + 1) == Some(&b'/') => {
-                while i < pos && bytes[i] != b'\n' {
-                    i += 1;
-                }
-            }
+    for (i, b) in crate::lex::code_bytes(&text.as_bytes()[..pos]) {
+        match b {
             b'{' => open.push(i),
             b'}' => {
                 open.pop();
             }
             _ => {}
         }
-        i += 1;
     }
     let line_no = |p: usize| text[..p].matches('\n').count() + 1;
     let ends_at_eof = text[pos..].trim().is_empty();

@@ -107,29 +107,7 @@ pub(crate) fn meaning(s: &Session) -> (Vec<(String, Value)>, BTreeSet<&'static s
 /// `//` comments outside strings, as the grammar sees them (trailing whitespace,
 /// including a CR of a CRLF line end, is not part of what must survive).
 pub(crate) fn comments(text: &str) -> Vec<String> {
-    let b = text.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'"' => {
-                i += 1;
-                while i < b.len() && b[i] != b'"' && b[i] != b'\n' {
-                    i += if b[i] == b'\\' { 2 } else { 1 };
-                }
-                i += 1;
-            }
-            b'/' if b.get(i + 1) == Some(&b'/') => {
-                let start = i;
-                while i < b.len() && b[i] != b'\n' {
-                    i += 1;
-                }
-                out.push(text[start..i].trim_end().to_string());
-            }
-            _ => i += 1,
-        }
-    }
-    out
+    ecarc_grammar::lex::comments(text.as_bytes()).into_iter().map(|r| text[r].trim_end().to_string()).collect()
 }
 
 /// Format `text` (named `name` for checking) and assert every property. Returns
