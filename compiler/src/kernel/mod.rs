@@ -17,6 +17,7 @@
 //! computes the same bits as the ops it replaced.
 
 pub mod interpret;
+pub mod split;
 mod text;
 pub mod traffic;
 
