@@ -5,6 +5,7 @@
 
 pub mod backend;
 pub mod checkpoint;
+pub mod cpu;
 pub mod driver;
 pub mod error;
 pub mod image_out;

@@ -68,9 +68,10 @@ pub fn split_at_anchor(k: &Kernel) -> Option<Split> {
     Some(Split { anchor: op.clone(), anchor_ty: k.nodes[a as usize].ty.clone(), operands, epilogue })
 }
 
-/// An anchor-free kernel as one part (its inputs the kernel's own).
+/// A kernel as one part: the nodes its result depends on, its inputs only
+/// those it reads (so a store kernel's part does not take the state).
 pub fn whole(k: &Kernel) -> Part {
-    Part { kernel: k.clone(), sources: (0..k.inputs.len() as u32).map(Source::Input).collect() }
+    extract(k, (k.nodes.len() - 1) as KId, None)
 }
 
 /// For a kernel that writes a slice of its input 0 ([`Kernel::store`]): the
