@@ -3,6 +3,7 @@
 
 mod build;
 mod checkpoints;
+mod cpu;
 mod cli;
 mod cli_run;
 mod common;

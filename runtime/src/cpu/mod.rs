@@ -108,6 +108,12 @@ impl Cpu {
         &self.stats
     }
 
+    /// Bytes copied and written so far, and how state updates were written
+    /// (as [`Reference::traffic`]).
+    pub fn traffic(&self) -> crate::reference::Traffic {
+        self.counters.traffic()
+    }
+
     /// The GEMV dot product this CPU uses (`avx512`, `avx2`, `portable`).
     pub fn gemv_isa() -> &'static str {
         gemm::dot2().1

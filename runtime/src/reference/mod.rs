@@ -53,7 +53,14 @@ impl Reference {
 
     /// Bytes copied and written so far by this backend (and its clones).
     pub fn traffic(&self) -> Traffic {
-        let c = &self.counters;
+        self.counters.traffic()
+    }
+}
+
+impl Counters {
+    /// What [`Reference::traffic`] reports, for these counters.
+    pub(crate) fn traffic(&self) -> Traffic {
+        let c = self;
         Traffic {
             copied_bytes: c.copied.load(Relaxed),
             state_bytes_written: c.written.load(Relaxed),
