@@ -64,6 +64,18 @@ fn every_tiny_sample_on_cpu_agrees_with_the_reference() {
 }
 
 #[test]
+fn the_node_by_node_interpreter_engine_gives_the_per_element_bits() {
+    use ecarc_runtime::cpu::fused::Interpreter;
+    use std::sync::Arc;
+    for name in FAMILIES {
+        let a = sample_on(&Cpu::new(), name, 5);
+        let b = sample_on(&Cpu::with_engine(Arc::new(Interpreter::per_element())), name, 5);
+        assert_eq!(a.stages, b.stages, "{name}");
+        assert_eq!(a.image, b.image, "{name}");
+    }
+}
+
+#[test]
 fn the_same_seed_gives_the_same_bits_on_cpu() {
     for name in FAMILIES {
         let a = sample_on(&Cpu::new(), name, 5);

@@ -3,11 +3,11 @@
 
 mod build;
 mod checkpoints;
-mod cpu;
 mod cli;
 mod cli_run;
 mod common;
 mod contract;
+mod cpu;
 mod diagnostics;
 mod format;
 mod formula;

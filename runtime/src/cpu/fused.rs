@@ -33,10 +33,22 @@ pub trait CompiledKernel: Send + Sync {
     fn run(&self, inputs: &[&View], b: &Bindings) -> Result<HostTensor, String>;
 }
 
-/// The kernel IR's interpreter as an engine: correct for every kernel, slow.
-pub struct Interpreter;
+/// The kernel IR's interpreter as an engine: correct for every kernel, but
+/// an interpreter. By default node by node (`kernel::dense`: whole arrays
+/// per node); [`Interpreter::per_element`] is the per-element interpreter the
+/// reference uses (`kernel::interpret`), the same bits, much slower.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Interpreter {
+    per_element: bool,
+}
 
-struct Interpreted(Kernel);
+impl Interpreter {
+    pub fn per_element() -> Interpreter {
+        Interpreter { per_element: true }
+    }
+}
+
+struct Interpreted(Kernel, bool);
 
 struct NoAnchor;
 
@@ -63,14 +75,19 @@ impl ElementwiseEngine for Interpreter {
         if k.anchor().is_some() {
             return Err("the interpreter engine takes anchor-free kernels".into());
         }
-        Ok(Box::new(Interpreted(k.clone())))
+        Ok(Box::new(Interpreted(k.clone(), self.per_element)))
     }
 }
 
 impl CompiledKernel for Interpreted {
     fn run(&self, inputs: &[&View], b: &Bindings) -> Result<HostTensor, String> {
         let values: Vec<Value> = inputs.iter().map(|v| value(v)).collect();
-        let out = interpret::run(&self.0, &values.iter().collect::<Vec<_>>(), b, &NoAnchor)?;
+        let refs: Vec<&Value> = values.iter().collect();
+        let out = if self.1 {
+            interpret::run(&self.0, &refs, b, &NoAnchor)?
+        } else {
+            ecarc_compiler::kernel::dense::run(&self.0, &refs, b, &NoAnchor)?
+        };
         match out.data {
             interpret::Data::F32(x) => Ok(HostTensor::f32(out.shape, x)),
             interpret::Data::I64(_) => Err("a kernel computed integers".into()),

@@ -95,7 +95,7 @@ impl Default for Cpu {
 
 impl Cpu {
     pub fn new() -> Cpu {
-        Cpu::with_engine(Arc::new(Interpreter))
+        Cpu::with_engine(Arc::new(Interpreter::default()))
     }
 
     /// A CPU backend whose fused element-wise parts run on `engine`.
@@ -153,5 +153,26 @@ impl Backend for Cpu {
     }
     fn synchronize(&self) -> Result<()> {
         Ok(())
+    }
+}
+
+/// The native kernels on dense host tensors, for benchmarks and tests.
+pub mod kernels {
+    use crate::reference::view::View;
+    use crate::tensor::HostTensor;
+    use std::sync::Arc;
+
+    fn view(t: &HostTensor) -> View {
+        View::whole(Arc::new(t.clone()))
+    }
+
+    /// `x[..., in] @ w[out, in]^T (+ b)`: GEMM, or the streamed GEMV for one or two rows.
+    pub fn linear(x: &HostTensor, w: &HostTensor, b: Option<&HostTensor>) -> Result<HostTensor, String> {
+        super::gemm::linear(&view(x), &view(w), b.map(view).as_ref())
+    }
+
+    /// `a[..., m, k] @ b[..., k, n]`.
+    pub fn matmul(a: &HostTensor, b: &HostTensor) -> Result<HostTensor, String> {
+        super::gemm::matmul(&view(a), &view(b))
     }
 }

@@ -498,3 +498,13 @@ pub(crate) mod testutil {
             .collect()
     }
 }
+
+/// The reference kernels on host tensors, for benchmarks comparing a backend with them.
+pub mod kernels {
+    use crate::tensor::HostTensor;
+
+    /// `x[..., in] @ w[out, in]^T (+ b)`, sums in order.
+    pub fn linear(x: &HostTensor, w: &HostTensor, b: Option<&HostTensor>) -> Result<HostTensor, String> {
+        super::linalg::linear(x, w, b)
+    }
+}
