@@ -154,6 +154,6 @@ fn cpu_is_selectable_by_name_and_refuses_foreign_programs() {
     let program = ecarc_compiler::lower::lower(&spec, &Default::default()).expect("lowers");
     let reference = Reference::new();
     let exe = reference.prepare(&program.graphs[0], &Default::default()).unwrap();
-    let err = cpu.run(&exe, &Default::default(), Default::default()).err().expect("a foreign program is refused");
+    let err = cpu.run(&exe, &Default::default(), Default::default()).expect_err("a foreign program is refused");
     assert!(err.to_string().contains("another backend"), "{err}");
 }

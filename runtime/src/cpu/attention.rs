@@ -97,12 +97,12 @@ pub(crate) fn attention(
         let (mut m, mut l) = (f32::NEG_INFINITY, 0f32);
         let mut scores = [0f32; TILE];
         let mut allowed = [false; TILE];
-        for tile in 0..hi.div_ceil(TILE) {
+        for (tile, &lowest) in tile_min.iter().enumerate().take(hi.div_ceil(TILE)) {
             let (lo, end) = (tile * TILE, hi.min(tile * TILE + TILE));
             let skip = match mask {
                 Mask::Full | Mask::Causal => false,
-                Mask::BlockCausal => tile_min[tile] > lq,
-                Mask::EarlierPlusSelf => tile_min[tile] >= lq && !(lo..end).contains(&pos),
+                Mask::BlockCausal => lowest > lq,
+                Mask::EarlierPlusSelf => lowest >= lq && !(lo..end).contains(&pos),
             };
             if skip {
                 continue;
