@@ -56,11 +56,16 @@ pub(crate) fn anchor(op: &Op, x: &[View], b: &Bindings, stats: &KernelStats, fus
         Op::Attention { mask, scale, keys } => {
             arity(3, 4)?;
             let keys = index(keys.eval(b), "attention keys")?;
-            let levels = x.get(3).map(|l| l.to_tensor());
-            let lv = match &levels {
-                Some(l) => Some(l.as_i64().ok_or("levels must be i64")?),
+            // Levels an element-wise part computed (a map of the input) are
+            // f32 holding small integers: exact either way.
+            let levels: Option<Vec<i64>> = match x.get(3).map(|l| l.to_tensor()) {
+                Some(l) => Some(match &l.data {
+                    crate::tensor::Data::I64(v) => v.clone(),
+                    crate::tensor::Data::F32(v) => v.iter().map(|&f| f as i64).collect(),
+                }),
                 None => None,
             };
+            let lv = levels.as_deref();
             super::attention::attention(&x[0], &x[1], &x[2], lv, *mask, attr(*scale), keys)?
         }
         _ => return Err(format!("`{}` is not an anchor", op.name())),
