@@ -187,3 +187,77 @@ impl PreparedFused {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reference::testutil::seq;
+    use ecarc_compiler::ir::op::{Binary, Unary, F};
+    use ecarc_compiler::ir::TensorType;
+    use ecarc_compiler::kernel::{Expr, KNode, Layout};
+
+    fn t(shape: &[u64]) -> TensorType {
+        TensorType::f32(shape.iter().map(|&d| Dim::c(d)).collect())
+    }
+    fn n(shape: &[u64], expr: Expr) -> KNode {
+        KNode { ty: t(shape), expr }
+    }
+
+    /// The reference's linear as the interpreter's anchor library.
+    struct RefLinear;
+    impl Anchors for RefLinear {
+        fn run(&self, _: &Op, x: &[&Value], _: &Bindings) -> Result<Value, String> {
+            let h = |v: &Value| match &v.data {
+                interpret::Data::F32(d) => HostTensor::f32(v.shape.clone(), d.clone()),
+                interpret::Data::I64(d) => HostTensor::i64(v.shape.clone(), d.clone()),
+            };
+            let y = crate::reference::linalg::linear(&h(x[0]), &h(x[1]), None)?;
+            Ok(Value { shape: y.shape.clone(), data: interpret::Data::F32(y.as_f32().unwrap().to_vec()) })
+        }
+    }
+
+    #[test]
+    fn a_split_linear_kernel_computes_what_the_interpreter_does_on_strided_inputs() {
+        // gelu(linear(2x - 1, w) + b) + y
+        let k = Kernel {
+            inputs: vec![t(&[3, 4]), t(&[5, 4]), t(&[5]), t(&[3, 5])],
+            nodes: vec![
+                n(&[3, 4], Expr::Load(0)),
+                n(&[3, 4], Expr::Affine { x: 0, scale: F::new(2.0), shift: F::new(-1.0) }),
+                n(&[5, 4], Expr::Load(1)),
+                n(&[3, 5], Expr::Anchor { op: Op::Linear, operands: vec![1, 2] }),
+                n(&[5], Expr::Load(2)),
+                n(&[3, 5], Expr::Map { x: 4, map: Layout::Broadcast }),
+                n(&[3, 5], Expr::Binary(Binary::Add, 3, 5)),
+                n(&[3, 5], Expr::Unary(Unary::Gelu, 6)),
+                n(&[3, 5], Expr::Load(3)),
+                n(&[3, 5], Expr::Binary(Binary::Add, 7, 8)),
+            ],
+        };
+        k.verify(&k.inputs.iter().collect::<Vec<_>>()).unwrap();
+        let dense = |shape: &[usize], seed| HostTensor::f32(shape.to_vec(), seq(shape.iter().product(), seed));
+        // x as the transpose of a [4, 3] tensor: a strided view.
+        let xt = View::whole(Arc::new(dense(&[4, 3], 1))).permute(&[1, 0]);
+        let (w, b, y) = (dense(&[5, 4], 2), dense(&[5], 3), dense(&[3, 5], 4));
+        let views = vec![
+            xt.clone(),
+            View::whole(Arc::new(w.clone())),
+            View::whole(Arc::new(b.clone())),
+            View::whole(Arc::new(y.clone())),
+        ];
+        let stats = KernelStats::default();
+        let p = PreparedFused::new(&k, &Interpreter::default()).unwrap();
+        let got = p.run(&views, &Bindings::default(), &stats).unwrap();
+        let vals: Vec<Value> = views.iter().map(value).collect();
+        let want = interpret::run(&k, &vals.iter().collect::<Vec<_>>(), &Bindings::default(), &RefLinear).unwrap();
+        let interpret::Data::F32(want) = want.data else { unreachable!() };
+        for (a, e) in got.as_f32().unwrap().iter().zip(&want) {
+            assert!((a - e).abs() <= 1e-5 + 1e-5 * e.abs(), "{a} vs {e}");
+        }
+        let counts = stats.snapshot();
+        assert_eq!(counts.get(&("fused.linear", Impl::Native)), Some(&1));
+        assert_eq!(counts.get(&("fused.elementwise", Impl::Interpreter)), Some(&2));
+        // Too few operands is an error, not a panic.
+        assert!(p.run(&views[..2], &Bindings::default(), &stats).is_err());
+    }
+}
