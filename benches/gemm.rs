@@ -25,6 +25,23 @@ fn gemm(c: &mut Criterion) {
             b.iter(|| kernels::linear(black_box(&x), black_box(&w), None).unwrap())
         });
     }
+    for (rows, n_in, n_out) in [(2, 768, 3072), (1, 3072, 768)] {
+        let (x, w) = (tensor(&[rows, n_in], 1), tensor(&[n_out, n_in], 2));
+        g.throughput(Throughput::Elements(2 * (rows * n_in * n_out) as u64));
+        g.bench_function(format!("cpu-gemm/{rows}x{n_in}x{n_out}"), |b| {
+            b.iter(|| kernels::linear_gemm(black_box(&x), black_box(&w), None).unwrap())
+        });
+    }
+    // The same products with the weight pre-transposed to [in, out] (`matmul`:
+    // always the GEMM, B row-major): is packing at prepare worth it, and the
+    // GEMV against the GEMM for one and two rows.
+    for (rows, n_in, n_out) in [(256, 768, 3072), (2, 768, 3072), (1, 3072, 768)] {
+        let (x, wt) = (tensor(&[rows, n_in], 1), tensor(&[n_in, n_out], 2));
+        g.throughput(Throughput::Elements(2 * (rows * n_in * n_out) as u64));
+        g.bench_function(format!("cpu-gemm-packed/{rows}x{n_in}x{n_out}"), |b| {
+            b.iter(|| kernels::matmul(black_box(&x), black_box(&wt)).unwrap())
+        });
+    }
     let (x, w) = (tensor(&[256, 768], 1), tensor(&[3072, 768], 2));
     g.throughput(Throughput::Elements(2 * 256 * 768 * 3072));
     g.bench_function("reference/256x768x3072", |b| {

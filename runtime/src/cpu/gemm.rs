@@ -107,6 +107,11 @@ fn rows_of(x: &View, n_in: usize) -> (View, Option<HostTensor>) {
 
 /// `y[..., o] = sum_i x[..., i] * w[o, i] (+ b[o])`.
 pub(crate) fn linear(x: &View, w: &View, b: Option<&View>) -> KResult<HostTensor> {
+    linear_with(x, w, b, true)
+}
+
+/// [`linear`], the GEMV allowed or not (benchmarks compare the two).
+pub(crate) fn linear_with(x: &View, w: &View, b: Option<&View>, gemv_ok: bool) -> KResult<HostTensor> {
     if w.shape.len() != 2 || x.shape.is_empty() {
         return Err(format!("linear takes x[..., in] and w[out, in], got {:?} and {:?}", x.shape, w.shape));
     }
@@ -127,7 +132,8 @@ pub(crate) fn linear(x: &View, w: &View, b: Option<&View>) -> KResult<HostTensor
     let mut y = vec![0f32; rows * n_out];
     let xm = Mat { data: xd, off: xr.offset, rs: xr.strides[0], cs: xr.strides[1] };
     let wm = Mat { data: wd, off: w.offset, rs: w.strides[0], cs: w.strides[1] };
-    let streamed = rows <= 2 && (xm.cs == 1 || n_in <= 1) && (wm.cs == 1 || n_in <= 1) && wm.fits(n_out, n_in);
+    let streamed =
+        gemv_ok && rows <= 2 && (xm.cs == 1 || n_in <= 1) && (wm.cs == 1 || n_in <= 1) && wm.fits(n_out, n_in);
     if streamed && xm.fits(rows, n_in) {
         gemv(&mut y, rows, n_out, n_in, xm, wm);
     } else {
@@ -153,7 +159,7 @@ type Dot2 = fn(&[f32], &[f32], &[f32]) -> (f32, f32);
 /// `(w . x0, w . x1)`: 32 independent lanes, folded pairwise.
 #[inline(always)]
 fn dot2_lanes<const FMA: bool>(w: &[f32], x0: &[f32], x1: &[f32]) -> (f32, f32) {
-    const L: usize = 32;
+    const L: usize = 64;
     let n = w.len() / L * L;
     let (mut a0, mut a1) = ([0f32; L], [0f32; L]);
     let two = !x1.is_empty();

@@ -171,6 +171,11 @@ pub mod kernels {
         super::gemm::linear(&view(x), &view(w), b.map(view).as_ref())
     }
 
+    /// [`linear`] always through the GEMM (never the streamed GEMV).
+    pub fn linear_gemm(x: &HostTensor, w: &HostTensor, b: Option<&HostTensor>) -> Result<HostTensor, String> {
+        super::gemm::linear_with(&view(x), &view(w), b.map(view).as_ref(), false)
+    }
+
     /// `a[..., m, k] @ b[..., k, n]`.
     pub fn matmul(a: &HostTensor, b: &HostTensor) -> Result<HostTensor, String> {
         super::gemm::matmul(&view(a), &view(b))
