@@ -66,7 +66,7 @@ pub enum RunCommand {
     InitWeights(InitWeightsArgs),
 }
 
-/// `--backend`: the reference interpreter is the only one built so far.
+/// `--backend`: `reference` (the oracle) and `cpu` are built; `wgpu` and `cuda` are not yet.
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum BackendName {
     Reference,

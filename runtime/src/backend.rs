@@ -137,7 +137,8 @@ pub fn backend_by_name(name: &str) -> Result<Box<dyn Backend>> {
     use crate::error::RuntimeError;
     match name {
         "reference" => Ok(Box::new(crate::reference::Reference::new())),
-        "cpu" | "wgpu" | "cuda" => Err(RuntimeError::BackendUnavailable {
+        "cpu" => Ok(Box::new(crate::cpu::Cpu::new())),
+        "wgpu" | "cuda" => Err(RuntimeError::BackendUnavailable {
             name: name.into(),
             why:
                 "it is not built yet; use `--backend reference` (the plain interpreter every backend is tested against)"

@@ -383,7 +383,6 @@ fn bad_input_is_a_clean_error_and_writes_nothing() {
     let st = dir.join("x.safetensors");
     let var = tiny("var");
     let cases: Vec<(Vec<&str>, &str)> = vec![
-        (vec!["--backend", "cpu"], "backend `cpu` is not available"),
         (vec!["--backend", "wgpu"], "backend `wgpu` is not available"),
         (vec!["--backend", "cuda"], "use `--backend reference`"),
         (vec!["--class", "10"], "class 10 is out of range"),

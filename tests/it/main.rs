@@ -7,6 +7,7 @@ mod cli;
 mod cli_run;
 mod common;
 mod contract;
+mod cpu;
 mod diagnostics;
 mod format;
 mod formula;

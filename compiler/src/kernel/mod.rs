@@ -16,7 +16,9 @@
 //! primitives, in the order of the reference kernels, so a fused group
 //! computes the same bits as the ops it replaced.
 
+pub mod dense;
 pub mod interpret;
+pub mod split;
 mod text;
 pub mod traffic;
 

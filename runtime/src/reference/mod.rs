@@ -14,7 +14,7 @@
 //! state update writes into the state's memory when it can. [`Counters`] count
 //! the bytes copied and written, so tests can check both.
 
-mod attention;
+pub(crate) mod attention;
 mod elementwise;
 mod flow_map;
 mod fused;
@@ -22,13 +22,13 @@ mod generate;
 #[cfg(test)]
 mod golden;
 mod layout;
-mod linalg;
-mod norm;
+pub(crate) mod linalg;
+pub(crate) mod norm;
 mod position;
-mod program;
+pub(crate) mod program;
 #[cfg(test)]
 mod tests;
-mod view;
+pub(crate) mod view;
 
 use crate::backend::*;
 use crate::error::{Result, RuntimeError};
@@ -53,7 +53,14 @@ impl Reference {
 
     /// Bytes copied and written so far by this backend (and its clones).
     pub fn traffic(&self) -> Traffic {
-        let c = &self.counters;
+        self.counters.traffic()
+    }
+}
+
+impl Counters {
+    /// What [`Reference::traffic`] reports, for these counters.
+    pub(crate) fn traffic(&self) -> Traffic {
+        let c = self;
         Traffic {
             copied_bytes: c.copied.load(Relaxed),
             state_bytes_written: c.written.load(Relaxed),
@@ -101,7 +108,7 @@ impl Counters {
     /// `v` as a dense tensor of its shape: its base when the view is the
     /// whole base in order (re-shaped in place when nobody else holds it),
     /// else a counted copy.
-    fn dense_owned(&self, v: View) -> Arc<HostTensor> {
+    pub(crate) fn dense_owned(&self, v: View) -> Arc<HostTensor> {
         if !v.is_whole() {
             return Arc::new(self.copy(&v));
         }
@@ -117,7 +124,7 @@ impl Counters {
             Err(base) => Arc::new(self.copy(&View { base, offset, shape, strides })),
         }
     }
-    fn copy(&self, v: &View) -> HostTensor {
+    pub(crate) fn copy(&self, v: &View) -> HostTensor {
         let t = v.to_tensor();
         self.copied.fetch_add(t.bytes() as u64, Relaxed);
         t
@@ -152,7 +159,7 @@ fn exec_err(program: &str, why: impl Into<String>) -> RuntimeError {
 }
 
 /// `f32[2, 3]`.
-fn type_text(dtype: DType, shape: &[usize]) -> String {
+pub(crate) fn type_text(dtype: DType, shape: &[usize]) -> String {
     let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
     format!("{}[{}]", dtype.name(), dims.join(", "))
 }
@@ -165,7 +172,7 @@ fn symbolic_text(ty: &TensorType) -> String {
 
 /// Evaluate dimensions under the bindings; an error if one does not fit in
 /// memory indexing or the element count overflows.
-fn eval_dims(dims: &[Dim], b: &Bindings) -> std::result::Result<Vec<usize>, String> {
+pub(crate) fn eval_dims(dims: &[Dim], b: &Bindings) -> std::result::Result<Vec<usize>, String> {
     let mut out = Vec::with_capacity(dims.len());
     let mut total: usize = 1;
     for d in dims {
@@ -178,7 +185,7 @@ fn eval_dims(dims: &[Dim], b: &Bindings) -> std::result::Result<Vec<usize>, Stri
 }
 
 /// A buffer over a view's data (no copy).
-fn buffer_of(v: View) -> Buffer {
+pub(crate) fn buffer_of(v: View) -> Buffer {
     Buffer {
         dtype: v.dtype(),
         shape: v.shape,
@@ -309,7 +316,7 @@ fn arity(ins: &[&HostTensor], lo: usize, hi: usize) -> KResult<()> {
 }
 
 /// `v` as an index, or why not.
-fn index(v: u64, what: &str) -> KResult<usize> {
+pub(crate) fn index(v: u64, what: &str) -> KResult<usize> {
     usize::try_from(v).map_err(|_| format!("{what} {v} is too large"))
 }
 
@@ -327,7 +334,7 @@ fn settings(x: &[&HostTensor]) -> KResult<(f64, usize, f64)> {
 }
 
 /// Evaluate one non-source op on its operand values.
-fn eval(op: &Op, x: &[&HostTensor], b: &Bindings) -> KResult<HostTensor> {
+pub(crate) fn eval(op: &Op, x: &[&HostTensor], b: &Bindings) -> KResult<HostTensor> {
     use Op::*;
     match op {
         Input { .. } | Param { .. } | State { .. } | Const { .. } => Err("a source has no kernel".into()),
@@ -489,5 +496,15 @@ pub(crate) mod testutil {
                 ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
             })
             .collect()
+    }
+}
+
+/// The reference kernels on host tensors, for benchmarks comparing a backend with them.
+pub mod kernels {
+    use crate::tensor::HostTensor;
+
+    /// `x[..., in] @ w[out, in]^T (+ b)`, sums in order.
+    pub fn linear(x: &HostTensor, w: &HostTensor, b: Option<&HostTensor>) -> Result<HostTensor, String> {
+        super::linalg::linear(x, w, b)
     }
 }

@@ -18,15 +18,15 @@ use petgraph::visit::NodeIndexable;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-pub(super) struct Prepared {
-    graph: Graph,
-    live: Liveness,
+pub(crate) struct Prepared {
+    pub(crate) graph: Graph,
+    pub(crate) live: Liveness,
     /// The checkpoint tensors the program reads that were given at prepare.
     params: HashMap<String, View>,
 }
 
 /// The reference view of a buffer (its storage must be the reference's).
-pub(super) fn view_of(b: &Buffer) -> Result<View> {
+pub(crate) fn view_of(b: &Buffer) -> Result<View> {
     let t = b.storage.as_any().downcast_ref::<RefStorage>().ok_or_else(|| foreign(b.dtype, &b.shape))?.0.clone();
     checked(b.dtype, View { base: t, offset: b.offset, shape: b.shape.clone(), strides: b.strides.clone() })
 }
@@ -65,7 +65,7 @@ fn checked(dtype: DType, v: View) -> Result<View> {
 }
 
 impl Prepared {
-    pub(super) fn new(g: &Graph, params: &Params) -> Result<Prepared> {
+    pub(crate) fn new(g: &Graph, params: &Params) -> Result<Prepared> {
         let live = Liveness::of(g).ok_or_else(|| exec_err(&g.name, "the graph has a cycle"))?;
         if let Err(problems) = ecarc_compiler::ir::verify::verify(g) {
             return Err(exec_err(&g.name, format!("the graph does not verify: {}", problems.join("; "))));
@@ -104,7 +104,7 @@ impl Prepared {
     }
 
     /// Every source's value, by node index.
-    fn sources(&self, b: &Bindings, mut args: Args) -> Result<Vec<Option<View>>> {
+    pub(crate) fn sources(&self, b: &Bindings, mut args: Args) -> Result<Vec<Option<View>>> {
         let g = &self.graph;
         let program = &g.name;
         let mut values: Vec<Option<View>> = vec![None; g.g.node_bound()];
@@ -199,7 +199,7 @@ impl Prepared {
     }
 
     /// One node's value from its operands' values.
-    fn node(
+    pub(crate) fn node(
         &self,
         n: NodeIndex,
         ops: &[NodeIndex],
@@ -290,7 +290,7 @@ impl Prepared {
 /// Write `src` into rows `start..` of `axis` of the destination (operand 0):
 /// in place when this is the destination's last use and its memory is held
 /// by nobody else; otherwise on a copy.
-fn write_slice(
+pub(crate) fn write_slice(
     values: &mut [Option<View>],
     ops: &[NodeIndex],
     uses: &[usize],

@@ -1,0 +1,159 @@
+//! The CPU backend against the reference interpreter: every tiny model's
+//! whole sample (every recorded value and the image) agrees to
+//! |a - e| <= 1e-4 + 1e-4 |e|, tokens identical; the same seed gives the same
+//! bits twice; KV-cached steps equal the teacher-forced pass on cpu; state
+//! updates are written in place; the kernels that ran are counted.
+
+use crate::common::{root, spec_of};
+use ecarc_compiler::plan::Keep;
+use ecarc_compiler::ModelSpec;
+use ecarc_runtime::backend::Backend;
+use ecarc_runtime::cpu::{Cpu, Impl};
+use ecarc_runtime::driver::{Generator, Quiet, SampleOptions, SampleOutput};
+use ecarc_runtime::reference::Reference;
+use ecarc_runtime::tensor::{Data, HostTensor};
+use ecarc_runtime::weights::Weights;
+use std::collections::BTreeMap;
+
+const FAMILIES: [&str; 6] = ["var", "llamagen", "ecar", "dit", "var_dd", "llamagen_dd"];
+
+fn tiny(name: &str, sets: &[&str]) -> ModelSpec {
+    spec_of(&root().join(format!("examples/tiny/{name}.ecar")), sets)
+}
+
+fn sample_on(backend: &dyn Backend, name: &str, seed: u64) -> SampleOutput {
+    let spec = tiny(name, &[]);
+    let w = Weights::random(&spec, 0);
+    let g = Generator::from_spec(spec, backend, &w).expect("generator");
+    g.sample(&SampleOptions { labels: vec![1, 3], seed, keep: Keep::Debug }, &Quiet).expect("sample")
+}
+
+/// Floats within 1e-4 + 1e-4 |e|; integers (tokens) equal.
+fn assert_agrees(a: &HostTensor, e: &HostTensor, what: &str) {
+    assert_eq!(a.shape, e.shape, "{what}: shapes");
+    match (&a.data, &e.data) {
+        (Data::F32(x), Data::F32(y)) => {
+            for (i, (x, y)) in x.iter().zip(y).enumerate() {
+                assert!((x - y).abs() <= 1e-4 + 1e-4 * y.abs(), "{what}: element {i}: cpu {x} vs reference {y}");
+            }
+        }
+        (Data::I64(x), Data::I64(y)) => assert_eq!(x, y, "{what}: integers differ"),
+        _ => panic!("{what}: dtypes differ"),
+    }
+}
+
+#[test]
+fn every_tiny_sample_on_cpu_agrees_with_the_reference() {
+    for name in FAMILIES {
+        let cpu = Cpu::new();
+        let got = sample_on(&cpu, name, 11);
+        let want = sample_on(&Reference::new(), name, 11);
+        assert_eq!(got.stages.len(), want.stages.len(), "{name}");
+        for ((na, ta), (nb, tb)) in got.stages.iter().zip(&want.stages) {
+            assert_eq!(na, nb, "{name}");
+            assert_agrees(ta, tb, &format!("{name}: `{na}`"));
+        }
+        assert_agrees(&got.image, &want.image, &format!("{name}: image"));
+        let stats = cpu.kernel_stats();
+        assert!(stats.total(Impl::Native) > 0, "{name}: no native kernel ran:\n{}", stats.render());
+        // Every state update of a sample writes into the state's own memory.
+        let t = cpu.traffic();
+        assert_eq!(t.updates_copied, 0, "{name}: {t:?}");
+        eprintln!("{name}: {t:?}\n{}", stats.render());
+    }
+}
+
+#[test]
+fn the_node_by_node_interpreter_engine_gives_the_per_element_bits() {
+    use ecarc_runtime::cpu::fused::Interpreter;
+    use std::sync::Arc;
+    for name in FAMILIES {
+        let a = sample_on(&Cpu::new(), name, 5);
+        let b = sample_on(&Cpu::with_engine(Arc::new(Interpreter::per_element())), name, 5);
+        assert_eq!(a.stages, b.stages, "{name}");
+        assert_eq!(a.image, b.image, "{name}");
+    }
+}
+
+#[test]
+fn the_same_seed_gives_the_same_bits_on_cpu() {
+    for name in FAMILIES {
+        let a = sample_on(&Cpu::new(), name, 5);
+        let b = sample_on(&Cpu::new(), name, 5);
+        assert_eq!(a.stages, b.stages, "{name}");
+        assert_eq!(a.image, b.image, "{name}");
+    }
+}
+
+fn cat1(parts: &[&HostTensor]) -> HostTensor {
+    let b = parts[0].shape[0];
+    let mut shape = parts[0].shape.clone();
+    shape[1] = parts.iter().map(|p| p.shape[1]).sum();
+    fn rows<T: Copy>(parts: &[(&[T], usize)], b: usize) -> Vec<T> {
+        let mut out = Vec::new();
+        for bi in 0..b {
+            for (data, per) in parts {
+                out.extend_from_slice(&data[bi * per..(bi + 1) * per]);
+            }
+        }
+        out
+    }
+    let per = |p: &HostTensor| p.numel() / b;
+    match &parts[0].data {
+        Data::F32(_) => {
+            let ps: Vec<(&[f32], usize)> = parts.iter().map(|p| (p.as_f32().unwrap(), per(p))).collect();
+            HostTensor::f32(shape, rows(&ps, b))
+        }
+        Data::I64(_) => {
+            let ps: Vec<(&[i64], usize)> = parts.iter().map(|p| (p.as_i64().unwrap(), per(p))).collect();
+            HostTensor::i64(shape, rows(&ps, b))
+        }
+    }
+}
+
+#[test]
+fn kv_cached_steps_equal_the_teacher_forced_pass_on_cpu() {
+    let sets = ["sample.cfg=1.0", "sample.cfg_schedule=constant"];
+    for (name, input, result, fwd_in, fwd_out) in [
+        ("var", "x", "logits", "x_BLCv_wo_first_l", "logits_BLV"),
+        ("llamagen", "tokens", "logits", "idx", "logits"),
+        ("ecar", "x", "z", "x", "z"),
+    ] {
+        let spec = tiny(name, &sets);
+        let w = Weights::random(&spec, 0);
+        let labels = vec![4, 7];
+        let cpu = Cpu::new();
+        let g = Generator::from_spec(spec.clone(), &cpu, &w).unwrap();
+        let out =
+            g.sample(&SampleOptions { labels: labels.clone(), seed: 3, keep: Keep::Debug }, &Quiet).expect("sample");
+        let stage = |n: &str| out.stages.iter().find(|(k, _)| k == n).map(|(_, t)| t);
+        let stages = spec.schedule.stages().len();
+        let inputs: Vec<&HostTensor> =
+            (1..stages).map(|k| stage(&format!("stage.{k}.input.{input}")).expect("recorded input")).collect();
+        let results: Vec<&HostTensor> =
+            (0..stages).map(|k| stage(&format!("stage.{k}.{result}")).expect("recorded result")).collect();
+        let label_name = g.forward_signature(2, false).unwrap()[0].0.clone();
+        let mut fin = BTreeMap::new();
+        fin.insert(label_name, HostTensor::i64(vec![2], labels));
+        fin.insert(fwd_in.to_string(), cat1(&inputs));
+        let got = g.forward(&fin, None).expect("forward");
+        let full = &got.iter().find(|(n, _)| n == fwd_out).expect("forward output").1;
+        let cached = cat1(&results);
+        assert_eq!(full.shape, cached.shape, "{name}");
+        for (i, (x, y)) in full.as_f32().unwrap().iter().zip(cached.as_f32().unwrap()).enumerate() {
+            assert!((x - y).abs() <= 1e-4 + 1e-4 * y.abs(), "{name}: element {i}: {x} vs {y}");
+        }
+    }
+}
+
+#[test]
+fn cpu_is_selectable_by_name_and_refuses_foreign_programs() {
+    let cpu = ecarc_runtime::backend_by_name("cpu").expect("cpu is built");
+    assert_eq!(cpu.name(), "cpu");
+    let spec = tiny("llamagen", &[]);
+    let program = ecarc_compiler::lower::lower(&spec, &Default::default()).expect("lowers");
+    let reference = Reference::new();
+    let exe = reference.prepare(&program.graphs[0], &Default::default()).unwrap();
+    let err = cpu.run(&exe, &Default::default(), Default::default()).expect_err("a foreign program is refused");
+    assert!(err.to_string().contains("another backend"), "{err}");
+}
