@@ -64,14 +64,24 @@ fn every_tiny_sample_on_cpu_agrees_with_the_reference() {
 }
 
 #[test]
-fn the_node_by_node_interpreter_engine_gives_the_per_element_bits() {
+fn the_jit_and_both_interpreter_engines_give_the_same_bits() {
+    // The JIT (the default engine), the node-by-node interpreter and the
+    // per-element one compute every fused element-wise part bit for bit alike,
+    // through whole samples; the JIT compiled every part (none fell back).
     use ecarc_runtime::cpu::fused::Interpreter;
     use std::sync::Arc;
     for name in FAMILIES {
-        let a = sample_on(&Cpu::new(), name, 5);
-        let b = sample_on(&Cpu::with_engine(Arc::new(Interpreter::per_element())), name, 5);
-        assert_eq!(a.stages, b.stages, "{name}");
+        let jit = Cpu::new();
+        let a = sample_on(&jit, name, 5);
+        let b = sample_on(&Cpu::interpreted(), name, 5);
+        let c = sample_on(&Cpu::with_engine(Arc::new(Interpreter::per_element())), name, 5);
+        assert_eq!(a.stages, b.stages, "{name}: jit vs node by node");
         assert_eq!(a.image, b.image, "{name}");
+        assert_eq!(b.stages, c.stages, "{name}: node by node vs per element");
+        assert_eq!(b.image, c.image, "{name}");
+        let stats = jit.kernel_stats();
+        assert_eq!(stats.total(Impl::Interpreter), 0, "{name}: a part fell back:\n{}", stats.render());
+        assert!(stats.snapshot().contains_key(&("fused.elementwise", Impl::Native)), "{name}:\n{}", stats.render());
     }
 }
 

@@ -31,6 +31,8 @@ pub trait ElementwiseEngine: Send + Sync {
 pub trait CompiledKernel: Send + Sync {
     /// The kernel's result (dense, row-major) on its inputs (any views).
     fn run(&self, inputs: &[&View], b: &Bindings) -> Result<HostTensor, String>;
+    /// What ran it last (an engine may fall back for a kernel it refuses).
+    fn implementation(&self) -> Impl;
 }
 
 /// The kernel IR's interpreter as an engine: correct for every kernel, but
@@ -80,6 +82,9 @@ impl ElementwiseEngine for Interpreter {
 }
 
 impl CompiledKernel for Interpreted {
+    fn implementation(&self) -> Impl {
+        Impl::Interpreter
+    }
     fn run(&self, inputs: &[&View], b: &Bindings) -> Result<HostTensor, String> {
         let values: Vec<Value> = inputs.iter().map(|v| value(v)).collect();
         let refs: Vec<&Value> = values.iter().collect();
@@ -121,7 +126,6 @@ pub(crate) struct PreparedFused {
     body: Body,
     /// For a kernel that writes a slice of its input 0: the axis and first row.
     pub store: Option<(u8, Dim)>,
-    engine: Impl,
 }
 
 fn prepare_part(p: Part, engine: &dyn ElementwiseEngine) -> Result<PreparedPart, String> {
@@ -149,7 +153,7 @@ impl PreparedFused {
                 epilogue: s.epilogue.map(|p| prepare_part(p, engine)).transpose()?,
             },
         };
-        Ok(PreparedFused { body, store, engine: engine.implementation() })
+        Ok(PreparedFused { body, store })
     }
 
     /// The kernel's value (for a store kernel, the slice's) on the fused
@@ -163,8 +167,9 @@ impl PreparedFused {
                     Source::Anchor => anchor.ok_or("the anchor has not run")?,
                 });
             }
-            stats.count("fused.elementwise", self.engine);
-            p.kernel.run(&ins, b)
+            let out = p.kernel.run(&ins, b);
+            stats.count("fused.elementwise", p.kernel.implementation());
+            out
         };
         match &self.body {
             Body::Elementwise(p) => part(p, None),

@@ -12,6 +12,7 @@ mod attention;
 pub mod fused;
 mod gemm;
 pub mod jit;
+mod jit_engine;
 mod program;
 
 use crate::backend::*;
@@ -95,7 +96,14 @@ impl Default for Cpu {
 }
 
 impl Cpu {
+    /// Fused element-wise parts compiled by the cranelift JIT.
     pub fn new() -> Cpu {
+        Cpu::with_engine(Arc::new(jit_engine::Jit))
+    }
+
+    /// Fused element-wise parts on the kernel IR's interpreter (the JIT's
+    /// oracle on this backend).
+    pub fn interpreted() -> Cpu {
         Cpu::with_engine(Arc::new(Interpreter::default()))
     }
 
