@@ -19,11 +19,14 @@ use std::sync::{Arc, Mutex};
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Jit;
 
+/// What a compile depends on: the kernel's specialisation and the input strides.
+type Key = (Vec<u64>, Vec<Vec<usize>>);
+
 struct Compiled {
     kernel: Kernel,
-    cache: Mutex<HashMap<(Vec<u64>, Vec<Vec<usize>>), Arc<JitKernel>>>,
-    /// Why the first compile failed, if it did: later runs go straight to the interpreter.
+    cache: Mutex<HashMap<Key, Arc<JitKernel>>>,
     fallback: Box<dyn CompiledKernel>,
+    /// Why a compile failed, if one did: later runs go straight to the interpreter.
     refused: Mutex<Option<String>>,
 }
 
