@@ -4,7 +4,7 @@
 //! kernel-IR interpreter (`kernel::interpret`). See docs/backends.md, "CPU:
 //! kernel IR -> cranelift".
 //!
-//! ```ignore
+//! ```text
 //! let jit = JitKernel::compile(&kernel, &bindings, &strides)?; // once, cached by the caller
 //! jit.run_checked(&[JitArg::F32(&x), JitArg::F32(&w)], &mut out)?;
 //! ```
