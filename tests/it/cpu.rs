@@ -167,3 +167,65 @@ fn cpu_is_selectable_by_name_and_refuses_foreign_programs() {
     let err = cpu.run(&exe, &Default::default(), Default::default()).expect_err("a foreign program is refused");
     assert!(err.to_string().contains("another backend"), "{err}");
 }
+
+/// The element-wise parts the cpu backend runs for fused kernel `k`: the
+/// whole kernel, or its prologue parts and epilogue (after a store kernel's
+/// slice is taken), as `PreparedFused` splits it.
+fn parts(k: &ecarc_compiler::kernel::Kernel) -> Vec<ecarc_compiler::kernel::Kernel> {
+    use ecarc_compiler::kernel::split::{split_at_anchor, stored, whole, Operand};
+    let k = stored(k).map_or_else(|| k.clone(), |(part, _, _)| part);
+    match split_at_anchor(&k) {
+        None => vec![whole(&k).kernel],
+        Some(s) => s
+            .operands
+            .into_iter()
+            .filter_map(|o| match o {
+                Operand::Computed(p) => Some(p.kernel),
+                Operand::Input(_) => None,
+            })
+            .chain(s.epilogue.map(|p| p.kernel))
+            .collect(),
+    }
+}
+
+#[test]
+fn every_fused_part_of_every_model_compiles_natively() {
+    // Native, not interpreted: every element-wise part of every fused kernel
+    // of every model in `models/` (each program at the bindings of its first
+    // run in the sample plan, one image) compiles with the JIT; none would
+    // fall back to the kernel IR's interpreter.
+    use ecarc_compiler::ir::{Bindings, Op};
+    use ecarc_compiler::pass::Pipeline;
+    use ecarc_runtime::backend::row_major;
+    use ecarc_runtime::cpu::jit::JitKernel;
+    let mut total = 0;
+    for path in crate::common::model_files() {
+        let spec = spec_of(&path, &[]);
+        let p = ecarc_compiler::lower::lower(&spec, &Default::default()).expect("lowers");
+        let mut first: BTreeMap<&str, Bindings> = BTreeMap::new();
+        for (e, i) in p.sample_plan().expect("a sample plan").runs() {
+            first.entry(e.program.as_str()).or_insert_with(|| e.bindings(1, i));
+        }
+        for g in &p.graphs {
+            let Some(b) = first.get(g.name.as_str()) else { continue };
+            let mut f = g.clone();
+            Pipeline::kernels().run(&mut f).unwrap();
+            for n in f.g.node_weights() {
+                let Op::Fused(k) = &n.op else { continue };
+                for part in parts(k) {
+                    let strides: Vec<Vec<usize>> = part
+                        .inputs
+                        .iter()
+                        .map(|t| row_major(&t.shape.iter().map(|d| d.eval(b) as usize).collect::<Vec<_>>()))
+                        .collect();
+                    if let Err(e) = JitKernel::compile(&part, b, &strides) {
+                        panic!("{}: `{}`: a part the JIT refuses: {e}", path.display(), g.name);
+                    }
+                    total += 1;
+                }
+            }
+        }
+    }
+    assert!(total > 1000, "{total} parts");
+    eprintln!("{total} element-wise parts compiled");
+}
