@@ -30,7 +30,7 @@ pub struct BenchArgs {
     #[arg(long, value_name = "FILE2")]
     vs: Option<PathBuf>,
     /// The backend that runs the programs.
-    #[arg(long, value_enum, default_value_t = BackendName::Reference)]
+    #[arg(long, value_enum, default_value_t = BackendName::Cpu)]
     backend: BackendName,
     /// Safetensors checkpoint(s); default: random weights (speed does not depend on them).
     #[arg(long = "weights", value_name = "W.safetensors")]

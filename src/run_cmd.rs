@@ -95,7 +95,7 @@ pub struct ModelArgs {
     #[arg(long, value_name = "NAME")]
     model: Option<String>,
     /// The backend that runs the programs.
-    #[arg(long, value_enum, default_value_t = BackendName::Reference)]
+    #[arg(long, value_enum, default_value_t = BackendName::Cpu)]
     backend: BackendName,
     /// Safetensors checkpoint(s), by the model's declared keys; several files
     /// (e.g. generator and tokenizer) form one checkpoint. Default: random weights (seed 0).

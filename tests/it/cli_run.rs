@@ -6,7 +6,6 @@
 use crate::common::{root, spec_of};
 use ecarc_runtime::driver::Generator;
 use ecarc_runtime::image_out::{grid_shape, GAP};
-use ecarc_runtime::reference::Reference;
 use ecarc_runtime::rng::SeededRng;
 use ecarc_runtime::weights::{read_tensors, write_tensors, Weights};
 use ecarc_runtime::HostTensor;
@@ -173,7 +172,7 @@ fn json_reports_timings_image_seed_and_labels() {
     assert_eq!(v["seed"], 11);
     assert_eq!(v["labels"], serde_json::json!([3, 3, 5, 5]));
     assert_eq!(v["model"], "tiny_var");
-    assert_eq!(v["backend"], "reference");
+    assert_eq!(v["backend"], "cpu", "the default backend");
     assert_eq!(v["size"], serde_json::json!([32, 32]));
     let timings = v["timings"].as_array().unwrap();
     let what: Vec<&str> = timings.iter().map(|t| t["what"].as_str().unwrap()).collect();
@@ -516,10 +515,11 @@ fn forward_round_trip_matches_the_library() {
         assert_eq!(got.keys().collect::<Vec<_>>(), [out_name], "{inputs_of}");
         assert_eq!(got[out_name].shape, out_shape, "{inputs_of}");
         assert!(got[out_name].as_f32().unwrap().iter().all(|v| v.is_finite()), "{inputs_of}");
-        // The library, on the same weights and inputs, gives the same bits.
+        // The library, on the same weights and inputs and the same (default)
+        // backend, gives the same bits.
         let spec = spec_of(&tiny(name), &[]);
         let weights = Weights::load(&w, &spec).unwrap();
-        let backend = Reference::new();
+        let backend = ecarc_runtime::cpu::Cpu::new();
         let g = Generator::from_spec(spec, &backend, &weights).unwrap();
         let want = g.forward(&inputs, cfg.map(|s| s.parse().unwrap())).unwrap();
         assert_eq!(want.len(), 1);
