@@ -52,22 +52,8 @@ pub(crate) fn attention(
     scale: f32,
     keys: usize,
 ) -> KResult<HostTensor> {
-    fn all<'a>(x: &'a View, what: &str) -> KResult<&'a [f32]> {
-        x.base.as_f32().ok_or_else(|| format!("{what} must be f32"))
-    }
-    let (qv, kv, vv) = (all(q, "q")?, all(k, "k")?, all(v, "v")?);
-    let r = q.shape.len();
-    if r < 2 || k.shape.len() != r || v.shape.len() != r {
-        return Err(format!("q {:?}, k {:?}, v {:?} must be [..., T, d] of one rank", q.shape, k.shape, v.shape));
-    }
-    let (t, d) = (q.shape[r - 2], q.shape[r - 1]);
-    let (s, e) = (k.shape[r - 2], v.shape[r - 1]);
-    if q.shape[..r - 2] != k.shape[..r - 2] || k.shape[..r - 1] != v.shape[..r - 1] || k.shape[r - 1] != d {
-        return Err(format!("q {:?}, k {:?}, v {:?} disagree", q.shape, k.shape, v.shape));
-    }
-    if keys > s || t > keys {
-        return Err(format!("{t} queries over {keys} keys of a cache of {s}"));
-    }
+    let crate::reference::attention::Operands { qv, kv, vv, r, t, d, e } =
+        crate::reference::attention::operands(q, k, v, keys)?;
     let lv = match (mask.needs_levels(), levels) {
         (true, Some(l)) if l.len() != keys => return Err(format!("{} levels for {keys} keys", l.len())),
         (true, Some(l)) => Some(l),

@@ -319,20 +319,7 @@ pub(crate) fn matmul(a: &View, b: &View) -> KResult<HostTensor> {
 /// 2-D convolution as the reference's (`x[N, C, H, W] * w[O, C, k, k] (+ b[O])`,
 /// zero padding), by im2col and one GEMM per image.
 pub(crate) fn conv2d(x: &View, w: &View, b: Option<&View>, stride: usize, pad: usize) -> KResult<HostTensor> {
-    if x.shape.len() != 4 || w.shape.len() != 4 {
-        return Err(format!("conv2d takes x[N,C,H,W] and w[O,C,k,k], got {:?} and {:?}", x.shape, w.shape));
-    }
-    let (nb, c, h, wd) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3]);
-    let (o, c2, k, k2) = (w.shape[0], w.shape[1], w.shape[2], w.shape[3]);
-    if c != c2 || k != k2 {
-        return Err(format!("weight {:?} does not fit input {:?}", w.shape, x.shape));
-    }
-    if stride == 0 {
-        return Err("stride must be positive".into());
-    }
-    if h + 2 * pad < k || wd + 2 * pad < k {
-        return Err(format!("kernel {k} larger than the padded input {:?} (pad {pad})", x.shape));
-    }
+    let [nb, c, h, wd, o, k] = crate::reference::linalg::conv2d_shapes(&x.shape, &w.shape, stride, pad)?;
     let bias = match b {
         Some(b) if b.shape != [o] => return Err(format!("bias {:?} must be [{o}]", b.shape)),
         Some(b) => Some(b.to_tensor()),

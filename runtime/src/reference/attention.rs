@@ -11,18 +11,20 @@ use crate::tensor::HostTensor;
 use ecarc_compiler::ir::op::Mask;
 use rayon::prelude::*;
 
-/// `q[..., T, d]`, `k[..., S, d]`, `v[..., S, e]` (`S >= keys`), any
-/// strides: queries at positions `keys - T .. keys` over keys `0..keys`;
-/// `levels: i64[keys]` for the level masks. Result `[..., T, e]`, dense.
-pub fn attention(
-    q: &View,
-    k: &View,
-    v: &View,
-    levels: Option<&HostTensor>,
-    mask: Mask,
-    scale: f32,
-    keys: usize,
-) -> KResult<HostTensor> {
+/// Attention's operands, checked: their f32 data, the rank, the queries
+/// `t`, the head dimensions `d` (of q and k) and `e` (of v). Every
+/// attention kernel checks its operands here.
+pub(crate) struct Operands<'a> {
+    pub qv: &'a [f32],
+    pub kv: &'a [f32],
+    pub vv: &'a [f32],
+    pub r: usize,
+    pub t: usize,
+    pub d: usize,
+    pub e: usize,
+}
+
+pub(crate) fn operands<'a>(q: &'a View, k: &'a View, v: &'a View, keys: usize) -> KResult<Operands<'a>> {
     fn all<'a>(x: &'a View, what: &str) -> KResult<&'a [f32]> {
         x.base.as_f32().ok_or_else(|| format!("{what} must be f32"))
     }
@@ -39,6 +41,22 @@ pub fn attention(
     if keys > s || t > keys {
         return Err(format!("{t} queries over {keys} keys of a cache of {s}"));
     }
+    Ok(Operands { qv, kv, vv, r, t, d, e })
+}
+
+/// `q[..., T, d]`, `k[..., S, d]`, `v[..., S, e]` (`S >= keys`), any
+/// strides: queries at positions `keys - T .. keys` over keys `0..keys`;
+/// `levels: i64[keys]` for the level masks. Result `[..., T, e]`, dense.
+pub fn attention(
+    q: &View,
+    k: &View,
+    v: &View,
+    levels: Option<&HostTensor>,
+    mask: Mask,
+    scale: f32,
+    keys: usize,
+) -> KResult<HostTensor> {
+    let Operands { qv, kv, vv, r, t, d, e } = operands(q, k, v, keys)?;
     let lv = match (mask.needs_levels(), levels) {
         (true, Some(l)) => {
             let l = i64_of(l, "levels")?;

@@ -97,6 +97,26 @@ pub fn matmul(a: &HostTensor, b: &HostTensor) -> KResult<HostTensor> {
 /// `[N, O, (H + 2p - k) / s + 1, (W + 2p - k) / s + 1]`. Each output sums
 /// over `c`, then `ky`, then `kx` (taps in the padding contribute nothing),
 /// then adds the bias.
+/// A convolution's sizes `[N, C, H, W, O, k]` from `x[N, C, H, W]` and
+/// `w[O, C, k, k]`, checked (every conv2d kernel checks them here).
+pub(crate) fn conv2d_shapes(x: &[usize], w: &[usize], stride: usize, pad: usize) -> KResult<[usize; 6]> {
+    if x.len() != 4 || w.len() != 4 {
+        return Err(format!("conv2d takes x[N,C,H,W] and w[O,C,k,k], got {x:?} and {w:?}"));
+    }
+    let (nb, c, h, wd) = (x[0], x[1], x[2], x[3]);
+    let (o, c2, k, k2) = (w[0], w[1], w[2], w[3]);
+    if c != c2 || k != k2 {
+        return Err(format!("weight {w:?} does not fit input {x:?}"));
+    }
+    if stride == 0 {
+        return Err("stride must be positive".into());
+    }
+    if h + 2 * pad < k || wd + 2 * pad < k {
+        return Err(format!("kernel {k} larger than the padded input {x:?} (pad {pad})"));
+    }
+    Ok([nb, c, h, wd, o, k])
+}
+
 pub fn conv2d(
     x: &HostTensor,
     w: &HostTensor,
@@ -106,20 +126,7 @@ pub fn conv2d(
 ) -> KResult<HostTensor> {
     let xs = f32_of(x, "input")?;
     let ws = f32_of(w, "weight")?;
-    if x.shape.len() != 4 || w.shape.len() != 4 {
-        return Err(format!("conv2d takes x[N,C,H,W] and w[O,C,k,k], got {:?} and {:?}", x.shape, w.shape));
-    }
-    let (nb, c, h, wd) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3]);
-    let (o, c2, k, k2) = (w.shape[0], w.shape[1], w.shape[2], w.shape[3]);
-    if c != c2 || k != k2 {
-        return Err(format!("weight {:?} does not fit input {:?}", w.shape, x.shape));
-    }
-    if stride == 0 {
-        return Err("stride must be positive".into());
-    }
-    if h + 2 * pad < k || wd + 2 * pad < k {
-        return Err(format!("kernel {k} larger than the padded input {:?} (pad {pad})", x.shape));
-    }
+    let [nb, c, h, wd, o, k] = conv2d_shapes(&x.shape, &w.shape, stride, pad)?;
     let bias = match b {
         Some(b) => {
             if b.shape != [o] {
