@@ -95,31 +95,7 @@ fn the_same_seed_gives_the_same_bits_on_cpu() {
     }
 }
 
-fn cat1(parts: &[&HostTensor]) -> HostTensor {
-    let b = parts[0].shape[0];
-    let mut shape = parts[0].shape.clone();
-    shape[1] = parts.iter().map(|p| p.shape[1]).sum();
-    fn rows<T: Copy>(parts: &[(&[T], usize)], b: usize) -> Vec<T> {
-        let mut out = Vec::new();
-        for bi in 0..b {
-            for (data, per) in parts {
-                out.extend_from_slice(&data[bi * per..(bi + 1) * per]);
-            }
-        }
-        out
-    }
-    let per = |p: &HostTensor| p.numel() / b;
-    match &parts[0].data {
-        Data::F32(_) => {
-            let ps: Vec<(&[f32], usize)> = parts.iter().map(|p| (p.as_f32().unwrap(), per(p))).collect();
-            HostTensor::f32(shape, rows(&ps, b))
-        }
-        Data::I64(_) => {
-            let ps: Vec<(&[i64], usize)> = parts.iter().map(|p| (p.as_i64().unwrap(), per(p))).collect();
-            HostTensor::i64(shape, rows(&ps, b))
-        }
-    }
-}
+use crate::runtime::cat1;
 
 #[test]
 fn kv_cached_steps_equal_the_teacher_forced_pass_on_cpu() {

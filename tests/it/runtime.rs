@@ -70,7 +70,7 @@ fn the_seed_and_the_class_matter() {
 }
 
 /// Concatenate `[B, t_k, ...]` tensors along axis 1.
-fn cat1(parts: &[&HostTensor]) -> HostTensor {
+pub(crate) fn cat1(parts: &[&HostTensor]) -> HostTensor {
     let b = parts[0].shape[0];
     let inner: usize = parts[0].shape[2..].iter().product();
     let mut shape = parts[0].shape.clone();

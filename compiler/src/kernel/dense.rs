@@ -12,14 +12,9 @@ use crate::ir::Bindings;
 
 /// The kernel's result on `inputs` under `b`, as [`super::interpret::run`].
 pub fn run(k: &Kernel, inputs: &[&Value], b: &Bindings, anchors: &dyn Anchors) -> Result<Value, String> {
-    if inputs.len() != k.inputs.len() {
-        return Err(format!("the kernel takes {} inputs, given {}", k.inputs.len(), inputs.len()));
-    }
-    let concrete = |d: &[crate::ir::Dim]| d.iter().map(|d| d.eval(b) as usize).collect::<Vec<usize>>();
-    for (i, (v, t)) in inputs.iter().zip(&k.inputs).enumerate() {
-        if v.shape != concrete(&t.shape) {
-            return Err(format!("kernel input {i} is {:?}, declared {:?} under {b:?}", v.shape, concrete(&t.shape)));
-        }
+    let shapes = super::interpret::check_inputs(k, inputs, b)?;
+    // Whole arrays are indexed directly: every input must hold its elements.
+    for (i, v) in inputs.iter().enumerate() {
         let len = match &v.data {
             Data::F32(x) => x.len(),
             Data::I64(x) => x.len(),
@@ -28,7 +23,6 @@ pub fn run(k: &Kernel, inputs: &[&Value], b: &Bindings, anchors: &dyn Anchors) -
             return Err(format!("kernel input {i} has {len} elements for a shape {:?}", v.shape));
         }
     }
-    let shapes: Vec<Vec<usize>> = k.nodes.iter().map(|n| concrete(&n.ty.shape)).collect();
     let last = k.nodes.len().checked_sub(1).ok_or("a kernel without nodes")?;
     // The nodes the result needs.
     let mut needed = vec![false; k.nodes.len()];

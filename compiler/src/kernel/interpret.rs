@@ -28,9 +28,10 @@ pub trait Anchors {
     fn run(&self, op: &Op, operands: &[&Value], b: &Bindings) -> Result<Value, String>;
 }
 
-/// The kernel's result on `inputs` under `b` (for a kernel that writes a
-/// slice of its input 0, the whole updated input: see [`run_store`]).
-pub fn run(k: &Kernel, inputs: &[&Value], b: &Bindings, anchors: &dyn Anchors) -> Result<Value, String> {
+/// Check `inputs` against the kernel's declared inputs under `b` (count,
+/// shapes); every node's concrete shape. Both evaluators
+/// (`interpret::run`, `dense::run`) start here.
+pub(crate) fn check_inputs(k: &Kernel, inputs: &[&Value], b: &Bindings) -> Result<Vec<Vec<usize>>, String> {
     if inputs.len() != k.inputs.len() {
         return Err(format!("the kernel takes {} inputs, given {}", k.inputs.len(), inputs.len()));
     }
@@ -40,7 +41,13 @@ pub fn run(k: &Kernel, inputs: &[&Value], b: &Bindings, anchors: &dyn Anchors) -
             return Err(format!("kernel input {i} is {:?}, declared {:?} under {b:?}", v.shape, concrete(&t.shape)));
         }
     }
-    let shapes: Vec<Vec<usize>> = k.nodes.iter().map(|n| concrete(&n.ty.shape)).collect();
+    Ok(k.nodes.iter().map(|n| concrete(&n.ty.shape)).collect())
+}
+
+/// The kernel's result on `inputs` under `b` (for a kernel that writes a
+/// slice of its input 0, the whole updated input: see [`run_store`]).
+pub fn run(k: &Kernel, inputs: &[&Value], b: &Bindings, anchors: &dyn Anchors) -> Result<Value, String> {
+    let shapes = check_inputs(k, inputs, b)?;
     let mut ev = Eval { k, inputs, shapes, b, reduced: HashMap::new(), anchor: None };
     if let Some(a) = k.nodes.iter().position(|n| matches!(n.expr, Expr::Anchor { .. })) {
         let Expr::Anchor { op, operands } = &k.nodes[a].expr else { unreachable!("found above") };
