@@ -138,7 +138,8 @@ pub fn backend_by_name(name: &str) -> Result<Box<dyn Backend>> {
     match name {
         "reference" => Ok(Box::new(crate::reference::Reference::new())),
         "cpu" => Ok(Box::new(crate::cpu::Cpu::new())),
-        "wgpu" | "cuda" => Err(RuntimeError::BackendUnavailable {
+        "wgpu" => Ok(Box::new(crate::webgpu::Wgpu::new(std::env::var("ECARC_ADAPTER").ok().as_deref())?)),
+        "cuda" => Err(RuntimeError::BackendUnavailable {
             name: name.into(),
             why:
                 "it is not built yet; use `--backend reference` (the plain interpreter every backend is tested against)"

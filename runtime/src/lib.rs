@@ -15,6 +15,7 @@ pub mod output;
 pub mod reference;
 pub mod rng;
 pub mod tensor;
+pub mod webgpu;
 pub mod weights;
 
 pub use backend::{backend_by_name, Args, Backend, Buffer, Capabilities, Executable};

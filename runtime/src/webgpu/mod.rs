@@ -1,0 +1,82 @@
+//! The wgpu backend (`--backend wgpu`): every program runs on the GPU through
+//! wgpu (Vulkan, Metal, DX12, GL). Buffers are strided views of device
+//! storage (`storage.rs`); a program run records all of its dispatches and
+//! submits them at once (`record.rs`); fused kernels run as WGSL generated
+//! from the kernel IR (`ecarc_compiler::codegen`, `fused.rs`), anchors and
+//! the remaining ops as hand-written WGSL (`kernels/`), and the few ops with
+//! no WGSL kernel yet run on the host, counted ([`Stats`]).
+
+mod device;
+mod fused;
+mod kernels;
+mod program;
+mod record;
+mod storage;
+
+pub use device::{list_adapters, AdapterSummary};
+pub use record::{Counts, Stats};
+
+use crate::backend::*;
+use crate::error::{Result, RuntimeError};
+use crate::tensor::HostTensor;
+use device::Gpu;
+use ecarc_compiler::ir::{Bindings, Graph};
+use program::Prepared;
+use record::Pipelines;
+use std::sync::Arc;
+
+/// The wgpu backend. Clones share the device, the pipeline cache and the counts.
+#[derive(Clone)]
+pub struct Wgpu {
+    gpu: Arc<Gpu>,
+    pipelines: Arc<Pipelines>,
+    stats: Stats,
+}
+
+impl Wgpu {
+    /// Open the adapter whose name contains `adapter` (any when `None`;
+    /// `WGPU_BACKEND` picks the API).
+    pub fn new(adapter: Option<&str>) -> Result<Wgpu> {
+        Ok(Wgpu { gpu: Arc::new(Gpu::open(adapter)?), pipelines: Arc::default(), stats: Stats::default() })
+    }
+
+    /// The adapter in use.
+    pub fn adapter(&self) -> &AdapterSummary {
+        &self.gpu.adapter
+    }
+
+    /// Dispatches, submissions and read-backs so far.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+}
+
+impl Backend for Wgpu {
+    fn name(&self) -> &'static str {
+        device::BACKEND
+    }
+    fn capabilities(&self) -> Capabilities {
+        Capabilities { all_ops: true, memory_bytes: None, device: self.gpu.adapter.to_string() }
+    }
+    fn upload(&self, t: &HostTensor) -> Result<Buffer> {
+        self.gpu.upload(t)
+    }
+    fn download(&self, b: &Buffer) -> Result<HostTensor> {
+        self.gpu.download(b, &self.stats)
+    }
+    fn prepare(&self, g: &Graph, params: &Params) -> Result<Executable> {
+        let p = Prepared::new(g, params, &self.gpu)?;
+        Ok(Executable { name: g.name.clone(), inner: Arc::new(p) })
+    }
+    fn run(&self, exe: &Executable, bindings: &Bindings, args: Args) -> Result<Vec<(String, Buffer)>> {
+        let p = exe
+            .inner
+            .downcast_ref::<Prepared>()
+            .ok_or_else(|| RuntimeError::Invalid(format!("program `{}` was prepared by another backend", exe.name)))?;
+        p.run(&self.gpu, &self.pipelines, &self.stats, bindings, args)
+    }
+    fn synchronize(&self) -> Result<()> {
+        self.gpu.wait()?;
+        self.gpu.check("synchronize")
+    }
+}
