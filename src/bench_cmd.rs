@@ -20,7 +20,7 @@ use std::time::Instant;
 #[derive(Args)]
 pub struct BenchArgs {
     /// A `.ecar` file or an artifact from `ecarc build`.
-    #[arg(required_unless_present = "machine")]
+    #[arg(required_unless_present_any = ["machine", "list_adapters"])]
     file: Option<PathBuf>,
     /// Which model of FILE, when it defines several.
     #[arg(long, value_name = "NAME")]
@@ -32,6 +32,12 @@ pub struct BenchArgs {
     /// The backend that runs the programs.
     #[arg(long, value_enum, default_value_t = BackendName::Cpu)]
     backend: BackendName,
+    /// With `--backend wgpu`: the adapter whose name contains NAME (case-insensitive).
+    #[arg(long, value_name = "NAME")]
+    adapter: Option<String>,
+    /// List the adapters wgpu finds (with `--backend wgpu`) and exit.
+    #[arg(long)]
+    list_adapters: bool,
     /// Safetensors checkpoint(s); default: random weights (speed does not depend on them).
     #[arg(long = "weights", value_name = "W.safetensors")]
     weights: Vec<PathBuf>,
@@ -85,7 +91,7 @@ fn median(v: &mut [f64]) -> f64 {
 
 fn bench_one(file: &Path, a: &BenchArgs, sets: &[Override], color: bool) -> Result<Measured, Fail> {
     let art: Artifact = load_model(file, a.model.as_deref(), sets, color)?;
-    let backend = backend(a.backend)?;
+    let backend = backend(a.backend, a.adapter.as_deref())?;
     let spec = art.spec.clone();
     let needed = Generator::params_read(&art.program, Some(&["sample"]));
     let weights = load_weights(&spec, &a.weights, &needed)?;
@@ -192,6 +198,9 @@ fn print_measured(x: &Measured, m: &Machine) {
 
 pub fn run(a: BenchArgs, sets: &[Override], color: bool) -> Result<ExitCode, String> {
     let result = (|| -> Result<(), Fail> {
+        if a.list_adapters {
+            return list_adapters(&a);
+        }
         let machine = if a.machine {
             eprintln!("measuring the machine's FMA peak and read bandwidth...");
             let m = Machine::measure();
@@ -246,6 +255,40 @@ pub fn run(a: BenchArgs, sets: &[Override], color: bool) -> Result<ExitCode, Str
     Ok(crate::run_cmd::report(result))
 }
 
+/// `--list-adapters`: what wgpu finds, and which one `--backend wgpu` opens.
+fn list_adapters(a: &BenchArgs) -> Result<(), Fail> {
+    if !matches!(a.backend, BackendName::Wgpu) {
+        return Err(Fail::Msg("`--list-adapters` lists wgpu adapters".into(), vec!["add `--backend wgpu`".into()]));
+    }
+    let found = ecarc_runtime::webgpu::list_adapters();
+    let chosen = ecarc_runtime::webgpu::Wgpu::new(a.adapter.as_deref()).map(|w| w.adapter().clone());
+    if a.json {
+        let v = serde_json::json!({
+            "adapters": found.iter().map(|s| serde_json::json!({
+                "name": s.name, "api": s.api, "kind": s.kind, "driver": s.driver,
+            })).collect::<Vec<_>>(),
+            "chosen": chosen.as_ref().ok().map(|s| s.name.clone()),
+            "error": chosen.as_ref().err().map(|e| e.to_string()),
+        });
+        println!("{}", serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?);
+        return Ok(());
+    }
+    if found.is_empty() {
+        println!("wgpu found no adapter");
+    }
+    for s in &found {
+        let mark = if chosen.as_ref().is_ok_and(|c| c == s) { "*" } else { " " };
+        println!("{mark} {s}");
+    }
+    match chosen {
+        Ok(c) => {
+            println!("`--backend wgpu` opens: {}", c.name);
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 impl BenchArgs {
     /// The run settings, for the `--vs` model.
     fn clone_settings(&self) -> BenchArgs {
@@ -254,6 +297,8 @@ impl BenchArgs {
             model: None,
             vs: None,
             backend: self.backend,
+            adapter: self.adapter.clone(),
+            list_adapters: false,
             weights: vec![],
             runs: self.runs,
             warmup: self.warmup,

@@ -66,7 +66,7 @@ pub enum RunCommand {
     InitWeights(InitWeightsArgs),
 }
 
-/// `--backend`: `reference` (the oracle) and `cpu` are built; `wgpu` and `cuda` are not yet.
+/// `--backend`: `reference` (the oracle), `cpu` and `wgpu` are built; `cuda` is not yet.
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum BackendName {
     Reference,
@@ -97,6 +97,10 @@ pub struct ModelArgs {
     /// The backend that runs the programs.
     #[arg(long, value_enum, default_value_t = BackendName::Cpu)]
     backend: BackendName,
+    /// With `--backend wgpu`: the adapter whose name contains NAME (case-insensitive);
+    /// default: a hardware GPU before a software one. `WGPU_BACKEND` picks the API.
+    #[arg(long, value_name = "NAME")]
+    adapter: Option<String>,
     /// Safetensors checkpoint(s), by the model's declared keys; several files
     /// (e.g. generator and tokenizer) form one checkpoint. Default: random weights (seed 0).
     #[arg(long = "weights", value_name = "W.safetensors")]
@@ -295,8 +299,8 @@ pub(crate) fn load_model(file: &Path, model: Option<&str>, sets: &[Override], co
     }
 }
 
-pub(crate) fn backend(name: BackendName) -> Result<Box<dyn Backend>, Fail> {
-    Ok(ecarc_runtime::backend_by_name(name.name())?)
+pub(crate) fn backend(name: BackendName, adapter: Option<&str>) -> Result<Box<dyn Backend>, Fail> {
+    Ok(ecarc_runtime::backend_by_name(name.name(), adapter)?)
 }
 
 /// The checkpoint files, or random weights (said on stderr). `needed`: the
@@ -453,7 +457,7 @@ fn sample(a: SampleArgs, sets: &[Override], color: bool) -> Result<(), Fail> {
     let mut spec = art.spec.clone();
     apply_sampler(&mut spec, &a)?;
     let labels = labels_for(&spec, &a.labels)?;
-    let backend = backend(a.model.backend)?;
+    let backend = backend(a.model.backend, a.model.adapter.as_deref())?;
     let noise_path: Vec<&Path> = a.noise.iter().map(PathBuf::as_path).collect();
     let mut outs = plan_outputs(&art, &a.model, &noise_path);
     let png_slot = outs.add("-o", &a.out, &["png"])?;
@@ -552,7 +556,7 @@ fn sample(a: SampleArgs, sets: &[Override], color: bool) -> Result<(), Fail> {
 fn decode(a: DecodeArgs, sets: &[Override], color: bool) -> Result<(), Fail> {
     let art = load_model(&a.model.file, a.model.model.as_deref(), sets, color)?;
     let spec = art.spec.clone();
-    let backend = backend(a.model.backend)?;
+    let backend = backend(a.model.backend, a.model.adapter.as_deref())?;
     let mut outs = plan_outputs(&art, &a.model, &[&a.tokens]);
     let out_slot = outs.add("-o", &a.out, &["safetensors"])?;
     let png_slot = match &a.png {
@@ -593,7 +597,7 @@ fn signature_lines(g: &Generator, n: u64, guided: bool) -> Result<Vec<String>, F
 fn forward(a: ForwardArgs, sets: &[Override], color: bool) -> Result<(), Fail> {
     let art = load_model(&a.model.file, a.model.model.as_deref(), sets, color)?;
     let spec = art.spec.clone();
-    let backend = backend(a.model.backend)?;
+    let backend = backend(a.model.backend, a.model.adapter.as_deref())?;
     let guided = a.cfg.is_some();
     let plan = if guided { "forward.guided" } else { "forward" };
     if a.signature {
@@ -656,7 +660,7 @@ fn dd_pairs(a: DdPairsArgs, sets: &[Override], color: bool) -> Result<(), Fail> 
     let art = load_model(&a.model.file, a.model.model.as_deref(), sets, color)?;
     let spec = art.spec.clone();
     let labels = labels_for(&spec, &a.labels)?;
-    let backend = backend(a.model.backend)?;
+    let backend = backend(a.model.backend, a.model.adapter.as_deref())?;
     let mut outs = plan_outputs(&art, &a.model, &[]);
     let out_slot = outs.add("-o", &a.out, &["safetensors"])?;
     check_memory(&art, labels.len() as u64)?;

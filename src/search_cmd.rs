@@ -386,7 +386,7 @@ struct RuntimeMeasure {
 
 impl RuntimeMeasure {
     fn new(name: &str) -> Result<RuntimeMeasure, String> {
-        let backend = ecarc_runtime::backend_by_name(name).map_err(|e| format!("--measure {name}: {e}"))?;
+        let backend = ecarc_runtime::backend_by_name(name, None).map_err(|e| format!("--measure {name}: {e}"))?;
         Ok(RuntimeMeasure { name: name.to_string(), backend })
     }
 }

@@ -132,13 +132,21 @@ pub trait Backend {
 /// The backends `--backend` accepts, in the order they are tried.
 pub const BACKEND_NAMES: [&str; 4] = ["reference", "cpu", "wgpu", "cuda"];
 
-/// The backend called `name`, or why it cannot be used.
-pub fn backend_by_name(name: &str) -> Result<Box<dyn Backend>> {
+/// The backend called `name`, or why it cannot be used. `adapter` picks the
+/// wgpu adapter whose name contains it (`--adapter`); other backends have
+/// no adapters, so it is an error there rather than silently ignored.
+pub fn backend_by_name(name: &str, adapter: Option<&str>) -> Result<Box<dyn Backend>> {
     use crate::error::RuntimeError;
+    if let (Some(a), false) = (adapter, name == "wgpu") {
+        return Err(RuntimeError::BackendUnavailable {
+            name: name.into(),
+            why: format!("`--adapter {a}` picks a wgpu adapter; use it with `--backend wgpu`"),
+        });
+    }
     match name {
         "reference" => Ok(Box::new(crate::reference::Reference::new())),
         "cpu" => Ok(Box::new(crate::cpu::Cpu::new())),
-        "wgpu" => Ok(Box::new(crate::webgpu::Wgpu::new(std::env::var("ECARC_ADAPTER").ok().as_deref())?)),
+        "wgpu" => Ok(Box::new(crate::webgpu::Wgpu::new(adapter)?)),
         "cuda" => Err(RuntimeError::BackendUnavailable {
             name: name.into(),
             why:

@@ -134,7 +134,7 @@ fn kv_cached_steps_equal_the_teacher_forced_pass_on_cpu() {
 
 #[test]
 fn cpu_is_selectable_by_name_and_refuses_foreign_programs() {
-    let cpu = ecarc_runtime::backend_by_name("cpu").expect("cpu is built");
+    let cpu = ecarc_runtime::backend_by_name("cpu", None).expect("cpu is built");
     assert_eq!(cpu.name(), "cpu");
     let spec = tiny("llamagen", &[]);
     let program = ecarc_compiler::lower::lower(&spec, &Default::default()).expect("lowers");

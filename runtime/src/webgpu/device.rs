@@ -2,6 +2,7 @@
 //! the device opened with the adapter's own limits, and its errors turned
 //! into `RuntimeError`s (wgpu's default handler panics; ours records).
 
+use super::pool::SharedPool;
 use crate::error::{Result, RuntimeError};
 use std::sync::{Arc, Mutex};
 
@@ -61,6 +62,10 @@ pub(crate) struct Gpu {
     /// Errors wgpu reported outside a call that returns them (validation,
     /// out of memory), and a lost device: taken by [`Gpu::check`].
     errors: Arc<Mutex<Vec<String>>>,
+    /// Freed buffers kept for reuse (`pool.rs`).
+    pub(crate) pool: SharedPool,
+    /// Device buffers created (pool misses): a sample's steady state creates none.
+    pub(crate) created: std::sync::atomic::AtomicU64,
 }
 
 impl Gpu {
@@ -119,7 +124,15 @@ impl Gpu {
                 v.push(format!("the device was lost ({reason:?}): {msg}"));
             }
         });
-        Ok(Gpu { device, queue, adapter: summary(&info), limits, errors })
+        Ok(Gpu {
+            device,
+            queue,
+            adapter: summary(&info),
+            limits,
+            errors,
+            pool: SharedPool::default(),
+            created: Default::default(),
+        })
     }
 
     /// The errors wgpu reported since the last check, as one error.

@@ -9,6 +9,7 @@
 mod device;
 mod fused;
 mod kernels;
+mod pool;
 mod program;
 mod record;
 mod storage;
@@ -48,6 +49,12 @@ impl Wgpu {
     /// Dispatches, submissions and read-backs so far.
     pub fn stats(&self) -> &Stats {
         &self.stats
+    }
+
+    /// Device buffers created so far (allocations the pool could not serve)
+    /// and the bytes the pool holds for reuse.
+    pub fn buffers(&self) -> (u64, u64) {
+        (self.gpu.created.load(std::sync::atomic::Ordering::Relaxed), self.gpu.pool.pooled_bytes())
     }
 }
 

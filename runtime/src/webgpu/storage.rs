@@ -4,6 +4,7 @@
 //! on upload and widened on download.
 
 use super::device::{Gpu, BACKEND};
+use super::pool::SharedPool;
 use super::record::Stats;
 use crate::backend::{Buffer, Storage};
 use crate::error::{Result, RuntimeError};
@@ -16,6 +17,15 @@ pub(crate) struct GpuStorage {
     pub buf: wgpu::Buffer,
     /// 32-bit words the tensor data may use (the buffer may be larger).
     pub words: u64,
+    /// Where the buffer goes when the storage is dropped (`pool.rs`).
+    pool: SharedPool,
+}
+
+impl Drop for GpuStorage {
+    fn drop(&mut self) {
+        // `wgpu::Buffer` is a shared handle: the pool's clone keeps it alive.
+        self.pool.give(self.buf.clone());
+    }
 }
 
 impl Storage for GpuStorage {
@@ -68,13 +78,19 @@ impl Gpu {
                 ),
             });
         }
-        let buf = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: None,
-            size: bytes,
-            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        Ok(Buffer::dense(dtype, shape.to_vec(), Arc::new(GpuStorage { buf, words })))
+        let buf = match self.pool.take(bytes) {
+            Some(buf) => buf,
+            None => {
+                self.created.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: None,
+                    size: bytes,
+                    usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                })
+            }
+        };
+        Ok(Buffer::dense(dtype, shape.to_vec(), Arc::new(GpuStorage { buf, words, pool: self.pool.clone() })))
     }
 
     pub fn upload(&self, t: &HostTensor) -> Result<Buffer> {
