@@ -218,3 +218,27 @@ fn anchors_and_write_slices_are_refused() {
     let huge = Kernel { inputs: vec![t(c(&[1 << 33]))], nodes: vec![n(c(&[1 << 33]), Expr::Load(0))] };
     assert!(emit(&huge).unwrap_err().contains("32-bit"));
 }
+
+/// The WGSL of DiT's adaLN prologue (layer norm without affine, then
+/// `x * (1 + scale) + shift`) from `examples/tiny/dit.ecar`: the first
+/// anchor-free part with two sums whose inputs include the modulation.
+#[test]
+fn layernorm_modulate_wgsl_snapshot() {
+    let sums = |k: &Kernel| k.nodes.iter().filter(|n| matches!(n.expr, Expr::Reduce { op: Reduce::Sum, .. })).count();
+    let part = fused_kernels(&repo().join("examples/tiny/dit.ecar"))
+        .iter()
+        .flat_map(parts)
+        .find(|p| {
+            sums(p) == 2 && p.inputs.len() >= 3 && matches!(p.nodes.last().unwrap().expr, Expr::Binary(Binary::Add, ..))
+        })
+        .expect("dit has a layer norm + modulate part");
+    let p = emit(&part).unwrap();
+    let mut text = format!("{}\n", part.lines().join("\n"));
+    for (i, s) in p.stages.iter().enumerate() {
+        text.push_str(&format!(
+            "// ---- stage {i}: {} threads, reads {:?}, writes {:?}, meta {:?}\n{}",
+            s.threads, s.reads, s.write, s.meta, s.wgsl
+        ));
+    }
+    insta::assert_snapshot!("layernorm_modulate_wgsl", text);
+}
