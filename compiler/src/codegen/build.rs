@@ -185,9 +185,9 @@ impl<'k> Builder<'k> {
     /// The row-major position of `idx` in `shape`.
     fn flat(&mut self, idx: &[E], shape: &[Dim]) -> Result<E, String> {
         let mut at = E::U32(0);
-        for (i, d) in idx.iter().zip(shape) {
-            let d = self.dim(d)?;
-            at = E::add(E::mul(at, d), i.clone());
+        for (a, (i, d)) in idx.iter().zip(shape).enumerate() {
+            // The first extent never multiplies anything.
+            at = if a == 0 { i.clone() } else { E::add(E::mul(at, self.dim(d)?), i.clone()) };
         }
         Ok(at)
     }
@@ -288,8 +288,21 @@ impl<'k> Builder<'k> {
     fn remap(&mut self, out: &mut Vec<S>, map: &Layout, idx: &[E], from: &[Dim], to: &[Dim]) -> Result<Vec<E>, String> {
         Ok(match map {
             Layout::Reshape => {
-                let flat = self.flat(idx, to)?;
-                self.unravel(out, flat, from)?
+                // Axes equal at both ends map one to one; only the middle
+                // (e.g. `[H, D]` -> `[H*D]`, or an added axis of 1) is
+                // flattened and unravelled.
+                let (f, t) = (from.len(), to.len());
+                let mut p = 0;
+                while p < f && p < t && from[p] == to[p] {
+                    p += 1;
+                }
+                let mut s = 0;
+                while s < f - p && s < t - p && from[f - 1 - s] == to[t - 1 - s] {
+                    s += 1;
+                }
+                let flat = self.flat(&idx[p..t - s], &to[p..t - s])?;
+                let mid = self.unravel(out, flat, &from[p..f - s])?;
+                idx[..p].iter().cloned().chain(mid).chain(idx[t - s..].iter().cloned()).collect()
             }
             Layout::Permute(perm) => {
                 let mut src = vec![E::U32(0); from.len()];

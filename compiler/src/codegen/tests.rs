@@ -186,7 +186,18 @@ fn every_expression_emits_valid_wgsl_with_its_abi() {
     }
     let last = &p.stages[2];
     assert!(last.reads.contains(&Read::Input(1)) && last.reads.contains(&Read::Input(2)), "{:?}", last.reads);
-    assert!(last.meta.contains(&MetaWord::Dim(Dim::sym(Sym::T))));
+    // A reshape splitting a symbolic extent divides by it: a meta word.
+    let tt = Dim::sym(Sym::T);
+    let r = Kernel {
+        inputs: vec![t(vec![Dim::c(2), tt.clone()])],
+        nodes: vec![
+            n(vec![Dim::c(2), tt.clone()], Expr::Load(0)),
+            n(vec![tt.mul_c(2)], Expr::Map { x: 0, map: Layout::Reshape }),
+        ],
+    };
+    let s = &emit(&r).unwrap().stages[0];
+    assert!(s.meta.contains(&MetaWord::Dim(tt.clone())), "{:?}", s.meta);
+    validate(&s.wgsl).unwrap_or_else(|e| panic!("{e}"));
     assert!(last.meta.contains(&MetaWord::OutputStride(1)) && last.meta.contains(&MetaWord::InputStride(0, 1)));
     // -inf and a subnormal are spelled by their bits.
     assert!(last.wgsl.contains("from_bits(0xff800000u)"), "{}", last.wgsl);
