@@ -117,7 +117,7 @@ fn result_stage(k: &Kernel, scratch_of: &[Option<u32>]) -> Result<BuiltStage, St
     let mut at = b.meta(MetaWord::OutputOffset);
     for (a, i) in idx.iter().enumerate() {
         let stride = b.meta(MetaWord::OutputStride(a as u8));
-        at = E::add(at, E::mul(i.clone(), stride));
+        at = E::iadd(at, E::imul(i.clone(), stride));
     }
     out.push(S::Store { at, value: v });
     Ok(b.finish(out, Write::Output, product(shape)))
@@ -187,7 +187,7 @@ impl<'k> Builder<'k> {
         let mut at = E::U32(0);
         for (a, (i, d)) in idx.iter().zip(shape).enumerate() {
             // The first extent never multiplies anything.
-            at = if a == 0 { i.clone() } else { E::add(E::mul(at, self.dim(d)?), i.clone()) };
+            at = if a == 0 { i.clone() } else { E::iadd(E::imul(at, self.dim(d)?), i.clone()) };
         }
         Ok(at)
     }
@@ -202,8 +202,8 @@ impl<'k> Builder<'k> {
                 break;
             }
             let d = self.dim(&shape[a])?;
-            idx[a] = self.bind(out, Ty::U32, E::rem(rest.clone(), d.clone()));
-            rest = self.bind(out, Ty::U32, E::div(rest, d));
+            idx[a] = self.bind(out, Ty::U32, E::irem(rest.clone(), d.clone()));
+            rest = self.bind(out, Ty::U32, E::idiv(rest, d));
         }
         Ok(idx)
     }
@@ -222,7 +222,7 @@ impl<'k> Builder<'k> {
                 let mut at = self.meta(MetaWord::InputOffset(*i));
                 for (a, ix) in idx.iter().enumerate() {
                     let stride = self.meta(MetaWord::InputStride(*i, a as u8));
-                    at = E::add(at, E::mul(ix.clone(), stride));
+                    at = E::iadd(at, E::imul(ix.clone(), stride));
                 }
                 self.read(Buf::Input(*i), ty.dtype == DType::I64);
                 E::Read(Buf::Input(*i), Box::new(at))
@@ -316,7 +316,7 @@ impl<'k> Builder<'k> {
                 let mut src = idx.to_vec();
                 let start = self.dim(start)?;
                 let a = src.get_mut(*axis as usize).ok_or("a slice axis out of range")?;
-                *a = E::add(a.clone(), start);
+                *a = E::iadd(a.clone(), start);
                 src
             }
             Layout::Broadcast => {
@@ -348,7 +348,7 @@ impl<'k> Builder<'k> {
             let mut body = vec![];
             let mut sub = idx.to_vec();
             let s = self.dim(&starts[j])?;
-            sub[axis] = E::sub(at.clone(), s);
+            sub[axis] = E::isub(at.clone(), s);
             let v = self.value(&mut body, p, &sub)?;
             body.push(S::Assign { var, value: v });
             self.cache = saved;

@@ -127,14 +127,14 @@ impl E {
     }
 
     /// Index arithmetic with the literal cases folded (u32 operands).
-    pub fn add(a: E, b: E) -> E {
+    pub fn iadd(a: E, b: E) -> E {
         match (a, b) {
             (E::U32(0), x) | (x, E::U32(0)) => x,
             (E::U32(x), E::U32(y)) if x.checked_add(y).is_some() => E::U32(x + y),
             (a, b) => E::bin(Op2::Add, a, b),
         }
     }
-    pub fn mul(a: E, b: E) -> E {
+    pub fn imul(a: E, b: E) -> E {
         match (a, b) {
             (E::U32(0), _) | (_, E::U32(0)) => E::U32(0),
             (E::U32(1), x) | (x, E::U32(1)) => x,
@@ -142,21 +142,21 @@ impl E {
             (a, b) => E::bin(Op2::Mul, a, b),
         }
     }
-    pub fn div(a: E, b: E) -> E {
+    pub fn idiv(a: E, b: E) -> E {
         match (a, b) {
             (x, E::U32(1)) => x,
             (E::U32(0), _) => E::U32(0),
             (a, b) => E::bin(Op2::Div, a, b),
         }
     }
-    pub fn rem(a: E, b: E) -> E {
+    pub fn irem(a: E, b: E) -> E {
         match (a, b) {
             (_, E::U32(1)) | (E::U32(0), _) => E::U32(0),
             (a, b) => E::bin(Op2::Rem, a, b),
         }
     }
     /// `a - b` on u32 (the caller knows `a >= b`).
-    pub fn sub(a: E, b: E) -> E {
+    pub fn isub(a: E, b: E) -> E {
         match (a, b) {
             (x, E::U32(0)) => x,
             (a, b) => E::bin(Op2::Sub, a, b),

@@ -261,7 +261,7 @@ fn a_store_kernel_writes_only_its_slice_and_a_missing_anchor_is_an_error() {
     .unwrap();
     rec.submit("store").unwrap();
     let got = gpu.download(&state, &stats).unwrap();
-    let mut want = vec![7.0; 16];
+    let mut want = [7.0; 16];
     want[6..10].copy_from_slice(&[-1.0, -2.0, -3.0, -4.0]);
     assert_eq!(got.as_f32().unwrap(), &want[..]);
 
