@@ -289,3 +289,60 @@ fn a_store_kernel_writes_only_its_slice_and_a_missing_anchor_is_an_error() {
         }
     }
 }
+
+/// Every unary function over a wide range (GELU's tails, tanh saturating,
+/// exp large), min/max, clamps, a softmax, a transposed and a broadcast
+/// input, a slice, a -inf constant, all side by side in one concat.
+#[test]
+fn every_expression_runs_on_wgpu_as_the_dense_evaluator() {
+    use ecarc_compiler::ir::op::{Binary, Unary, F};
+    use ecarc_compiler::kernel::{Expr, Layout, Reduce};
+    let Some(gpu) = gpu("every_expression_runs_on_wgpu_as_the_dense_evaluator") else { return };
+    let (r, c) = (5u64, 7u64);
+    let mut k = Kernel { inputs: vec![f32t(&[r, c]), f32t(&[c, r]), f32t(&[c])], nodes: vec![] };
+    let mut push = |shape: &[u64], expr: Expr| {
+        k.nodes.push(KNode { ty: f32t(shape), expr });
+        k.nodes.len() as u32 - 1
+    };
+    let rc = [r, c];
+    let x = push(&rc, Expr::Load(0));
+    let y = push(&[c, r], Expr::Load(1));
+    let yt = push(&rc, Expr::Map { x: y, map: Layout::Permute(vec![1, 0]) });
+    let wide = push(&rc, Expr::Affine { x, scale: F::new(4.0), shift: F::new(0.0) });
+    let mut parts = vec![];
+    for u in [Unary::Silu, Unary::Gelu, Unary::GeluTanh, Unary::Exp, Unary::Neg, Unary::Tanh] {
+        parts.push(push(&rc, Expr::Unary(u, wide)));
+    }
+    let sq = push(&rc, Expr::Binary(Binary::Mul, x, x));
+    parts.push(push(&rc, Expr::Unary(Unary::Sqrt, sq)));
+    parts.push(push(&rc, Expr::Binary(Binary::Min, x, yt)));
+    parts.push(push(&rc, Expr::Binary(Binary::Max, x, yt)));
+    parts.push(push(&rc, Expr::ClampMax { x, max: F::new(0.5) }));
+    parts.push(push(&rc, Expr::AtLeast { x, min: F::new(-0.5) }));
+    // softmax(x) over rows, as the fuse pass spells it.
+    let m = push(&[r, 1], Expr::Reduce { x, op: Reduce::Max });
+    let mb = push(&rc, Expr::Map { x: m, map: Layout::Broadcast });
+    let d = push(&rc, Expr::Binary(Binary::Sub, x, mb));
+    let e = push(&rc, Expr::Unary(Unary::Exp, d));
+    let s = push(&[r, 1], Expr::Reduce { x: e, op: Reduce::Sum });
+    let sb = push(&rc, Expr::Map { x: s, map: Layout::Broadcast });
+    parts.push(push(&rc, Expr::Binary(Binary::Div, e, sb)));
+    let z = push(&[c], Expr::Load(2));
+    let zb = push(&rc, Expr::Map { x: z, map: Layout::Broadcast });
+    parts.push(push(&rc, Expr::Binary(Binary::Add, x, zb)));
+    let ninf = push(&[], Expr::Const(F::new(f64::NEG_INFINITY)));
+    let nb = push(&rc, Expr::Map { x: ninf, map: Layout::Broadcast });
+    parts.push(push(&rc, Expr::Binary(Binary::Max, nb, x)));
+    parts.push(push(&[r, c - 2], Expr::Map { x, map: Layout::Slice { axis: 1, start: Dim::c(2) } }));
+    let width = c * (parts.len() as u64 - 1) + c - 2;
+    let cat = push(&[r, width], Expr::Concat { axis: 1, parts });
+    push(&[r * width], Expr::Map { x: cat, map: Layout::Reshape });
+    k.verify(&k.inputs.iter().collect::<Vec<_>>()).unwrap();
+    let (pipelines, stats) = (Pipelines::default(), Stats::default());
+    for seed in 0..4 {
+        let part = split::whole(&k);
+        if let Err(e) = check_part(&gpu, &part, &Bindings::default(), seed, &pipelines, &stats) {
+            panic!("seed {seed}: {e}\n{}", part_text(&k));
+        }
+    }
+}
