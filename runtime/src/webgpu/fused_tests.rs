@@ -346,3 +346,83 @@ fn every_expression_runs_on_wgpu_as_the_dense_evaluator() {
         }
     }
 }
+
+/// A `[512, 1024]` softmax and layer norm as generated WGSL on the adapter,
+/// against the dense evaluator on the host: `cargo test --profile ci -p
+/// ecarc-runtime fused_figures -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn fused_figures() {
+    use ecarc_compiler::ir::op::{Binary, Unary, F};
+    use ecarc_compiler::kernel::{Expr, Layout, Reduce};
+    let Some(gpu) = gpu("fused_figures") else { return };
+    let (r, c) = (512u64, 1024u64);
+    let rc = [r, c];
+    let kernel = |norm: bool| {
+        let mut k = Kernel { inputs: vec![f32t(&rc)], nodes: vec![] };
+        let mut push = |shape: &[u64], expr: Expr| {
+            k.nodes.push(KNode { ty: f32t(shape), expr });
+            k.nodes.len() as u32 - 1
+        };
+        let x = push(&rc, Expr::Load(0));
+        let bc = |push: &mut dyn FnMut(&[u64], Expr) -> u32, v| push(&rc, Expr::Map { x: v, map: Layout::Broadcast });
+        if norm {
+            let s = push(&[r, 1], Expr::Reduce { x, op: Reduce::Sum });
+            let mean = push(&[r, 1], Expr::Affine { x: s, scale: F::new(1.0 / c as f64), shift: F::new(0.0) });
+            let mb = bc(&mut push, mean);
+            let d = push(&rc, Expr::Binary(Binary::Sub, x, mb));
+            let sq = push(&rc, Expr::Binary(Binary::Mul, d, d));
+            let ss = push(&[r, 1], Expr::Reduce { x: sq, op: Reduce::Sum });
+            let var = push(&[r, 1], Expr::Affine { x: ss, scale: F::new(1.0 / c as f64), shift: F::new(1e-6) });
+            let sd = push(&[r, 1], Expr::Unary(Unary::Sqrt, var));
+            let sdb = bc(&mut push, sd);
+            push(&rc, Expr::Binary(Binary::Div, d, sdb));
+        } else {
+            let m = push(&[r, 1], Expr::Reduce { x, op: Reduce::Max });
+            let mb = bc(&mut push, m);
+            let d = push(&rc, Expr::Binary(Binary::Sub, x, mb));
+            let e = push(&rc, Expr::Unary(Unary::Exp, d));
+            let s = push(&[r, 1], Expr::Reduce { x: e, op: Reduce::Sum });
+            let sb = bc(&mut push, s);
+            push(&rc, Expr::Binary(Binary::Div, e, sb));
+        }
+        k
+    };
+    let (pipelines, stats) = (Pipelines::default(), Stats::default());
+    let b = Bindings::default();
+    for (name, k) in [("softmax [512, 1024]", kernel(false)), ("layer norm [512, 1024]", kernel(true))] {
+        let part = split::whole(&k);
+        check_part(&gpu, &part, &b, 1, &pipelines, &stats).unwrap();
+        let gp = emit(part.clone()).unwrap();
+        let mut rng = ChaCha8Rng::seed_from_u64(2);
+        let (host, view) = input(&gpu, &k.inputs[0], &b, false, &mut rng);
+        let reps = 10;
+        let t = std::time::Instant::now();
+        for _ in 0..reps {
+            let mut rec = Recorder::new(&gpu, &stats);
+            run_part(
+                &mut Ctx { gpu: &gpu, pipelines: &pipelines, stats: &stats, rec: &mut rec },
+                &gp,
+                std::slice::from_ref(&view),
+                &b,
+                None,
+            )
+            .unwrap();
+            rec.submit(name).unwrap();
+            gpu.wait().unwrap();
+        }
+        let wgpu_s = t.elapsed().as_secs_f64() / reps as f64;
+        let t = std::time::Instant::now();
+        dense::run(&part.kernel, &[&host], &b, &NoAnchors).unwrap();
+        let dense_s = t.elapsed().as_secs_f64();
+        let n = (r * c) as f64;
+        eprintln!(
+            "{name}: {} stages; wgpu ({}) {:.1} Melem/s ({:.2} ms per submission); dense evaluator {:.1} Melem/s",
+            gp.program.stages.len(),
+            gpu.adapter,
+            n / wgpu_s / 1e6,
+            wgpu_s * 1e3,
+            n / dense_s / 1e6
+        );
+    }
+}
