@@ -8,6 +8,7 @@ pub mod spec;
 
 pub use spec::ModelSpec;
 pub mod artifact;
+pub mod codegen;
 pub mod cost;
 pub mod ir;
 pub mod kernel;

@@ -1,0 +1,428 @@
+//! The WGSL of every anchor-free fused kernel, and of every prologue and
+//! epilogue part, of every tiny model, run on the adapter against the kernel
+//! IR's dense evaluator on the host, with random inputs (every other input a
+//! strided view into padded storage). Without an adapter the tests print
+//! "skipped", unless `ECARC_REQUIRE_WGPU` is set: then they fail.
+
+use super::*;
+use crate::tensor::HostTensor;
+use crate::webgpu::device::Gpu;
+use crate::webgpu::record::{Pipelines, Recorder, Stats};
+use ecarc_compiler::kernel::dense;
+use ecarc_compiler::kernel::interpret::{Anchors, Data, Value};
+use ecarc_compiler::kernel::KNode;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// The adapter, or `None` (and "skipped") when there is none and none is required.
+fn gpu(test: &str) -> Option<Gpu> {
+    match Gpu::open(None) {
+        Ok(g) => Some(g),
+        Err(e) if std::env::var_os("ECARC_REQUIRE_WGPU").is_some() => {
+            panic!("{test}: ECARC_REQUIRE_WGPU is set but no wgpu adapter opened: {e}")
+        }
+        Err(e) => {
+            eprintln!("{test}: skipped (no wgpu adapter: {e})");
+            None
+        }
+    }
+}
+
+struct NoAnchors;
+impl Anchors for NoAnchors {
+    fn run(&self, op: &Op, _: &[&Value], _: &Bindings) -> std::result::Result<Value, String> {
+        Err(format!("an anchor `{}` in an element-wise part", op.name()))
+    }
+}
+
+fn repo() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Every fused kernel of a model's programs with the bindings its plans run
+/// it under (first and second iteration, `images` images), deduplicated.
+fn model_kernels(path: &std::path::Path, images: u64) -> Vec<(Kernel, Bindings)> {
+    use ecarc_compiler::session::{check_paths, Outcome};
+    let s = check_paths(&[path], &[]);
+    assert!(!s.has_errors(), "{} does not check", path.display());
+    let Some(Outcome::Model(spec)) = s.models.into_iter().next().map(|m| m.outcome) else {
+        panic!("{}: one model expected", path.display())
+    };
+    let program = ecarc_compiler::lower::lower(&spec, &Default::default()).expect("lowers");
+    let mut binds: std::collections::HashMap<&str, Vec<Bindings>> = Default::default();
+    for plan in &program.plans {
+        for item in &plan.items {
+            for e in item.entries() {
+                for i in 0..item.times().min(2) {
+                    let b = e.bindings(images, i);
+                    let v = binds.entry(e.program.as_str()).or_default();
+                    if !v.contains(&b) {
+                        v.push(b);
+                    }
+                }
+            }
+        }
+    }
+    let pipeline = ecarc_compiler::pass::Pipeline::kernels();
+    let mut out: Vec<(Kernel, Bindings)> = vec![];
+    for g in &program.graphs {
+        let mut f = g.clone();
+        pipeline.run(&mut f).unwrap_or_else(|e| panic!("{e}"));
+        for n in f.g.node_weights() {
+            if let Op::Fused(k) = &n.op {
+                for b in binds.get(g.name.as_str()).into_iter().flatten() {
+                    if !out.iter().any(|(k2, b2)| **k == *k2 && b == b2) {
+                        out.push(((**k).clone(), *b));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The anchor-free parts the backend emits for `k` (as `PreparedFused::new`
+/// splits it), and whether `k` has an anchor.
+fn parts(k: &Kernel) -> (Vec<Part>, bool) {
+    let k = split::stored(k).map_or_else(|| k.clone(), |(p, _, _)| p);
+    match split::split_at_anchor(&k) {
+        None => (vec![split::whole(&k)], false),
+        Some(s) => {
+            let mut v: Vec<Part> = s
+                .operands
+                .into_iter()
+                .filter_map(|o| match o {
+                    Operand::Computed(p) => Some(p),
+                    Operand::Input(_) => None,
+                })
+                .collect();
+            v.extend(s.epilogue);
+            (v, true)
+        }
+    }
+}
+
+/// A random input of `t` under `b`: its dense host value and a device view,
+/// strided (rows of padded storage, starting one element in) when `padded`.
+fn input(gpu: &Gpu, t: &TensorType, b: &Bindings, padded: bool, rng: &mut ChaCha8Rng) -> (Value, Buffer) {
+    let shape = eval_dims(&t.shape, b).unwrap();
+    let n: usize = shape.iter().product();
+    let (store, off): (Vec<usize>, usize) =
+        if padded { (shape.iter().map(|d| d + 1).collect(), 1) } else { (shape.clone(), 0) };
+    let strides = crate::backend::row_major(&store);
+    let len = store.iter().product::<usize>() + off;
+    let at = |mut flat: usize| -> usize {
+        let mut p = off;
+        for a in (0..shape.len()).rev() {
+            p += flat % shape[a] * strides[a];
+            flat /= shape[a];
+        }
+        p
+    };
+    let (value, host) = match t.dtype {
+        DType::F32 => {
+            let v: Vec<f32> = (0..n).map(|_| rng.random_range(-3.0f32..3.0)).collect();
+            let mut s = vec![f32::NAN; len.max(1)];
+            for (f, &x) in v.iter().enumerate() {
+                s[at(f)] = x;
+            }
+            (Data::F32(v), HostTensor::f32(vec![s.len()], s))
+        }
+        DType::I64 => {
+            let v: Vec<i64> = (0..n).map(|_| rng.random_range(0i64..100)).collect();
+            let mut s = vec![-1i64; len.max(1)];
+            for (f, &x) in v.iter().enumerate() {
+                s[at(f)] = x;
+            }
+            (Data::I64(v), HostTensor::i64(vec![s.len()], s))
+        }
+    };
+    let dev = gpu.upload(&host).unwrap();
+    let view = kernels::view(&dev, off, shape.clone(), strides);
+    (Value { shape, data: value }, view)
+}
+
+fn close(a: f32, e: f32) -> bool {
+    (a.is_nan() && e.is_nan()) || (a - e).abs() <= 1e-4 + 1e-4 * e.abs()
+}
+
+/// Run one part on the adapter and on the host; the first disagreement.
+fn check_part(
+    gpu: &Gpu,
+    p: &Part,
+    b: &Bindings,
+    seed: u64,
+    pipelines: &Pipelines,
+    stats: &Stats,
+) -> Result<(), String> {
+    let gp = emit(p.clone())?;
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let (mut host, mut views) = (vec![], vec![]);
+    for (i, t) in p.kernel.inputs.iter().enumerate() {
+        let (v, d) = input(gpu, t, b, (i as u64 + seed) % 2 == 1, &mut rng);
+        host.push(v);
+        views.push(d);
+    }
+    let want = dense::run(&p.kernel, &host.iter().collect::<Vec<_>>(), b, &NoAnchors)?;
+    let Data::F32(want) = want.data else { return Err("an i64 result".into()) };
+    let mut rec = Recorder::new(gpu, stats);
+    let y =
+        run_part(&mut Ctx { gpu, pipelines, stats, rec: &mut rec }, &gp, &views, b, None).map_err(|e| e.to_string())?;
+    rec.submit("fused test").map_err(|e| e.to_string())?;
+    let got = gpu.download(&y, stats).map_err(|e| e.to_string())?;
+    let got = got.as_f32().ok_or("not f32")?;
+    if got.len() != want.len() {
+        return Err(format!("{} elements, want {}", got.len(), want.len()));
+    }
+    for (i, (a, e)) in got.iter().zip(&want).enumerate() {
+        if !close(*a, *e) {
+            return Err(format!("element {i}: wgpu {a:e}, dense {e:e}"));
+        }
+    }
+    Ok(())
+}
+
+fn part_text(k: &Kernel) -> String {
+    k.nodes.iter().enumerate().map(|(i, n)| format!("  %{i} = {:?}\n", n.expr)).collect()
+}
+
+#[test]
+fn every_tiny_model_fused_part_runs_on_wgpu_as_the_dense_evaluator() {
+    let Some(gpu) = gpu("every_tiny_model_fused_part_runs_on_wgpu_as_the_dense_evaluator") else { return };
+    let (pipelines, stats) = (Pipelines::default(), Stats::default());
+    let (mut whole, mut pro_epi, mut fails) = (0, 0, vec![]);
+    let mut seen: Vec<(Part, Bindings)> = vec![];
+    for name in ["var", "llamagen", "ecar", "dit", "var_dd", "llamagen_dd"] {
+        let path = repo().join(format!("examples/tiny/{name}.ecar"));
+        for (i, (k, b)) in model_kernels(&path, 2).iter().enumerate() {
+            let (ps, anchored) = parts(k);
+            for (j, p) in ps.into_iter().enumerate() {
+                if seen.iter().any(|(q, c)| *q == p && c == b) {
+                    continue;
+                }
+                if anchored {
+                    pro_epi += 1;
+                } else {
+                    whole += 1;
+                }
+                if let Err(e) = check_part(&gpu, &p, b, i as u64 * 31 + j as u64, &pipelines, &stats) {
+                    fails.push(format!("{name} kernel {i} part {j} under {b:?}: {e}\n{}", part_text(&p.kernel)));
+                }
+                seen.push((p, *b));
+            }
+        }
+    }
+    let c = stats.counts();
+    eprintln!(
+        "{whole} anchor-free kernels and {pro_epi} prologues/epilogues (x bindings) checked on {}: \
+         {} dispatches, {} pipelines",
+        gpu.adapter, c.dispatches, c.pipelines
+    );
+    assert!(fails.is_empty(), "{} failed:\n{}", fails.len(), fails.join("\n"));
+    assert!(whole > 10 && pro_epi > 10, "{whole} kernels, {pro_epi} parts");
+}
+
+fn f32t(shape: &[u64]) -> TensorType {
+    TensorType::f32(shape.iter().map(|&d| Dim::c(d)).collect())
+}
+
+/// A store kernel writes its slice into the state's view and nothing else;
+/// an anchor without a wgpu kernel is a clear error.
+#[test]
+fn a_store_kernel_writes_only_its_slice_and_a_missing_anchor_is_an_error() {
+    use ecarc_compiler::ir::op::Unary;
+    use ecarc_compiler::kernel::Expr;
+    let Some(gpu) = gpu("a_store_kernel_writes_only_its_slice_and_a_missing_anchor_is_an_error") else { return };
+    let (pipelines, stats) = (Pipelines::default(), Stats::default());
+    let k = Kernel {
+        inputs: vec![f32t(&[1, 8, 2]), f32t(&[1, 2, 2])],
+        nodes: vec![
+            KNode { ty: f32t(&[1, 8, 2]), expr: Expr::Load(0) },
+            KNode { ty: f32t(&[1, 2, 2]), expr: Expr::Load(1) },
+            KNode { ty: f32t(&[1, 2, 2]), expr: Expr::Unary(Unary::Neg, 1) },
+            KNode { ty: f32t(&[1, 8, 2]), expr: Expr::WriteSlice { dst: 0, src: 2, axis: 1, start: Dim::c(3) } },
+        ],
+    };
+    let p = PreparedFused::new(&k).unwrap();
+    assert_eq!(p.store, Some((1, Dim::c(3))));
+    let b = Bindings::default();
+    let state = gpu.upload(&HostTensor::f32(vec![1, 8, 2], vec![7.0; 16])).unwrap();
+    let src = gpu.upload(&HostTensor::f32(vec![1, 2, 2], vec![1.0, 2.0, 3.0, 4.0])).unwrap();
+    let shape = p.slice_shape(&state.shape, 1, &b).unwrap();
+    assert_eq!(shape, vec![1, 2, 2]);
+    let slice = kernels::view(&state, 3 * 2, shape, state.strides.clone());
+    let mut rec = Recorder::new(&gpu, &stats);
+    p.run(
+        &mut Ctx { gpu: &gpu, pipelines: &pipelines, stats: &stats, rec: &mut rec },
+        &[slice.clone(), src],
+        &b,
+        Some(&slice),
+    )
+    .unwrap();
+    rec.submit("store").unwrap();
+    let got = gpu.download(&state, &stats).unwrap();
+    let mut want = [7.0; 16];
+    want[6..10].copy_from_slice(&[-1.0, -2.0, -3.0, -4.0]);
+    assert_eq!(got.as_f32().unwrap(), &want[..]);
+
+    // linear(x, w): no wgpu anchor kernel is an error naming it, never a panic.
+    let k = Kernel {
+        inputs: vec![f32t(&[2, 3]), f32t(&[4, 3])],
+        nodes: vec![
+            KNode { ty: f32t(&[2, 3]), expr: Expr::Load(0) },
+            KNode { ty: f32t(&[2, 3]), expr: Expr::Unary(Unary::Neg, 0) },
+            KNode { ty: f32t(&[4, 3]), expr: Expr::Load(1) },
+            KNode { ty: f32t(&[2, 4]), expr: Expr::Anchor { op: Op::Linear, operands: vec![1, 2] } },
+        ],
+    };
+    let p = PreparedFused::new(&k).unwrap();
+    let x = gpu.upload(&HostTensor::f32(vec![2, 3], vec![1.0; 6])).unwrap();
+    let w = gpu.upload(&HostTensor::f32(vec![4, 3], vec![1.0; 12])).unwrap();
+    let mut rec = Recorder::new(&gpu, &stats);
+    match p.run(&mut Ctx { gpu: &gpu, pipelines: &pipelines, stats: &stats, rec: &mut rec }, &[x, w], &b, None) {
+        Err(e) => assert!(e.to_string().contains("linear"), "{e}"),
+        // Another engineer's linear kernel landed: then it must compute -x @ w^T = -3.
+        Ok(y) => {
+            rec.submit("anchor").unwrap();
+            let got = gpu.download(&y, &stats).unwrap();
+            assert!(got.as_f32().unwrap().iter().all(|&v| (v + 3.0).abs() < 1e-5), "{got:?}");
+        }
+    }
+}
+
+/// Every unary function over a wide range (GELU's tails, tanh saturating,
+/// exp large), min/max, clamps, a softmax, a transposed and a broadcast
+/// input, a slice, a -inf constant, all side by side in one concat.
+#[test]
+fn every_expression_runs_on_wgpu_as_the_dense_evaluator() {
+    use ecarc_compiler::ir::op::{Binary, Unary, F};
+    use ecarc_compiler::kernel::{Expr, Layout, Reduce};
+    let Some(gpu) = gpu("every_expression_runs_on_wgpu_as_the_dense_evaluator") else { return };
+    let (r, c) = (5u64, 7u64);
+    let mut k = Kernel { inputs: vec![f32t(&[r, c]), f32t(&[c, r]), f32t(&[c])], nodes: vec![] };
+    let mut push = |shape: &[u64], expr: Expr| {
+        k.nodes.push(KNode { ty: f32t(shape), expr });
+        k.nodes.len() as u32 - 1
+    };
+    let rc = [r, c];
+    let x = push(&rc, Expr::Load(0));
+    let y = push(&[c, r], Expr::Load(1));
+    let yt = push(&rc, Expr::Map { x: y, map: Layout::Permute(vec![1, 0]) });
+    let wide = push(&rc, Expr::Affine { x, scale: F::new(4.0), shift: F::new(0.0) });
+    let mut parts = vec![];
+    for u in [Unary::Silu, Unary::Gelu, Unary::GeluTanh, Unary::Exp, Unary::Neg, Unary::Tanh] {
+        parts.push(push(&rc, Expr::Unary(u, wide)));
+    }
+    let sq = push(&rc, Expr::Binary(Binary::Mul, x, x));
+    parts.push(push(&rc, Expr::Unary(Unary::Sqrt, sq)));
+    parts.push(push(&rc, Expr::Binary(Binary::Min, x, yt)));
+    parts.push(push(&rc, Expr::Binary(Binary::Max, x, yt)));
+    parts.push(push(&rc, Expr::ClampMax { x, max: F::new(0.5) }));
+    parts.push(push(&rc, Expr::AtLeast { x, min: F::new(-0.5) }));
+    // softmax(x) over rows, as the fuse pass spells it.
+    let m = push(&[r, 1], Expr::Reduce { x, op: Reduce::Max });
+    let mb = push(&rc, Expr::Map { x: m, map: Layout::Broadcast });
+    let d = push(&rc, Expr::Binary(Binary::Sub, x, mb));
+    let e = push(&rc, Expr::Unary(Unary::Exp, d));
+    let s = push(&[r, 1], Expr::Reduce { x: e, op: Reduce::Sum });
+    let sb = push(&rc, Expr::Map { x: s, map: Layout::Broadcast });
+    parts.push(push(&rc, Expr::Binary(Binary::Div, e, sb)));
+    let z = push(&[c], Expr::Load(2));
+    let zb = push(&rc, Expr::Map { x: z, map: Layout::Broadcast });
+    parts.push(push(&rc, Expr::Binary(Binary::Add, x, zb)));
+    let ninf = push(&[], Expr::Const(F::new(f64::NEG_INFINITY)));
+    let nb = push(&rc, Expr::Map { x: ninf, map: Layout::Broadcast });
+    parts.push(push(&rc, Expr::Binary(Binary::Max, nb, x)));
+    parts.push(push(&[r, c - 2], Expr::Map { x, map: Layout::Slice { axis: 1, start: Dim::c(2) } }));
+    let width = c * (parts.len() as u64 - 1) + c - 2;
+    let cat = push(&[r, width], Expr::Concat { axis: 1, parts });
+    push(&[r * width], Expr::Map { x: cat, map: Layout::Reshape });
+    k.verify(&k.inputs.iter().collect::<Vec<_>>()).unwrap();
+    let (pipelines, stats) = (Pipelines::default(), Stats::default());
+    for seed in 0..4 {
+        let part = split::whole(&k);
+        if let Err(e) = check_part(&gpu, &part, &Bindings::default(), seed, &pipelines, &stats) {
+            panic!("seed {seed}: {e}\n{}", part_text(&k));
+        }
+    }
+}
+
+/// A `[512, 1024]` softmax and layer norm as generated WGSL on the adapter,
+/// against the dense evaluator on the host: `cargo test --profile ci -p
+/// ecarc-runtime fused_figures -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn fused_figures() {
+    use ecarc_compiler::ir::op::{Binary, Unary, F};
+    use ecarc_compiler::kernel::{Expr, Layout, Reduce};
+    let Some(gpu) = gpu("fused_figures") else { return };
+    let (r, c) = (512u64, 1024u64);
+    let rc = [r, c];
+    let kernel = |norm: bool| {
+        let mut k = Kernel { inputs: vec![f32t(&rc)], nodes: vec![] };
+        let mut push = |shape: &[u64], expr: Expr| {
+            k.nodes.push(KNode { ty: f32t(shape), expr });
+            k.nodes.len() as u32 - 1
+        };
+        let x = push(&rc, Expr::Load(0));
+        let bc = |push: &mut dyn FnMut(&[u64], Expr) -> u32, v| push(&rc, Expr::Map { x: v, map: Layout::Broadcast });
+        if norm {
+            let s = push(&[r, 1], Expr::Reduce { x, op: Reduce::Sum });
+            let mean = push(&[r, 1], Expr::Affine { x: s, scale: F::new(1.0 / c as f64), shift: F::new(0.0) });
+            let mb = bc(&mut push, mean);
+            let d = push(&rc, Expr::Binary(Binary::Sub, x, mb));
+            let sq = push(&rc, Expr::Binary(Binary::Mul, d, d));
+            let ss = push(&[r, 1], Expr::Reduce { x: sq, op: Reduce::Sum });
+            let var = push(&[r, 1], Expr::Affine { x: ss, scale: F::new(1.0 / c as f64), shift: F::new(1e-6) });
+            let sd = push(&[r, 1], Expr::Unary(Unary::Sqrt, var));
+            let sdb = bc(&mut push, sd);
+            push(&rc, Expr::Binary(Binary::Div, d, sdb));
+        } else {
+            let m = push(&[r, 1], Expr::Reduce { x, op: Reduce::Max });
+            let mb = bc(&mut push, m);
+            let d = push(&rc, Expr::Binary(Binary::Sub, x, mb));
+            let e = push(&rc, Expr::Unary(Unary::Exp, d));
+            let s = push(&[r, 1], Expr::Reduce { x: e, op: Reduce::Sum });
+            let sb = bc(&mut push, s);
+            push(&rc, Expr::Binary(Binary::Div, e, sb));
+        }
+        k
+    };
+    let (pipelines, stats) = (Pipelines::default(), Stats::default());
+    let b = Bindings::default();
+    for (name, k) in [("softmax [512, 1024]", kernel(false)), ("layer norm [512, 1024]", kernel(true))] {
+        let part = split::whole(&k);
+        check_part(&gpu, &part, &b, 1, &pipelines, &stats).unwrap();
+        let gp = emit(part.clone()).unwrap();
+        let mut rng = ChaCha8Rng::seed_from_u64(2);
+        let (host, view) = input(&gpu, &k.inputs[0], &b, false, &mut rng);
+        let reps = 10;
+        let t = std::time::Instant::now();
+        for _ in 0..reps {
+            let mut rec = Recorder::new(&gpu, &stats);
+            run_part(
+                &mut Ctx { gpu: &gpu, pipelines: &pipelines, stats: &stats, rec: &mut rec },
+                &gp,
+                std::slice::from_ref(&view),
+                &b,
+                None,
+            )
+            .unwrap();
+            rec.submit(name).unwrap();
+            gpu.wait().unwrap();
+        }
+        let wgpu_s = t.elapsed().as_secs_f64() / reps as f64;
+        let t = std::time::Instant::now();
+        dense::run(&part.kernel, &[&host], &b, &NoAnchors).unwrap();
+        let dense_s = t.elapsed().as_secs_f64();
+        let n = (r * c) as f64;
+        eprintln!(
+            "{name}: {} stages; wgpu ({}) {:.1} Melem/s ({:.2} ms per submission); dense evaluator {:.1} Melem/s",
+            gp.program.stages.len(),
+            gpu.adapter,
+            n / wgpu_s / 1e6,
+            wgpu_s * 1e3,
+            n / dense_s / 1e6
+        );
+    }
+}
