@@ -364,3 +364,58 @@ fn gemm_figures() {
         report(what, m, n, k, ms);
     }
 }
+
+#[test]
+fn a_program_runs_its_anchors_on_the_device_in_one_submission() {
+    use crate::backend::{Args, Backend};
+    use ecarc_compiler::ir::{Graph, TensorType};
+    if gpu().is_none() {
+        return;
+    }
+    // q = heads(linear(x)); attention over the first 7 rows of a cache of 8;
+    // then a matmul by a weight: every anchor, none on the host.
+    let d = Dim::c;
+    let (b, tq, h, hd, cap, keys) = (2, 5, 3, 4, 8, 7);
+    let mut gr = Graph::new("anchors");
+    let x = gr.source(Op::Input { name: "x".into() }, TensorType::f32(vec![d(b), d(tq), d(h * hd)]), None);
+    let w = gr.source(Op::Param { key: "w".into() }, TensorType::f32(vec![d(h * hd), d(h * hd)]), None);
+    let cache = TensorType::f32(vec![d(b), d(h), d(cap), d(hd)]);
+    let kc = gr.source(Op::State { name: "k".into() }, cache.clone(), None);
+    let vc = gr.source(Op::State { name: "v".into() }, cache, None);
+    let m = gr.source(Op::Param { key: "m".into() }, TensorType::f32(vec![d(hd), d(6)]), None);
+    let lin = gr.add(Op::Linear, &[x, w], None);
+    let split = gr.add(Op::Reshape { shape: vec![d(b), d(tq), d(h), d(hd)] }, &[lin], None);
+    let q = gr.add(Op::Permute { perm: vec![0, 2, 1, 3] }, &[split], None);
+    let slice = |gr: &mut Graph, c| gr.add(Op::Slice { axis: 2, start: d(0), len: d(keys) }, &[c], None);
+    let (k, v) = (slice(&mut gr, kc), slice(&mut gr, vc));
+    let att = gr.add(attention_op(Mask::Causal, 0.5, keys as usize), &[q, k, v], None);
+    let y = gr.add(Op::MatMul, &[att, m], None);
+    gr.output("y", y);
+    let host = [
+        ("x", t(&[2, 5, 12], 1)),
+        ("w", t(&[12, 12], 2)),
+        ("k", t(&[2, 3, 8, 4], 3)),
+        ("v", t(&[2, 3, 8, 4], 4)),
+        ("m", t(&[4, 6], 5)),
+    ];
+    let run = |be: &dyn Backend| {
+        let bufs: Vec<(&str, Buffer)> = host.iter().map(|(n, x)| (*n, be.upload(x).unwrap())).collect();
+        let get = |n: &str| bufs.iter().find(|(k, _)| *k == n).unwrap().1.clone();
+        let params = [("w".to_string(), get("w")), ("m".to_string(), get("m"))].into_iter().collect();
+        let exe = be.prepare(&gr, &params).unwrap();
+        let x = get("x");
+        let args = Args {
+            inputs: [("x", &x)].into_iter().collect(),
+            states: [("k", get("k")), ("v", get("v"))].into_iter().collect(),
+        };
+        let outs = be.run(&exe, &Bindings::default(), args).unwrap();
+        be.download(&outs[0].1).unwrap()
+    };
+    // A device of its own: the other tests count on the shared one meanwhile.
+    let own = Wgpu::new(None).unwrap();
+    let got = run(&own);
+    let c = own.stats().counts();
+    assert!(c.host_ops.is_empty(), "ran on the host: {:?}", c.host_ops);
+    assert_eq!((c.submissions, c.dispatches), (1, 3));
+    close(&got, &run(&crate::reference::Reference::new()), "program");
+}
