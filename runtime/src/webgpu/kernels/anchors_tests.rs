@@ -113,7 +113,7 @@ fn every_shader_validates() {
 fn linear_matches_the_reference_for_every_kernel_odd_sizes_and_one_two_many_rows() {
     let Some(g) = gpu() else { return };
     for rows in [1, 2, 3, 17, 70] {
-        for (n_in, n_out) in [(1, 1), (5, 3), (33, 31), (67, 129)] {
+        for (n_in, n_out) in [(1, 1), (5, 3), (33, 31), (67, 129), (1024, 67)] {
             let (x, w, b) = (up(g, &t(&[rows, n_in], 1)), up(g, &t(&[n_out, n_in], 2)), up(g, &t(&[n_out], 3)));
             for bias in [Some(&b), None] {
                 let mut ops = vec![&x, &w];
@@ -340,6 +340,32 @@ fn time_ms(g: &Wgpu, runs: usize, mut f: impl FnMut() -> Buffer) -> f64 {
     t0.elapsed().as_secs_f64() * 1e3 / runs as f64
 }
 
+/// Milliseconds per run of a one-Linear program on the CPU backend, for scale.
+fn cpu_linear_ms(x: &HostTensor, w: &HostTensor, runs: usize) -> f64 {
+    use crate::backend::{Args, Backend};
+    use ecarc_compiler::ir::{Graph, TensorType};
+    let d = |v: usize| Dim::c(v as u64);
+    let mut gr = Graph::new("linear");
+    let xs = gr.source(Op::Input { name: "x".into() }, TensorType::f32(x.shape.iter().map(|&v| d(v)).collect()), None);
+    let ws = gr.source(Op::Param { key: "w".into() }, TensorType::f32(w.shape.iter().map(|&v| d(v)).collect()), None);
+    let y = gr.add(Op::Linear, &[xs, ws], None);
+    gr.output("y", y);
+    let cpu = crate::cpu::Cpu::new();
+    let (xb, wb) = (cpu.upload(x).unwrap(), cpu.upload(w).unwrap());
+    let exe = cpu.prepare(&gr, &[("w".to_string(), wb)].into_iter().collect()).unwrap();
+    let once = || {
+        let args = Args { inputs: [("x", &xb)].into_iter().collect(), states: Default::default() };
+        cpu.run(&exe, &Bindings::default(), args).unwrap();
+        cpu.synchronize().unwrap();
+    };
+    once();
+    let t0 = std::time::Instant::now();
+    for _ in 0..runs {
+        once();
+    }
+    t0.elapsed().as_secs_f64() * 1e3 / runs as f64
+}
+
 /// Figures, not a test: `cargo test --profile ci -p ecarc-runtime gemm_figures -- --ignored --nocapture`.
 #[test]
 #[ignore]
@@ -350,19 +376,23 @@ fn gemm_figures() {
         println!("{what:<34} {m}x{k} . {k}x{n}: {ms:9.2} ms {:8.2} GFLOP/s", 2.0 * (m * n * k) as f64 / ms / 1e6);
     };
     let (m, k, n) = (256, 1024, 1024);
-    let (x, w) = (up(g, &t(&[m, k], 1)), up(g, &t(&[n, k], 2)));
+    let (xh, wh) = (t(&[m, k], 1), t(&[n, k], 2));
+    let (x, w) = (up(g, &xh), up(g, &wh));
     for kind in [Gemm::Tiled, Gemm::Naive] {
         let ms = time_ms(g, 3, || g.linear_with(&x, &w, None, kind).unwrap());
         report(&format!("linear {kind:?}"), m, n, k, ms);
     }
+    report("linear, CPU backend", m, n, k, cpu_linear_ms(&xh, &wh, 3));
     let (m, k, n) = (2, 1024, 4096);
-    let (x, w) = (up(g, &t(&[m, k], 3)), up(g, &t(&[n, k], 4)));
+    let (xh, wh) = (t(&[m, k], 3), t(&[n, k], 4));
+    let (x, w) = (up(g, &xh), up(g, &wh));
     for (what, kind) in
         [("decode GEMV (Best)", Gemm::Best), ("decode Tiled", Gemm::Tiled), ("decode Naive", Gemm::Naive)]
     {
         let ms = time_ms(g, 10, || g.linear_with(&x, &w, None, kind).unwrap());
         report(what, m, n, k, ms);
     }
+    report("decode, CPU backend", m, n, k, cpu_linear_ms(&xh, &wh, 10));
 }
 
 #[test]

@@ -1,8 +1,9 @@
 // Tiled GEMM: a 16x16 workgroup computes a 64x64 tile of one batch's output,
 // each thread a 4x4 block held in four vec4 accumulators. A and B pass through
 // workgroup memory 16 k-steps at a time, stored k-major as vec4s so the inner
-// step is two vec4 loads and four vec4 multiply-adds. Threads load consecutive
-// elements along whichever axis of the operand is contiguous (info[7]).
+// step is two vec4 loads and four vec4 multiply-adds. Each thread loads one
+// vec4 of each tile, consecutive threads along whichever axis of the operand
+// is contiguous (info[7]).
 const TM: u32 = 64u;
 const TN: u32 = 64u;
 const TK: u32 = 16u;
@@ -28,31 +29,37 @@ fn main(
     let b_n_inner = (info[7] & 2u) != 0u;
     var acc: array<vec4<f32>, 4>;
     for (var k0 = 0u; k0 < k; k0 += TK) {
-        for (var i = 0u; i < 4u; i++) {
-            let e = li + i * 256u;
-            var r = e % TM;
-            var ka = e / TM;
-            if (a_k_inner) {
-                r = e / TK;
-                ka = e % TK;
-            }
-            var x = 0.0;
-            if (row0 + r < m && k0 + ka < k) {
-                x = load_a(base.x, row0 + r, k0 + ka);
-            }
-            sa[ka * 16u + r / 4u][r % 4u] = x;
-            var c = e / TK;
-            var kb = e % TK;
-            if (b_n_inner) {
-                c = e % TN;
-                kb = e / TN;
-            }
-            var y = 0.0;
-            if (col0 + c < n && k0 + kb < k) {
-                y = load_b(base.y, k0 + kb, col0 + c);
-            }
-            sb[kb * 16u + c / 4u][c % 4u] = y;
+        // Each thread fills one vec4 of each tile: 4 rows (columns) at one k.
+        var ka = li % TK;
+        var r = (li / TK) * 4u;
+        if (!a_k_inner) {
+            ka = li / TK;
+            r = (li % TK) * 4u;
         }
+        var x = vec4<f32>(0.0);
+        if (k0 + ka < k) {
+            for (var j = 0u; j < 4u; j++) {
+                if (row0 + r + j < m) {
+                    x[j] = load_a(base.x, row0 + r + j, k0 + ka);
+                }
+            }
+        }
+        sa[ka * 16u + r / 4u] = x;
+        var kb = li / TK;
+        var c = (li % TK) * 4u;
+        if (!b_n_inner) {
+            kb = li % TK;
+            c = (li / TK) * 4u;
+        }
+        var y = vec4<f32>(0.0);
+        if (k0 + kb < k) {
+            for (var j = 0u; j < 4u; j++) {
+                if (col0 + c + j < n) {
+                    y[j] = load_b(base.y, k0 + kb, col0 + c + j);
+                }
+            }
+        }
+        sb[kb * 16u + c / 4u] = y;
         workgroupBarrier();
         for (var kk = 0u; kk < TK; kk++) {
             let av = sa[kk * 16u + lid.y];
