@@ -205,6 +205,9 @@ fn conv2d_matches_the_reference_with_stride_padding_and_strided_input() {
     let w = up(g, &t(&[4, 3, 3, 3], 14));
     let op = Op::Conv2d { stride: 2, pad: 1 };
     gemm_all(g, &gemm::conv2d(&x, &w, None, 2, 1).unwrap(), &op, &[&x, &w], "nhwc view");
+    // A bias read every third element from 2 on.
+    let b = view(&up(g, &t(&[12], 15)), 2, vec![4], vec![3]);
+    gemm_all(g, &gemm::conv2d(&x, &w, Some(&b), 2, 1).unwrap(), &op, &[&x, &w, &b], "strided bias");
     let out =
         record(g, |cx| anchors::anchor(cx, &op, &[x.clone(), w.clone()], &Bindings::default(), &[])).unwrap().unwrap();
     close(&down(g, &out), &want(g, &op, &[&x, &w]), "op");
