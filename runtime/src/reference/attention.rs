@@ -29,19 +29,26 @@ pub(crate) fn operands<'a>(q: &'a View, k: &'a View, v: &'a View, keys: usize) -
         x.base.as_f32().ok_or_else(|| format!("{what} must be f32"))
     }
     let (qv, kv, vv) = (all(q, "q")?, all(k, "k")?, all(v, "v")?);
-    let r = q.shape.len();
-    if r < 2 || k.shape.len() != r || v.shape.len() != r {
-        return Err(format!("q {:?}, k {:?}, v {:?} must be [..., T, d] of one rank", q.shape, k.shape, v.shape));
+    let [r, t, d, e] = shapes(&q.shape, &k.shape, &v.shape, keys)?;
+    Ok(Operands { qv, kv, vv, r, t, d, e })
+}
+
+/// The shapes of attention's operands, checked: `[rank, T, d, e]` (the
+/// wgpu kernel, whose operands are device buffers, checks them here too).
+pub(crate) fn shapes(q: &[usize], k: &[usize], v: &[usize], keys: usize) -> KResult<[usize; 4]> {
+    let r = q.len();
+    if r < 2 || k.len() != r || v.len() != r {
+        return Err(format!("q {q:?}, k {k:?}, v {v:?} must be [..., T, d] of one rank"));
     }
-    let (t, d) = (q.shape[r - 2], q.shape[r - 1]);
-    let (s, e) = (k.shape[r - 2], v.shape[r - 1]);
-    if q.shape[..r - 2] != k.shape[..r - 2] || k.shape[..r - 1] != v.shape[..r - 1] || k.shape[r - 1] != d {
-        return Err(format!("q {:?}, k {:?}, v {:?} disagree", q.shape, k.shape, v.shape));
+    let (t, d) = (q[r - 2], q[r - 1]);
+    let (s, e) = (k[r - 2], v[r - 1]);
+    if q[..r - 2] != k[..r - 2] || k[..r - 1] != v[..r - 1] || k[r - 1] != d {
+        return Err(format!("q {q:?}, k {k:?}, v {v:?} disagree"));
     }
     if keys > s || t > keys {
         return Err(format!("{t} queries over {keys} keys of a cache of {s}"));
     }
-    Ok(Operands { qv, kv, vv, r, t, d, e })
+    Ok([r, t, d, e])
 }
 
 /// `q[..., T, d]`, `k[..., S, d]`, `v[..., S, e]` (`S >= keys`), any

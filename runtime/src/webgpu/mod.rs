@@ -15,6 +15,7 @@ mod record;
 mod storage;
 
 pub use device::{list_adapters, AdapterSummary};
+pub use kernels::gemm::Gemm;
 pub use record::{Counts, Stats};
 
 use crate::backend::*;
@@ -55,6 +56,16 @@ impl Wgpu {
     /// and the bytes the pool holds for reuse.
     pub fn buffers(&self) -> (u64, u64) {
         (self.gpu.created.load(std::sync::atomic::Ordering::Relaxed), self.gpu.pool.pooled_bytes())
+    }
+
+    /// `x[..., in] . w[out, in]^T (+ bias)` with the GEMM kernel `kind`, one
+    /// submission (benchmarks compare the kernels; programs use `Gemm::Best`).
+    pub fn linear_with(&self, x: &Buffer, w: &Buffer, bias: Option<&Buffer>, kind: Gemm) -> Result<Buffer> {
+        let mut rec = record::Recorder::new(&self.gpu, &self.stats);
+        let mut cx = kernels::Ctx { gpu: &self.gpu, pipelines: &self.pipelines, stats: &self.stats, rec: &mut rec };
+        let out = kernels::gemm::run(&mut cx, &kernels::gemm::linear(x, w, bias)?, kind)?;
+        rec.submit("linear")?;
+        Ok(out)
     }
 }
 

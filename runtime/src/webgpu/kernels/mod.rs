@@ -5,7 +5,12 @@
 //! (`Buffer::offset`/`strides`), so layout ops never copy; results are new
 //! dense buffers unless a kernel writes into a given view.
 
+pub(crate) mod anchors;
+#[cfg(test)]
+mod anchors_tests;
+pub(crate) mod attention;
 pub(crate) mod copy;
+pub(crate) mod gemm;
 
 use super::device::{Gpu, BACKEND};
 use super::record::{Grid, Pipelines, Recorder, Stats};
@@ -79,11 +84,14 @@ pub(crate) fn view(b: &Buffer, offset: usize, shape: Vec<usize>, strides: Vec<us
 /// Record `op` on its operands when a WGSL kernel implements it; `None`
 /// when it must run on the host.
 pub(crate) fn op(
-    _cx: &mut Ctx,
-    _op: &ecarc_compiler::ir::Op,
-    _x: &[Buffer],
-    _b: &ecarc_compiler::ir::Bindings,
-    _shape: &[usize],
+    cx: &mut Ctx,
+    op: &ecarc_compiler::ir::Op,
+    x: &[Buffer],
+    b: &ecarc_compiler::ir::Bindings,
+    shape: &[usize],
 ) -> Result<Option<Buffer>> {
+    if let Some(out) = anchors::anchor(cx, op, x, b, shape)? {
+        return Ok(Some(out));
+    }
     Ok(None)
 }
