@@ -6,6 +6,18 @@
 //! dense buffers unless a kernel writes into a given view.
 
 pub(crate) mod copy;
+mod elementwise;
+mod embedding;
+mod group_norm;
+mod guide;
+mod nearest_code;
+pub(crate) mod ops;
+#[cfg(test)]
+mod ops_tests;
+mod position;
+mod resize;
+mod rows;
+mod sample;
 
 use super::device::{Gpu, BACKEND};
 use super::record::{Grid, Pipelines, Recorder, Stats};
@@ -79,11 +91,11 @@ pub(crate) fn view(b: &Buffer, offset: usize, shape: Vec<usize>, strides: Vec<us
 /// Record `op` on its operands when a WGSL kernel implements it; `None`
 /// when it must run on the host.
 pub(crate) fn op(
-    _cx: &mut Ctx,
-    _op: &ecarc_compiler::ir::Op,
-    _x: &[Buffer],
-    _b: &ecarc_compiler::ir::Bindings,
-    _shape: &[usize],
+    cx: &mut Ctx,
+    op: &ecarc_compiler::ir::Op,
+    x: &[Buffer],
+    b: &ecarc_compiler::ir::Bindings,
+    shape: &[usize],
 ) -> Result<Option<Buffer>> {
-    Ok(None)
+    ops::op(cx, op, x, b, shape)
 }
