@@ -198,7 +198,7 @@ fn layer_norm_far_from_zero_is_exact_within_tolerance() {
     }
     let e = crate::reference::eval(&op, &[&x], &Bindings::default()).unwrap();
     let worst = |a: &[f32]| a.iter().zip(&exact).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-    for got in device_both(w, &op, &[x.clone()], &[2, 500]) {
+    for got in device_both(w, &op, std::slice::from_ref(&x), &[2, 500]) {
         assert_close_named("layer_norm vs f64", got.as_f32().unwrap(), &exact, 1e-4, 1e-4);
         assert!(worst(got.as_f32().unwrap()) <= worst(e.as_f32().unwrap()));
     }
