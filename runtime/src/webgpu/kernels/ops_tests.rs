@@ -326,6 +326,18 @@ fn sample_tokens_equal_the_reference() {
     }
 }
 
+/// Equal logits make every weight exactly 1 and the cumulative sums exactly
+/// k/4: a uniform on a boundary must take the next token (`u < cum`).
+#[test]
+fn sample_tokens_uniform_on_a_boundary() {
+    let logits = t(&[5, 4], vec![0.5; 20]);
+    let u = t(&[5], vec![0.0, 0.25, 0.5, 0.75, 1.0]);
+    for (tmp, k, p) in [(1.0, 0, 1.0), (1.0, 4, 1.0), (1.0, 0, 0.9999)] {
+        let [a, b, c] = settings(tmp, k, p);
+        check(&Op::SampleTokens, &[logits.clone(), u.clone(), a, b, c]);
+    }
+}
+
 #[test]
 fn sample_tokens_bad_rows_give_minus_one() {
     let Some(w) = gpu() else { return };
