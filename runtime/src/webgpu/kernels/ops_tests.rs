@@ -435,3 +435,62 @@ fn every_unfused_op_of_the_tiny_models_has_a_kernel() {
     }
     assert!(missing.is_empty(), "no kernel for {missing:?}");
 }
+
+/// A small program of op kernels only (a permuted view, softmax, the
+/// sampler with its settings as inputs, an embedding of the tokens, a layer
+/// norm) runs on wgpu in one submission with no op on the host, reads back
+/// only its outputs, and matches the reference backend.
+#[test]
+fn a_program_of_op_kernels_runs_in_one_submission() {
+    use crate::backend::{Args, Backend, Params};
+    use ecarc_compiler::ir::{DType, Graph, TensorType};
+    let Some(w) = gpu() else { return };
+    let c = |v: &[u64]| v.iter().map(|&d| Dim::c(d)).collect::<Vec<_>>();
+    let mut g = Graph::new("ops");
+    let input = |g: &mut Graph, name: &str, ty: TensorType| g.source(Op::Input { name: name.into() }, ty, None);
+    let logits = input(&mut g, "logits", TensorType::f32(c(&[3, 2, 40])));
+    let u = input(&mut g, "u", TensorType::f32(c(&[2, 3])));
+    let temp = input(&mut g, "temperature", TensorType::f32(vec![]));
+    let k = input(&mut g, "top_k", TensorType { dtype: DType::I64, shape: vec![] });
+    let p = input(&mut g, "top_p", TensorType::f32(vec![]));
+    let table = input(&mut g, "table", TensorType::f32(c(&[40, 8])));
+    let l = g.add(Op::Permute { perm: vec![1, 0, 2] }, &[logits], None);
+    let probs = g.add(Op::Softmax, &[l], None);
+    let tokens = g.add(Op::SampleTokens, &[l, u, temp, k, p], None);
+    let e = g.add(Op::Embedding, &[table, tokens], None);
+    let y = g.add(Op::LayerNorm { eps: F::new(1e-5) }, &[e], None);
+    g.output("probs", probs);
+    g.output("tokens", tokens);
+    g.output("y", y);
+
+    let host = [
+        rand(&[3, 2, 40], 70, 3.0),
+        t(&[2, 3], seq(6, 71).iter().map(|x| (x + 1.0) / 2.0).collect()),
+        HostTensor::scalar(0.8),
+        HostTensor::i64(vec![], vec![10]),
+        HostTensor::scalar(0.9),
+        rand(&[40, 8], 72, 1.0),
+    ];
+    let names = ["logits", "u", "temperature", "top_k", "top_p", "table"];
+    let reference = crate::reference::Reference::new();
+    let b = Bindings::default();
+    let mut results = vec![];
+    for be in [w as &dyn Backend, &reference as &dyn Backend] {
+        let bufs: Vec<Buffer> = host.iter().map(|h| be.upload(h).unwrap()).collect();
+        let exe = be.prepare(&g, &Params::new()).unwrap();
+        let before = w.stats().counts();
+        let args = Args { inputs: names.iter().copied().zip(bufs.iter()).collect(), ..Default::default() };
+        let outs = be.run(&exe, &b, args).unwrap();
+        if be.name() == w.name() {
+            let after = w.stats().counts();
+            assert_eq!(after.submissions - before.submissions, 1, "{after:?}");
+            assert_eq!(after.read_backs, before.read_backs, "read back inside the run");
+            assert!(after.host_ops.is_empty(), "ops on the host: {:?}", after.host_ops);
+        }
+        results.push(outs.iter().map(|(_, v)| be.download(v).unwrap()).collect::<Vec<_>>());
+    }
+    let (got, want) = (&results[0], &results[1]);
+    assert_close_named("probs", got[0].as_f32().unwrap(), want[0].as_f32().unwrap(), 1e-4, 1e-4);
+    assert_eq!(got[1].as_i64(), want[1].as_i64());
+    assert_close_named("y", got[2].as_f32().unwrap(), want[2].as_f32().unwrap(), 1e-4, 1e-4);
+}
