@@ -21,10 +21,10 @@ mod fused;
 mod generate;
 #[cfg(test)]
 mod golden;
-mod layout;
+pub(crate) mod layout;
 pub(crate) mod linalg;
 pub(crate) mod norm;
-mod position;
+pub(crate) mod position;
 pub(crate) mod program;
 #[cfg(test)]
 mod tests;

@@ -14,9 +14,7 @@ pub fn sinusoid(t: &HostTensor, dim: usize, max_period: f64) -> KResult<HostTens
     if t.shape.len() != 1 {
         return Err(format!("sinusoid takes t[N], got {:?}", t.shape));
     }
-    let half = dim / 2;
-    let neg_log = -(max_period.ln()) as f32;
-    let freqs: Vec<f32> = (0..half).map(|k| (neg_log * k as f32 / half as f32).exp()).collect();
+    let freqs = frequencies(dim, max_period);
     let mut out = Vec::with_capacity(ts.len() * dim);
     for &tv in ts {
         let args: Vec<f32> = freqs.iter().map(|&fk| tv * fk).collect();
@@ -27,6 +25,14 @@ pub fn sinusoid(t: &HostTensor, dim: usize, max_period: f64) -> KResult<HostTens
         }
     }
     Ok(HostTensor::f32(vec![ts.len(), dim], out))
+}
+
+/// The `dim / 2` frequencies of [`sinusoid`], in f32 as it computes them
+/// (the wgpu backend uploads these, so its arguments are the same bits).
+pub(crate) fn frequencies(dim: usize, max_period: f64) -> Vec<f32> {
+    let half = dim / 2;
+    let neg_log = -(max_period.ln()) as f32;
+    (0..half).map(|k| (neg_log * k as f32 / half as f32).exp()).collect()
 }
 
 /// Rotate the interleaved pairs `(x[.., t, 2i], x[.., t, 2i+1])` of

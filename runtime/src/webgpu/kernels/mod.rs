@@ -10,7 +10,19 @@ pub(crate) mod anchors;
 mod anchors_tests;
 pub(crate) mod attention;
 pub(crate) mod copy;
+mod elementwise;
+mod embedding;
 pub(crate) mod gemm;
+mod group_norm;
+mod guide;
+mod nearest_code;
+pub(crate) mod ops;
+#[cfg(test)]
+mod ops_tests;
+mod position;
+mod resize;
+mod rows;
+mod sample;
 
 use super::device::{Gpu, BACKEND};
 use super::record::{Grid, Pipelines, Recorder, Stats};
@@ -93,5 +105,5 @@ pub(crate) fn op(
     if let Some(out) = anchors::anchor(cx, op, x, b, shape)? {
         return Ok(Some(out));
     }
-    Ok(None)
+    ops::op(cx, op, x, b, shape)
 }

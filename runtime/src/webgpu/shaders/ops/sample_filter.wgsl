@@ -1,0 +1,175 @@
+// SampleTokens, first pass, one workgroup per row: temperature, top-k and
+// top-p as reference::generate::filtered_weights, leaving in the row's
+// scratch the weight of every token (exp(l / T - max), -1 for a dropped
+// token). The pick pass (sample_pick.wgsl) then draws the token.
+// The reference's f32 folds whose order decides the result (the total, the
+// cumulative sum in descending order) run in one thread, in its order; the
+// order-free parts (max, the k-th largest, the sort) are spread over the
+// workgroup.
+// Scratch row: [A: P words (sort space, P = V rounded up to a power of two),
+//               B: V words (l = x / T), C: V words (the weights)].
+// info: [rows, V, P, S (scratch words per row), lr, T offset, k offset, p offset,
+//        lead shape[lr], logits offset, logits lead strides[lr], logits last stride]
+@group(0) @binding(0) var<storage, read> info: array<u32>;
+@group(0) @binding(1) var<storage, read> logits: array<f32>;
+@group(0) @binding(2) var<storage, read> temp: array<f32>;
+@group(0) @binding(3) var<storage, read> topk: array<i32>;
+@group(0) @binding(4) var<storage, read> topp: array<f32>;
+@group(0) @binding(5) var<storage, read_write> sc: array<f32>;
+
+var<workgroup> red: array<f32, WG>;
+var<workgroup> one: f32;
+
+// Sort sc[base..base + n] in descending order (bitonic; n a power of two).
+fn sort_desc(base: u32, n: u32, lid: u32) {
+    for (var size = 2u; size <= n; size <<= 1u) {
+        for (var stride = size >> 1u; stride > 0u; stride >>= 1u) {
+            for (var i = lid; i < n / 2u; i += WG) {
+                let lo = 2u * i - (i & (stride - 1u));
+                let hi = lo + stride;
+                let a = sc[base + lo];
+                let b = sc[base + hi];
+                // descending blocks where bit `size` of lo is clear: all of them at the end
+                if ((a < b) == ((lo & size) == 0u)) {
+                    sc[base + lo] = b;
+                    sc[base + hi] = a;
+                }
+            }
+            storageBarrier();
+        }
+    }
+}
+
+fn max_all(v: f32, lid: u32) -> f32 {
+    red[lid] = v;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+        if (lid < s) {
+            red[lid] = max(red[lid], red[lid + s]);
+        }
+        workgroupBarrier();
+    }
+    let r = workgroupUniformLoad(&red[0]);
+    workgroupBarrier();
+    return r;
+}
+
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_id) lid3: vec3<u32>) {
+    let row = group_row(wid, nwg);
+    if (row >= info[0]) {
+        return;
+    }
+    let lid = lid3.x;
+    let temperature = temp[info[5]];
+    let k = topk[info[6]];
+    let top_p = topp[info[7]];
+    // Bad settings and greedy rows are the pick pass's alone.
+    if (!(temperature > 0.0 && is_finite(temperature)) || k < 0 || !(top_p > 0.0) || k == 1) {
+        return;
+    }
+    let v = info[1];
+    let p2 = info[2];
+    let a = row * info[3];
+    let b = a + p2;
+    let c = b + v;
+    let lr = info[4];
+    let base = strided(row, lr, 8u, 8u + lr);
+    let last = info[9u + 2u * lr];
+    for (var j = lid; j < p2; j += WG) {
+        var l = neg_inf();
+        if (j < v) {
+            l = logits[base + j * last] / temperature;
+            sc[b + j] = l;
+        }
+        sc[a + j] = l;
+    }
+    storageBarrier();
+    // top-k: keep l >= the k-th largest (ties at it all kept)
+    var kth = neg_inf();
+    let uk = u32(k);
+    if (uk > 0u && uk < v) {
+        sort_desc(a, p2, lid);
+        if (lid == 0u) {
+            one = sc[a + uk - 1u];
+        }
+        kth = workgroupUniformLoad(&one);
+    }
+    var m = neg_inf();
+    for (var j = lid; j < v; j += WG) {
+        let l = sc[b + j];
+        if (l >= kth && l > m) {
+            m = l;
+        }
+    }
+    m = max_all(m, lid);
+    for (var j = lid; j < p2; j += WG) {
+        var wt = -1.0;
+        if (j < v) {
+            let l = sc[b + j];
+            if (l >= kth) {
+                wt = exp(l - m);
+            }
+            sc[c + j] = wt;
+        }
+        sc[a + j] = wt;
+    }
+    storageBarrier();
+    if (!(top_p < 1.0)) {
+        return;
+    }
+    // top-p: the smallest prefix of the kept tokens by descending weight
+    // (ties by index) whose probabilities reach top_p.
+    sort_desc(a, p2, lid);
+    if (lid == 0u) {
+        var total = 0.0;
+        for (var j = 0u; j < v; j++) {
+            total += max(sc[c + j], 0.0);
+        }
+        var cum = 0.0;
+        var cut = -1.0; // the weight at which the prefix ends
+        var ties = 0u; // how many tokens of weight `cut` it takes
+        for (var r = 0u; r < v; r++) {
+            let wt = sc[a + r];
+            if (wt < 0.0) {
+                break;
+            }
+            cum += wt / total;
+            if (cum >= top_p) {
+                cut = wt;
+                var first = r;
+                while (first > 0u && sc[a + first - 1u] == wt) {
+                    first--;
+                }
+                ties = r - first + 1u;
+                break;
+            }
+        }
+        if (cut >= 0.0) {
+            var mk = neg_inf();
+            for (var j = 0u; j < v; j++) {
+                let wt = sc[c + j];
+                var keep = wt > cut;
+                if (wt == cut && ties > 0u) {
+                    keep = true;
+                    ties--;
+                }
+                if (!keep) {
+                    sc[c + j] = -1.0;
+                } else if (sc[b + j] > mk) {
+                    mk = sc[b + j];
+                }
+            }
+            // The reference re-takes the max over the tokens kept; it moves
+            // only when the cut falls among tokens whose weight rounds to 1.
+            if (mk != m) {
+                for (var j = 0u; j < v; j++) {
+                    if (sc[c + j] >= 0.0) {
+                        sc[c + j] = exp(sc[b + j] - mk);
+                    }
+                }
+            }
+        }
+    }
+}
