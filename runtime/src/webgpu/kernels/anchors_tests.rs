@@ -396,6 +396,9 @@ fn gemm_figures() {
         report(what, m, n, k, ms);
     }
     report("decode, CPU backend", m, n, k, cpu_linear_ms(&xh, &wh, 10));
+    // What one submission and wait cost by themselves.
+    let (x, w) = (up(g, &t(&[1, 1], 5)), up(g, &t(&[1, 1], 6)));
+    report("floor: a 1x1 GEMV", 1, 1, 1, time_ms(g, 10, || g.linear_with(&x, &w, None, Gemm::Best).unwrap()));
 }
 
 #[test]
