@@ -280,7 +280,7 @@ fn attention_reads_a_kv_cache_in_place_up_to_its_keys() {
     let Some(g) = gpu() else { return };
     // Head-split [B, H, S, D] views of [B, S, H*D] caches of 100 rows, 70
     // filled (NaN past them, never read), the queries' heads permuted too,
-    // and the same caches sliced to their first 70 rows.
+    // and the same caches sliced to their first 70 rows; strided levels.
     let (b, h, d, cap, keys, tq) = (2, 3, 4, 100, 70, 2);
     let mut kd = t(&[b, cap, h * d], 5);
     let mut vd = t(&[b, cap, h * d], 6);
@@ -294,7 +294,8 @@ fn attention_reads_a_kv_cache_in_place_up_to_its_keys() {
     let heads =
         |x: &Buffer, rows| permuted(&view(x, 0, vec![b, rows, h, d], row_major(&[b, rows, h, d])), &[0, 2, 1, 3]);
     let (q, k, v) = (heads(&up(g, &t(&[b, tq, h * d], 7)), tq), heads(&up(g, &kd), cap), heads(&up(g, &vd), cap));
-    let lv = up(g, &levels(keys, true));
+    // The levels every other element of a longer tensor, from 1 on.
+    let lv = view(&up(g, &levels(2 * keys + 1, false)), 1, vec![keys], vec![2]);
     for mask in MASKS {
         for (kk, vv) in [(k.clone(), v.clone()), (sliced(&k, 2, 0, keys), sliced(&v, 2, 0, keys))] {
             let mut x = vec![q.clone(), kk, vv];
@@ -396,6 +397,9 @@ fn gemm_figures() {
         report(what, m, n, k, ms);
     }
     report("decode, CPU backend", m, n, k, cpu_linear_ms(&xh, &wh, 10));
+    // What one submission and wait cost by themselves.
+    let (x, w) = (up(g, &t(&[1, 1], 5)), up(g, &t(&[1, 1], 6)));
+    report("floor: a 1x1 GEMV", 1, 1, 1, time_ms(g, 10, || g.linear_with(&x, &w, None, Gemm::Best).unwrap()));
 }
 
 #[test]

@@ -1,7 +1,7 @@
 // GEMV for one or two rows (decode steps, bandwidth-bound): a workgroup of 64
 // threads computes 4 output columns of both rows; the threads stride over k,
 // so they read each of the 4 weight rows once and together (coalesced when
-// B's k is contiguous), then the 64 partial sums are added as a tree.
+// B's k is contiguous), then 8 threads add the 64 partial sums.
 const COLS: u32 = 4u;
 
 // [row][thread]: partial sums of the 4 columns.
@@ -38,16 +38,16 @@ fn main(
     part[li] = s0;
     part[64u + li] = s1;
     workgroupBarrier();
-    for (var s = 32u; s > 0u; s = s / 2u) {
-        if (li < s) {
-            part[li] += part[li + s];
-            part[64u + li] += part[64u + li + s];
-        }
-        workgroupBarrier();
-    }
+    // One barrier, then 8 threads add 64 partial sums each: a tree's 6 more
+    // barriers cost more than these reads (on software adapters above all).
     let row = li / COLS;
-    let col = col0 + li % COLS;
+    let j = li % COLS;
+    let col = col0 + j;
     if (li < 2u * COLS && row < m && col < n) {
-        out[bat * m * n + row * n + col] = part[row * 64u][li % COLS] + bias_at(row, col);
+        var sum = 0.0;
+        for (var x = 0u; x < 64u; x++) {
+            sum += part[row * 64u + x][j];
+        }
+        out[bat * m * n + row * n + col] = sum + bias_at(row, col);
     }
 }
