@@ -253,3 +253,36 @@ fn layernorm_modulate_wgsl_snapshot() {
     }
     insta::assert_snapshot!("layernorm_modulate_wgsl", text);
 }
+
+/// The printer on a hand-built tree: an i32 buffer (an i64 input) read as
+/// f32, literals WGSL cannot spell, a loop and a branch.
+#[test]
+fn the_printer_spells_i32_reads_and_odd_literals_validly() {
+    use super::tree::{Buf, Op2, Shader, Ty, E, S};
+    let read = |b: Buf, at: E| E::Read(b, Box::new(at));
+    let shader = Shader {
+        reads: vec![(Buf::Input(0), true), (Buf::Input(1), false)],
+        body: vec![
+            S::Var { var: 0, ty: Ty::F32, init: E::F32(-0.0) },
+            S::Loop {
+                var: 1,
+                count: E::Meta(1),
+                body: vec![S::Assign {
+                    var: 0,
+                    value: E::bin(Op2::Add, E::Var(0), read(Buf::Input(0), E::iadd(E::Var(1), E::Meta(2)))),
+                }],
+            },
+            S::If {
+                cond: E::bin(Op2::Lt, E::Id, E::U32(3)),
+                then: vec![S::Assign { var: 0, value: E::F32(f32::from_bits(1)) }],
+                otherwise: vec![S::Assign { var: 0, value: E::F32(f32::NAN) }],
+            },
+            S::Store { at: E::Id, value: E::bin(Op2::Mul, E::Var(0), read(Buf::Input(1), E::Id)) },
+        ],
+    };
+    let w = super::wgsl::print(&shader);
+    validate(&w).unwrap_or_else(|e| panic!("{e}\n{w}"));
+    for want in ["array<i32>", "f32(x0[", "from_bits(0x00000001u)", "(-0.0f)", "from_bits(0x7fc00000u)"] {
+        assert!(w.contains(want), "{want} not in\n{w}");
+    }
+}
