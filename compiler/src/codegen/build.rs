@@ -1,5 +1,6 @@
-//! Kernel IR -> shader trees: one stage per reduction (one thread per row),
-//! then the result's stage (one thread per element). A node's value at an
+//! Kernel IR -> shader trees: one stage per group of reductions over rows of
+//! one shape (one thread per row), then the result's stage (one thread per
+//! element). A node's value at an
 //! index is built on demand from its operands' values at remapped indices;
 //! each (node, index) is bound once per scope, so a value read twice (the
 //! centred `x` of a norm) is computed once.
@@ -48,66 +49,108 @@ pub(super) fn build(k: &Kernel) -> Result<Built, String> {
             }
         }
     }
-    // Each needed reduction gets a scratch buffer, one element per row.
-    let mut scratch_of = vec![None; k.nodes.len()];
-    let mut scratch = vec![];
+    // Needed reductions in node order, grouped while they fold rows of one
+    // shape: a group is one stage (one thread per row folds them in turn,
+    // a later fold reading an earlier one of its own row from a register)
+    // writing one scratch buffer, a slot of `rows` elements per reduction.
+    let mut groups: Vec<(Vec<Dim>, Vec<KId>)> = vec![];
     for (i, n) in k.nodes.iter().enumerate() {
-        if needed[i] && matches!(n.expr, Expr::Reduce { .. }) {
-            scratch_of[i] = Some(scratch.len() as u32);
-            scratch.push(product(&n.ty.shape));
+        if let (true, Expr::Reduce { x, .. }) = (needed[i], &n.expr) {
+            let shape = &k.nodes[*x as usize].ty.shape;
+            let rows = shape[..shape.len().saturating_sub(1)].to_vec();
+            match groups.last_mut() {
+                Some((r, g)) if *r == rows => g.push(i as KId),
+                _ => groups.push((rows, vec![i as KId])),
+            }
         }
     }
-    let mut stages = vec![];
-    for (i, n) in k.nodes.iter().enumerate() {
-        if let (Some(s), Expr::Reduce { x, op }) = (scratch_of[i], &n.expr) {
-            stages.push(reduce_stage(k, &scratch_of, *x, *op, s)?);
+    let mut scratch_of = vec![None; k.nodes.len()];
+    let (mut scratch, mut stages) = (vec![], vec![]);
+    for (rows, group) in groups {
+        let buf = scratch.len() as u32;
+        for (slot, &n) in group.iter().enumerate() {
+            scratch_of[n as usize] = Some((buf, slot as u32));
+        }
+        match reduce_stage(k, &scratch_of, &rows, &group, buf) {
+            Ok(st) => {
+                scratch.push(product(&rows).mul_c(group.len() as u64));
+                stages.push(st);
+            }
+            // A fold reads another row of an earlier one: a stage each.
+            Err(e) if e == CROSS_ROW => {
+                for &n in &group {
+                    let buf = scratch.len() as u32;
+                    scratch_of[n as usize] = Some((buf, 0));
+                    stages.push(reduce_stage(k, &scratch_of, &rows, &[n], buf)?);
+                    scratch.push(product(&rows));
+                }
+            }
+            Err(e) => return Err(e),
         }
     }
     stages.push(result_stage(k, &scratch_of)?);
     Ok(Built { stages, scratch })
 }
 
-/// One thread per row of `x`: the fold of the row into scratch `s`.
-fn reduce_stage(k: &Kernel, scratch_of: &[Option<u32>], x: KId, op: Reduce, s: u32) -> Result<BuiltStage, String> {
-    let shape = &k.nodes[x as usize].ty.shape;
-    let (len, rows) = shape.split_last().ok_or("the reduction of a scalar")?;
+/// Why a group of reductions cannot share a stage.
+const CROSS_ROW: &str = "a reduction read at another row in the stage that computes it";
+
+/// One thread per row: the folds of `group` (reductions over rows of shape
+/// `rows`), each into its slot of scratch `buf`.
+fn reduce_stage(
+    k: &Kernel,
+    scratch_of: &[Option<(u32, u32)>],
+    rows: &[Dim],
+    group: &[KId],
+    buf: u32,
+) -> Result<BuiltStage, String> {
     let mut b = Builder::new(k, scratch_of);
     let mut out = vec![];
-    let mut idx = b.unravel(&mut out, E::Id, rows)?;
-    let acc = b.fresh();
-    let init = match op {
-        Reduce::Sum => 0.0,
-        Reduce::Max => f32::NEG_INFINITY,
-    };
-    out.push(S::Var { var: acc, ty: Ty::F32, init: E::F32(init) });
-    let j = b.fresh();
-    idx.push(E::Var(j));
-    let count = b.dim(len)?;
-    let saved = b.cache.clone();
-    let mut body = vec![];
-    let v = b.value(&mut body, x, &idx)?;
-    b.cache = saved;
-    let next = match op {
-        Reduce::Sum => E::bin(Op2::Add, E::Var(acc), v),
-        // NaN wins and stays (a later `v > NaN` is false).
-        Reduce::Max => E::Select {
-            cond: Box::new(E::bin(
-                Op2::Or,
-                E::bin(Op2::Gt, v.clone(), E::Var(acc)),
-                E::Call(Func::IsNan, vec![v.clone()]),
-            )),
-            t: Box::new(v),
-            f: Box::new(E::Var(acc)),
-        },
-    };
-    body.push(S::Assign { var: acc, value: next });
-    out.push(S::Loop { var: j, count, body });
-    out.push(S::Store { at: E::Id, value: E::Var(acc) });
-    Ok(b.finish(out, Write::Scratch(s), product(rows)))
+    let row = b.unravel(&mut out, E::Id, rows)?;
+    let count = if group.len() > 1 { b.dim(&product(rows))? } else { E::U32(0) };
+    b.row = row.clone();
+    for (slot, &n) in group.iter().enumerate() {
+        let Expr::Reduce { x, op } = k.nodes[n as usize].expr else { return Err("not a reduction".into()) };
+        let shape = &k.nodes[x as usize].ty.shape;
+        let len = shape.last().ok_or("the reduction of a scalar")?;
+        let acc = b.fresh();
+        let init = match op {
+            Reduce::Sum => 0.0,
+            Reduce::Max => f32::NEG_INFINITY,
+        };
+        out.push(S::Var { var: acc, ty: Ty::F32, init: E::F32(init) });
+        let j = b.fresh();
+        let mut idx = row.clone();
+        idx.push(E::Var(j));
+        let len = b.dim(len)?;
+        let saved = b.cache.clone();
+        let mut body = vec![];
+        let v = b.value(&mut body, x, &idx)?;
+        b.cache = saved;
+        let next = match op {
+            Reduce::Sum => E::bin(Op2::Add, E::Var(acc), v),
+            // NaN wins and stays (a later `v > NaN` is false).
+            Reduce::Max => E::Select {
+                cond: Box::new(E::bin(
+                    Op2::Or,
+                    E::bin(Op2::Gt, v.clone(), E::Var(acc)),
+                    E::Call(Func::IsNan, vec![v.clone()]),
+                )),
+                t: Box::new(v),
+                f: Box::new(E::Var(acc)),
+            },
+        };
+        body.push(S::Assign { var: acc, value: next });
+        out.push(S::Loop { var: j, count: len, body });
+        let base = if slot == 0 { E::U32(0) } else { E::imul(E::U32(slot as u32), count.clone()) };
+        out.push(S::Store { at: E::iadd(base, E::Id), value: E::Var(acc) });
+        b.local.push((n, acc));
+    }
+    Ok(b.finish(out, Write::Scratch(buf), product(rows)))
 }
 
 /// One thread per element of the result, written through the output view.
-fn result_stage(k: &Kernel, scratch_of: &[Option<u32>]) -> Result<BuiltStage, String> {
+fn result_stage(k: &Kernel, scratch_of: &[Option<(u32, u32)>]) -> Result<BuiltStage, String> {
     let last = (k.nodes.len() - 1) as KId;
     let shape = &k.nodes[last as usize].ty.shape;
     let mut b = Builder::new(k, scratch_of);
@@ -125,7 +168,11 @@ fn result_stage(k: &Kernel, scratch_of: &[Option<u32>]) -> Result<BuiltStage, St
 
 struct Builder<'k> {
     k: &'k Kernel,
-    scratch_of: &'k [Option<u32>],
+    scratch_of: &'k [Option<(u32, u32)>],
+    /// In a reduction stage: the thread's row, and the reductions already
+    /// folded in this thread (node, accumulator).
+    row: Vec<E>,
+    local: Vec<(KId, u32)>,
     meta: Vec<MetaWord>,
     reads: Vec<(Buf, bool)>,
     vars: u32,
@@ -134,8 +181,17 @@ struct Builder<'k> {
 }
 
 impl<'k> Builder<'k> {
-    fn new(k: &'k Kernel, scratch_of: &'k [Option<u32>]) -> Builder<'k> {
-        Builder { k, scratch_of, meta: vec![MetaWord::Threads], reads: vec![], vars: 0, cache: HashMap::new() }
+    fn new(k: &'k Kernel, scratch_of: &'k [Option<(u32, u32)>]) -> Builder<'k> {
+        Builder {
+            k,
+            scratch_of,
+            row: vec![],
+            local: vec![],
+            meta: vec![MetaWord::Threads],
+            reads: vec![],
+            vars: 0,
+            cache: HashMap::new(),
+        }
     }
 
     fn finish(self, body: Vec<S>, write: Write, threads: Dim) -> BuiltStage {
@@ -271,10 +327,20 @@ impl<'k> Builder<'k> {
                 E::Select { cond: Box::new(E::bin(Op2::Gt, v.clone(), m.clone())), t: Box::new(v), f: Box::new(m) }
             }
             Expr::Reduce { .. } => {
-                let s = self.scratch_of[n as usize].ok_or("a reduction without scratch")?;
-                let at = self.flat(idx, &node.ty.shape)?;
-                self.read(Buf::Scratch(s), false);
-                E::Read(Buf::Scratch(s), Box::new(at))
+                let (buf, slot) = self.scratch_of[n as usize].ok_or("a reduction without scratch")?;
+                let own = idx.len() == self.row.len() + 1 && idx[..self.row.len()] == self.row[..];
+                if let Some(&(_, acc)) = self.local.iter().find(|(m, _)| *m == n) {
+                    if !own {
+                        return Err(CROSS_ROW.into());
+                    }
+                    E::Var(acc)
+                } else {
+                    let (_, rows) = node.ty.shape.split_last().ok_or("a reduction to a scalar")?;
+                    let base = if slot == 0 { E::U32(0) } else { E::imul(E::U32(slot), self.dim(&product(rows))?) };
+                    let at = E::iadd(base, self.flat(idx, &node.ty.shape)?);
+                    self.read(Buf::Scratch(buf), false);
+                    E::Read(Buf::Scratch(buf), Box::new(at))
+                }
             }
             Expr::Concat { axis, parts } => self.concat(out, *axis as usize, parts, idx)?,
             Expr::WriteSlice { .. } | Expr::Anchor { .. } => return Err("not element-wise".into()),

@@ -6,12 +6,15 @@
 //! # The ABI between a program and the runtime that runs it
 //! - A program's stages run in order, each as one dispatch of
 //!   [`Stage::threads`] threads (one per item; a thread at or past `meta[0]`
-//!   does nothing). Every [`Expr::Reduce`] is a stage of its own, one thread
-//!   per row, folding the row in index order in f32 (the dense evaluator's
-//!   order, so results agree to rounding) into a scratch buffer; the last
-//!   stage computes the result, one thread per element, reading the
-//!   reductions' scratch. Everything else (index maps, element-wise ops,
-//!   concats) is inlined into index arithmetic and per-element expressions.
+//!   does nothing). The [`Expr::Reduce`]s run first, one thread per row,
+//!   each folding its row in index order in f32 (the dense evaluator's
+//!   order, so results agree to rounding); consecutive reductions over rows
+//!   of one shape share a stage (a later fold reads an earlier one of its
+//!   own row from a register; one read at another row splits the group) and
+//!   one scratch buffer, reduction `s` of the group at `s * rows + row`. The
+//!   last stage computes the result, one thread per element, reading the
+//!   scratch. Everything else (index maps, element-wise ops, concats) is
+//!   inlined into index arithmetic and per-element expressions.
 //! - Bindings (group 0): binding 0 is the meta block `array<u32>` (read),
 //!   then the buffers in [`Stage::reads`] order (read), then the one written
 //!   ([`Stage::write`], read_write). Inputs are `array<f32>`, or

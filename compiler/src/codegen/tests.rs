@@ -173,18 +173,19 @@ fn everything() -> Kernel {
 #[test]
 fn every_expression_emits_valid_wgsl_with_its_abi() {
     let p: Program = emit(&everything()).unwrap();
-    // Two reductions, then the result.
-    assert_eq!(p.stages.len(), 3);
-    assert_eq!(p.scratch, vec![Dim::sym(Sym::T), Dim::sym(Sym::T)]);
+    // The max and the sum fold the same rows: one stage (the sum reads the
+    // max of its own row from a register), then the result.
+    assert_eq!(p.stages.len(), 2);
+    assert_eq!(p.scratch, vec![Dim::sym(Sym::T).mul_c(2)]);
     assert_eq!(p.stages[0].write, Write::Scratch(0));
-    assert_eq!(p.stages[1].reads, vec![Read::Input(0), Read::Scratch(0)]);
-    assert_eq!(p.stages[2].write, Write::Output);
-    assert_eq!(p.stages[2].threads, Dim::sym(Sym::T).mul_c(8));
+    assert_eq!(p.stages[0].reads, vec![Read::Input(0)]);
+    assert_eq!(p.stages[1].write, Write::Output);
+    assert_eq!(p.stages[1].threads, Dim::sym(Sym::T).mul_c(8));
     for s in &p.stages {
         assert_eq!(s.meta[0], MetaWord::Threads);
         validate(&s.wgsl).unwrap_or_else(|e| panic!("{e}"));
     }
-    let last = &p.stages[2];
+    let last = &p.stages[1];
     assert!(last.reads.contains(&Read::Input(1)) && last.reads.contains(&Read::Input(2)), "{:?}", last.reads);
     // A reshape splitting a symbolic extent divides by it: a meta word.
     let tt = Dim::sym(Sym::T);
@@ -201,6 +202,32 @@ fn every_expression_emits_valid_wgsl_with_its_abi() {
     assert!(last.meta.contains(&MetaWord::OutputStride(1)) && last.meta.contains(&MetaWord::InputStride(0, 1)));
     // -inf and a subnormal are spelled by their bits.
     assert!(last.wgsl.contains("from_bits(0xff800000u)"), "{}", last.wgsl);
+}
+
+/// A fold that reads an earlier fold at another row cannot share its
+/// stage: each reduction gets a stage of its own.
+#[test]
+fn a_reduction_read_across_rows_gets_its_own_stage() {
+    let k = Kernel {
+        inputs: vec![t(c(&[3, 3]))],
+        nodes: vec![
+            n(c(&[3, 3]), Expr::Load(0)),
+            n(c(&[3, 1]), Expr::Reduce { x: 0, op: Reduce::Max }),
+            n(c(&[3]), Expr::Map { x: 1, map: Layout::Reshape }),
+            // Element (i, j) reads the max of row j.
+            n(c(&[3, 3]), Expr::Map { x: 2, map: Layout::Broadcast }),
+            n(c(&[3, 3]), Expr::Binary(Binary::Sub, 0, 3)),
+            n(c(&[3, 1]), Expr::Reduce { x: 4, op: Reduce::Sum }),
+        ],
+    };
+    k.verify(&k.inputs.iter().collect::<Vec<_>>()).unwrap();
+    let p = emit(&k).unwrap();
+    assert_eq!(p.stages.len(), 3);
+    assert_eq!(p.scratch, c(&[3, 3]));
+    assert_eq!(p.stages[1].reads, vec![Read::Input(0), Read::Scratch(0)]);
+    for s in &p.stages {
+        validate(&s.wgsl).unwrap_or_else(|e| panic!("{e}"));
+    }
 }
 
 #[test]
@@ -252,4 +279,37 @@ fn layernorm_modulate_wgsl_snapshot() {
         ));
     }
     insta::assert_snapshot!("layernorm_modulate_wgsl", text);
+}
+
+/// The printer on a hand-built tree: an i32 buffer (an i64 input) read as
+/// f32, literals WGSL cannot spell, a loop and a branch.
+#[test]
+fn the_printer_spells_i32_reads_and_odd_literals_validly() {
+    use super::tree::{Buf, Op2, Shader, Ty, E, S};
+    let read = |b: Buf, at: E| E::Read(b, Box::new(at));
+    let shader = Shader {
+        reads: vec![(Buf::Input(0), true), (Buf::Input(1), false)],
+        body: vec![
+            S::Var { var: 0, ty: Ty::F32, init: E::F32(-0.0) },
+            S::Loop {
+                var: 1,
+                count: E::Meta(1),
+                body: vec![S::Assign {
+                    var: 0,
+                    value: E::bin(Op2::Add, E::Var(0), read(Buf::Input(0), E::iadd(E::Var(1), E::Meta(2)))),
+                }],
+            },
+            S::If {
+                cond: E::bin(Op2::Lt, E::Id, E::U32(3)),
+                then: vec![S::Assign { var: 0, value: E::F32(f32::from_bits(1)) }],
+                otherwise: vec![S::Assign { var: 0, value: E::F32(f32::NAN) }],
+            },
+            S::Store { at: E::Id, value: E::bin(Op2::Mul, E::Var(0), read(Buf::Input(1), E::Id)) },
+        ],
+    };
+    let w = super::wgsl::print(&shader);
+    validate(&w).unwrap_or_else(|e| panic!("{e}\n{w}"));
+    for want in ["array<i32>", "f32(x0[", "from_bits(0x00000001u)", "(-0.0f)", "from_bits(0x7fc00000u)"] {
+        assert!(w.contains(want), "{want} not in\n{w}");
+    }
 }

@@ -426,3 +426,29 @@ fn fused_figures() {
         );
     }
 }
+
+/// A fold reading an earlier fold at another row (its own stage, not a
+/// register) computes what the dense evaluator does.
+#[test]
+fn a_reduction_read_across_rows_runs_as_the_dense_evaluator() {
+    use ecarc_compiler::ir::op::Binary;
+    use ecarc_compiler::kernel::{Expr, Layout, Reduce};
+    let Some(gpu) = gpu("a_reduction_read_across_rows_runs_as_the_dense_evaluator") else { return };
+    let node = |shape: &[u64], expr| KNode { ty: f32t(shape), expr };
+    let k = Kernel {
+        inputs: vec![f32t(&[5, 5])],
+        nodes: vec![
+            node(&[5, 5], Expr::Load(0)),
+            node(&[5, 1], Expr::Reduce { x: 0, op: Reduce::Max }),
+            node(&[5], Expr::Map { x: 1, map: Layout::Reshape }),
+            // Element (i, j) reads the max of row j.
+            node(&[5, 5], Expr::Map { x: 2, map: Layout::Broadcast }),
+            node(&[5, 5], Expr::Binary(Binary::Sub, 0, 3)),
+            node(&[5, 1], Expr::Reduce { x: 4, op: Reduce::Sum }),
+        ],
+    };
+    k.verify(&k.inputs.iter().collect::<Vec<_>>()).unwrap();
+    let (pipelines, stats) = (Pipelines::default(), Stats::default());
+    check_part(&gpu, &split::whole(&k), &Bindings::default(), 3, &pipelines, &stats).unwrap();
+    assert_eq!(stats.counts().dispatches, 3);
+}
