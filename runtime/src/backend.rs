@@ -127,6 +127,20 @@ pub trait Backend {
         }
         Ok(self.download(b)?.non_finite())
     }
+    /// Check `b` for NaN and infinities without waiting for it: a device
+    /// backend records the check on the device and answers when the plan
+    /// ends ([`Backend::deferred_non_finite`]), so a sample need not read
+    /// every output back. `false` (the default): the caller checks now with
+    /// [`Backend::non_finite`]. `what` names the value in the answer.
+    fn defer_non_finite(&self, _b: &Buffer, _what: &str) -> Result<bool> {
+        Ok(false)
+    }
+    /// The `what` of the first deferred check that found a non-finite value
+    /// since the last call (which clears them); `discard` forgets them unread
+    /// (a plan that stopped midway).
+    fn deferred_non_finite(&self, _discard: bool) -> Result<Option<String>> {
+        Ok(None)
+    }
 }
 
 /// The backends `--backend` accepts, in the order they are tried.

@@ -24,3 +24,4 @@ mod runtime;
 mod search;
 mod tiny;
 mod variants;
+mod wgpu;

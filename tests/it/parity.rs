@@ -23,6 +23,8 @@
 use crate::common::{root, spec_of};
 use ecarc_compiler::plan::Keep;
 use ecarc_compiler::ModelSpec;
+use ecarc_runtime::backend::Backend;
+use ecarc_runtime::cpu::Cpu;
 use ecarc_runtime::driver::Generator;
 use ecarc_runtime::reference::Reference;
 use ecarc_runtime::tensor::HostTensor;
@@ -77,14 +79,31 @@ fn compare(a: &[f32], e: &[f32]) -> (f32, usize, Option<usize>) {
     (max, bad, first)
 }
 
-/// Run the forward on the fixture's inputs and compare every output.
-/// `cfg`: DiT's guided forward. Returns the max error per output.
-fn check(name: &str, cfg: Option<f64>) -> Vec<(String, f32)> {
+/// Every backend the fixtures run on: the reference, cpu, and wgpu (when an
+/// adapter exists; `ECARC_REQUIRE_WGPU` makes its absence a failure).
+fn backends() -> Vec<Box<dyn Backend>> {
+    let mut all: Vec<Box<dyn Backend>> = vec![Box::new(Reference::new()), Box::new(Cpu::new())];
+    if let Some(gpu) = crate::wgpu::device() {
+        all.push(Box::new(gpu));
+    }
+    all
+}
+
+/// Run the forward on the fixture's inputs on every backend and compare
+/// every output. `cfg`: DiT's guided forward.
+fn check(name: &str, cfg: Option<f64>) {
+    for backend in backends() {
+        check_on(backend.as_ref(), name, cfg);
+    }
+}
+
+/// [`check`] on one backend; returns the max error per output.
+fn check_on(backend: &dyn Backend, name: &str, cfg: Option<f64>) -> Vec<(String, f32)> {
     let (spec, w) = load(name);
     let inputs: BTreeMap<String, HostTensor> = read_tensors(&fixture(name, "inputs")).expect("inputs");
     let expected = read_tensors(&fixture(name, "outputs")).expect("outputs");
-    let backend = Reference::new();
-    let g = Generator::from_spec(spec, &backend, &w).expect("generator");
+    let g = Generator::from_spec(spec, backend, &w).expect("generator");
+    let name = &format!("{name} on {}", backend.name());
     let got = g.forward(&inputs, cfg).unwrap_or_else(|e| panic!("{name}: forward: {e}"));
     let mut report = Vec::new();
     let mut failures = Vec::new();
@@ -209,6 +228,12 @@ fn llamagen_dd_forward_matches_the_official_code() {
 /// the image in [0, 1] within 1e-4.
 #[test]
 fn var_greedy_generation_matches_the_official_code() {
+    for backend in backends() {
+        var_greedy_generation_on(backend.as_ref());
+    }
+}
+
+fn var_greedy_generation_on(backend: &dyn Backend) {
     use ecarc_runtime::driver::{Quiet, SampleOptions};
     let spec = spec_of(&root().join("tests/parity/var.ecar"), &["sample.top_k=1"]);
     let w = Weights::load_files(&[fixture("var", "weights").as_path(), fixture("var", "tokenizer").as_path()], &spec)
@@ -216,20 +241,20 @@ fn var_greedy_generation_matches_the_official_code() {
     let inputs = read_tensors(&fixture("var_gen", "inputs")).expect("inputs");
     let expected = read_tensors(&fixture("var_gen", "outputs")).expect("outputs");
     let labels = inputs["labels"].as_i64().expect("i64 labels").to_vec();
-    let backend = Reference::new();
-    let g = Generator::from_spec(spec, &backend, &w).expect("generator");
+    let g = Generator::from_spec(spec, backend, &w).expect("generator");
     let out = g.sample(&SampleOptions { labels, seed: 0, keep: Keep::Debug }, &Quiet).expect("sample");
+    let on = backend.name();
     for k in 0..3 {
         let name = format!("stage.{k}.tokens");
         let got = &out.stages.iter().find(|(n, _)| *n == name).unwrap_or_else(|| panic!("no `{name}`")).1;
         let e = &expected[&name];
-        assert_eq!(got.as_i64().expect("i64 tokens"), e.as_i64().expect("i64 tokens"), "`{name}` differs");
+        assert_eq!(got.as_i64().expect("i64 tokens"), e.as_i64().expect("i64 tokens"), "`{name}` differs on {on}");
     }
     let e = &expected["image"];
     assert_eq!(out.image.shape, e.shape, "image shape");
     let (max, bad, first) = compare(out.image.as_f32().unwrap(), e.as_f32().unwrap());
-    eprintln!("var_gen: image {:?}: max |a - e| = {max:e}, {bad} over tolerance", e.shape);
-    assert!(bad == 0, "image: {bad} elements over tolerance, max |a - e| = {max:e}, first at {first:?}");
+    eprintln!("var_gen on {on}: image {:?}: max |a - e| = {max:e}, {bad} over tolerance", e.shape);
+    assert!(bad == 0, "{on}: image: {bad} elements over tolerance, max |a - e| = {max:e}, first at {first:?}");
 }
 
 // ---- generation and sampling from fixed noise -------------------------------------------
@@ -284,14 +309,20 @@ fn chosen_tokens(stages: &[(String, HostTensor)], images: usize) -> Vec<i64> {
 /// decision clears a tie by more than 1e-3 (the smallest top-1 / top-2 gap is 4.2e-3).
 #[test]
 fn llamagen_greedy_generation_matches_the_official_code() {
+    for backend in backends() {
+        llamagen_greedy_generation_on(backend.as_ref());
+    }
+}
+
+fn llamagen_greedy_generation_on(backend: &dyn Backend) {
     use ecarc_runtime::driver::{Quiet, SampleOptions};
     let (spec, w) = load_generator("llamagen", "llamagen", &["sample.top_k=1", "sample.cfg=4.0"]);
     let inputs = read_tensors(&fixture("llamagen_gen", "inputs")).expect("inputs");
     let expected = read_tensors(&fixture("llamagen_gen", "outputs")).expect("outputs");
     let labels = inputs["labels"].as_i64().expect("i64 labels").to_vec();
-    let backend = Reference::new();
-    let g = Generator::from_spec(spec, &backend, &w).expect("generator");
+    let g = Generator::from_spec(spec, backend, &w).expect("generator");
     let out = g.sample(&SampleOptions { labels: labels.clone(), seed: 0, keep: Keep::Debug }, &Quiet).expect("sample");
+    let on = backend.name();
     // The margin the fixture claims, on our guided logits.
     let margin = out
         .stages
@@ -309,11 +340,11 @@ fn llamagen_greedy_generation_matches_the_official_code() {
                 .fold(f32::INFINITY, f32::min)
         })
         .fold(f32::INFINITY, f32::min);
-    eprintln!("llamagen_gen: smallest guided top-1 / top-2 gap {margin}");
-    assert!(margin > 1e-3, "a greedy decision is within 1e-3 of a tie ({margin})");
+    eprintln!("llamagen_gen on {on}: smallest guided top-1 / top-2 gap {margin}");
+    assert!(margin > 1e-3, "{on}: a greedy decision is within 1e-3 of a tie ({margin})");
     let got = chosen_tokens(&out.stages, labels.len());
-    assert_eq!(got, expected["tokens"].as_i64().expect("i64 tokens"), "tokens differ");
-    assert_close("llamagen_gen: image", &out.image, &expected["image"]);
+    assert_eq!(got, expected["tokens"].as_i64().expect("i64 tokens"), "tokens differ on {on}");
+    assert_close(&format!("llamagen_gen on {on}: image"), &out.image, &expected["image"]);
 }
 
 /// The smallest top-1 / top-2 gap of `logits [N, L, V]` over positions `from..to`.
@@ -337,6 +368,23 @@ fn argmax_margin(logits: &HostTensor, from: usize, to: usize) -> f32 {
 /// from the logits (positions before the greedy prefix that are not data) are re-checked on
 /// our forward: each clears a tie by more than 1e-3.
 fn check_dd_sample(name: &str, label_key: &str, case: &str, sets: &[&str], tokenizer: &str) {
+    for backend in backends() {
+        let on = format!("{case} on {}", backend.name());
+        check_dd_sample_on(backend.as_ref(), name, label_key, &on, case, sets, tokenizer);
+    }
+}
+
+/// [`check_dd_sample`] on one backend; `case` names the fixture's run,
+/// `what` the run in messages.
+fn check_dd_sample_on(
+    backend: &dyn Backend,
+    name: &str,
+    label_key: &str,
+    what: &str,
+    case: &str,
+    sets: &[&str],
+    tokenizer: &str,
+) {
     use ecarc_runtime::driver::{Quiet, SampleOptions};
     let (spec, w) = load_generator(name, tokenizer, sets);
     let inputs = read_tensors(&fixture(&format!("{name}_sample"), "inputs")).expect("inputs");
@@ -344,10 +392,9 @@ fn check_dd_sample(name: &str, label_key: &str, case: &str, sets: &[&str], token
     let labels = inputs["labels"].as_i64().expect("i64 labels").to_vec();
     let noise = &inputs["noise"];
     let distill = spec.distill.clone().expect("a distilled model");
-    let backend = Reference::new();
-    let g = Generator::from_spec(spec, &backend, &w).expect("generator");
+    let g = Generator::from_spec(spec, backend, &w).expect("generator");
     let opts = SampleOptions { labels: labels.clone(), seed: 0, keep: Keep::Debug };
-    let out = g.sample_from(&opts, Some(noise), &Quiet).unwrap_or_else(|e| panic!("{name} {case}: sample: {e}"));
+    let out = g.sample_from(&opts, Some(noise), &Quiet).unwrap_or_else(|e| panic!("{name} {what}: sample: {e}"));
 
     // Where the greedy decisions from the logits are, step by step.
     let layout = &g.program.layout;
@@ -371,20 +418,20 @@ fn check_dd_sample(name: &str, label_key: &str, case: &str, sets: &[&str], token
             let f = g.forward(&fwd_in, None).expect("forward");
             let logits = &f.iter().find(|(n, _)| n == "logits").expect("logits").1;
             let m = argmax_margin(logits, data, greedy);
-            eprintln!("{name} {case}: step {i}: smallest top-1 / top-2 gap over positions {data}..{greedy}: {m}");
-            assert!(m > 1e-3, "{name} {case}: a greedy decision is within 1e-3 of a tie ({m})");
+            eprintln!("{name} {what}: step {i}: smallest top-1 / top-2 gap over positions {data}..{greedy}: {m}");
+            assert!(m > 1e-3, "{name} {what}: a greedy decision is within 1e-3 of a tie ({m})");
         }
         let key = format!("step.{i}.x");
         let got = &out.stages.iter().find(|(n, _)| *n == key).unwrap_or_else(|| panic!("no `{key}`")).1;
-        assert_close(&format!("{name} {case}: {key}"), got, &expected[&format!("{case}.{key}")]);
+        assert_close(&format!("{name} {what}: {key}"), got, &expected[&format!("{case}.{key}")]);
         x = got.clone();
     }
     if let Some(f) = expected.get(&format!("{case}.f_hat")) {
         let (latent_name, latent) = out.latent.as_ref().expect("the decoder's input is kept");
         assert_eq!(latent_name, "f_hat");
-        assert_close(&format!("{name} {case}: f_hat"), latent, f);
+        assert_close(&format!("{name} {what}: f_hat"), latent, f);
     }
-    assert_close(&format!("{name} {case}: image"), &out.image, &expected[&format!("{case}.image")]);
+    assert_close(&format!("{name} {what}: image"), &out.image, &expected[&format!("{case}.image")]);
 }
 
 /// VAR-DD, sample.py from fixed noise: 1 step (t_list [0]), split 2 (the first 5 tokens,
@@ -449,19 +496,25 @@ fn llamagen_dd_two_step_sampling_with_a_longer_greedy_prefix_matches_the_officia
 /// `decode(latent / 0.18215)` clamped to [-1, 1], (x + 1) / 2.
 #[test]
 fn dit_ddim_sampling_matches_the_official_code() {
+    for backend in backends() {
+        dit_ddim_sampling_on(backend.as_ref());
+    }
+}
+
+fn dit_ddim_sampling_on(backend: &dyn Backend) {
     use ecarc_runtime::driver::{Quiet, SampleOptions};
     let (spec, w) = load_model("dit_sample", "dit", "dit", &[]);
     let inputs = read_tensors(&fixture("dit_sample", "inputs")).expect("inputs");
     let expected = read_tensors(&fixture("dit_sample", "outputs")).expect("outputs");
     let labels = inputs["labels"].as_i64().expect("i64 labels").to_vec();
-    let backend = Reference::new();
-    let g = Generator::from_spec(spec, &backend, &w).expect("generator");
+    let g = Generator::from_spec(spec, backend, &w).expect("generator");
     let opts = SampleOptions { labels, seed: 0, keep: Keep::Debug };
     let out = g.sample_from(&opts, Some(&inputs["latent"]), &Quiet).expect("sample");
     let (latent_name, latent) = out.latent.as_ref().expect("the decoder's input is kept");
     assert_eq!(latent_name, "latent");
-    assert_close("dit_sample: latent", latent, &expected["latent"]);
-    assert_close("dit_sample: image", &out.image, &expected["image"]);
+    let on = backend.name();
+    assert_close(&format!("dit_sample on {on}: latent"), latent, &expected["latent"]);
+    assert_close(&format!("dit_sample on {on}: image"), &out.image, &expected["image"]);
 }
 
 // ---- the same through the CLI: `ecarc sample --save-tensors`, `ecarc decode` -------------

@@ -65,6 +65,13 @@ fn type_text(ty: &TensorType, b: Option<&Bindings>) -> String {
 }
 
 /// Where a value came from, for messages: `stage 3 (step.next)`.
+/// A float output that is not finite: the run stops here.
+fn non_finite(what: &str, why: &str) -> RuntimeError {
+    RuntimeError::Invalid(format!(
+        "{what} {why}; check the inputs and the sampler settings (guidance scale, temperature)"
+    ))
+}
+
 fn place(plan: &Plan, stage: u64, program: &str) -> String {
     if stage >= plan.stages {
         format!("`{program}` after the stages")
@@ -101,6 +108,8 @@ impl Generator<'_> {
         keep: Keep,
         observer: &dyn Observer,
     ) -> Result<PlanRun> {
+        // Checks left by a plan that stopped midway are not this plan's.
+        self.backend.deferred_non_finite(true)?;
         let plan = self.plan(name)?;
         let prepared = self.lowering(name).1;
         let images = self.images(plan, given, labels)?;
@@ -244,11 +253,12 @@ impl Generator<'_> {
             let outputs: HashMap<String, Buffer> =
                 self.backend.run(&prepared.exes[&e.program], &b, args)?.into_iter().collect();
             for (name, buf) in &outputs {
+                let what = || format!("{}: its output `{name}`", place(plan, stage, &e.program));
+                if self.backend.defer_non_finite(buf, &what())? {
+                    continue;
+                }
                 if let Some(why) = self.backend.non_finite(buf)? {
-                    return Err(RuntimeError::Invalid(format!(
-                        "{}: its output `{name}` {why}; check the inputs and the sampler settings (guidance scale, temperature)",
-                        place(plan, stage, &e.program)
-                    )));
+                    return Err(non_finite(&what(), &why));
                 }
             }
             for r in e.records.iter().filter(|r| r.keep <= keep) {
@@ -270,6 +280,9 @@ impl Generator<'_> {
             observer.ran();
         }
         close(current.take(), &mut timings)?;
+        if let Some(what) = self.backend.deferred_non_finite(false)? {
+            return Err(non_finite(&what, "holds NaN or infinite values"));
+        }
         let mut results = HashMap::new();
         for (r, v) in &plan.results {
             let b = values.get(v).cloned().ok_or_else(|| RuntimeError::Invalid(format!("the plan left no `{v}`")))?;

@@ -7,6 +7,7 @@
 //! no WGSL kernel yet run on the host, counted ([`Stats`]).
 
 mod device;
+mod finite;
 mod fused;
 mod kernels;
 mod pool;
@@ -33,13 +34,19 @@ pub struct Wgpu {
     gpu: Arc<Gpu>,
     pipelines: Arc<Pipelines>,
     stats: Stats,
+    checks: Arc<finite::FiniteChecks>,
 }
 
 impl Wgpu {
     /// Open the adapter whose name contains `adapter` (any when `None`;
     /// `WGPU_BACKEND` picks the API).
     pub fn new(adapter: Option<&str>) -> Result<Wgpu> {
-        Ok(Wgpu { gpu: Arc::new(Gpu::open(adapter)?), pipelines: Arc::default(), stats: Stats::default() })
+        Ok(Wgpu {
+            gpu: Arc::new(Gpu::open(adapter)?),
+            pipelines: Arc::default(),
+            stats: Stats::default(),
+            checks: Arc::default(),
+        })
     }
 
     /// The adapter in use.
@@ -91,7 +98,18 @@ impl Backend for Wgpu {
             .inner
             .downcast_ref::<Prepared>()
             .ok_or_else(|| RuntimeError::Invalid(format!("program `{}` was prepared by another backend", exe.name)))?;
-        p.run(&self.gpu, &self.pipelines, &self.stats, bindings, args)
+        p.run(&self.gpu, &self.pipelines, &self.stats, bindings, args, &self.checks)
+    }
+    fn defer_non_finite(&self, b: &Buffer, what: &str) -> Result<bool> {
+        self.checks.defer(&self.gpu, b, what)?;
+        Ok(true)
+    }
+    fn deferred_non_finite(&self, discard: bool) -> Result<Option<String>> {
+        if discard {
+            self.checks.clear(&self.gpu)?;
+            return Ok(None);
+        }
+        self.checks.finish(&self.gpu, &self.pipelines, &self.stats)
     }
     fn synchronize(&self) -> Result<()> {
         self.gpu.wait()?;

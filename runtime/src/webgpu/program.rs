@@ -10,6 +10,7 @@
 //! uploaded.
 
 use super::device::{Gpu, BACKEND};
+use super::finite::FiniteChecks;
 use super::fused::PreparedFused;
 use super::kernels::{self, copy, Ctx};
 use super::record::{Pipelines, Recorder, Stats};
@@ -121,12 +122,15 @@ impl Prepared {
         stats: &Stats,
         b: &Bindings,
         args: Args,
+        checks: &FiniteChecks,
     ) -> Result<Vec<(String, Buffer)>> {
         let g = &self.graph;
         let program = &g.name;
         let mut values = self.sources(b, args)?;
         let mut uses = self.live.uses.clone();
         let mut rec = Recorder::new(gpu, stats);
+        // The previous run's output checks go first, in this submission.
+        checks.record(&mut Ctx { gpu, pipelines, stats, rec: &mut rec })?;
         for &n in &self.live.order {
             let node = &g.g[n];
             if node.op.is_source() || !self.live.needed[n.index()] {

@@ -27,6 +27,7 @@ pub struct Stats {
 #[derive(Debug, Default)]
 struct StatsInner {
     dispatches: AtomicU64,
+    checks: AtomicU64,
     submissions: AtomicU64,
     read_backs: AtomicU64,
     read_back_bytes: AtomicU64,
@@ -38,6 +39,8 @@ struct StatsInner {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Counts {
     pub dispatches: u64,
+    /// Of the dispatches: the driver's non-finite checks of outputs (`finite.rs`).
+    pub checks: u64,
     pub submissions: u64,
     /// Copies from the device to the host (downloads and host fallbacks).
     pub read_backs: u64,
@@ -56,6 +59,7 @@ impl Stats {
         host_ops.sort();
         Counts {
             dispatches: i.dispatches.load(Ordering::Relaxed),
+            checks: i.checks.load(Ordering::Relaxed),
             submissions: i.submissions.load(Ordering::Relaxed),
             read_backs: i.read_backs.load(Ordering::Relaxed),
             read_back_bytes: i.read_back_bytes.load(Ordering::Relaxed),
@@ -66,6 +70,9 @@ impl Stats {
     pub(crate) fn read_back(&self, bytes: u64) {
         self.inner.read_backs.fetch_add(1, Ordering::Relaxed);
         self.inner.read_back_bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+    pub(crate) fn check(&self) {
+        self.inner.checks.fetch_add(1, Ordering::Relaxed);
     }
     pub(crate) fn host_op(&self, kind: &'static str) {
         if let Ok(mut m) = self.inner.host_ops.lock() {
@@ -234,12 +241,9 @@ impl<'g> Recorder<'g> {
         }
         let gpu = self.gpu;
         let bytes: Vec<u8> = self.metas.iter().flat_map(|w| w.to_le_bytes()).collect();
-        let meta = gpu.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("meta"),
-            size: (bytes.len() as u64).max(16).next_multiple_of(16),
-            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
+        // Pooled like every buffer: the next run of the same program takes it
+        // back (queue order puts its new contents after this submission).
+        let meta = gpu.raw_buffer((bytes.len() as u64).max(16).next_multiple_of(256));
         gpu.queue.write_buffer(&meta, 0, &bytes);
         let mut groups = Vec::with_capacity(self.dispatches.len());
         for d in &self.dispatches {
@@ -273,6 +277,7 @@ impl<'g> Recorder<'g> {
             }
         }
         gpu.queue.submit([enc.finish()]);
+        gpu.pool.give(meta);
         self.stats.inner.dispatches.fetch_add(self.dispatches.len() as u64, Ordering::Relaxed);
         self.stats.inner.submissions.fetch_add(1, Ordering::Relaxed);
         gpu.check(program)

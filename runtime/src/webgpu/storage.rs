@@ -78,7 +78,14 @@ impl Gpu {
                 ),
             });
         }
-        let buf = match self.pool.take(bytes) {
+        let buf = self.raw_buffer(bytes);
+        Ok(Buffer::dense(dtype, shape.to_vec(), Arc::new(GpuStorage { buf, words, pool: self.pool.clone() })))
+    }
+
+    /// A storage buffer of `bytes` from the pool, or a new one; give it back
+    /// to `self.pool` when done.
+    pub fn raw_buffer(&self, bytes: u64) -> wgpu::Buffer {
+        match self.pool.take(bytes) {
             Some(buf) => buf,
             None => {
                 self.created.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -89,8 +96,7 @@ impl Gpu {
                     mapped_at_creation: false,
                 })
             }
-        };
-        Ok(Buffer::dense(dtype, shape.to_vec(), Arc::new(GpuStorage { buf, words, pool: self.pool.clone() })))
+        }
     }
 
     pub fn upload(&self, t: &HostTensor) -> Result<Buffer> {
