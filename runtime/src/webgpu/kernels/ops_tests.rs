@@ -494,3 +494,30 @@ fn a_program_of_op_kernels_runs_in_one_submission() {
     assert_eq!(got[1].as_i64(), want[1].as_i64());
     assert_close_named("y", got[2].as_f32().unwrap(), want[2].as_f32().unwrap(), 1e-4, 1e-4);
 }
+
+/// Time of the sampler at LlamaGen's vocabulary on the adapter, next to the
+/// reference: `cargo test --profile ci -p ecarc-runtime sample_tokens_figures
+/// -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn sample_tokens_figures() {
+    let Some(w) = gpu() else { return };
+    let (rows, v) = (16, 16384);
+    let logits = rand(&[rows, v], 80, 6.0);
+    let u = t(&[rows], seq(rows, 81).iter().map(|x| (x + 1.0) / 2.0).collect());
+    for (tmp, k, p) in [(1.0, 0, 1.0), (1.0, 1000, 1.0), (1.0, 0, 0.9), (1.0, 1000, 0.9)] {
+        let [a, b, c] = settings(tmp, k, p);
+        let ins = [logits.clone(), u.clone(), a, b, c];
+        let bufs: Vec<Buffer> = ins.iter().map(|h| w.gpu.upload(h).unwrap()).collect();
+        run(w, &Op::SampleTokens, &bufs, &[rows]).unwrap(); // compile the pipelines
+        let start = std::time::Instant::now();
+        let got = run(w, &Op::SampleTokens, &bufs, &[rows]).unwrap();
+        let gpu_ms = start.elapsed().as_secs_f64() * 1e3;
+        let refs: Vec<&HostTensor> = ins.iter().collect();
+        let start = std::time::Instant::now();
+        let e = crate::reference::eval(&Op::SampleTokens, &refs, &Bindings::default()).unwrap();
+        let ref_ms = start.elapsed().as_secs_f64() * 1e3;
+        assert_eq!(got.as_i64(), e.as_i64());
+        eprintln!("sample_tokens [{rows}, {v}] top_k {k} top_p {p}: {} {gpu_ms:.1} ms (with read-back), reference {ref_ms:.1} ms", w.adapter());
+    }
+}

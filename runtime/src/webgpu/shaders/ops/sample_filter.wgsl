@@ -4,9 +4,9 @@
 // token). The pick pass (sample_pick.wgsl) then draws the token.
 // The reference's f32 folds whose order decides the result (the total, the
 // cumulative sum in descending order) run in one thread, in its order; the
-// order-free parts (max, the k-th largest, the sort) are spread over the
-// workgroup.
-// Scratch row: [A: P words (sort space, P = V rounded up to a power of two),
+// order-free parts (max, the k-th largest by radix selection, the sort by
+// weight) are spread over the workgroup.
+// Scratch row: [A: P words (top-p's sort space, P = V rounded up to a power of two),
 //               B: V words (l = x / T), C: V words (the weights)].
 // info: [rows, V, P, S (scratch words per row), lr, T offset, k offset, p offset,
 //        lead shape[lr], logits offset, logits lead strides[lr], logits last stride]
@@ -18,7 +18,6 @@
 @group(0) @binding(5) var<storage, read_write> sc: array<f32>;
 
 var<workgroup> red: array<f32, WG>;
-var<workgroup> one: f32;
 
 // Sort sc[base..base + n] in descending order (bitonic; n a power of two).
 fn sort_desc(base: u32, n: u32, lid: u32) {
@@ -38,6 +37,58 @@ fn sort_desc(base: u32, n: u32, lid: u32) {
             storageBarrier();
         }
     }
+}
+
+var<workgroup> hist: array<atomic<u32>, WG>;
+var<workgroup> pick: u32;
+var<workgroup> left: u32;
+
+// f32 bits as a u32 in the order of the values (total_cmp's order).
+fn key_of(x: f32) -> u32 {
+    let u = bitcast<u32>(x);
+    return select(u | 0x80000000u, ~u, (u & 0x80000000u) != 0u);
+}
+
+fn value_of(key: u32) -> f32 {
+    return bitcast<f32>(select(~key, key & 0x7fffffffu, (key & 0x80000000u) != 0u));
+}
+
+// The k-th largest of sc[base..base + n] (1 <= k <= n), by radix selection
+// on the keys, 8 bits a pass from the top: exact, and no sort.
+fn kth_largest(base: u32, n: u32, k: u32, lid: u32) -> f32 {
+    var prefix = 0u;
+    var mask = 0u;
+    var rest = k; // how many of the keys matching `prefix` lie at or above the answer
+    for (var shift = 24i; shift >= 0; shift -= 8) {
+        atomicStore(&hist[lid], 0u);
+        workgroupBarrier();
+        for (var j = lid; j < n; j += WG) {
+            let key = key_of(sc[base + j]);
+            if ((key & mask) == prefix) {
+                atomicAdd(&hist[(key >> u32(shift)) & 255u], 1u);
+            }
+        }
+        workgroupBarrier();
+        if (lid == 0u) {
+            // the digit of the answer: walk the bins from the largest
+            var bin = 255u;
+            loop {
+                let c = atomicLoad(&hist[bin]);
+                if (c >= rest || bin == 0u) {
+                    break;
+                }
+                rest -= c;
+                bin--;
+            }
+            pick = bin;
+            left = rest;
+        }
+        let digit = workgroupUniformLoad(&pick);
+        rest = workgroupUniformLoad(&left);
+        prefix |= digit << u32(shift);
+        mask |= 255u << u32(shift);
+    }
+    return value_of(prefix);
 }
 
 fn max_all(v: f32, lid: u32) -> f32 {
@@ -77,24 +128,15 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let lr = info[4];
     let base = strided(row, lr, 8u, 8u + lr);
     let last = info[9u + 2u * lr];
-    for (var j = lid; j < p2; j += WG) {
-        var l = neg_inf();
-        if (j < v) {
-            l = logits[base + j * last] / temperature;
-            sc[b + j] = l;
-        }
-        sc[a + j] = l;
+    for (var j = lid; j < v; j += WG) {
+        sc[b + j] = logits[base + j * last] / temperature;
     }
     storageBarrier();
     // top-k: keep l >= the k-th largest (ties at it all kept)
     var kth = neg_inf();
     let uk = u32(k);
     if (uk > 0u && uk < v) {
-        sort_desc(a, p2, lid);
-        if (lid == 0u) {
-            one = sc[a + uk - 1u];
-        }
-        kth = workgroupUniformLoad(&one);
+        kth = kth_largest(b, v, uk, lid);
     }
     var m = neg_inf();
     for (var j = lid; j < v; j += WG) {
