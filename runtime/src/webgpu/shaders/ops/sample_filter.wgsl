@@ -42,6 +42,7 @@ fn sort_desc(base: u32, n: u32, lid: u32) {
 var<workgroup> hist: array<atomic<u32>, WG>;
 var<workgroup> pick: u32;
 var<workgroup> left: u32;
+var<workgroup> count: atomic<u32>;
 
 // f32 bits as a u32 in the order of the values (total_cmp's order).
 fn key_of(x: f32) -> u32 {
@@ -146,24 +147,44 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         }
     }
     m = max_all(m, lid);
-    for (var j = lid; j < p2; j += WG) {
+    if (lid == 0u) {
+        atomicStore(&count, 0u);
+    }
+    workgroupBarrier();
+    for (var j = lid; j < v; j += WG) {
         var wt = -1.0;
-        if (j < v) {
-            let l = sc[b + j];
-            if (l >= kth) {
-                wt = exp(l - m);
-            }
-            sc[c + j] = wt;
+        let l = sc[b + j];
+        if (l >= kth) {
+            wt = exp(l - m);
         }
-        sc[a + j] = wt;
+        sc[c + j] = wt;
+        // Only positive weights go to top-p's sort: a zero adds nothing to
+        // the cumulative sum, so the prefix never ends on one.
+        if (wt > 0.0) {
+            sc[a + atomicAdd(&count, 1u)] = wt;
+        }
     }
     storageBarrier();
     if (!(top_p < 1.0)) {
         return;
     }
     // top-p: the smallest prefix of the kept tokens by descending weight
-    // (ties by index) whose probabilities reach top_p.
-    sort_desc(a, p2, lid);
+    // (ties by index) whose probabilities reach top_p. The sort covers the
+    // positive weights only (all of them without top-k, about k with it),
+    // padded with -1 to a power of two.
+    if (lid == 0u) {
+        pick = atomicLoad(&count);
+    }
+    let nk = workgroupUniformLoad(&pick);
+    var n2 = 1u;
+    if (nk > 1u) {
+        n2 = 1u << (32u - countLeadingZeros(nk - 1u));
+    }
+    for (var j = nk + lid; j < n2; j += WG) {
+        sc[a + j] = -1.0;
+    }
+    storageBarrier();
+    sort_desc(a, n2, lid);
     if (lid == 0u) {
         var total = 0.0;
         for (var j = 0u; j < v; j++) {
@@ -172,7 +193,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         var cum = 0.0;
         var cut = -1.0; // the weight at which the prefix ends
         var ties = 0u; // how many tokens of weight `cut` it takes
-        for (var r = 0u; r < v; r++) {
+        for (var r = 0u; r < nk; r++) {
             let wt = sc[a + r];
             if (wt < 0.0) {
                 break;
