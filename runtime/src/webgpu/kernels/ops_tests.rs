@@ -301,7 +301,9 @@ fn settings(temperature: f32, top_k: i64, top_p: f32) -> [HostTensor; 3] {
 
 #[test]
 fn sample_tokens_equal_the_reference() {
-    for (v, seed) in [(7usize, 40u64), (300, 41), (1000, 42)] {
+    // 3000 logits: more than the 1024 that top-p sorts first, reaching top_p
+    // among them or not
+    for (v, seed) in [(7usize, 40u64), (300, 41), (1000, 42), (3000, 43)] {
         // peaky logits, and a copy on a coarse grid (ties for top-k and top-p)
         let smooth = rand(&[3, 2, v], seed, 4.0);
         let coarse = t(&[3, 2, v], smooth.as_f32().unwrap().iter().map(|x| x.round()).collect());

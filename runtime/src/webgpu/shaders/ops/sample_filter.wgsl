@@ -92,6 +92,69 @@ fn kth_largest(base: u32, n: u32, k: u32, lid: u32) -> f32 {
     return value_of(prefix);
 }
 
+// Tokens sorted first by top-p before all of them (see main).
+const PRE: u32 = 1024u;
+
+// Where top-p's walk ended (thread 0's): the weight of the last token taken
+// (-1 when the prefix never reached top_p), and how many of that weight.
+var<private> cut: f32;
+var<private> ties: u32;
+
+// Copy the positive weights of sc[w..w + v] at or above `theta` to
+// sc[dst..] (in any order: they are sorted next); how many.
+fn gather(w: u32, v: u32, dst: u32, theta: f32, lid: u32) -> u32 {
+    if (lid == 0u) {
+        atomicStore(&count, 0u);
+    }
+    workgroupBarrier();
+    for (var j = lid; j < v; j += WG) {
+        let wt = sc[w + j];
+        if (wt > 0.0 && wt >= theta) {
+            sc[dst + atomicAdd(&count, 1u)] = wt;
+        }
+    }
+    storageBarrier();
+    workgroupBarrier();
+    if (lid == 0u) {
+        left = atomicLoad(&count);
+    }
+    return workgroupUniformLoad(&left);
+}
+
+// Sort sc[a..a + n] descending, padded with -1 to a power of two.
+fn sort_padded(a: u32, n: u32, lid: u32) {
+    var n2 = 1u;
+    if (n > 1u) {
+        n2 = 1u << (32u - countLeadingZeros(n - 1u));
+    }
+    for (var j = n + lid; j < n2; j += WG) {
+        sc[a + j] = -1.0;
+    }
+    storageBarrier();
+    sort_desc(a, n2, lid);
+}
+
+// Thread 0: the cumulative probabilities down sc[a..a + n] (sorted) in the
+// reference's order, until they reach top_p.
+fn walk(a: u32, n: u32, total: f32, top_p: f32) {
+    var cum = 0.0;
+    cut = -1.0;
+    ties = 0u;
+    for (var r = 0u; r < n; r++) {
+        let wt = sc[a + r];
+        cum += wt / total;
+        if (cum >= top_p) {
+            cut = wt;
+            var first = r;
+            while (first > 0u && sc[a + first - 1u] == wt) {
+                first--;
+            }
+            ties = r - first + 1u;
+            return;
+        }
+    }
+}
+
 fn max_all(v: f32, lid: u32) -> f32 {
     red[lid] = v;
     workgroupBarrier();
@@ -165,50 +228,43 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         }
     }
     storageBarrier();
+    workgroupBarrier(); // `count` is workgroup memory
     if (!(top_p < 1.0)) {
         return;
     }
     // top-p: the smallest prefix of the kept tokens by descending weight
-    // (ties by index) whose probabilities reach top_p. The sort covers the
-    // positive weights only (all of them without top-k, about k with it),
-    // padded with -1 to a power of two.
+    // (ties by index) whose probabilities reach top_p. Zero weights are left
+    // out, and when more than PRE remain only those at or above the PRE-th
+    // largest are sorted first: they precede all others in the descending
+    // order, so a prefix that ends among them is the whole walk's. Only when
+    // it does not are all of them sorted.
+    var total = 0.0;
     if (lid == 0u) {
-        pick = atomicLoad(&count);
-    }
-    let nk = workgroupUniformLoad(&pick);
-    var n2 = 1u;
-    if (nk > 1u) {
-        n2 = 1u << (32u - countLeadingZeros(nk - 1u));
-    }
-    for (var j = nk + lid; j < n2; j += WG) {
-        sc[a + j] = -1.0;
-    }
-    storageBarrier();
-    sort_desc(a, n2, lid);
-    if (lid == 0u) {
-        var total = 0.0;
         for (var j = 0u; j < v; j++) {
             total += max(sc[c + j], 0.0);
         }
-        var cum = 0.0;
-        var cut = -1.0; // the weight at which the prefix ends
-        var ties = 0u; // how many tokens of weight `cut` it takes
-        for (var r = 0u; r < nk; r++) {
-            let wt = sc[a + r];
-            if (wt < 0.0) {
-                break;
-            }
-            cum += wt / total;
-            if (cum >= top_p) {
-                cut = wt;
-                var first = r;
-                while (first > 0u && sc[a + first - 1u] == wt) {
-                    first--;
-                }
-                ties = r - first + 1u;
-                break;
-            }
+        pick = atomicLoad(&count);
+    }
+    let nk = workgroupUniformLoad(&pick);
+    var n = nk;
+    if (nk > PRE) {
+        let theta = kth_largest(a, nk, PRE, lid);
+        n = gather(c, v, a, theta, lid);
+    }
+    sort_padded(a, n, lid);
+    if (lid == 0u) {
+        walk(a, n, total, top_p);
+        pick = select(0u, 1u, cut >= 0.0);
+    }
+    let reached = workgroupUniformLoad(&pick) != 0u;
+    if (n < nk && !reached) {
+        gather(c, v, a, 0.0, lid);
+        sort_padded(a, nk, lid);
+        if (lid == 0u) {
+            walk(a, nk, total, top_p);
         }
+    }
+    if (lid == 0u) {
         if (cut >= 0.0) {
             var mk = neg_inf();
             for (var j = 0u; j < v; j++) {
