@@ -28,7 +28,9 @@ pub(crate) use shader;
 
 /// Record `op` when one of these kernels implements it; `None` otherwise
 /// (FlowMapTokens, and the anchors and layout ops handled elsewhere).
-pub(crate) fn op(cx: &mut Ctx, op: &Op, x: &[Buffer], b: &Bindings, shape: &[usize]) -> Result<Option<Buffer>> {
+/// Sizes come from the operands (and Resize's target from the node's
+/// `shape`), so the bindings are not needed.
+pub(crate) fn op(cx: &mut Ctx, op: &Op, x: &[Buffer], _b: &Bindings, shape: &[usize]) -> Result<Option<Buffer>> {
     use super::{elementwise as ew, embedding, group_norm, guide, nearest_code, position, resize, rows, sample};
     let at = |lo: usize, hi: usize| arity(op, x, lo, hi);
     let out = match op {
@@ -106,7 +108,6 @@ pub(crate) fn op(cx: &mut Ctx, op: &Op, x: &[Buffer], b: &Bindings, shape: &[usi
         }
         _ => return Ok(None),
     };
-    let _ = b; // sizes are the operands' (Resize's target is the node's shape)
     Ok(Some(out))
 }
 

@@ -301,7 +301,9 @@ fn settings(temperature: f32, top_k: i64, top_p: f32) -> [HostTensor; 3] {
 
 #[test]
 fn sample_tokens_equal_the_reference() {
-    for (v, seed) in [(7usize, 40u64), (300, 41), (1000, 42)] {
+    // 3000 logits: more than the 1024 that top-p sorts first, reaching top_p
+    // among them or not
+    for (v, seed) in [(7usize, 40u64), (300, 41), (1000, 42), (3000, 43)] {
         // peaky logits, and a copy on a coarse grid (ties for top-k and top-p)
         let smooth = rand(&[3, 2, v], seed, 4.0);
         let coarse = t(&[3, 2, v], smooth.as_f32().unwrap().iter().map(|x| x.round()).collect());
@@ -315,6 +317,7 @@ fn sample_tokens_equal_the_reference() {
                 (1.0, 1, 1.0),
                 (0.9, 50, 0.9),
                 (1.3, 0, 0.5),
+                (1.0, 0, 0.97),
                 (1.0, big, 0.2),
                 (1.0, v as i64, 0.999),
                 (2.0, 3, 0.01),
@@ -444,7 +447,10 @@ fn every_unfused_op_of_the_tiny_models_has_a_kernel() {
 fn a_program_of_op_kernels_runs_in_one_submission() {
     use crate::backend::{Args, Backend, Params};
     use ecarc_compiler::ir::{DType, Graph, TensorType};
-    let Some(w) = gpu() else { return };
+    let Some(shared) = gpu() else { return };
+    // Counts of its own: other tests use the shared device meanwhile.
+    let own = Wgpu { gpu: shared.gpu.clone(), pipelines: shared.pipelines.clone(), stats: Default::default() };
+    let w = &own;
     let c = |v: &[u64]| v.iter().map(|&d| Dim::c(d)).collect::<Vec<_>>();
     let mut g = Graph::new("ops");
     let input = |g: &mut Graph, name: &str, ty: TensorType| g.source(Op::Input { name: name.into() }, ty, None);
@@ -493,4 +499,31 @@ fn a_program_of_op_kernels_runs_in_one_submission() {
     assert_close_named("probs", got[0].as_f32().unwrap(), want[0].as_f32().unwrap(), 1e-4, 1e-4);
     assert_eq!(got[1].as_i64(), want[1].as_i64());
     assert_close_named("y", got[2].as_f32().unwrap(), want[2].as_f32().unwrap(), 1e-4, 1e-4);
+}
+
+/// Time of the sampler at LlamaGen's vocabulary on the adapter, next to the
+/// reference: `cargo test --profile ci -p ecarc-runtime sample_tokens_figures
+/// -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn sample_tokens_figures() {
+    let Some(w) = gpu() else { return };
+    let (rows, v) = (16, 16384);
+    let logits = rand(&[rows, v], 80, 6.0);
+    let u = t(&[rows], seq(rows, 81).iter().map(|x| (x + 1.0) / 2.0).collect());
+    for (tmp, k, p) in [(1.0, 0, 1.0), (1.0, 1000, 1.0), (1.0, 0, 0.9), (1.0, 1000, 0.9)] {
+        let [a, b, c] = settings(tmp, k, p);
+        let ins = [logits.clone(), u.clone(), a, b, c];
+        let bufs: Vec<Buffer> = ins.iter().map(|h| w.gpu.upload(h).unwrap()).collect();
+        run(w, &Op::SampleTokens, &bufs, &[rows]).unwrap(); // compile the pipelines
+        let start = std::time::Instant::now();
+        let got = run(w, &Op::SampleTokens, &bufs, &[rows]).unwrap();
+        let gpu_ms = start.elapsed().as_secs_f64() * 1e3;
+        let refs: Vec<&HostTensor> = ins.iter().collect();
+        let start = std::time::Instant::now();
+        let e = crate::reference::eval(&Op::SampleTokens, &refs, &Bindings::default()).unwrap();
+        let ref_ms = start.elapsed().as_secs_f64() * 1e3;
+        assert_eq!(got.as_i64(), e.as_i64());
+        eprintln!("sample_tokens [{rows}, {v}] top_k {k} top_p {p}: {} {gpu_ms:.1} ms (with read-back), reference {ref_ms:.1} ms", w.adapter());
+    }
 }
