@@ -138,7 +138,6 @@ pub(crate) enum Grid {
     /// `gid.x + gid.y * nwg.x * WORKGROUP` and returns past `meta[0]`).
     Items(u64),
     /// Exactly these workgroups (a tiled kernel with its own mapping).
-    #[allow(dead_code)] // the tiled kernels that land next (issue 16)
     Groups(u32, u32, u32),
 }
 
@@ -167,10 +166,6 @@ impl<'g> Recorder<'g> {
         Recorder { gpu, stats, metas: Vec::new(), dispatches: Vec::new(), align }
     }
 
-    #[allow(dead_code)]
-    pub fn is_empty(&self) -> bool {
-        self.dispatches.is_empty()
-    }
 
     /// Record one dispatch of `pipeline` reading `reads`, writing `write`.
     pub fn dispatch(

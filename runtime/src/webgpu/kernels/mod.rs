@@ -69,7 +69,6 @@ pub(crate) fn word(v: usize, what: &str) -> Result<u32> {
 }
 
 /// A view's offset then its strides, as info words.
-#[allow(dead_code)] // used by the kernels that land next (issue 16)
 pub(crate) fn view_words(b: &Buffer) -> Result<Vec<u32>> {
     let mut w = vec![word(b.offset, "a view's offset")?];
     for &s in &b.strides {
