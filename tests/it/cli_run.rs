@@ -382,7 +382,8 @@ fn bad_input_is_a_clean_error_and_writes_nothing() {
     let st = dir.join("x.safetensors");
     let var = tiny("var");
     let cases: Vec<(Vec<&str>, &str)> = vec![
-        (vec!["--backend", "wgpu"], "backend `wgpu` is not available"),
+        (vec!["--backend", "wgpu", "--adapter", "no such adapter"], "backend `wgpu` is not available"),
+        (vec!["--adapter", "llvmpipe"], "use it with `--backend wgpu`"),
         (vec!["--backend", "cuda"], "use `--backend reference`"),
         (vec!["--class", "10"], "class 10 is out of range"),
         (vec!["--class", "-1"], "class -1 is out of range"),

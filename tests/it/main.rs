@@ -25,3 +25,4 @@ mod search;
 mod tiny;
 mod variants;
 mod wgpu;
+mod wgsl;
