@@ -4,6 +4,11 @@
 //! WGSL (`wgsl.rs`); a CUDA printer can print the same trees.
 //!
 //! # The ABI between a program and the runtime that runs it
+//! - A kernel whose reductions all fold the rows of its result (norms,
+//!   softmaxes: the rule is in `rows.rs`) is ONE row stage
+//!   ([`Stage::row_threads`] is `Some(n)`): [`Stage::threads`] rows, one
+//!   workgroup of `n` threads per row, folding cooperatively (a tree over
+//!   workgroup memory) then writing the row. Otherwise:
 //! - A program's stages run in order, each as one dispatch of
 //!   [`Stage::threads`] threads (one per item; a thread at or past `meta[0]`
 //!   does nothing). The [`Expr::Reduce`]s run first, one thread per row,
