@@ -24,7 +24,7 @@ pub(super) struct Built {
     pub scratch: Vec<Dim>,
 }
 
-pub(super) fn build(k: &Kernel) -> Result<Built, String> {
+pub(super) fn build(k: &Kernel, row_stage: bool) -> Result<Built, String> {
     k.verify(&k.inputs.iter().collect::<Vec<_>>())?;
     if let Some(n) = k.nodes.iter().find(|n| matches!(n.expr, Expr::Anchor { .. } | Expr::WriteSlice { .. })) {
         return Err(match &n.expr {
@@ -48,6 +48,10 @@ pub(super) fn build(k: &Kernel) -> Result<Built, String> {
                 needed[o as usize] = true;
             }
         }
+    }
+    // Reductions folding the result's rows: one stage, a workgroup per row.
+    if let Some(st) = super::rows::row_stage(k, &needed)?.filter(|_| row_stage) {
+        return Ok(Built { stages: vec![st], scratch: vec![] });
     }
     // Needed reductions in node order, grouped while they fold rows of one
     // shape: a group is one stage (one thread per row folds them in turn,
@@ -93,7 +97,7 @@ pub(super) fn build(k: &Kernel) -> Result<Built, String> {
 }
 
 /// Why a group of reductions cannot share a stage.
-const CROSS_ROW: &str = "a reduction read at another row in the stage that computes it";
+pub(super) const CROSS_ROW: &str = "a reduction read at another row in the stage that computes it";
 
 /// One thread per row: the folds of `group` (reductions over rows of shape
 /// `rows`), each into its slot of scratch `buf`.
@@ -166,22 +170,22 @@ fn result_stage(k: &Kernel, scratch_of: &[Option<(u32, u32)>]) -> Result<BuiltSt
     Ok(b.finish(out, Write::Output, product(shape)))
 }
 
-struct Builder<'k> {
+pub(super) struct Builder<'k> {
     k: &'k Kernel,
     scratch_of: &'k [Option<(u32, u32)>],
     /// In a reduction stage: the thread's row, and the reductions already
     /// folded in this thread (node, accumulator).
-    row: Vec<E>,
-    local: Vec<(KId, u32)>,
+    pub row: Vec<E>,
+    pub local: Vec<(KId, u32)>,
     meta: Vec<MetaWord>,
     reads: Vec<(Buf, bool)>,
     vars: u32,
     /// The bound value of (node, index) in the current scope.
-    cache: HashMap<(KId, String), E>,
+    pub cache: HashMap<(KId, String), E>,
 }
 
 impl<'k> Builder<'k> {
-    fn new(k: &'k Kernel, scratch_of: &'k [Option<(u32, u32)>]) -> Builder<'k> {
+    pub(super) fn new(k: &'k Kernel, scratch_of: &'k [Option<(u32, u32)>]) -> Builder<'k> {
         Builder {
             k,
             scratch_of,
@@ -194,16 +198,16 @@ impl<'k> Builder<'k> {
         }
     }
 
-    fn finish(self, body: Vec<S>, write: Write, threads: Dim) -> BuiltStage {
-        BuiltStage { shader: Shader { reads: self.reads, body }, write, meta: self.meta, threads }
+    pub(super) fn finish(self, body: Vec<S>, write: Write, threads: Dim) -> BuiltStage {
+        BuiltStage { shader: Shader { reads: self.reads, body, row_threads: None }, write, meta: self.meta, threads }
     }
 
-    fn fresh(&mut self) -> u32 {
+    pub(super) fn fresh(&mut self) -> u32 {
         self.vars += 1;
         self.vars - 1
     }
 
-    fn meta(&mut self, w: MetaWord) -> E {
+    pub(super) fn meta(&mut self, w: MetaWord) -> E {
         let at = match self.meta.iter().position(|m| *m == w) {
             Some(i) => i,
             None => {
@@ -215,7 +219,7 @@ impl<'k> Builder<'k> {
     }
 
     /// A dimension: a literal when constant, else a meta word.
-    fn dim(&mut self, d: &Dim) -> Result<E, String> {
+    pub(super) fn dim(&mut self, d: &Dim) -> Result<E, String> {
         match d.as_const() {
             Some(c) => u32::try_from(c).map(E::U32).map_err(|_| format!("dimension {c} does not fit 32-bit indices")),
             None => Ok(self.meta(MetaWord::Dim(d.clone()))),
@@ -229,7 +233,7 @@ impl<'k> Builder<'k> {
     }
 
     /// `e` bound to a new name unless it is a leaf.
-    fn bind(&mut self, out: &mut Vec<S>, ty: Ty, e: E) -> E {
+    pub(super) fn bind(&mut self, out: &mut Vec<S>, ty: Ty, e: E) -> E {
         if e.is_leaf() {
             return e;
         }
@@ -249,7 +253,7 @@ impl<'k> Builder<'k> {
     }
 
     /// The index in `shape` of row-major position `flat`.
-    fn unravel(&mut self, out: &mut Vec<S>, flat: E, shape: &[Dim]) -> Result<Vec<E>, String> {
+    pub(super) fn unravel(&mut self, out: &mut Vec<S>, flat: E, shape: &[Dim]) -> Result<Vec<E>, String> {
         let mut idx = vec![E::U32(0); shape.len()];
         let mut rest = self.bind(out, Ty::U32, flat);
         for a in (0..shape.len()).rev() {
@@ -265,7 +269,7 @@ impl<'k> Builder<'k> {
     }
 
     /// Node `n`'s value at `idx` (an index in its shape), as an f32.
-    fn value(&mut self, out: &mut Vec<S>, n: KId, idx: &[E]) -> Result<E, String> {
+    pub(super) fn value(&mut self, out: &mut Vec<S>, n: KId, idx: &[E]) -> Result<E, String> {
         let key = (n, format!("{idx:?}"));
         if let Some(e) = self.cache.get(&key) {
             return Ok(e.clone());
@@ -327,7 +331,6 @@ impl<'k> Builder<'k> {
                 E::Select { cond: Box::new(E::bin(Op2::Gt, v.clone(), m.clone())), t: Box::new(v), f: Box::new(m) }
             }
             Expr::Reduce { .. } => {
-                let (buf, slot) = self.scratch_of[n as usize].ok_or("a reduction without scratch")?;
                 let own = idx.len() == self.row.len() + 1 && idx[..self.row.len()] == self.row[..];
                 if let Some(&(_, acc)) = self.local.iter().find(|(m, _)| *m == n) {
                     if !own {
@@ -335,6 +338,7 @@ impl<'k> Builder<'k> {
                     }
                     E::Var(acc)
                 } else {
+                    let (buf, slot) = self.scratch_of[n as usize].ok_or("a reduction without scratch")?;
                     let (_, rows) = node.ty.shape.split_last().ok_or("a reduction to a scalar")?;
                     let base = if slot == 0 { E::U32(0) } else { E::imul(E::U32(slot), self.dim(&product(rows))?) };
                     let at = E::iadd(base, self.flat(idx, &node.ty.shape)?);

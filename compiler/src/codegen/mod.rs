@@ -4,6 +4,11 @@
 //! WGSL (`wgsl.rs`); a CUDA printer can print the same trees.
 //!
 //! # The ABI between a program and the runtime that runs it
+//! - A kernel whose reductions all fold the rows of its result (norms,
+//!   softmaxes: the rule is in `rows.rs`) is ONE row stage
+//!   ([`Stage::row_threads`] is `Some(n)`): [`Stage::threads`] rows, one
+//!   workgroup of `n` threads per row, folding cooperatively (a tree over
+//!   workgroup memory) then writing the row. Otherwise:
 //! - A program's stages run in order, each as one dispatch of
 //!   [`Stage::threads`] threads (one per item; a thread at or past `meta[0]`
 //!   does nothing). The [`Expr::Reduce`]s run first, one thread per row,
@@ -32,6 +37,7 @@
 //! dimensions beyond u32.
 
 mod build;
+pub mod rows;
 pub mod tree;
 pub mod wgsl;
 
@@ -82,8 +88,13 @@ pub struct Stage {
     pub reads: Vec<Read>,
     pub write: Write,
     pub meta: Vec<MetaWord>,
-    /// One thread per item.
+    /// One thread per item; in a row stage, one workgroup per item (row).
     pub threads: Dim,
+    /// `Some(n)`: a row stage (`rows.rs`), launched as one workgroup of `n`
+    /// threads per row, `threads` rows, the row
+    /// `wid.x + wid.y * nwg.x` (workgroups spread over x and y past the
+    /// device's per-dimension limit); `None`: one thread per item.
+    pub row_threads: Option<u32>,
     /// The tree `wgsl` prints.
     pub shader: tree::Shader,
 }
@@ -98,7 +109,16 @@ pub struct Program {
 
 /// The WGSL program of an anchor-free kernel.
 pub fn emit(k: &Kernel) -> Result<Program, String> {
-    let parts = build::build(k)?;
+    program(build::build(k, true)?)
+}
+
+/// [`emit`] without a row stage (the fold stages, then the result's): the
+/// fallback path, for comparisons and figures.
+pub fn emit_without_row_stage(k: &Kernel) -> Result<Program, String> {
+    program(build::build(k, false)?)
+}
+
+fn program(parts: build::Built) -> Result<Program, String> {
     let stages = parts
         .stages
         .into_iter()
@@ -116,6 +136,7 @@ pub fn emit(k: &Kernel) -> Result<Program, String> {
             write: s.write,
             meta: s.meta,
             threads: s.threads,
+            row_threads: s.shader.row_threads,
             shader: s.shader,
         })
         .collect();

@@ -83,7 +83,7 @@ fn model_files() -> Vec<std::path::PathBuf> {
 fn every_fused_part_of_every_model_emits_valid_wgsl() {
     let mut seen: HashSet<Kernel> = HashSet::new();
     let mut shaders: HashSet<String> = HashSet::new();
-    let (mut stages, mut fails) = (0, vec![]);
+    let (mut stages, mut row_stages, mut fails) = (0, 0, vec![]);
     let files = model_files();
     for f in &files {
         for k in fused_kernels(f) {
@@ -96,6 +96,7 @@ fn every_fused_part_of_every_model_emits_valid_wgsl() {
                     Ok(p) => {
                         for s in p.stages {
                             stages += 1;
+                            row_stages += usize::from(s.row_threads.is_some());
                             if shaders.insert(s.wgsl.clone()) {
                                 if let Err(e) = validate(&s.wgsl) {
                                     fails.push(format!("{}: invalid WGSL: {e}\n{}", f.display(), s.wgsl));
@@ -108,13 +109,15 @@ fn every_fused_part_of_every_model_emits_valid_wgsl() {
         }
     }
     eprintln!(
-        "{} models: {} distinct anchor-free parts, {stages} stages, {} distinct shaders validated",
+        "{} models: {} distinct anchor-free parts, {stages} stages ({row_stages} row stages), {} distinct shaders \
+         validated",
         files.len(),
         seen.len(),
         shaders.len()
     );
     assert!(fails.is_empty(), "{} failed:\n{}", fails.len(), fails.join("\n"));
     assert!(seen.len() > 20 && shaders.len() > 20, "{} parts, {} shaders", seen.len(), shaders.len());
+    assert!(row_stages > 20, "{row_stages} row stages");
 }
 
 fn t(shape: Vec<Dim>) -> TensorType {
@@ -172,7 +175,19 @@ fn everything() -> Kernel {
 
 #[test]
 fn every_expression_emits_valid_wgsl_with_its_abi() {
-    let p: Program = emit(&everything()).unwrap();
+    // The max and the sum fold the rows of the result: one row stage.
+    let r: Program = emit(&everything()).unwrap();
+    assert_eq!(r.stages.len(), 1);
+    assert!(r.scratch.is_empty());
+    let s = &r.stages[0];
+    assert_eq!((s.row_threads, &s.threads, s.write), (Some(64), &Dim::sym(Sym::T), Write::Output));
+    assert_eq!(s.meta[0], MetaWord::Threads);
+    validate(&s.wgsl).unwrap_or_else(|e| panic!("{e}"));
+    for want in ["var<workgroup> red: array<f32, 64>;", "@workgroup_size(64)", "workgroupBarrier();"] {
+        assert!(s.wgsl.contains(want), "{want} not in\n{}", s.wgsl);
+    }
+    let p: Program = super::emit_without_row_stage(&everything()).unwrap();
+    assert!(p.stages.iter().all(|s| s.row_threads.is_none()));
     // The max and the sum fold the same rows: one stage (the sum reads the
     // max of its own row from a register), then the result.
     assert_eq!(p.stages.len(), 2);
@@ -228,6 +243,60 @@ fn a_reduction_read_across_rows_gets_its_own_stage() {
     for s in &p.stages {
         validate(&s.wgsl).unwrap_or_else(|e| panic!("{e}"));
     }
+}
+
+/// The legality rule of a row stage (`rows.rs`): every reduction folds the
+/// rows of the result, read only at the reader's own row.
+#[test]
+fn row_stages_only_where_the_folds_line_up_with_the_result_rows() {
+    let tt = Dim::sym(Sym::T);
+    // A layer norm over [T, 2, 5]: rows [T, 2], a symbolic row count.
+    let norm = |out: Option<Vec<Dim>>| {
+        let sh = vec![tt.clone(), Dim::c(2), Dim::c(5)];
+        let rows = vec![tt.clone(), Dim::c(2), Dim::c(1)];
+        let mut nodes = vec![
+            n(sh.clone(), Expr::Load(0)),
+            n(rows.clone(), Expr::Reduce { x: 0, op: Reduce::Sum }),
+            n(sh.clone(), Expr::Map { x: 1, map: Layout::Broadcast }),
+            n(sh.clone(), Expr::Binary(Binary::Sub, 0, 2)),
+            n(sh.clone(), Expr::Binary(Binary::Mul, 3, 3)),
+            n(rows.clone(), Expr::Reduce { x: 4, op: Reduce::Sum }),
+            n(sh.clone(), Expr::Map { x: 5, map: Layout::Broadcast }),
+            n(sh.clone(), Expr::Binary(Binary::Div, 3, 6)),
+        ];
+        if let Some(o) = out {
+            nodes.push(n(o, Expr::Map { x: 7, map: Layout::Reshape }));
+        }
+        let k = Kernel { inputs: vec![t(sh)], nodes };
+        k.verify(&k.inputs.iter().collect::<Vec<_>>()).unwrap();
+        emit(&k).unwrap()
+    };
+    let p = norm(None);
+    assert_eq!(p.stages.len(), 1);
+    let s = &p.stages[0];
+    assert_eq!((s.row_threads, &s.threads), (Some(64), &tt.mul_c(2)));
+    validate(&s.wgsl).unwrap_or_else(|e| panic!("{e}"));
+    // The result's rows are not the folds' rows [T, 2] (a trailing axis of
+    // 1, rows merged, everything flat): the fold stage, then the result's.
+    for out in [vec![tt.clone(), Dim::c(2), Dim::c(5), Dim::c(1)], vec![tt.clone(), Dim::c(10)], vec![tt.mul_c(10)]] {
+        let p = norm(Some(out.clone()));
+        assert_eq!(p.stages.len(), 2, "{out:?}");
+        assert!(p.stages.iter().all(|s| s.row_threads.is_none()), "{out:?}");
+    }
+    // A long or symbolic row: 256 threads.
+    let long = Kernel {
+        inputs: vec![t(vec![Dim::c(3), tt.clone()])],
+        nodes: vec![
+            n(vec![Dim::c(3), tt.clone()], Expr::Load(0)),
+            n(c(&[3, 1]), Expr::Reduce { x: 0, op: Reduce::Max }),
+            n(vec![Dim::c(3), tt.clone()], Expr::Map { x: 1, map: Layout::Broadcast }),
+            n(vec![Dim::c(3), tt.clone()], Expr::Binary(Binary::Sub, 0, 2)),
+        ],
+    };
+    long.verify(&long.inputs.iter().collect::<Vec<_>>()).unwrap();
+    let s = &emit(&long).unwrap().stages[0];
+    assert_eq!(s.row_threads, Some(super::rows::MAX_ROW_THREADS));
+    validate(&s.wgsl).unwrap_or_else(|e| panic!("{e}"));
 }
 
 #[test]
@@ -289,6 +358,7 @@ fn the_printer_spells_i32_reads_and_odd_literals_validly() {
     let read = |b: Buf, at: E| E::Read(b, Box::new(at));
     let shader = Shader {
         reads: vec![(Buf::Input(0), true), (Buf::Input(1), false)],
+        row_threads: None,
         body: vec![
             S::Var { var: 0, ty: Ty::F32, init: E::F32(-0.0) },
             S::Loop {

@@ -62,6 +62,10 @@ pub enum E {
     Id,
     /// Word `k` of the stage's meta block.
     Meta(u32),
+    /// In a row stage: the thread's index in its workgroup (`0..n`).
+    Lane,
+    /// In a row stage: element `at` of the workgroup's f32 array of `n`.
+    Shared(Box<E>),
     /// Element `at` of a buffer read as f32 (i32 words converted).
     Read(Buf, Box<E>),
     Bin(Op2, Box<E>, Box<E>),
@@ -110,6 +114,14 @@ pub enum S {
         at: E,
         value: E,
     },
+    /// In a row stage: `value` into element `at` of the workgroup's array.
+    SharedStore {
+        at: E,
+        value: E,
+    },
+    /// In a row stage: a workgroup barrier (workgroup memory and control),
+    /// in uniform control flow.
+    Barrier,
 }
 
 /// One stage's per-thread program; threads at or past `meta[0]` do nothing.
@@ -119,6 +131,11 @@ pub struct Shader {
     /// buffer holds i32 words.
     pub reads: Vec<(Buf, bool)>,
     pub body: Vec<S>,
+    /// `None`: one thread per item ([`E::Id`]). `Some(n)`: a row stage, one
+    /// workgroup of `n` threads ([`E::Lane`]) per item (row `E::Id`; whole
+    /// workgroups at or past `meta[0]` do nothing), with an f32 array of `n`
+    /// in workgroup memory.
+    pub row_threads: Option<u32>,
 }
 
 impl E {
@@ -165,6 +182,6 @@ impl E {
 
     /// Whether the expression is cheap enough to repeat instead of binding.
     pub fn is_leaf(&self) -> bool {
-        matches!(self, E::F32(_) | E::U32(_) | E::Var(_) | E::Id | E::Meta(_))
+        matches!(self, E::F32(_) | E::U32(_) | E::Var(_) | E::Id | E::Meta(_) | E::Lane)
     }
 }

@@ -1,7 +1,8 @@
 //! The shader tree as WGSL: bindings per the ABI of `codegen/mod.rs`, the
 //! helpers the tree uses (and only those, so equal trees print equal text
 //! and share one pipeline), the one-thread-per-item entry point of
-//! `runtime/src/webgpu/record.rs` (workgroup size 64 spread over x and y).
+//! `runtime/src/webgpu/record.rs` (workgroup size 64 spread over x and y),
+//! or a row stage's: a workgroup per row, spread over x and y (`rows.rs`).
 
 use super::tree::{Buf, Func, Op2, Shader, Ty, E, S};
 use std::collections::BTreeSet;
@@ -90,12 +91,26 @@ pub fn print(s: &Shader) -> String {
             w.push_str(text);
         }
     }
-    w.push_str(
-        "\n@compute @workgroup_size(64)\n\
-         fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {\n    \
-             let id = gid.x + gid.y * nwg.x * 64u;\n    \
-             if (id >= info[0]) {\n        return;\n    }\n",
-    );
+    match s.row_threads {
+        None => w.push_str(
+            "\n@compute @workgroup_size(64)\n\
+             fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {\n    \
+                 let id = gid.x + gid.y * nwg.x * 64u;\n    \
+                 if (id >= info[0]) {\n        return;\n    }\n",
+        ),
+        Some(n) => {
+            let _ = write!(
+                w,
+                "\nvar<workgroup> red: array<f32, {n}>;\n\n\
+                 // One workgroup per row `id` (spread over x and y), {n} threads (`lane`).\n\
+                 @compute @workgroup_size({n})\n\
+                 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, \
+                 @builtin(local_invocation_index) lane: u32) {{\n    \
+                     let id = wid.x + wid.y * nwg.x;\n    \
+                     if (id >= info[0]) {{\n        return;\n    }}\n"
+            );
+        }
+    }
     w.push_str(&p.out);
     w.push_str("}\n");
     w
@@ -172,6 +187,11 @@ impl Printer {
                 let (a, v) = (self.expr(at), self.expr(value));
                 self.line(d, &format!("y[{a}] = {v};"));
             }
+            S::SharedStore { at, value } => {
+                let (a, v) = (self.expr(at), self.expr(value));
+                self.line(d, &format!("red[{a}] = {v};"));
+            }
+            S::Barrier => self.line(d, "workgroupBarrier();"),
         }
     }
 
@@ -182,6 +202,8 @@ impl Printer {
             E::Var(v) => format!("v{v}"),
             E::Id => "id".into(),
             E::Meta(k) => format!("info[{k}]"),
+            E::Lane => "lane".into(),
+            E::Shared(at) => format!("red[{}]", self.expr(at)),
             E::Read(b, at) => {
                 let a = self.expr(at);
                 if self.ints.contains(b) {

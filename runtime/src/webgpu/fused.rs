@@ -3,7 +3,8 @@
 //! then at its anchor. Each anchor-free part is emitted once, at prepare, as
 //! WGSL stages (`ecarc_compiler::codegen`); a run evaluates their meta words
 //! under the bindings and the actual views, allocates scratch and the result
-//! (or writes into the state's slice) and records every stage. The anchor is
+//! (or writes into the state's slice) and records every stage (a row stage
+//! as a workgroup per row, `kernels::ops::groups`). The anchor is
 //! one of the hand-written kernels (`kernels::op`).
 
 use super::kernels::{self, word, Ctx};
@@ -190,8 +191,13 @@ fn run_part(cx: &mut Ctx, p: &GpuPart, ins: &[Buffer], b: &Bindings, out: Option
             Write::Output => &y,
             Write::Scratch(i) => scratch.get(i as usize).ok_or_else(|| invalid("no such scratch".into()))?,
         };
-        let label = if j + 1 == p.program.stages.len() { "fused" } else { "fused.reduce" };
-        cx.run(label, &s.wgsl, &reads, write, &meta, Grid::Items(threads))?;
+        let (label, grid) = match s.row_threads {
+            // A workgroup per row, spread over x and y as the shader expects.
+            Some(_) => ("fused.rows", kernels::ops::groups(cx, usize::try_from(threads).unwrap_or(usize::MAX))?),
+            None if j + 1 == p.program.stages.len() => ("fused", Grid::Items(threads)),
+            None => ("fused.reduce", Grid::Items(threads)),
+        };
+        cx.run(label, &s.wgsl, &reads, write, &meta, grid)?;
     }
     Ok(y)
 }

@@ -390,10 +390,18 @@ fn fused_figures() {
     };
     let (pipelines, stats) = (Pipelines::default(), Stats::default());
     let b = Bindings::default();
-    for (name, k) in [("softmax [512, 1024]", kernel(false)), ("layer norm [512, 1024]", kernel(true))] {
+    for (name, k, rows) in [
+        ("softmax [512, 1024]", kernel(false), true),
+        ("layer norm [512, 1024]", kernel(true), true),
+        ("softmax [512, 1024] without a row stage", kernel(false), false),
+        ("layer norm [512, 1024] without a row stage", kernel(true), false),
+    ] {
         let part = split::whole(&k);
         check_part(&gpu, &part, &b, 1, &pipelines, &stats).unwrap();
-        let gp = emit(part.clone()).unwrap();
+        let mut gp = emit(part.clone()).unwrap();
+        if !rows {
+            gp.program = codegen::emit_without_row_stage(&part.kernel).unwrap();
+        }
         let mut rng = ChaCha8Rng::seed_from_u64(2);
         let (host, view) = input(&gpu, &k.inputs[0], &b, false, &mut rng);
         let reps = 10;
@@ -451,4 +459,91 @@ fn a_reduction_read_across_rows_runs_as_the_dense_evaluator() {
     let (pipelines, stats) = (Pipelines::default(), Stats::default());
     check_part(&gpu, &split::whole(&k), &Bindings::default(), 3, &pipelines, &stats).unwrap();
     assert_eq!(stats.counts().dispatches, 3);
+}
+
+/// A softmax, a layer norm (of `x * 0.25 + shift`: rows whose mean is
+/// `shift`, spread about 0.4) or an RMS norm over the last axis of `shape`,
+/// spelled in primitives as the fuse pass spells them.
+fn row_kernel(shape: &[u64], kind: &str, shift: f64) -> Kernel {
+    use ecarc_compiler::ir::op::{Binary, Unary, F};
+    use ecarc_compiler::kernel::{Expr, Layout, Reduce};
+    let (&c, lead) = shape.split_last().unwrap();
+    let rows: Vec<u64> = lead.iter().copied().chain([1]).collect();
+    let mut k = Kernel { inputs: vec![f32t(shape)], nodes: vec![] };
+    let mut push = |s: &[u64], expr: Expr| {
+        k.nodes.push(KNode { ty: f32t(s), expr });
+        k.nodes.len() as u32 - 1
+    };
+    let x0 = push(shape, Expr::Load(0));
+    let x = push(shape, Expr::Affine { x: x0, scale: F::new(0.25), shift: F::new(shift) });
+    let bc = |push: &mut dyn FnMut(&[u64], Expr) -> u32, v| push(shape, Expr::Map { x: v, map: Layout::Broadcast });
+    match kind {
+        "layer norm" => {
+            let s = push(&rows, Expr::Reduce { x, op: Reduce::Sum });
+            let mean = push(&rows, Expr::Affine { x: s, scale: F::new(1.0 / c as f64), shift: F::new(0.0) });
+            let mb = bc(&mut push, mean);
+            let d = push(shape, Expr::Binary(Binary::Sub, x, mb));
+            let sq = push(shape, Expr::Binary(Binary::Mul, d, d));
+            let ss = push(&rows, Expr::Reduce { x: sq, op: Reduce::Sum });
+            let var = push(&rows, Expr::Affine { x: ss, scale: F::new(1.0 / c as f64), shift: F::new(1e-6) });
+            let sd = push(&rows, Expr::Unary(Unary::Sqrt, var));
+            let sdb = bc(&mut push, sd);
+            push(shape, Expr::Binary(Binary::Div, d, sdb));
+        }
+        "rms norm" => {
+            let sq = push(shape, Expr::Binary(Binary::Mul, x, x));
+            let ss = push(&rows, Expr::Reduce { x: sq, op: Reduce::Sum });
+            let ms = push(&rows, Expr::Affine { x: ss, scale: F::new(1.0 / c as f64), shift: F::new(1e-6) });
+            let r = push(&rows, Expr::Unary(Unary::Sqrt, ms));
+            let rb = bc(&mut push, r);
+            push(shape, Expr::Binary(Binary::Div, x, rb));
+        }
+        _ => {
+            let m = push(&rows, Expr::Reduce { x, op: Reduce::Max });
+            let mb = bc(&mut push, m);
+            let d = push(shape, Expr::Binary(Binary::Sub, x, mb));
+            let e = push(shape, Expr::Unary(Unary::Exp, d));
+            let s = push(&rows, Expr::Reduce { x: e, op: Reduce::Sum });
+            let sb = bc(&mut push, s);
+            push(shape, Expr::Binary(Binary::Div, e, sb));
+        }
+    }
+    k.verify(&k.inputs.iter().collect::<Vec<_>>()).unwrap();
+    k
+}
+
+/// Norms and softmaxes are one row stage (one dispatch), and compute what the
+/// dense evaluator does: rows longer than the workgroup (strided partials),
+/// shorter ones (idle threads), rows of an extent-1 axis, a large mean
+/// against the spread, strided input views, and more rows than a workgroup
+/// dimension holds (65535 on most adapters: the grid spreads over y).
+#[test]
+fn row_stages_run_as_the_dense_evaluator_in_one_dispatch() {
+    let Some(gpu) = gpu("row_stages_run_as_the_dense_evaluator_in_one_dispatch") else { return };
+    let (pipelines, stats) = (Pipelines::default(), Stats::default());
+    let cases: &[(&[u64], f64)] = &[
+        (&[3, 300], 0.0),
+        (&[4, 257], 30.0),
+        (&[2, 5, 7], 0.0),
+        (&[1, 3, 1000], 20.0),
+        (&[6, 1], 0.0),
+        (&[65539, 16], 0.0),
+    ];
+    let mut fails = vec![];
+    for (i, (shape, shift)) in cases.iter().enumerate() {
+        for kind in ["softmax", "layer norm", "rms norm"] {
+            let part = split::whole(&row_kernel(shape, kind, *shift));
+            let gp = emit(part.clone()).unwrap();
+            assert_eq!(gp.program.stages.len(), 1, "{kind} {shape:?}");
+            assert!(gp.program.stages[0].row_threads.is_some(), "{kind} {shape:?}");
+            let before = stats.counts().dispatches;
+            for seed in 0..2 {
+                if let Err(e) = check_part(&gpu, &part, &Bindings::default(), i as u64 * 7 + seed, &pipelines, &stats) {
+                    fails.push(format!("{kind} {shape:?} shift {shift} seed {seed}: {e}"));
+                }
+            }
+            assert_eq!(stats.counts().dispatches - before, 2, "{kind} {shape:?}: one dispatch a run");
+        }
+    }
+    assert!(fails.is_empty(), "{} failed:\n{}", fails.len(), fails.join("\n"));
 }
