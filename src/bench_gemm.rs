@@ -152,10 +152,10 @@ pub fn run([m, k, n]: [usize; 3], how: How) -> Result<(), Fail> {
         println!("  {:<26} {:>10.3} ms {:>9.2} GFLOP/s{gpu}", x.kernel, x.seconds * 1e3, x.gflops);
     }
     if let Some(r) = tiled_vs_naive {
-        println!("  tiled / naive: {r:.2}x faster");
+        println!("  tiled speed-up over naive: {r:.2}x");
     }
     if let Some(r) = gemv_vs_tiled {
-        println!("  gemv / tiled: {r:.2}x faster");
+        println!("  gemv speed-up over tiled: {r:.2}x");
     }
     Ok(())
 }
