@@ -11,6 +11,8 @@ use ecarc_compiler::plan::Keep;
 use ecarc_compiler::session::Override;
 use ecarc_runtime::driver::{Generator, Quiet, SampleOptions};
 use ecarc_runtime::machine::Machine;
+use ecarc_runtime::webgpu::Wgpu;
+use ecarc_runtime::Backend;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -20,7 +22,7 @@ use std::time::Instant;
 #[derive(Args)]
 pub struct BenchArgs {
     /// A `.ecar` file or an artifact from `ecarc build`.
-    #[arg(required_unless_present_any = ["machine", "list_adapters"])]
+    #[arg(required_unless_present_any = ["machine", "list_adapters", "gemm"])]
     file: Option<PathBuf>,
     /// Which model of FILE, when it defines several.
     #[arg(long, value_name = "NAME")]
@@ -51,9 +53,45 @@ pub struct BenchArgs {
     /// them); alone, print them and exit.
     #[arg(long)]
     machine: bool,
+    /// Time one matrix product `x[M,K] . w[N,K]^T` instead of a model: on
+    /// wgpu the tiled, naive and best (GEMV for M <= 2) kernels, on cpu the
+    /// backend's one-node `linear` program.
+    #[arg(long, value_name = "M,K,N", value_parser = parse_gemm, conflicts_with_all = ["file", "vs", "machine"])]
+    gemm: Option<GemmShape>,
     /// Print the results as JSON.
     #[arg(long)]
     json: bool,
+}
+
+/// `--gemm M,K,N`.
+#[derive(Clone, Copy, Debug)]
+pub struct GemmShape {
+    m: usize,
+    k: usize,
+    n: usize,
+}
+
+/// At most this many f32 over x, w and the output (1 GiB).
+const GEMM_MAX_ELEMENTS: usize = 1 << 28;
+
+fn parse_gemm(s: &str) -> Result<GemmShape, String> {
+    let v: Vec<&str> = s.split(',').map(str::trim).collect();
+    if v.len() != 3 {
+        return Err(format!("expected three sizes `M,K,N` (e.g. `256,1024,1024`), got `{s}`"));
+    }
+    let mut d = [0usize; 3];
+    for (i, (x, name)) in v.iter().zip(["M", "K", "N"]).enumerate() {
+        d[i] = x.parse::<usize>().map_err(|_| format!("{name} = `{x}` is not a whole number"))?;
+        if d[i] == 0 || d[i] > 1 << 20 {
+            return Err(format!("{name} = {} is out of range (1 to {})", d[i], 1 << 20));
+        }
+    }
+    let (m, k, n) = (d[0], d[1], d[2]);
+    let elements = m.checked_mul(k).zip(n.checked_mul(k)).zip(m.checked_mul(n));
+    match elements.and_then(|((a, b), c)| a.checked_add(b)?.checked_add(c)) {
+        Some(e) if e <= GEMM_MAX_ELEMENTS => Ok(GemmShape { m, k, n }),
+        _ => Err(format!("x, w and the output would hold more than {GEMM_MAX_ELEMENTS} floats (1 GiB)")),
+    }
 }
 
 /// What one model's benchmark measured.
@@ -77,6 +115,14 @@ struct Measured {
     /// Weights and activations one image reads and writes, per the cost model.
     bytes: u128,
     bytes_per_s: f64,
+    /// With `--backend wgpu`: the adapter, its kind (`Cpu` is a software
+    /// adapter, whose limits are the CPU's), and the GPU's busy time per
+    /// image from timestamp queries (median; `None` without them).
+    adapter: Option<String>,
+    adapter_kind: Option<String>,
+    gpu_seconds_per_image: Option<f64>,
+    /// Compute passes timed per image (one per program run, plus checks).
+    gpu_passes_per_image: Option<u64>,
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -91,7 +137,14 @@ fn median(v: &mut [f64]) -> f64 {
 
 fn bench_one(file: &Path, a: &BenchArgs, sets: &[Override], color: bool) -> Result<Measured, Fail> {
     let art: Artifact = load_model(file, a.model.as_deref(), sets, color)?;
-    let backend = backend(a.backend, a.adapter.as_deref())?;
+    // On wgpu the handle too: it turns timing on and reads it.
+    let (backend, wgpu): (Box<dyn Backend>, Option<Wgpu>) = match a.backend {
+        BackendName::Wgpu => {
+            let w = Wgpu::new(a.adapter.as_deref())?;
+            (Box::new(w.clone()), Some(w))
+        }
+        _ => (backend(a.backend, a.adapter.as_deref())?, None),
+    };
     let spec = art.spec.clone();
     let needed = Generator::params_read(&art.program, Some(&["sample"]));
     let weights = load_weights(&spec, &a.weights, &needed)?;
@@ -113,15 +166,29 @@ fn bench_one(file: &Path, a: &BenchArgs, sets: &[Override], color: bool) -> Resu
         g.sample(&opts, &Quiet)?;
     }
     let mut run_seconds = Vec::new();
+    // Timestamps of the timed runs only; read after each run's clock stops.
+    let timing = wgpu.as_ref().is_some_and(|w| w.set_timing(true));
+    if let Some(w) = wgpu.as_ref().filter(|_| timing) {
+        w.gpu_time()?;
+    }
+    let mut gpu_seconds = Vec::new();
+    let mut gpu_passes = 0;
     let mut per_stage: BTreeMap<usize, (String, Vec<f64>)> = BTreeMap::new();
     for _ in 0..a.runs {
         let t = Instant::now();
         let out = g.sample(&opts, &Quiet)?;
         run_seconds.push(t.elapsed().as_secs_f64());
+        if let Some(g) = wgpu.as_ref().filter(|_| timing).map(Wgpu::gpu_time).transpose()?.flatten() {
+            gpu_seconds.push(g.seconds);
+            gpu_passes = g.passes;
+        }
         for (i, s) in out.timings.iter().enumerate() {
             per_stage.entry(i).or_insert_with(|| (s.what.clone(), vec![])).1.push(s.seconds);
         }
         eprintln!("  run {}: {:.3} s", run_seconds.len(), run_seconds.last().unwrap());
+    }
+    if let Some(w) = &wgpu {
+        w.set_timing(false);
     }
     let seconds_per_image = median(&mut run_seconds.clone());
     let stages = per_stage.into_values().map(|(what, mut v)| (what, median(&mut v))).collect();
@@ -137,6 +204,10 @@ fn bench_one(file: &Path, a: &BenchArgs, sets: &[Override], color: bool) -> Resu
         flops_per_s: 2.0 * macs as f64 / seconds_per_image,
         bytes,
         bytes_per_s: bytes as f64 / seconds_per_image,
+        adapter: wgpu.as_ref().map(|w| w.adapter().name.clone()),
+        adapter_kind: wgpu.as_ref().map(|w| w.adapter().kind.clone()),
+        gpu_seconds_per_image: (!gpu_seconds.is_empty()).then(|| median(&mut gpu_seconds)),
+        gpu_passes_per_image: (!gpu_seconds.is_empty()).then_some(gpu_passes),
     })
 }
 
@@ -163,6 +234,9 @@ fn print_machine(m: &Machine) {
 
 fn print_measured(x: &Measured, m: &Machine) {
     println!("{} on {}:", x.model, x.backend);
+    if let (Some(name), Some(kind)) = (&x.adapter, &x.adapter_kind) {
+        println!("  adapter: {name} ({kind})");
+    }
     println!("  prepare (compile, pack weights): {:.3} s", x.prepare_seconds);
     println!(
         "  per image: {:.3} s (median of {}; runs {})",
@@ -170,6 +244,15 @@ fn print_measured(x: &Measured, m: &Machine) {
         x.runs,
         x.run_seconds.iter().map(|s| format!("{s:.3}")).collect::<Vec<_>>().join(", ")
     );
+    match (x.gpu_seconds_per_image, &x.adapter) {
+        (Some(g), _) => println!(
+            "  GPU busy per image: {g:.3} s ({:.0}% of the wall time; {} compute passes, timestamp queries)",
+            100.0 * g / x.seconds_per_image,
+            x.gpu_passes_per_image.unwrap_or(0)
+        ),
+        (None, Some(_)) => println!("  GPU busy per image: no timestamp queries on this adapter"),
+        (None, None) => {}
+    }
     // Long raster schedules: the first and last few stages, the rest summed.
     let n = x.stages.len();
     for (i, (what, s)) in x.stages.iter().enumerate() {
@@ -182,8 +265,23 @@ fn print_measured(x: &Measured, m: &Machine) {
         }
         println!("    {what:<12} {s:>10.4} s");
     }
+    // A hardware GPU's peak is not the CPU's: achieved figures only.
+    if x.adapter_kind.as_deref().is_some_and(|k| k != "Cpu") {
+        println!(
+            "  compute: {}FLOP/s ({} per image; the GPU's peak is unknown)",
+            si(x.flops_per_s, ""),
+            ecarc_compiler::cost::render::macs(x.macs)
+        );
+        println!(
+            "  memory: {}B/s ({} moved per image; the GPU's bandwidth is unknown)",
+            si(x.bytes_per_s, ""),
+            ecarc_compiler::cost::render::bytes(x.bytes)
+        );
+        return;
+    }
+    let of = if x.adapter.is_some() { "the CPU's FMA peak (a software adapter)" } else { "the FMA peak" };
     println!(
-        "  compute: {}FLOP/s = {:.1}% of the FMA peak ({} per image)",
+        "  compute: {}FLOP/s = {:.1}% of {of} ({} per image)",
         si(x.flops_per_s, ""),
         100.0 * x.flops_per_s / m.fma_flops,
         ecarc_compiler::cost::render::macs(x.macs)
@@ -200,6 +298,18 @@ pub fn run(a: BenchArgs, sets: &[Override], color: bool) -> Result<ExitCode, Str
     let result = (|| -> Result<(), Fail> {
         if a.list_adapters {
             return list_adapters(&a);
+        }
+        if let Some(shape) = a.gemm {
+            return crate::bench_gemm::run(
+                [shape.m, shape.k, shape.n],
+                crate::bench_gemm::How {
+                    backend: a.backend,
+                    adapter: a.adapter.as_deref(),
+                    runs: a.runs,
+                    warmup: a.warmup,
+                    json: a.json,
+                },
+            );
         }
         let machine = if a.machine {
             eprintln!("measuring the machine's FMA peak and read bandwidth...");
@@ -303,6 +413,7 @@ impl BenchArgs {
             runs: self.runs,
             warmup: self.warmup,
             machine: false,
+            gemm: None,
             json: self.json,
         }
     }

@@ -69,6 +69,7 @@ fn remove_temporary_files_on_signals() {
 }
 
 mod bench_cmd;
+mod bench_gemm;
 mod dot_doc;
 mod import_cmd;
 mod progress;

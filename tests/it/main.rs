@@ -1,6 +1,7 @@
 //! The one integration-test binary (each test binary links every crate, so
 //! there is one). Modules own one concern each.
 
+mod bench_wgpu;
 mod build;
 mod checkpoints;
 mod cli;

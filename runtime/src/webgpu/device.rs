@@ -3,6 +3,7 @@
 //! into `RuntimeError`s (wgpu's default handler panics; ours records).
 
 use super::pool::SharedPool;
+use super::timing::Timing;
 use crate::error::{Result, RuntimeError};
 use std::sync::{Arc, Mutex};
 
@@ -66,6 +67,8 @@ pub(crate) struct Gpu {
     pub(crate) pool: SharedPool,
     /// Device buffers created (pool misses): a sample's steady state creates none.
     pub(crate) created: std::sync::atomic::AtomicU64,
+    /// Timestamp queries of compute passes, when on (`timing.rs`).
+    pub(crate) timing: Timing,
 }
 
 impl Gpu {
@@ -101,9 +104,11 @@ impl Gpu {
         };
         let info = adapter.get_info();
         let limits = adapter.limits();
+        // Timestamp queries where offered: `ecarc bench` reports GPU busy time.
+        let features = adapter.features() & wgpu::Features::TIMESTAMP_QUERY;
         let desc = wgpu::DeviceDescriptor {
             label: Some("ecarc"),
-            required_features: wgpu::Features::empty(),
+            required_features: features,
             required_limits: limits.clone(),
             experimental_features: wgpu::ExperimentalFeatures::disabled(),
             memory_hints: wgpu::MemoryHints::Performance,
@@ -124,7 +129,9 @@ impl Gpu {
                 v.push(format!("the device was lost ({reason:?}): {msg}"));
             }
         });
+        let timing = Timing::new(features.contains(wgpu::Features::TIMESTAMP_QUERY), queue.get_timestamp_period());
         Ok(Gpu {
+            timing,
             device,
             queue,
             adapter: summary(&info),

@@ -14,10 +14,12 @@ mod pool;
 mod program;
 mod record;
 mod storage;
+mod timing;
 
 pub use device::{list_adapters, AdapterSummary};
 pub use kernels::gemm::Gemm;
 pub use record::{Counts, Stats};
+pub use timing::GpuTime;
 
 use crate::backend::*;
 use crate::error::{Result, RuntimeError};
@@ -63,6 +65,25 @@ impl Wgpu {
     /// and the bytes the pool holds for reuse.
     pub fn buffers(&self) -> (u64, u64) {
         (self.gpu.created.load(std::sync::atomic::Ordering::Relaxed), self.gpu.pool.pooled_bytes())
+    }
+
+    /// Whether the device has timestamp queries (`TIMESTAMP_QUERY`).
+    pub fn has_timestamps(&self) -> bool {
+        self.gpu.timing.supported
+    }
+
+    /// Turn GPU timing on (every compute pass then writes two timestamps,
+    /// resolved on the device) or off; returns whether it is on (never
+    /// without timestamp queries).
+    pub fn set_timing(&self, on: bool) -> bool {
+        self.gpu.timing.set(on)
+    }
+
+    /// The GPU time of the compute passes since the last call (waits for
+    /// the queue, reads the timestamps back once) and starts over; `None`
+    /// without timestamp queries. Not counted in [`Stats`]: only `ecarc bench` asks.
+    pub fn gpu_time(&self) -> Result<Option<GpuTime>> {
+        self.gpu.timing.take(&self.gpu)
     }
 
     /// `x[..., in] . w[out, in]^T (+ bias)` with the GEMM kernel `kind`, one

@@ -262,14 +262,22 @@ impl<'g> Recorder<'g> {
             }));
         }
         let mut enc = gpu.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(program) });
+        // Only when `ecarc bench` turned timing on: begin/end timestamps,
+        // resolved on the device (read when the benchmark asks).
+        let slot = gpu.timing.next(&gpu.device);
         {
-            let mut pass =
-                enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(program), timestamp_writes: None });
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some(program),
+                timestamp_writes: slot.as_ref().map(|s| s.writes()),
+            });
             for (d, g) in self.dispatches.iter().zip(&groups) {
                 pass.set_pipeline(&d.pipeline);
                 pass.set_bind_group(0, g, &[]);
                 pass.dispatch_workgroups(d.groups.0, d.groups.1, d.groups.2);
             }
+        }
+        if let Some(s) = &slot {
+            s.resolve(&mut enc);
         }
         gpu.queue.submit([enc.finish()]);
         gpu.pool.give(meta);
