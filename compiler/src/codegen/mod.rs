@@ -32,6 +32,7 @@
 //! dimensions beyond u32.
 
 mod build;
+pub mod epilogue;
 pub mod tree;
 pub mod wgsl;
 
