@@ -79,7 +79,7 @@ pub fn qualifies(k: &Kernel, anchor: u32) -> Result<(), String> {
             continue;
         }
         let node = &k.nodes[i];
-        let mut pass = |x: u32, keep: bool, ident: &mut [bool], other: &mut [bool]| {
+        let pass = |x: u32, keep: bool, ident: &mut [bool], other: &mut [bool]| {
             let x = x as usize;
             if keep {
                 ident[x] |= ident[i];

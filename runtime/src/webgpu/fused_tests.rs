@@ -452,3 +452,154 @@ fn a_reduction_read_across_rows_runs_as_the_dense_evaluator() {
     check_part(&gpu, &split::whole(&k), &Bindings::default(), 3, &pipelines, &stats).unwrap();
     assert_eq!(stats.counts().dispatches, 3);
 }
+
+/// A random host tensor and device view of each input of `k` (every other
+/// one strided into padded storage).
+fn inputs_of(gpu: &Gpu, k: &Kernel, b: &Bindings, seed: u64) -> (Vec<HostTensor>, Vec<Buffer>) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let (mut host, mut views) = (vec![], vec![]);
+    for (i, t) in k.inputs.iter().enumerate() {
+        let (v, d) = input(gpu, t, b, (i as u64 + seed) % 2 == 1, &mut rng);
+        host.push(match v.data {
+            Data::F32(x) => HostTensor::f32(v.shape, x),
+            Data::I64(x) => HostTensor::i64(v.shape, x),
+        });
+        views.push(d);
+    }
+    (host, views)
+}
+
+/// Run a whole fused kernel (anchor included) on the adapter and against the
+/// reference; whether its epilogue ran in the anchor's kernel, and the
+/// dispatches it took.
+fn check_kernel(
+    gpu: &Gpu,
+    k: &Kernel,
+    b: &Bindings,
+    seed: u64,
+    pipelines: &Pipelines,
+    stats: &Stats,
+) -> Result<(bool, u64), String> {
+    let p = PreparedFused::new(k)?;
+    let (host, views) = inputs_of(gpu, k, b, seed);
+    let (kk, store) = match split::stored(k) {
+        Some((part, axis, start)) => (part, Some((axis as usize, start.eval(b) as usize))),
+        None => (k.clone(), None),
+    };
+    let want = crate::reference::fused::run(&kk, host, b)?;
+    let want = want.as_f32().ok_or("an i64 result")?.to_vec();
+    let out = match store {
+        Some((axis, start)) => {
+            let s = &views[0];
+            let shape = p.slice_shape(&s.shape, axis, b)?;
+            Some(kernels::view(s, s.offset + start * s.strides[axis], shape, s.strides.clone()))
+        }
+        None => None,
+    };
+    let before = stats.counts().dispatches;
+    let mut rec = Recorder::new(gpu, stats);
+    let y = p
+        .run(&mut Ctx { gpu, pipelines, stats, rec: &mut rec }, &views, b, out.as_ref())
+        .map_err(|e| e.to_string())?;
+    rec.submit("fused kernel test").map_err(|e| e.to_string())?;
+    let dispatches = stats.counts().dispatches - before;
+    let got = gpu.download(&y, stats).map_err(|e| e.to_string())?;
+    let got = got.as_f32().ok_or("not f32")?;
+    if got.len() != want.len() {
+        return Err(format!("{} elements, want {}", got.len(), want.len()));
+    }
+    for (i, (a, e)) in got.iter().zip(&want).enumerate() {
+        if !close(*a, *e) {
+            return Err(format!("element {i}: wgpu {a:e}, reference {e:e}"));
+        }
+    }
+    Ok((p.fuses_epilogue(), dispatches as u64))
+}
+
+#[test]
+fn every_tiny_model_anchored_kernel_runs_on_wgpu_as_the_reference_with_fused_epilogues() {
+    let Some(gpu) = gpu("every_tiny_model_anchored_kernel_runs_on_wgpu_as_the_reference_with_fused_epilogues") else {
+        return;
+    };
+    let (pipelines, stats) = (Pipelines::default(), Stats::default());
+    let (mut anchored, mut fused, mut fails) = (0, 0, vec![]);
+    let mut seen: Vec<(Kernel, Bindings)> = vec![];
+    for name in ["var", "llamagen", "ecar", "dit", "var_dd", "llamagen_dd"] {
+        let path = repo().join(format!("examples/tiny/{name}.ecar"));
+        for (i, (k, b)) in model_kernels(&path, 2).iter().enumerate() {
+            if k.anchor().is_none() || seen.iter().any(|(q, c)| q == k && c == b) {
+                continue;
+            }
+            seen.push((k.clone(), *b));
+            anchored += 1;
+            match check_kernel(&gpu, k, b, i as u64 * 7 + 1, &pipelines, &stats) {
+                Ok((f, _)) => fused += usize::from(f),
+                Err(e) => fails.push(format!("{name} kernel {i} under {b:?}: {e}\n{}", part_text(k))),
+            }
+        }
+    }
+    eprintln!("{anchored} anchored kernels (x bindings) checked on {}: {fused} ran their epilogue in the anchor's kernel", gpu.adapter);
+    assert!(fails.is_empty(), "{} failed:\n{}", fails.len(), fails.join("\n"));
+    assert!(anchored > 10 && fused > 5, "{anchored} kernels, {fused} fused");
+}
+
+/// Every anchor shader composed with every store hook the models' kernels
+/// give validates (naga, no adapter); the counts of epilogues that qualify.
+#[test]
+fn every_fused_epilogue_shader_of_every_model_validates() {
+    use super::kernels::{anchors, attention, gemm};
+    let validate = |name: &str, src: &str| {
+        let module = wgpu::naga::front::wgsl::parse_str(src).unwrap_or_else(|e| panic!("{name}: {e}\n{src}"));
+        wgpu::naga::valid::Validator::new(
+            wgpu::naga::valid::ValidationFlags::all(),
+            wgpu::naga::valid::Capabilities::empty(),
+        )
+        .validate(&module)
+        .unwrap_or_else(|e| panic!("{name}: {e:?}\n{src}"));
+    };
+    let mut dirs = vec![];
+    for dir in ["examples/tiny", "models"] {
+        let mut paths: Vec<_> = std::fs::read_dir(repo().join(dir))
+            .unwrap()
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "ecar"))
+            .collect();
+        paths.sort();
+        dirs.push((dir, paths));
+    }
+    let mut texts: std::collections::BTreeSet<String> = Default::default();
+    for (dir, paths) in dirs {
+        let (mut anchored, mut fused, mut stores) = (0, 0, 0);
+        let mut seen: Vec<Kernel> = vec![];
+        for path in paths {
+            for (k, _) in model_kernels(&path, 1) {
+                if k.anchor().is_none() || seen.contains(&k) {
+                    continue;
+                }
+                seen.push(k.clone());
+                anchored += 1;
+                let p = PreparedFused::new(&k).unwrap();
+                let Body::Anchored { anchor, hook, .. } = &p.body else { unreachable!() };
+                let Some(h) = hook else { continue };
+                fused += 1;
+                stores += usize::from(p.store.is_some());
+                let first = anchors::hook_binding(anchor).unwrap();
+                if first == attention::HOOK_BINDING {
+                    texts.insert(attention::shader(&h.hook.wgsl));
+                } else {
+                    for pre in [gemm::Prelude::Strided, gemm::Prelude::Conv] {
+                        for (_, body) in gemm::BODIES {
+                            texts.insert(gemm::shader(pre, body, &h.hook.wgsl));
+                        }
+                    }
+                }
+            }
+        }
+        eprintln!("{dir}: {anchored} distinct anchored kernels, {fused} run their epilogue (or store) in the anchor's kernel ({stores} store kernels)");
+        assert!(fused > 0);
+    }
+    for (i, t) in texts.iter().enumerate() {
+        validate(&format!("composed shader {i}"), t);
+    }
+    eprintln!("{} composed anchor shaders validate", texts.len());
+}
