@@ -603,3 +603,81 @@ fn every_fused_epilogue_shader_of_every_model_validates() {
     }
     eprintln!("{} composed anchor shaders validate", texts.len());
 }
+
+/// Each anchor kind (GEMV for one and two rows, the tiled GEMM, a batched
+/// matmul, conv2d, attention) with a GELU/SiLU, gate and residual epilogue,
+/// inputs strided (every other one in padded storage): one dispatch, the
+/// reference's values.
+#[test]
+fn each_anchor_runs_a_gelu_gate_residual_epilogue_in_one_dispatch() {
+    use ecarc_compiler::ir::op::{Binary, Mask, Unary, F};
+    use ecarc_compiler::kernel::{Expr, Layout};
+    let Some(gpu) = gpu("each_anchor_runs_a_gelu_gate_residual_epilogue_in_one_dispatch") else { return };
+    let (pipelines, stats) = (Pipelines::default(), Stats::default());
+    // anchor(operands) then gelu/silu(acc [+ bias]) * gate + residual.
+    let kernel = |op: Op, operands: Vec<Vec<u64>>, out: Vec<u64>, bias: Option<Vec<u64>>, unary: Unary| {
+        let mut k = Kernel { inputs: vec![], nodes: vec![] };
+        let mut load = |k: &mut Kernel, shape: &[u64]| {
+            k.inputs.push(f32t(shape));
+            k.nodes.push(KNode { ty: f32t(shape), expr: Expr::Load(k.inputs.len() as u32 - 1) });
+            k.nodes.len() as u32 - 1
+        };
+        let ops: Vec<u32> = operands.iter().map(|s| load(&mut k, s)).collect();
+        let push = |k: &mut Kernel, expr: Expr| {
+            k.nodes.push(KNode { ty: f32t(&out), expr });
+            k.nodes.len() as u32 - 1
+        };
+        let mut acc = push(&mut k, Expr::Anchor { op, operands: ops });
+        if let Some(bs) = bias {
+            let b = load(&mut k, &bs);
+            let bb = push(&mut k, Expr::Map { x: b, map: Layout::Broadcast });
+            acc = push(&mut k, Expr::Binary(Binary::Add, acc, bb));
+        }
+        let act = push(&mut k, Expr::Unary(unary, acc));
+        let g = load(&mut k, &out);
+        let gated = push(&mut k, Expr::Binary(Binary::Mul, act, g));
+        let r = load(&mut k, &out);
+        push(&mut k, Expr::Binary(Binary::Add, gated, r));
+        k.verify(&k.inputs.iter().collect::<Vec<_>>()).unwrap();
+        k
+    };
+    let mut cases = vec![];
+    for rows in [1, 2, 70] {
+        cases.push((
+            format!("linear, {rows} rows"),
+            kernel(Op::Linear, vec![vec![rows, 37], vec![66, 37]], vec![rows, 66], Some(vec![66]), Unary::Gelu),
+        ));
+    }
+    cases.push((
+        "batched matmul".into(),
+        kernel(Op::MatMul, vec![vec![2, 70, 9], vec![2, 9, 67]], vec![2, 70, 67], None, Unary::Silu),
+    ));
+    cases.push((
+        "conv2d".into(),
+        kernel(
+            Op::Conv2d { stride: 1, pad: 1 },
+            vec![vec![2, 3, 9, 9], vec![4, 3, 3, 3]],
+            vec![2, 4, 9, 9],
+            None,
+            Unary::GeluTanh,
+        ),
+    ));
+    cases.push((
+        "attention".into(),
+        kernel(
+            Op::Attention { mask: Mask::Causal, scale: F::new(0.3), keys: Dim::c(7) },
+            vec![vec![1, 2, 7, 8], vec![1, 2, 7, 8], vec![1, 2, 7, 8]],
+            vec![1, 2, 7, 8],
+            None,
+            Unary::Gelu,
+        ),
+    ));
+    for (what, k) in cases {
+        for seed in 0..2 {
+            let (fused, dispatches) = check_kernel(&gpu, &k, &Bindings::default(), seed, &pipelines, &stats)
+                .unwrap_or_else(|e| panic!("{what}, seed {seed}: {e}"));
+            assert!(fused, "{what}: the epilogue qualifies");
+            assert_eq!(dispatches, 1, "{what}: one dispatch");
+        }
+    }
+}
