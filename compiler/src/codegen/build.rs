@@ -299,9 +299,7 @@ impl<'k> Builder<'k> {
         let k = self.k;
         let node = k.nodes.get(n as usize).ok_or_else(|| format!("no node {n}"))?;
         let e = match &node.expr {
-            Expr::Load(i) if self.acc.is_some_and(|(a, _)| a == *i) => {
-                E::Var(self.acc.map_or(0, |(_, v)| v))
-            }
+            Expr::Load(i) if self.acc.is_some_and(|(a, _)| a == *i) => E::Var(self.acc.map_or(0, |(_, v)| v)),
             Expr::Load(i) => {
                 let ty = k.inputs.get(*i as usize).ok_or_else(|| format!("no input {i}"))?;
                 let mut at = self.meta(MetaWord::InputOffset(*i));

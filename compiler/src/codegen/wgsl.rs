@@ -94,7 +94,8 @@ pub(super) fn print_body(s: &Shader, depth: usize, offset: bool) -> (String, BTr
 pub(super) fn bindings(w: &mut String, s: &Shader, first: u32) {
     for (i, (b, int)) in s.reads.iter().enumerate() {
         let ty = if *int { "i32" } else { "f32" };
-        let _ = writeln!(w, "@group(0) @binding({}) var<storage, read> {}: array<{ty}>;", first + i as u32, buf_name(*b));
+        let _ =
+            writeln!(w, "@group(0) @binding({}) var<storage, read> {}: array<{ty}>;", first + i as u32, buf_name(*b));
     }
     let _ = writeln!(w, "@group(0) @binding({}) var<storage, read_write> y: array<f32>;", first + s.reads.len() as u32);
 }

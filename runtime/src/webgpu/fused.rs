@@ -193,7 +193,12 @@ fn hook_part(s: &split::Split, store: bool) -> Option<HookPart> {
     };
     let a = part.sources.iter().position(|s| *s == Source::Anchor)? as u32;
     let hook = epilogue::emit(&part.kernel, a, first).ok()?;
-    Some(HookPart { hook, inputs: part.kernel.inputs.clone(), output: part.kernel.output().clone(), sources: part.sources })
+    Some(HookPart {
+        hook,
+        inputs: part.kernel.inputs.clone(),
+        output: part.kernel.output().clone(),
+        sources: part.sources,
+    })
 }
 
 /// Record the anchor with its store hook; `None` (nothing recorded) when
@@ -234,7 +239,10 @@ fn run_hooked(
         };
         let want = eval_dims(&t.shape, b).map_err(invalid)?;
         if v.dtype != t.dtype || v.shape != want || v.strides.len() != want.len() || span(&v) > storage_of(&v)?.words {
-            return Err(invalid(format!("fused epilogue input {i} is {v:?}, the kernel takes {}{want:?}", t.dtype.name())));
+            return Err(invalid(format!(
+                "fused epilogue input {i} is {v:?}, the kernel takes {}{want:?}",
+                t.dtype.name()
+            )));
         }
         ins.push(v);
     }

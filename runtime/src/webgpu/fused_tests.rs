@@ -498,9 +498,8 @@ fn check_kernel(
     };
     let before = stats.counts().dispatches;
     let mut rec = Recorder::new(gpu, stats);
-    let y = p
-        .run(&mut Ctx { gpu, pipelines, stats, rec: &mut rec }, &views, b, out.as_ref())
-        .map_err(|e| e.to_string())?;
+    let y =
+        p.run(&mut Ctx { gpu, pipelines, stats, rec: &mut rec }, &views, b, out.as_ref()).map_err(|e| e.to_string())?;
     rec.submit("fused kernel test").map_err(|e| e.to_string())?;
     let dispatches = stats.counts().dispatches - before;
     let got = gpu.download(&y, stats).map_err(|e| e.to_string())?;
@@ -538,7 +537,10 @@ fn every_tiny_model_anchored_kernel_runs_on_wgpu_as_the_reference_with_fused_epi
             }
         }
     }
-    eprintln!("{anchored} anchored kernels (x bindings) checked on {}: {fused} ran their epilogue in the anchor's kernel", gpu.adapter);
+    eprintln!(
+        "{anchored} anchored kernels (x bindings) checked on {}: {fused} ran their epilogue in the anchor's kernel",
+        gpu.adapter
+    );
     assert!(fails.is_empty(), "{} failed:\n{}", fails.len(), fails.join("\n"));
     assert!(anchored > 10 && fused > 5, "{anchored} kernels, {fused} fused");
 }
@@ -672,6 +674,25 @@ fn each_anchor_runs_a_gelu_gate_residual_epilogue_in_one_dispatch() {
             Unary::Gelu,
         ),
     ));
+    // Store kernels: linear(x, w) (and gelu of it) written into rows 3..5 of a state.
+    for act in [false, true] {
+        let mut k = Kernel {
+            inputs: vec![f32t(&[1, 8, 6]), f32t(&[1, 2, 5]), f32t(&[6, 5])],
+            nodes: vec![
+                KNode { ty: f32t(&[1, 8, 6]), expr: Expr::Load(0) },
+                KNode { ty: f32t(&[1, 2, 5]), expr: Expr::Load(1) },
+                KNode { ty: f32t(&[6, 5]), expr: Expr::Load(2) },
+                KNode { ty: f32t(&[1, 2, 6]), expr: Expr::Anchor { op: Op::Linear, operands: vec![1, 2] } },
+            ],
+        };
+        if act {
+            k.nodes.push(KNode { ty: f32t(&[1, 2, 6]), expr: Expr::Unary(Unary::Gelu, 3) });
+        }
+        let src = k.nodes.len() as u32 - 1;
+        k.nodes.push(KNode { ty: f32t(&[1, 8, 6]), expr: Expr::WriteSlice { dst: 0, src, axis: 1, start: Dim::c(3) } });
+        k.verify(&k.inputs.iter().collect::<Vec<_>>()).unwrap();
+        cases.push((format!("a store kernel (gelu: {act})"), k));
+    }
     for (what, k) in cases {
         for seed in 0..2 {
             let (fused, dispatches) = check_kernel(&gpu, &k, &Bindings::default(), seed, &pipelines, &stats)

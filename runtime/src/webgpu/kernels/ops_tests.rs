@@ -449,7 +449,12 @@ fn a_program_of_op_kernels_runs_in_one_submission() {
     use ecarc_compiler::ir::{DType, Graph, TensorType};
     let Some(shared) = gpu() else { return };
     // Counts of its own: other tests use the shared device meanwhile.
-    let own = Wgpu { gpu: shared.gpu.clone(), pipelines: shared.pipelines.clone(), stats: Default::default(), checks: Default::default() };
+    let own = Wgpu {
+        gpu: shared.gpu.clone(),
+        pipelines: shared.pipelines.clone(),
+        stats: Default::default(),
+        checks: Default::default(),
+    };
     let w = &own;
     let c = |v: &[u64]| v.iter().map(|&d| Dim::c(d)).collect::<Vec<_>>();
     let mut g = Graph::new("ops");
