@@ -60,7 +60,7 @@ enum Body {
         epilogue: Option<GpuPart>,
         /// The epilogue (or the store) as the anchor's store hook, when it
         /// qualifies.
-        hook: Option<HookPart>,
+        hook: Option<Box<HookPart>>,
     },
 }
 
@@ -106,6 +106,7 @@ impl PreparedFused {
     }
 
     /// Whether the epilogue (or the store) runs inside the anchor's kernel.
+    #[cfg(test)]
     pub fn fuses_epilogue(&self) -> bool {
         matches!(&self.body, Body::Anchored { hook: Some(_), .. })
     }
@@ -175,7 +176,7 @@ impl PreparedFused {
 /// without one the anchor's value as it is (written into the slice's view);
 /// `None` when there is none, it does not qualify, the anchor has no hook,
 /// or `ECARC_WGPU_UNFUSED_EPILOGUE` is set.
-fn hook_part(s: &split::Split, store: bool) -> Option<HookPart> {
+fn hook_part(s: &split::Split, store: bool) -> Option<Box<HookPart>> {
     if std::env::var_os("ECARC_WGPU_UNFUSED_EPILOGUE").is_some() {
         return None;
     }
@@ -193,12 +194,12 @@ fn hook_part(s: &split::Split, store: bool) -> Option<HookPart> {
     };
     let a = part.sources.iter().position(|s| *s == Source::Anchor)? as u32;
     let hook = epilogue::emit(&part.kernel, a, first).ok()?;
-    Some(HookPart {
+    Some(Box::new(HookPart {
         hook,
         inputs: part.kernel.inputs.clone(),
         output: part.kernel.output().clone(),
         sources: part.sources,
-    })
+    }))
 }
 
 /// Record the anchor with its store hook; `None` (nothing recorded) when

@@ -512,7 +512,7 @@ fn check_kernel(
             return Err(format!("element {i}: wgpu {a:e}, reference {e:e}"));
         }
     }
-    Ok((p.fuses_epilogue(), dispatches as u64))
+    Ok((p.fuses_epilogue(), dispatches))
 }
 
 #[test]
@@ -619,7 +619,7 @@ fn each_anchor_runs_a_gelu_gate_residual_epilogue_in_one_dispatch() {
     // anchor(operands) then gelu/silu(acc [+ bias]) * gate + residual.
     let kernel = |op: Op, operands: Vec<Vec<u64>>, out: Vec<u64>, bias: Option<Vec<u64>>, unary: Unary| {
         let mut k = Kernel { inputs: vec![], nodes: vec![] };
-        let mut load = |k: &mut Kernel, shape: &[u64]| {
+        let load = |k: &mut Kernel, shape: &[u64]| {
             k.inputs.push(f32t(shape));
             k.nodes.push(KNode { ty: f32t(shape), expr: Expr::Load(k.inputs.len() as u32 - 1) });
             k.nodes.len() as u32 - 1
