@@ -573,6 +573,7 @@ fn every_fused_epilogue_shader_of_every_model_validates() {
     for (dir, paths) in dirs {
         let (mut anchored, mut fused, mut stores) = (0, 0, 0);
         let mut seen: Vec<Kernel> = vec![];
+        let mut why_not: std::collections::BTreeMap<String, usize> = Default::default();
         for path in paths {
             for (k, _) in model_kernels(&path, 1) {
                 if k.anchor().is_none() || seen.contains(&k) {
@@ -582,7 +583,18 @@ fn every_fused_epilogue_shader_of_every_model_validates() {
                 anchored += 1;
                 let p = PreparedFused::new(&k).unwrap();
                 let Body::Anchored { anchor, hook, .. } = &p.body else { unreachable!() };
-                let Some(h) = hook else { continue };
+                let Some(h) = hook else {
+                    let s = split::split_at_anchor(&split::stored(&k).map_or_else(|| k.clone(), |(p, _, _)| p));
+                    let why = match s.as_ref().and_then(|s| s.epilogue.as_ref()) {
+                        None => "a bare anchor".to_string(),
+                        Some(e) => {
+                            let a = e.sources.iter().position(|s| *s == Source::Anchor).unwrap() as u32;
+                            epilogue::qualifies(&e.kernel, a).err().unwrap_or_else(|| "qualifies".into())
+                        }
+                    };
+                    *why_not.entry(why).or_insert(0usize) += 1;
+                    continue;
+                };
                 fused += 1;
                 stores += usize::from(p.store.is_some());
                 let first = anchors::hook_binding(anchor).unwrap();
@@ -598,6 +610,7 @@ fn every_fused_epilogue_shader_of_every_model_validates() {
             }
         }
         eprintln!("{dir}: {anchored} distinct anchored kernels, {fused} run their epilogue (or store) in the anchor's kernel ({stores} store kernels)");
+        eprintln!("{dir}: not fused: {why_not:?}");
         assert!(fused > 0);
     }
     for (i, t) in texts.iter().enumerate() {
