@@ -715,3 +715,52 @@ fn each_anchor_runs_a_gelu_gate_residual_epilogue_in_one_dispatch() {
         }
     }
 }
+
+/// The baseline GEMM (one thread per output, never the backend's choice)
+/// with a GELU residual epilogue through the same hook.
+#[test]
+fn the_naive_gemm_runs_an_epilogue_through_the_hook() {
+    use super::kernels::gemm::{self, Gemm};
+    use ecarc_compiler::ir::op::{Binary, Unary};
+    use ecarc_compiler::kernel::Expr;
+    let Some(gpu) = gpu("the_naive_gemm_runs_an_epilogue_through_the_hook") else { return };
+    let (pipelines, stats) = (Pipelines::default(), Stats::default());
+    let node = |shape: &[u64], expr| KNode { ty: f32t(shape), expr };
+    let k = Kernel {
+        inputs: vec![f32t(&[5, 7]), f32t(&[9, 7]), f32t(&[5, 9])],
+        nodes: vec![
+            node(&[5, 7], Expr::Load(0)),
+            node(&[9, 7], Expr::Load(1)),
+            node(&[5, 9], Expr::Anchor { op: Op::Linear, operands: vec![0, 1] }),
+            node(&[5, 9], Expr::Unary(Unary::Gelu, 2)),
+            node(&[5, 9], Expr::Load(2)),
+            node(&[5, 9], Expr::Binary(Binary::Add, 3, 4)),
+        ],
+    };
+    let b = Bindings::default();
+    let p = PreparedFused::new(&k).unwrap();
+    let Body::Anchored { hook: Some(h), .. } = &p.body else { panic!("the epilogue qualifies") };
+    let (host, views) = inputs_of(&gpu, &k, &b, 1);
+    let want = crate::reference::fused::run(&k, host, &b).unwrap();
+    let y = gpu.alloc(DType::F32, &[5, 9]).unwrap();
+    let ins: Vec<Buffer> = h
+        .sources
+        .iter()
+        .map(|s| match s {
+            Source::Anchor => y.clone(),
+            Source::Input(i) => views[*i as usize].clone(),
+        })
+        .collect();
+    let meta = h.hook.meta.iter().map(|m| meta_word(m, 45, &ins, &y, &b).unwrap()).collect();
+    let reads = h.hook.reads.iter().map(|&i| ins[i as usize].clone()).collect();
+    let store = kernels::Store { wgsl: &h.hook.wgsl, reads, out: y.clone(), meta };
+    let mut rec = Recorder::new(&gpu, &stats);
+    let mut cx = Ctx { gpu: &gpu, pipelines: &pipelines, stats: &stats, rec: &mut rec };
+    gemm::run_into(&mut cx, &gemm::linear(&views[0], &views[1], None).unwrap(), Gemm::Naive, Some(&store)).unwrap();
+    rec.submit("naive").unwrap();
+    let got = gpu.download(&y, &stats).unwrap();
+    for (a, e) in got.as_f32().unwrap().iter().zip(want.as_f32().unwrap()) {
+        assert!(close(*a, *e), "wgpu {a}, reference {e}");
+    }
+    assert_eq!(stats.counts().dispatches, 1);
+}
