@@ -155,9 +155,31 @@ fn reduce_stage(
 
 /// One thread per element of the result, written through the output view.
 fn result_stage(k: &Kernel, scratch_of: &[Option<(u32, u32)>]) -> Result<BuiltStage, String> {
+    Ok(store_stage(k, scratch_of, None)?.0)
+}
+
+/// The epilogue hook's body (`codegen/epilogue.rs`): the result stage of a
+/// reduction-free kernel whose input `anchor` is not a buffer but the value
+/// of the variable returned (the accumulator the anchor kernel passes in,
+/// `E::Id` its flat index). The caller has checked that the input is read
+/// only at that index.
+pub(super) fn epilogue_stage(k: &Kernel, anchor: u32) -> Result<(BuiltStage, u32), String> {
+    k.verify(&k.inputs.iter().collect::<Vec<_>>())?;
+    let none = vec![None; k.nodes.len()];
+    let (st, acc) = store_stage(k, &none, Some(anchor))?;
+    Ok((st, acc.ok_or("no accumulator")?))
+}
+
+fn store_stage(
+    k: &Kernel,
+    scratch_of: &[Option<(u32, u32)>],
+    anchor: Option<u32>,
+) -> Result<(BuiltStage, Option<u32>), String> {
     let last = (k.nodes.len() - 1) as KId;
     let shape = &k.nodes[last as usize].ty.shape;
     let mut b = Builder::new(k, scratch_of);
+    let acc = anchor.map(|a| (a, b.fresh()));
+    b.acc = acc;
     let mut out = vec![];
     let idx = b.unravel(&mut out, E::Id, shape)?;
     let v = b.value(&mut out, last, &idx)?;
@@ -167,7 +189,7 @@ fn result_stage(k: &Kernel, scratch_of: &[Option<(u32, u32)>]) -> Result<BuiltSt
         at = E::iadd(at, E::imul(i.clone(), stride));
     }
     out.push(S::Store { at, value: v });
-    Ok(b.finish(out, Write::Output, product(shape)))
+    Ok((b.finish(out, Write::Output, product(shape)), acc.map(|(_, v)| v)))
 }
 
 pub(super) struct Builder<'k> {
@@ -182,6 +204,9 @@ pub(super) struct Builder<'k> {
     vars: u32,
     /// The bound value of (node, index) in the current scope.
     pub cache: HashMap<(KId, String), E>,
+    /// In an epilogue hook: the input that is the anchor's value, and the
+    /// variable holding it.
+    acc: Option<(u32, u32)>,
 }
 
 impl<'k> Builder<'k> {
@@ -195,6 +220,7 @@ impl<'k> Builder<'k> {
             reads: vec![],
             vars: 0,
             cache: HashMap::new(),
+            acc: None,
         }
     }
 
@@ -277,6 +303,7 @@ impl<'k> Builder<'k> {
         let k = self.k;
         let node = k.nodes.get(n as usize).ok_or_else(|| format!("no node {n}"))?;
         let e = match &node.expr {
+            Expr::Load(i) if self.acc.is_some_and(|(a, _)| a == *i) => E::Var(self.acc.map_or(0, |(_, v)| v)),
             Expr::Load(i) => {
                 let ty = k.inputs.get(*i as usize).ok_or_else(|| format!("no input {i}"))?;
                 let mut at = self.meta(MetaWord::InputOffset(*i));

@@ -37,6 +37,7 @@
 //! dimensions beyond u32.
 
 mod build;
+pub mod epilogue;
 pub mod rows;
 pub mod tree;
 pub mod wgsl;

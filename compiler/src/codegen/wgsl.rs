@@ -63,34 +63,11 @@ const HELPERS: &[(&str, &[&str], &str)] = &[
 
 /// The WGSL text of one stage.
 pub fn print(s: &Shader) -> String {
-    let ints = s.reads.iter().filter(|(_, int)| *int).map(|(b, _)| *b).collect();
-    let mut p = Printer { out: String::new(), used: BTreeSet::new(), ints };
-    for st in &s.body {
-        p.stmt(st, 1);
-    }
+    let (body, used) = print_body(s, 1, false);
     let mut w = String::from("// A stage of a fused kernel, generated from the kernel IR (ecarc_compiler::codegen).\n");
     w.push_str("@group(0) @binding(0) var<storage, read> info: array<u32>;\n");
-    for (i, (b, int)) in s.reads.iter().enumerate() {
-        let ty = if *int { "i32" } else { "f32" };
-        let _ = writeln!(w, "@group(0) @binding({}) var<storage, read> {}: array<{ty}>;", i + 1, buf_name(*b));
-    }
-    let _ = writeln!(w, "@group(0) @binding({}) var<storage, read_write> y: array<f32>;", s.reads.len() + 1);
-    // Helpers and the helpers they call.
-    let mut need: BTreeSet<&str> = BTreeSet::new();
-    let mut stack: Vec<&str> = p.used.iter().copied().collect();
-    while let Some(h) = stack.pop() {
-        if need.insert(h) {
-            if let Some((_, deps, _)) = HELPERS.iter().find(|(n, _, _)| *n == h) {
-                stack.extend(deps.iter().copied());
-            }
-        }
-    }
-    for (name, _, text) in HELPERS {
-        if need.contains(name) {
-            w.push('\n');
-            w.push_str(text);
-        }
-    }
+    bindings(&mut w, s, 1);
+    helpers(&mut w, &used);
     match s.row_threads {
         None => w.push_str(
             "\n@compute @workgroup_size(64)\n\
@@ -111,9 +88,50 @@ pub fn print(s: &Shader) -> String {
             );
         }
     }
-    w.push_str(&p.out);
+    w.push_str(&body);
     w.push_str("}\n");
     w
+}
+
+/// The statements of `s` at `depth`, and the helpers they call; meta words
+/// read at `info[em + k]` when `offset` (an epilogue's words follow the
+/// anchor's).
+pub(super) fn print_body(s: &Shader, depth: usize, offset: bool) -> (String, BTreeSet<&'static str>) {
+    let ints = s.reads.iter().filter(|(_, int)| *int).map(|(b, _)| *b).collect();
+    let mut p = Printer { out: String::new(), used: BTreeSet::new(), ints, offset };
+    for st in &s.body {
+        p.stmt(st, depth);
+    }
+    (p.out, p.used)
+}
+
+/// The read bindings from `first`, then the written `y`.
+pub(super) fn bindings(w: &mut String, s: &Shader, first: u32) {
+    for (i, (b, int)) in s.reads.iter().enumerate() {
+        let ty = if *int { "i32" } else { "f32" };
+        let _ =
+            writeln!(w, "@group(0) @binding({}) var<storage, read> {}: array<{ty}>;", first + i as u32, buf_name(*b));
+    }
+    let _ = writeln!(w, "@group(0) @binding({}) var<storage, read_write> y: array<f32>;", first + s.reads.len() as u32);
+}
+
+/// The helpers in `used` and the helpers they call.
+pub(super) fn helpers(w: &mut String, used: &BTreeSet<&'static str>) {
+    let mut need: BTreeSet<&str> = BTreeSet::new();
+    let mut stack: Vec<&str> = used.iter().copied().collect();
+    while let Some(h) = stack.pop() {
+        if need.insert(h) {
+            if let Some((_, deps, _)) = HELPERS.iter().find(|(n, _, _)| *n == h) {
+                stack.extend(deps.iter().copied());
+            }
+        }
+    }
+    for (name, _, text) in HELPERS {
+        if need.contains(name) {
+            w.push('\n');
+            w.push_str(text);
+        }
+    }
 }
 
 fn buf_name(b: Buf) -> String {
@@ -136,6 +154,8 @@ struct Printer {
     used: BTreeSet<&'static str>,
     /// The buffers of i32 words (i64 inputs), read as f32.
     ints: Vec<Buf>,
+    /// Meta words at `info[em + k]` (an epilogue hook's).
+    offset: bool,
 }
 
 impl Printer {
@@ -201,6 +221,7 @@ impl Printer {
             E::U32(v) => format!("{v}u"),
             E::Var(v) => format!("v{v}"),
             E::Id => "id".into(),
+            E::Meta(k) if self.offset => format!("info[em + {k}u]"),
             E::Meta(k) => format!("info[{k}]"),
             E::Lane => "lane".into(),
             E::Shared(at) => format!("red[{}]", self.expr(at)),

@@ -51,7 +51,7 @@ impl Anchors for Reference {
 }
 
 /// Run kernel `k` on its inputs.
-pub(super) fn run(k: &Kernel, inputs: Vec<HostTensor>, b: &Bindings) -> Result<HostTensor, String> {
+pub(crate) fn run(k: &Kernel, inputs: Vec<HostTensor>, b: &Bindings) -> Result<HostTensor, String> {
     let values: Vec<Value> = inputs.into_iter().map(value).collect();
     let out = interpret::run(k, &values.iter().collect::<Vec<_>>(), b, &Reference)?;
     Ok(tensor(&out))

@@ -17,7 +17,7 @@
 pub(crate) mod attention;
 mod elementwise;
 mod flow_map;
-mod fused;
+pub(crate) mod fused;
 mod generate;
 #[cfg(test)]
 mod golden;

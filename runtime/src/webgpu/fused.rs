@@ -6,6 +6,16 @@
 //! (or writes into the state's slice) and records every stage (a row stage
 //! as a workgroup per row, `kernels::ops::groups`). The anchor is
 //! one of the hand-written kernels (`kernels::op`).
+//!
+//! Epilogue fusion: when the epilogue reads the anchor's value only at the
+//! element it writes (`codegen::epilogue::qualifies`), it is emitted as the
+//! anchor kernel's store hook and runs inside the anchor's dispatch, which
+//! writes the kernel's result (or a store kernel's slice) directly: one
+//! dispatch instead of two. A store kernel without an epilogue stores the
+//! anchor's result into the slice the same way (no copy). The separate
+//! epilogue stages stay as the fallback: an epilogue that does not qualify,
+//! or one whose buffers would pass the adapter's storage-buffer limit.
+//! `ECARC_WGPU_UNFUSED_EPILOGUE` (set to anything) turns the fusion off.
 
 use super::kernels::{self, word, Ctx};
 use super::record::Grid;
@@ -13,16 +23,24 @@ use super::storage::{span, storage_of};
 use crate::backend::Buffer;
 use crate::error::{Result, RuntimeError};
 use crate::reference::eval_dims;
-use ecarc_compiler::codegen::{self, MetaWord, Program, Read, Write};
+use ecarc_compiler::codegen::{self, epilogue, MetaWord, Program, Read, Write};
 use ecarc_compiler::ir::graph::TensorType;
 use ecarc_compiler::ir::{Bindings, DType, Dim, Op};
 use ecarc_compiler::kernel::split::{self, Operand, Part, Source};
-use ecarc_compiler::kernel::Kernel;
+use ecarc_compiler::kernel::{Expr, KNode, Kernel};
 
 /// An anchor-free part, emitted.
 pub(crate) struct GpuPart {
     program: Program,
     /// Types of the part's inputs, checked against the views given.
+    inputs: Vec<TensorType>,
+    output: TensorType,
+    sources: Vec<Source>,
+}
+
+/// An epilogue (or a store kernel's store) run as the anchor's store hook.
+struct HookPart {
+    hook: epilogue::Hook,
     inputs: Vec<TensorType>,
     output: TensorType,
     sources: Vec<Source>,
@@ -41,6 +59,9 @@ enum Body {
         anchor_ty: TensorType,
         operands: Vec<GpuOperand>,
         epilogue: Option<GpuPart>,
+        /// The epilogue (or the store) as the anchor's store hook, when it
+        /// qualifies.
+        hook: Option<Box<HookPart>>,
     },
 }
 
@@ -68,6 +89,7 @@ impl PreparedFused {
         let body = match split::split_at_anchor(&k) {
             None => Body::Elementwise(emit(split::whole(&k))?),
             Some(s) => Body::Anchored {
+                hook: hook_part(&s, store.is_some()),
                 anchor: s.anchor,
                 anchor_ty: s.anchor_ty,
                 operands: s
@@ -82,6 +104,12 @@ impl PreparedFused {
             },
         };
         Ok(PreparedFused { body, value, store })
+    }
+
+    /// Whether the epilogue (or the store) runs inside the anchor's kernel.
+    #[cfg(test)]
+    pub fn fuses_epilogue(&self) -> bool {
+        matches!(&self.body, Body::Anchored { hook: Some(_), .. })
     }
 
     /// The shape of the slice a store kernel writes (its value's shape).
@@ -110,7 +138,7 @@ impl PreparedFused {
         };
         match &self.body {
             Body::Elementwise(p) => run_part(cx, p, &gather(p, None)?, b, out),
-            Body::Anchored { anchor, anchor_ty, operands, epilogue } => {
+            Body::Anchored { anchor, anchor_ty, operands, epilogue, hook } => {
                 let mut vals = Vec::with_capacity(operands.len());
                 for o in operands {
                     vals.push(match o {
@@ -119,6 +147,11 @@ impl PreparedFused {
                     });
                 }
                 let shape = eval_dims(&anchor_ty.shape, b).map_err(invalid)?;
+                if let Some(h) = hook {
+                    if let Some(y) = run_hooked(cx, anchor, &vals, h, x, b, out)? {
+                        return Ok(y);
+                    }
+                }
                 let y = kernels::op(cx, anchor, &vals, b, &shape)?.ok_or_else(|| RuntimeError::Execution {
                     backend: super::device::BACKEND.into(),
                     program: String::new(),
@@ -137,6 +170,100 @@ impl PreparedFused {
                 }
             }
         }
+    }
+}
+
+/// The store hook of a split kernel: its epilogue's, or for a store kernel
+/// without one the anchor's value as it is (written into the slice's view);
+/// `None` when there is none, it does not qualify, the anchor has no hook,
+/// or `ECARC_WGPU_UNFUSED_EPILOGUE` is set.
+fn hook_part(s: &split::Split, store: bool) -> Option<Box<HookPart>> {
+    if std::env::var_os("ECARC_WGPU_UNFUSED_EPILOGUE").is_some() {
+        return None;
+    }
+    let first = kernels::anchors::hook_binding(&s.anchor)?;
+    let part = match (&s.epilogue, store) {
+        (Some(p), _) => p.clone(),
+        (None, true) => Part {
+            kernel: Kernel {
+                inputs: vec![s.anchor_ty.clone()],
+                nodes: vec![KNode { ty: s.anchor_ty.clone(), expr: Expr::Load(0) }],
+            },
+            sources: vec![Source::Anchor],
+        },
+        (None, false) => return None,
+    };
+    let a = part.sources.iter().position(|s| *s == Source::Anchor)? as u32;
+    let hook = epilogue::emit(&part.kernel, a, first).ok()?;
+    Some(Box::new(HookPart {
+        hook,
+        inputs: part.kernel.inputs.clone(),
+        output: part.kernel.output().clone(),
+        sources: part.sources,
+    }))
+}
+
+/// Record the anchor with its store hook; `None` (nothing recorded) when
+/// the hook's buffers would pass the adapter's storage-buffer limit.
+fn run_hooked(
+    cx: &mut Ctx,
+    anchor: &Op,
+    vals: &[Buffer],
+    h: &HookPart,
+    x: &[Buffer],
+    b: &Bindings,
+    out: Option<&Buffer>,
+) -> Result<Option<Buffer>> {
+    let first = kernels::anchors::hook_binding(anchor).ok_or_else(|| invalid("no store hook".into()))?;
+    // info, the anchor's operands, the hook's reads, the result.
+    if first + h.hook.reads.len() as u32 + 1 > cx.gpu.limits.max_storage_buffers_per_shader_stage {
+        return Ok(None);
+    }
+    let shape = eval_dims(&h.output.shape, b).map_err(invalid)?;
+    let y = match out {
+        Some(o) => {
+            if o.dtype != DType::F32 || o.shape != shape || span(o) > storage_of(o)?.words {
+                return Err(invalid(format!("a fused kernel of {shape:?} written into {o:?}")));
+            }
+            o.clone()
+        }
+        None => cx.alloc(DType::F32, &shape)?,
+    };
+    // The hook's inputs; the anchor's value is no buffer (`y` stands in, never read).
+    let mut ins = Vec::with_capacity(h.sources.len());
+    for (i, (s, t)) in h.sources.iter().zip(&h.inputs).enumerate() {
+        let v = match s {
+            Source::Anchor => {
+                ins.push(y.clone());
+                continue;
+            }
+            Source::Input(j) => x.get(*j as usize).cloned().ok_or_else(|| invalid(format!("no kernel input {j}")))?,
+        };
+        let want = eval_dims(&t.shape, b).map_err(invalid)?;
+        if v.dtype != t.dtype || v.shape != want || v.strides.len() != want.len() || span(&v) > storage_of(&v)?.words {
+            return Err(invalid(format!(
+                "fused epilogue input {i} is {v:?}, the kernel takes {}{want:?}",
+                t.dtype.name()
+            )));
+        }
+        ins.push(v);
+    }
+    let threads = shape.iter().product::<usize>() as u64;
+    let meta = h.hook.meta.iter().map(|m| meta_word(m, threads, &ins, &y, b)).collect::<Result<Vec<u32>>>()?;
+    let reads = h
+        .hook
+        .reads
+        .iter()
+        .map(|&i| ins.get(i as usize).cloned().ok_or_else(|| invalid(format!("no epilogue input {i}"))))
+        .collect::<Result<Vec<_>>>()?;
+    let store = kernels::Store { wgsl: &h.hook.wgsl, reads, out: y.clone(), meta };
+    match kernels::anchors::anchor_into(cx, anchor, vals, b, Some(&store))? {
+        Some(_) => Ok(Some(y)),
+        None => Err(RuntimeError::Execution {
+            backend: super::device::BACKEND.into(),
+            program: String::new(),
+            why: format!("the fused kernel's anchor `{}` has no wgpu kernel for these operands", anchor.name()),
+        }),
     }
 }
 

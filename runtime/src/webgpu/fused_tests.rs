@@ -547,3 +547,315 @@ fn row_stages_run_as_the_dense_evaluator_in_one_dispatch() {
     }
     assert!(fails.is_empty(), "{} failed:\n{}", fails.len(), fails.join("\n"));
 }
+
+/// A random host tensor and device view of each input of `k` (every other
+/// one strided into padded storage).
+fn inputs_of(gpu: &Gpu, k: &Kernel, b: &Bindings, seed: u64) -> (Vec<HostTensor>, Vec<Buffer>) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let (mut host, mut views) = (vec![], vec![]);
+    for (i, t) in k.inputs.iter().enumerate() {
+        let (v, d) = input(gpu, t, b, (i as u64 + seed) % 2 == 1, &mut rng);
+        host.push(match v.data {
+            Data::F32(x) => HostTensor::f32(v.shape, x),
+            Data::I64(x) => HostTensor::i64(v.shape, x),
+        });
+        views.push(d);
+    }
+    (host, views)
+}
+
+/// Run a whole fused kernel (anchor included) on the adapter and against the
+/// reference; whether its epilogue ran in the anchor's kernel, and the
+/// dispatches it took.
+fn check_kernel(
+    gpu: &Gpu,
+    k: &Kernel,
+    b: &Bindings,
+    seed: u64,
+    pipelines: &Pipelines,
+    stats: &Stats,
+) -> Result<(bool, u64), String> {
+    let p = PreparedFused::new(k)?;
+    let (host, views) = inputs_of(gpu, k, b, seed);
+    let (kk, store) = match split::stored(k) {
+        Some((part, axis, start)) => (part, Some((axis as usize, start.eval(b) as usize))),
+        None => (k.clone(), None),
+    };
+    let want = crate::reference::fused::run(&kk, host, b)?;
+    let want = want.as_f32().ok_or("an i64 result")?.to_vec();
+    let out = match store {
+        Some((axis, start)) => {
+            let s = &views[0];
+            let shape = p.slice_shape(&s.shape, axis, b)?;
+            Some(kernels::view(s, s.offset + start * s.strides[axis], shape, s.strides.clone()))
+        }
+        None => None,
+    };
+    let before = stats.counts().dispatches;
+    let mut rec = Recorder::new(gpu, stats);
+    let y =
+        p.run(&mut Ctx { gpu, pipelines, stats, rec: &mut rec }, &views, b, out.as_ref()).map_err(|e| e.to_string())?;
+    rec.submit("fused kernel test").map_err(|e| e.to_string())?;
+    let dispatches = stats.counts().dispatches - before;
+    let got = gpu.download(&y, stats).map_err(|e| e.to_string())?;
+    let got = got.as_f32().ok_or("not f32")?;
+    if got.len() != want.len() {
+        return Err(format!("{} elements, want {}", got.len(), want.len()));
+    }
+    for (i, (a, e)) in got.iter().zip(&want).enumerate() {
+        if !close(*a, *e) {
+            return Err(format!("element {i}: wgpu {a:e}, reference {e:e}"));
+        }
+    }
+    Ok((p.fuses_epilogue(), dispatches))
+}
+
+#[test]
+fn every_tiny_model_anchored_kernel_runs_on_wgpu_as_the_reference_with_fused_epilogues() {
+    let Some(gpu) = gpu("every_tiny_model_anchored_kernel_runs_on_wgpu_as_the_reference_with_fused_epilogues") else {
+        return;
+    };
+    let (pipelines, stats) = (Pipelines::default(), Stats::default());
+    let (mut anchored, mut fused, mut fails) = (0, 0, vec![]);
+    let mut seen: Vec<(Kernel, Bindings)> = vec![];
+    for name in ["var", "llamagen", "ecar", "dit", "var_dd", "llamagen_dd"] {
+        let path = repo().join(format!("examples/tiny/{name}.ecar"));
+        for (i, (k, b)) in model_kernels(&path, 2).iter().enumerate() {
+            if k.anchor().is_none() || seen.iter().any(|(q, c)| q == k && c == b) {
+                continue;
+            }
+            seen.push((k.clone(), *b));
+            anchored += 1;
+            match check_kernel(&gpu, k, b, i as u64 * 7 + 1, &pipelines, &stats) {
+                Ok((f, _)) => fused += usize::from(f),
+                Err(e) => fails.push(format!("{name} kernel {i} under {b:?}: {e}\n{}", part_text(k))),
+            }
+        }
+    }
+    eprintln!(
+        "{anchored} anchored kernels (x bindings) checked on {}: {fused} ran their epilogue in the anchor's kernel",
+        gpu.adapter
+    );
+    assert!(fails.is_empty(), "{} failed:\n{}", fails.len(), fails.join("\n"));
+    assert!(anchored > 10 && fused > 5, "{anchored} kernels, {fused} fused");
+}
+
+/// Every anchor shader composed with every store hook the models' kernels
+/// give validates (naga, no adapter); the counts of epilogues that qualify.
+#[test]
+fn every_fused_epilogue_shader_of_every_model_validates() {
+    use super::kernels::{anchors, attention, gemm};
+    let validate = |name: &str, src: &str| {
+        let module = wgpu::naga::front::wgsl::parse_str(src).unwrap_or_else(|e| panic!("{name}: {e}\n{src}"));
+        wgpu::naga::valid::Validator::new(
+            wgpu::naga::valid::ValidationFlags::all(),
+            wgpu::naga::valid::Capabilities::empty(),
+        )
+        .validate(&module)
+        .unwrap_or_else(|e| panic!("{name}: {e:?}\n{src}"));
+    };
+    let mut dirs = vec![];
+    for dir in ["examples/tiny", "models"] {
+        let mut paths: Vec<_> = std::fs::read_dir(repo().join(dir))
+            .unwrap()
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "ecar"))
+            .collect();
+        paths.sort();
+        dirs.push((dir, paths));
+    }
+    let mut texts: std::collections::BTreeSet<String> = Default::default();
+    for (dir, paths) in dirs {
+        let (mut anchored, mut fused, mut stores) = (0, 0, 0);
+        let mut seen: Vec<Kernel> = vec![];
+        let mut why_not: std::collections::BTreeMap<String, usize> = Default::default();
+        for path in paths {
+            for (k, _) in model_kernels(&path, 1) {
+                if k.anchor().is_none() || seen.contains(&k) {
+                    continue;
+                }
+                seen.push(k.clone());
+                anchored += 1;
+                let p = PreparedFused::new(&k).unwrap();
+                let Body::Anchored { anchor, hook, .. } = &p.body else { unreachable!() };
+                let Some(h) = hook else {
+                    let s = split::split_at_anchor(&split::stored(&k).map_or_else(|| k.clone(), |(p, _, _)| p));
+                    let why = match s.as_ref().and_then(|s| s.epilogue.as_ref()) {
+                        None => "a bare anchor".to_string(),
+                        Some(e) => {
+                            let a = e.sources.iter().position(|s| *s == Source::Anchor).unwrap() as u32;
+                            epilogue::qualifies(&e.kernel, a).err().unwrap_or_else(|| "qualifies".into())
+                        }
+                    };
+                    *why_not.entry(why).or_insert(0usize) += 1;
+                    continue;
+                };
+                fused += 1;
+                stores += usize::from(p.store.is_some());
+                let first = anchors::hook_binding(anchor).unwrap();
+                if first == attention::HOOK_BINDING {
+                    texts.insert(attention::shader(&h.hook.wgsl));
+                } else {
+                    for pre in [gemm::Prelude::Strided, gemm::Prelude::Conv] {
+                        for (_, body) in gemm::BODIES {
+                            texts.insert(gemm::shader(pre, body, &h.hook.wgsl));
+                        }
+                    }
+                }
+            }
+        }
+        eprintln!("{dir}: {anchored} distinct anchored kernels, {fused} run their epilogue (or store) in the anchor's kernel ({stores} store kernels)");
+        eprintln!("{dir}: not fused: {why_not:?}");
+        assert!(fused > 0);
+    }
+    for (i, t) in texts.iter().enumerate() {
+        validate(&format!("composed shader {i}"), t);
+    }
+    eprintln!("{} composed anchor shaders validate", texts.len());
+}
+
+/// Each anchor kind (GEMV for one and two rows, the tiled GEMM, a batched
+/// matmul, conv2d, attention) with a GELU/SiLU, gate and residual epilogue,
+/// inputs strided (every other one in padded storage): one dispatch, the
+/// reference's values.
+#[test]
+fn each_anchor_runs_a_gelu_gate_residual_epilogue_in_one_dispatch() {
+    use ecarc_compiler::ir::op::{Binary, Mask, Unary, F};
+    use ecarc_compiler::kernel::{Expr, Layout};
+    let Some(gpu) = gpu("each_anchor_runs_a_gelu_gate_residual_epilogue_in_one_dispatch") else { return };
+    let (pipelines, stats) = (Pipelines::default(), Stats::default());
+    // anchor(operands) then gelu/silu(acc [+ bias]) * gate + residual.
+    let kernel = |op: Op, operands: Vec<Vec<u64>>, out: Vec<u64>, bias: Option<Vec<u64>>, unary: Unary| {
+        let mut k = Kernel { inputs: vec![], nodes: vec![] };
+        let load = |k: &mut Kernel, shape: &[u64]| {
+            k.inputs.push(f32t(shape));
+            k.nodes.push(KNode { ty: f32t(shape), expr: Expr::Load(k.inputs.len() as u32 - 1) });
+            k.nodes.len() as u32 - 1
+        };
+        let ops: Vec<u32> = operands.iter().map(|s| load(&mut k, s)).collect();
+        let push = |k: &mut Kernel, expr: Expr| {
+            k.nodes.push(KNode { ty: f32t(&out), expr });
+            k.nodes.len() as u32 - 1
+        };
+        let mut acc = push(&mut k, Expr::Anchor { op, operands: ops });
+        if let Some(bs) = bias {
+            let b = load(&mut k, &bs);
+            let bb = push(&mut k, Expr::Map { x: b, map: Layout::Broadcast });
+            acc = push(&mut k, Expr::Binary(Binary::Add, acc, bb));
+        }
+        let act = push(&mut k, Expr::Unary(unary, acc));
+        let g = load(&mut k, &out);
+        let gated = push(&mut k, Expr::Binary(Binary::Mul, act, g));
+        let r = load(&mut k, &out);
+        push(&mut k, Expr::Binary(Binary::Add, gated, r));
+        k.verify(&k.inputs.iter().collect::<Vec<_>>()).unwrap();
+        k
+    };
+    let mut cases = vec![];
+    for rows in [1, 2, 70] {
+        cases.push((
+            format!("linear, {rows} rows"),
+            kernel(Op::Linear, vec![vec![rows, 37], vec![66, 37]], vec![rows, 66], Some(vec![66]), Unary::Gelu),
+        ));
+    }
+    cases.push((
+        "batched matmul".into(),
+        kernel(Op::MatMul, vec![vec![2, 70, 9], vec![2, 9, 67]], vec![2, 70, 67], None, Unary::Silu),
+    ));
+    cases.push((
+        "conv2d".into(),
+        kernel(
+            Op::Conv2d { stride: 1, pad: 1 },
+            vec![vec![2, 3, 9, 9], vec![4, 3, 3, 3]],
+            vec![2, 4, 9, 9],
+            None,
+            Unary::GeluTanh,
+        ),
+    ));
+    cases.push((
+        "attention".into(),
+        kernel(
+            Op::Attention { mask: Mask::Causal, scale: F::new(0.3), keys: Dim::c(7) },
+            vec![vec![1, 2, 7, 8], vec![1, 2, 7, 8], vec![1, 2, 7, 8]],
+            vec![1, 2, 7, 8],
+            None,
+            Unary::Gelu,
+        ),
+    ));
+    // Store kernels: linear(x, w) (and gelu of it) written into rows 3..5 of a state.
+    for act in [false, true] {
+        let mut k = Kernel {
+            inputs: vec![f32t(&[1, 8, 6]), f32t(&[1, 2, 5]), f32t(&[6, 5])],
+            nodes: vec![
+                KNode { ty: f32t(&[1, 8, 6]), expr: Expr::Load(0) },
+                KNode { ty: f32t(&[1, 2, 5]), expr: Expr::Load(1) },
+                KNode { ty: f32t(&[6, 5]), expr: Expr::Load(2) },
+                KNode { ty: f32t(&[1, 2, 6]), expr: Expr::Anchor { op: Op::Linear, operands: vec![1, 2] } },
+            ],
+        };
+        if act {
+            k.nodes.push(KNode { ty: f32t(&[1, 2, 6]), expr: Expr::Unary(Unary::Gelu, 3) });
+        }
+        let src = k.nodes.len() as u32 - 1;
+        k.nodes.push(KNode { ty: f32t(&[1, 8, 6]), expr: Expr::WriteSlice { dst: 0, src, axis: 1, start: Dim::c(3) } });
+        k.verify(&k.inputs.iter().collect::<Vec<_>>()).unwrap();
+        cases.push((format!("a store kernel (gelu: {act})"), k));
+    }
+    for (what, k) in cases {
+        for seed in 0..2 {
+            let (fused, dispatches) = check_kernel(&gpu, &k, &Bindings::default(), seed, &pipelines, &stats)
+                .unwrap_or_else(|e| panic!("{what}, seed {seed}: {e}"));
+            assert!(fused, "{what}: the epilogue qualifies");
+            assert_eq!(dispatches, 1, "{what}: one dispatch");
+        }
+    }
+}
+
+/// The baseline GEMM (one thread per output, never the backend's choice)
+/// with a GELU residual epilogue through the same hook.
+#[test]
+fn the_naive_gemm_runs_an_epilogue_through_the_hook() {
+    use super::kernels::gemm::{self, Gemm};
+    use ecarc_compiler::ir::op::{Binary, Unary};
+    use ecarc_compiler::kernel::Expr;
+    let Some(gpu) = gpu("the_naive_gemm_runs_an_epilogue_through_the_hook") else { return };
+    let (pipelines, stats) = (Pipelines::default(), Stats::default());
+    let node = |shape: &[u64], expr| KNode { ty: f32t(shape), expr };
+    let k = Kernel {
+        inputs: vec![f32t(&[5, 7]), f32t(&[9, 7]), f32t(&[5, 9])],
+        nodes: vec![
+            node(&[5, 7], Expr::Load(0)),
+            node(&[9, 7], Expr::Load(1)),
+            node(&[5, 9], Expr::Anchor { op: Op::Linear, operands: vec![0, 1] }),
+            node(&[5, 9], Expr::Unary(Unary::Gelu, 2)),
+            node(&[5, 9], Expr::Load(2)),
+            node(&[5, 9], Expr::Binary(Binary::Add, 3, 4)),
+        ],
+    };
+    let b = Bindings::default();
+    let p = PreparedFused::new(&k).unwrap();
+    let Body::Anchored { hook: Some(h), .. } = &p.body else { panic!("the epilogue qualifies") };
+    let (host, views) = inputs_of(&gpu, &k, &b, 1);
+    let want = crate::reference::fused::run(&k, host, &b).unwrap();
+    let y = gpu.alloc(DType::F32, &[5, 9]).unwrap();
+    let ins: Vec<Buffer> = h
+        .sources
+        .iter()
+        .map(|s| match s {
+            Source::Anchor => y.clone(),
+            Source::Input(i) => views[*i as usize].clone(),
+        })
+        .collect();
+    let meta = h.hook.meta.iter().map(|m| meta_word(m, 45, &ins, &y, &b).unwrap()).collect();
+    let reads = h.hook.reads.iter().map(|&i| ins[i as usize].clone()).collect();
+    let store = kernels::Store { wgsl: &h.hook.wgsl, reads, out: y.clone(), meta };
+    let mut rec = Recorder::new(&gpu, &stats);
+    let mut cx = Ctx { gpu: &gpu, pipelines: &pipelines, stats: &stats, rec: &mut rec };
+    gemm::run_into(&mut cx, &gemm::linear(&views[0], &views[1], None).unwrap(), Gemm::Naive, Some(&store)).unwrap();
+    rec.submit("naive").unwrap();
+    let got = gpu.download(&y, &stats).unwrap();
+    for (a, e) in got.as_f32().unwrap().iter().zip(want.as_f32().unwrap()) {
+        assert!(close(*a, *e), "wgpu {a}, reference {e}");
+    }
+    assert_eq!(stats.counts().dispatches, 1);
+}

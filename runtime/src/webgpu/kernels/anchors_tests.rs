@@ -97,7 +97,10 @@ fn gemm_all(g: &Wgpu, p: &Problem, op: &Op, x: &[&Buffer], what: &str) {
 #[test]
 fn every_shader_validates() {
     let mut all = gemm::all_shaders();
-    all.push(("attention".into(), attention::shader().into()));
+    all.push((
+        "attention".into(),
+        attention::shader(&ecarc_compiler::codegen::epilogue::plain(attention::HOOK_BINDING)),
+    ));
     for (name, src) in all {
         let module = wgpu::naga::front::wgsl::parse_str(&src).unwrap_or_else(|e| panic!("{name}: {e}"));
         wgpu::naga::valid::Validator::new(

@@ -4,7 +4,7 @@
 //! to `keys` rows). Head dimensions above 256 have no kernel (the op runs on
 //! the host).
 
-use super::{shape_words, word, Ctx};
+use super::{shape_words, word, Ctx, Store};
 use crate::backend::Buffer;
 use crate::error::{Result, RuntimeError};
 use crate::webgpu::record::Grid;
@@ -17,9 +17,12 @@ const WGSL: &str = include_str!("../shaders/attention.wgsl");
 /// 4 output channels of 64 threads.
 pub(crate) const MAX_HEAD: usize = 256;
 
-#[cfg(test)]
-pub(crate) fn shader() -> &'static str {
-    WGSL
+/// The first binding of the kernel's store hook (after info, q, k, v, levels).
+pub(crate) const HOOK_BINDING: u32 = 5;
+
+/// The kernel with its result through the store hook `hook`.
+pub(crate) fn shader(hook: &str) -> String {
+    format!("{WGSL}\n{hook}")
 }
 
 /// `softmax(scale * q k^T + mask) v` over keys `0..keys` for the queries at
@@ -34,6 +37,7 @@ pub(crate) fn attention(
     mask: Mask,
     scale: f32,
     keys: usize,
+    store: Option<&Store>,
 ) -> Result<Option<Buffer>> {
     let [r, t, d, e] =
         crate::reference::attention::shapes(&q.shape, &k.shape, &v.shape, keys).map_err(RuntimeError::Invalid)?;
@@ -55,8 +59,20 @@ pub(crate) fn attention(
     }
     let mut shape = q.shape.clone();
     shape[r - 1] = e;
-    let out = cx.alloc(DType::F32, &shape)?;
     let rows = shape[..r - 1].iter().product::<usize>();
+    let plain;
+    let (hook, out, extra, hook_meta) = match store {
+        Some(s) => {
+            if s.out.shape.iter().product::<usize>() != rows * e {
+                return Err(RuntimeError::Invalid(format!("attention of {shape:?} stored as {:?}", s.out.shape)));
+            }
+            (s.wgsl, s.out.clone(), s.reads.iter().collect::<Vec<_>>(), s.meta.as_slice())
+        }
+        None => {
+            plain = ecarc_compiler::codegen::epilogue::plain(HOOK_BINDING);
+            (plain.as_str(), cx.alloc(DType::F32, &shape)?, vec![], &[][..])
+        }
+    };
     if rows * e == 0 {
         return Ok(Some(out));
     }
@@ -87,10 +103,13 @@ pub(crate) fn attention(
     for x in [q, k, v] {
         info.extend(shape_words(&x.strides[..r - 2])?);
     }
+    info.extend_from_slice(hook_meta);
     let max = cx.gpu.limits.max_compute_workgroups_per_dimension.max(1) as usize;
     let gx = rows.min(max);
     let grid = Grid::Groups(word(gx, "workgroups")?, word(rows.div_ceil(gx), "workgroups")?, 1);
     // Without levels, q stands in their binding (never read).
-    cx.run("attention", WGSL, &[q, k, v, lv.unwrap_or(q)], &out, &info, grid)?;
+    let mut reads = vec![q, k, v, lv.unwrap_or(q)];
+    reads.extend(extra);
+    cx.run("attention", &shader(hook), &reads, &out, &info, grid)?;
     Ok(Some(out))
 }

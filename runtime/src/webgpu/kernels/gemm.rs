@@ -7,7 +7,7 @@
 //! a tiled one (64x64 tiles through workgroup memory), a one-thread-per-output
 //! baseline, and a GEMV for one or two rows (decode steps).
 
-use super::{word, Ctx};
+use super::{word, Ctx, Store};
 use crate::backend::Buffer;
 use crate::error::{Result, RuntimeError};
 use crate::webgpu::record::Grid;
@@ -245,22 +245,31 @@ pub(crate) fn conv2d(x: &Buffer, w: &Buffer, bias: Option<&Buffer>, stride: usiz
     })
 }
 
-/// The WGSL of a kernel body over a prelude (one pipeline each, cached).
-fn shader(prelude: Prelude, body: &'static str) -> String {
+/// The first binding of a GEMM kernel's store hook (after info, a, b, bias).
+pub(crate) const HOOK_BINDING: u32 = 4;
+
+/// The WGSL of a kernel body over a prelude, its result through the store
+/// hook `hook` (one pipeline each, cached).
+pub(crate) fn shader(prelude: Prelude, body: &'static str, hook: &str) -> String {
     let p = match prelude {
         Prelude::Strided => STRIDED,
         Prelude::Conv => CONV,
     };
-    format!("{COMMON}\n{p}\n{body}")
+    format!("{COMMON}\n{p}\n{body}\n{hook}")
 }
+
+/// The kernel bodies by name (tests compose them with hooks).
+#[cfg(test)]
+pub(crate) const BODIES: [(&str, &str); 3] = [("tiled", TILED), ("naive", NAIVE), ("gemv", GEMV)];
 
 /// Every GEMM shader, for validation without an adapter.
 #[cfg(test)]
 pub(crate) fn all_shaders() -> Vec<(String, String)> {
     let mut v = Vec::new();
+    let hook = ecarc_compiler::codegen::epilogue::plain(HOOK_BINDING);
     for (pn, p) in [("strided", Prelude::Strided), ("conv", Prelude::Conv)] {
-        for (bn, b) in [("tiled", TILED), ("naive", NAIVE), ("gemv", GEMV)] {
-            v.push((format!("gemm_{bn}_{pn}"), shader(p, b)));
+        for (bn, b) in BODIES {
+            v.push((format!("gemm_{bn}_{pn}"), shader(p, b, &hook)));
         }
     }
     v
@@ -275,7 +284,25 @@ fn spread(cx: &Ctx, count: usize) -> Result<(u32, u32)> {
 
 /// Record the GEMM; its result is a new dense `[..., m, n]` buffer.
 pub(crate) fn run(cx: &mut Ctx, p: &Problem, kind: Gemm) -> Result<Buffer> {
-    let out = cx.alloc(DType::F32, &p.out_shape)?;
+    run_into(cx, p, kind, None)
+}
+
+/// Record the GEMM, its result through `store` (a fused epilogue and the
+/// view it writes) when given, else into a new dense `[..., m, n]` buffer.
+pub(crate) fn run_into(cx: &mut Ctx, p: &Problem, kind: Gemm, store: Option<&Store>) -> Result<Buffer> {
+    let plain;
+    let (hook, out, extra, hook_meta) = match store {
+        Some(s) => {
+            if s.out.shape.iter().product::<usize>() != p.out_shape.iter().product::<usize>() {
+                return Err(invalid(format!("a GEMM of {:?} stored as {:?}", p.out_shape, s.out.shape)));
+            }
+            (s.wgsl, s.out.clone(), s.reads.iter().collect::<Vec<_>>(), s.meta.as_slice())
+        }
+        None => {
+            plain = ecarc_compiler::codegen::epilogue::plain(HOOK_BINDING);
+            (plain.as_str(), cx.alloc(DType::F32, &p.out_shape)?, vec![], &[][..])
+        }
+    };
     word(p.m * p.n * p.batches, "a GEMM's output size")?;
     if p.m * p.n * p.batches == 0 {
         return Ok(out);
@@ -295,18 +322,20 @@ pub(crate) fn run(cx: &mut Ctx, p: &Problem, kind: Gemm) -> Result<Buffer> {
         u32::from(p.a_k_inner) | (u32::from(p.b_n_inner) << 1),
     ];
     info.extend_from_slice(&p.words);
+    info.extend_from_slice(hook_meta);
     // Without a bias, A stands in its binding (never read).
     let bias = p.bias.as_ref().map_or(&p.a, |(b, _)| b);
-    let reads = [&p.a, &p.b, bias];
+    let mut reads = vec![&p.a, &p.b, bias];
+    reads.extend(extra);
     let batches = word(p.batches, "GEMM batches")?;
     let gemv = kind == Gemm::Best && p.m <= 2 && p.b_k_inner && p.prelude == Prelude::Strided;
     if gemv {
         let (x, y) = spread(cx, p.n.div_ceil(GEMV_COLS))?;
-        cx.run("gemv", &shader(p.prelude, GEMV), &reads, &out, &info, Grid::Groups(x, y, batches))?;
+        cx.run("gemv", &shader(p.prelude, GEMV, hook), &reads, &out, &info, Grid::Groups(x, y, batches))?;
     } else if kind == Gemm::Naive {
         cx.run(
             "gemm_naive",
-            &shader(p.prelude, NAIVE),
+            &shader(p.prelude, NAIVE, hook),
             &reads,
             &out,
             &info,
@@ -314,7 +343,7 @@ pub(crate) fn run(cx: &mut Ctx, p: &Problem, kind: Gemm) -> Result<Buffer> {
         )?;
     } else {
         let (x, y) = (word(p.n.div_ceil(TILE), "tiles")?, word(p.m.div_ceil(TILE), "tiles")?);
-        cx.run("gemm_tiled", &shader(p.prelude, TILED), &reads, &out, &info, Grid::Groups(x, y, batches))?;
+        cx.run("gemm_tiled", &shader(p.prelude, TILED, hook), &reads, &out, &info, Grid::Groups(x, y, batches))?;
     }
     Ok(out)
 }

@@ -59,6 +59,18 @@ impl Ctx<'_, '_> {
     }
 }
 
+/// Where an anchor kernel's result goes (the store hook of
+/// `ecarc_compiler::codegen::epilogue`): the hook module appended to the
+/// kernel's text (its bindings from the anchor's first free one), the
+/// buffers it reads, the view it writes (of the hook's result shape, the
+/// anchor's element count) and its meta words, appended to the anchor's info.
+pub(crate) struct Store<'a> {
+    pub wgsl: &'a str,
+    pub reads: Vec<Buffer>,
+    pub out: Buffer,
+    pub meta: Vec<u32>,
+}
+
 /// `v` as a 32-bit word of an info block, or an error naming `what`.
 pub(crate) fn word(v: usize, what: &str) -> Result<u32> {
     u32::try_from(v).map_err(|_| RuntimeError::Execution {

@@ -15,7 +15,9 @@
 @group(0) @binding(3) var<storage, read> v: array<f32>;
 // i64 levels as i32 words; another read operand when the mask needs none.
 @group(0) @binding(4) var<storage, read> levels: array<i32>;
-@group(0) @binding(5) var<storage, read_write> out: array<f32>;
+// The result goes out through `store_out(flat index, value)`, the store hook
+// appended after the kernel (ecarc_compiler::codegen::epilogue; its bindings
+// start at 5).
 
 const TILE: u32 = 64u;
 // Below every real score: "nothing seen yet" without an infinity literal.
@@ -134,7 +136,7 @@ fn main(
         for (var y = 0u; y < 4u; y++) {
             let c = li + y * TILE;
             if (c < e) {
-                out[row * e + c] = select(0.0, acc[y] / l, l > 0.0);
+                store_out(row * e + c, select(0.0, acc[y] / l, l > 0.0));
             }
         }
     }

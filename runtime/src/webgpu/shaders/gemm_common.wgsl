@@ -8,7 +8,9 @@
 @group(0) @binding(2) var<storage, read> b: array<f32>;
 // Without a bias some read operand is bound here, never read.
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
-@group(0) @binding(4) var<storage, read_write> out: array<f32>;
+// The result goes out through `store_out(flat index, value)`, the store hook
+// appended after the kernel (ecarc_compiler::codegen::epilogue; its bindings
+// start at 4): the result as it is, or a fused epilogue applied to it.
 
 fn bias_at(row: u32, col: u32) -> f32 {
     switch info[4] {

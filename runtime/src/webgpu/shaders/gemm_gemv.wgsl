@@ -48,6 +48,6 @@ fn main(
         for (var x = 0u; x < 64u; x++) {
             sum += part[row * 64u + x][j];
         }
-        out[bat * m * n + row * n + col] = sum + bias_at(row, col);
+        store_out(bat * m * n + row * n + col, sum + bias_at(row, col));
     }
 }

@@ -14,5 +14,5 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     for (var kk = 0u; kk < info[2]; kk++) {
         acc += load_a(base.x, row, kk) * load_b(base.y, kk, col);
     }
-    out[id] = acc + bias_at(row, col);
+    store_out(id, acc + bias_at(row, col));
 }

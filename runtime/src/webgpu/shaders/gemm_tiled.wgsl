@@ -77,7 +77,7 @@ fn main(
         for (var j = 0u; j < 4u; j++) {
             let col = col0 + lid.x * 4u + j;
             if (row < m && col < n) {
-                out[o + row * n + col] = acc[i][j] + bias_at(row, col);
+                store_out(o + row * n + col, acc[i][j] + bias_at(row, col));
             }
         }
     }
