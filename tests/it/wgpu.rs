@@ -243,9 +243,15 @@ fn wgpu_is_selectable_by_name_and_refuses_foreign_programs() {
 }
 
 #[test]
-fn a_llamagen_sample_dispatches_what_the_optimiser_counts() {
-    // Every kernel the optimiser counts for the sample plan (`ecarc build`'s
-    // report) is one dispatch on wgpu, besides the driver's finite checks.
+fn a_sample_dispatches_close_to_what_the_optimiser_counts() {
+    // The optimiser's kernels for the sample plan (`ecarc build`'s report)
+    // against the dispatches wgpu records, besides the driver's finite
+    // checks. Not yet one dispatch per kernel: a kernel whose anchor has a
+    // computed prologue (a norm before a linear, RoPE before attention) runs
+    // the prologue as a dispatch of its own, and an epilogue that reads the
+    // anchor's result at another element runs after it. At landing the
+    // ratio was 1.69 (llamagen), 1.54 (var), 1.42 (ecar), 1.70 (dit): the
+    // bound below fails on a regression of the fusion on wgpu.
     use ecarc_compiler::kernel::traffic::{of_plan, Counter};
     let Some(gpu) = device() else { return };
     for name in ["llamagen", "var", "ecar", "dit"] {
@@ -269,8 +275,9 @@ fn a_llamagen_sample_dispatches_what_the_optimiser_counts() {
         g.sample(&SampleOptions { labels: vec![1, 3], seed: 3, keep: Keep::Nothing }, &Quiet).expect("sample");
         let after = gpu.stats().counts();
         let got = (after.dispatches - before.dispatches) - (after.checks - before.checks);
-        eprintln!("{name}: {got} dispatches, the optimiser counts {want} kernels");
-        assert!(got >= want, "{name}: {got} dispatches for {want} kernels");
+        eprintln!("{name}: {got} dispatches, the optimiser counts {want} kernels ({:.2}x)", got as f64 / want as f64);
+        assert!(got >= want, "{name}: {got} dispatches for {want} kernels: a kernel was not run");
+        assert!(4 * got <= 7 * want, "{name}: {got} dispatches for {want} kernels, more than 1.75x");
     }
 }
 
