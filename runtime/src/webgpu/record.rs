@@ -166,7 +166,6 @@ impl<'g> Recorder<'g> {
         Recorder { gpu, stats, metas: Vec::new(), dispatches: Vec::new(), align }
     }
 
-
     /// Record one dispatch of `pipeline` reading `reads`, writing `write`.
     pub fn dispatch(
         &mut self,
