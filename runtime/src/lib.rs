@@ -15,6 +15,8 @@ pub mod output;
 pub mod reference;
 pub mod rng;
 pub mod tensor;
+#[cfg(test)]
+mod test_models;
 pub mod webgpu;
 pub mod weights;
 

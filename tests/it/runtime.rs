@@ -6,6 +6,7 @@
 use crate::common::{root, spec_of};
 use ecarc_compiler::plan::Keep;
 use ecarc_compiler::ModelSpec;
+use ecarc_runtime::backend::Backend;
 use ecarc_runtime::driver::{Generator, Quiet, SampleOptions, SampleOutput};
 use ecarc_runtime::reference::Reference;
 use ecarc_runtime::tensor::HostTensor;
@@ -94,6 +95,13 @@ pub(crate) fn cat1(parts: &[&HostTensor]) -> HostTensor {
 
 #[test]
 fn kv_cached_steps_equal_the_teacher_forced_pass() {
+    assert_kv_cached_steps_equal_the_teacher_forced_pass(&Reference::new(), 1e-5);
+}
+
+/// On `backend`: each stage's output from the KV-cached steps of a sample
+/// equals the teacher-forced forward over the same inputs, within
+/// `tol + tol |e|` (var, llamagen, ecar).
+pub(crate) fn assert_kv_cached_steps_equal_the_teacher_forced_pass(backend: &dyn Backend, tol: f32) {
     // Guidance off, so the steps' logits are the conditional ones the forward computes.
     let sets = ["sample.cfg=1.0", "sample.cfg_schedule=constant"];
     for (name, input, result, fwd_in, fwd_out) in [
@@ -104,25 +112,30 @@ fn kv_cached_steps_equal_the_teacher_forced_pass() {
         let spec = tiny(name, &sets);
         let w = Weights::random(&spec, 0);
         let labels = vec![4, 7];
-        let out = run(spec.clone(), &w, SampleOptions { labels: labels.clone(), seed: 3, keep: Keep::Debug });
+        let g = Generator::from_spec(spec.clone(), backend, &w).unwrap();
+        let out =
+            g.sample(&SampleOptions { labels: labels.clone(), seed: 3, keep: Keep::Debug }, &Quiet).expect("sample");
         let stages = spec.schedule.stages().len();
         let inputs: Vec<&HostTensor> =
             (1..stages).map(|k| stage(&out, &format!("stage.{k}.input.{input}")).expect("recorded input")).collect();
         let results: Vec<&HostTensor> =
             (0..stages).map(|k| stage(&out, &format!("stage.{k}.{result}")).expect("recorded result")).collect();
-        let backend = Reference::new();
-        let g = Generator::from_spec(spec, &backend, &w).unwrap();
         let label_name = g.forward_signature(2, false).unwrap()[0].0.clone();
         let mut fin = BTreeMap::new();
         fin.insert(label_name, HostTensor::i64(vec![2], labels));
         // A raster model's last token is never fed back: the forward takes all but it.
-        let fed = cat1(&inputs);
-        fin.insert(fwd_in.to_string(), fed);
+        fin.insert(fwd_in.to_string(), cat1(&inputs));
         let got = g.forward(&fin, None).expect("forward");
         let full = &got.iter().find(|(n, _)| n == fwd_out).expect("forward output").1;
         let cached = cat1(&results);
-        assert_eq!(full.shape, cached.shape, "{name}");
-        assert_close(full.as_f32().unwrap(), cached.as_f32().unwrap(), 1e-5, 1e-5, name);
+        assert_eq!(full.shape, cached.shape, "{name} on {}", backend.name());
+        assert_close(
+            full.as_f32().unwrap(),
+            cached.as_f32().unwrap(),
+            tol,
+            tol,
+            &format!("{name} on {}", backend.name()),
+        );
     }
 }
 

@@ -12,7 +12,6 @@
 //! pass; the same seed gives the same bits.
 
 use crate::common::{root, spec_of};
-use crate::runtime::cat1;
 use ecarc_compiler::lower::LowerOptions;
 use ecarc_compiler::plan::Keep;
 use ecarc_compiler::ModelSpec;
@@ -200,32 +199,7 @@ fn the_same_seed_gives_the_same_bits_on_wgpu() {
 #[test]
 fn kv_cached_steps_equal_the_teacher_forced_pass_on_wgpu() {
     let Some(gpu) = device() else { return };
-    let sets = ["sample.cfg=1.0", "sample.cfg_schedule=constant"];
-    for (name, input, result, fwd_in, fwd_out) in [
-        ("var", "x", "logits", "x_BLCv_wo_first_l", "logits_BLV"),
-        ("llamagen", "tokens", "logits", "idx", "logits"),
-        ("ecar", "x", "z", "x", "z"),
-    ] {
-        let spec = tiny(name, &sets);
-        let w = Weights::random(&spec, 0);
-        let labels = vec![4, 7];
-        let g = Generator::from_spec(spec.clone(), &gpu, &w).unwrap();
-        let out =
-            g.sample(&SampleOptions { labels: labels.clone(), seed: 3, keep: Keep::Debug }, &Quiet).expect("sample");
-        let stage = |n: &str| out.stages.iter().find(|(k, _)| k == n).map(|(_, t)| t);
-        let stages = spec.schedule.stages().len();
-        let inputs: Vec<&HostTensor> =
-            (1..stages).map(|k| stage(&format!("stage.{k}.input.{input}")).expect("recorded input")).collect();
-        let results: Vec<&HostTensor> =
-            (0..stages).map(|k| stage(&format!("stage.{k}.{result}")).expect("recorded result")).collect();
-        let label_name = g.forward_signature(2, false).unwrap()[0].0.clone();
-        let mut fin = BTreeMap::new();
-        fin.insert(label_name, HostTensor::i64(vec![2], labels));
-        fin.insert(fwd_in.to_string(), cat1(&inputs));
-        let got = g.forward(&fin, None).expect("forward");
-        let full = &got.iter().find(|(n, _)| n == fwd_out).expect("forward output").1;
-        assert_agrees(full, &cat1(&results), &format!("{name}: forward vs cached steps"));
-    }
+    crate::runtime::assert_kv_cached_steps_equal_the_teacher_forced_pass(&gpu, 1e-3);
 }
 
 #[test]
